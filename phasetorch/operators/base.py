@@ -1,0 +1,199 @@
+"""Common machinery of the forward measurement models.
+
+Every operator maps a signal x (shape ``(*batch, *signal_shape)``) to measurements Ax (shape
+``(*batch, *measurement_shape)``) and intensities y = |Ax|². Leading dimensions are batch
+dimensions and are never mixed: a batch gives exactly what single calls give.
+
+Scaling convention (phasetorch's one convention, see README "Conventions"):
+``op.entry_energy`` is the mean squared modulus of an entry of A, E|A_ij|² = E‖a_i‖²/n. For the
+dense Gaussian model it is 1, so E y_i = ‖x‖²; for unitary-FFT models it is about 1/n. Hence
+``‖x‖² ≈ mean(y) / op.entry_energy`` for every operator, and the losses of :mod:`phasetorch.losses`
+work with the normalised pair (A/√e, y/e), e = entry_energy, so that one step size means the same
+thing on every operator.
+
+Complex random parts are stored as real tensors with a trailing dimension of 2
+(:func:`torch.view_as_real`) so that ``op.to(torch.float64)``, ``op.double()`` and ``state_dict()``
+keep them complex (plain ``nn.Module.to`` would drop imaginary parts of complex buffers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+Shape = Tuple[int, ...]
+
+
+def as_shape(shape: Union[int, Sequence[int]]) -> Shape:
+    """Normalise an int or a sequence of ints into a shape tuple."""
+    if isinstance(shape, int):
+        return (int(shape),)
+    return tuple(int(s) for s in shape)
+
+
+def make_generator(seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Generator:
+    """A CPU ``torch.Generator`` from ``seed`` (int) or an existing generator (used as is).
+
+    With neither, a fresh generator seeded from torch's global RNG (so ``torch.manual_seed`` makes
+    the result reproducible too).
+    """
+    if generator is not None:
+        if seed is not None:
+            raise ValueError("pass either seed= or generator=, not both")
+        return generator
+    g = torch.Generator(device="cpu")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    g.manual_seed(int(seed))
+    return g
+
+
+def complex_dtype_of(real_dtype: torch.dtype) -> torch.dtype:
+    return {torch.float32: torch.complex64, torch.float64: torch.complex128,
+            torch.float16: torch.complex32}.get(real_dtype, torch.complex64)
+
+
+def real_dtype_of(dtype: torch.dtype) -> torch.dtype:
+    if dtype.is_complex:
+        return {torch.complex64: torch.float32, torch.complex128: torch.float64,
+                torch.complex32: torch.float16}[dtype]
+    return dtype
+
+
+class MeasurementOperator(nn.Module):
+    """Base class of all forward models: ``linear`` (A), ``adjoint`` (Aᴴ), ``forward`` (|A·|²).
+
+    Subclasses set ``signal_shape``, ``measurement_shape``, ``is_complex`` and ``entry_energy`` and
+    implement ``_linear`` / ``_adjoint`` on tensors whose trailing dimensions have already been
+    checked. They register their random parts with :meth:`register_random` so that dtype/device
+    moves work for complex parts too.
+    """
+
+    signal_shape: Shape
+    measurement_shape: Shape
+    is_complex: bool
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_dtype_probe", torch.zeros(()), persistent=False)
+
+    # ------------------------------------------------------------------ buffers and dtypes
+    def register_random(self, name: str, tensor: torch.Tensor) -> None:
+        """Register a (possibly complex) tensor as a buffer, complex ones as a real view."""
+        if tensor.is_complex():
+            tensor = torch.view_as_real(tensor.contiguous()).contiguous()
+            self._complex_buffers = getattr(self, "_complex_buffers", set()) | {name}
+        self.register_buffer(name, tensor)
+
+    def buffer(self, name: str) -> torch.Tensor:
+        """A registered random part, complex again if it was complex."""
+        t = getattr(self, name)
+        if name in getattr(self, "_complex_buffers", set()):
+            return torch.view_as_complex(t)
+        return t
+
+    @property
+    def real_dtype(self) -> torch.dtype:
+        """The operator's real floating dtype (float32 by default; follows ``.to(dtype)``)."""
+        return self._dtype_probe.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._dtype_probe.device
+
+    @property
+    def signal_dtype(self) -> torch.dtype:
+        """Natural dtype of the unknown: complex for complex operators, real otherwise."""
+        return complex_dtype_of(self.real_dtype) if self.is_complex else self.real_dtype
+
+    @property
+    def n(self) -> int:
+        """Number of unknowns (product of ``signal_shape``)."""
+        return math.prod(self.signal_shape)
+
+    @property
+    def m(self) -> int:
+        """Number of measurements (product of ``measurement_shape``)."""
+        return math.prod(self.measurement_shape)
+
+    @property
+    def delta(self) -> float:
+        """Oversampling ratio δ = m / n."""
+        return self.m / self.n
+
+    @property
+    def entry_energy(self) -> float:
+        """E|A_ij|²: mean squared modulus of an entry, so that ‖x‖² ≈ mean(y)/entry_energy."""
+        raise NotImplementedError  # abstract: every subclass defines its own
+
+    @property
+    def row_energy(self) -> float:
+        """E‖a_i‖² = n · entry_energy (mean energy of one measurement vector)."""
+        return self.n * self.entry_energy
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, t: torch.Tensor, shape: Shape, what: str) -> None:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}: expected a torch.Tensor {what}, got {type(t).__name__}")
+        k = len(shape)
+        if t.dim() < k or tuple(t.shape[t.dim() - k:]) != shape:
+            raise ValueError(
+                f"{type(self).__name__}: expected a {what} of shape (*batch, {', '.join(map(str, shape))}), "
+                f"got shape {tuple(t.shape)}")
+        if t.device != self.device:
+            raise ValueError(
+                f"{type(self).__name__}: {what} is on {t.device} but the operator is on {self.device}; "
+                f"move one of them (op.to(device) or tensor.to(device))")
+        if not (t.is_floating_point() or t.is_complex()):
+            raise ValueError(f"{type(self).__name__}: {what} must be a floating-point or complex tensor, got {t.dtype}")
+        if real_dtype_of(t.dtype) != self.real_dtype:
+            raise ValueError(
+                f"{type(self).__name__}: {what} has dtype {t.dtype} but the operator works in {self.real_dtype}; "
+                f"convert one of them (op.to({real_dtype_of(t.dtype)}) or tensor.to({self.signal_dtype}))")
+
+    def check_signal(self, x: torch.Tensor) -> None:
+        self._check(x, self.signal_shape, "signal")
+
+    def check_measurements(self, y: torch.Tensor) -> None:
+        self._check(y, self.measurement_shape, "measurement")
+
+    def batch_shape(self, x: torch.Tensor) -> Shape:
+        return tuple(x.shape[: x.dim() - len(self.signal_shape)])
+
+    # ------------------------------------------------------------------ public interface
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Ax for x of shape ``(*batch, *signal_shape)`` → ``(*batch, *measurement_shape)``."""
+        self.check_signal(x)
+        if self.is_complex and not x.is_complex():
+            x = x.to(self.signal_dtype)
+        return self._linear(x)
+
+    def adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        """Aᴴz for z of shape ``(*batch, *measurement_shape)`` → ``(*batch, *signal_shape)``."""
+        self.check_measurements(z)
+        if self.is_complex and not z.is_complex():
+            z = z.to(self.signal_dtype)
+        return self._adjoint(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Intensities y = |Ax|² (real, ≥ 0)."""
+        z = self.linear(x)
+        return z.real.square() + z.imag.square() if z.is_complex() else z.square()
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError  # abstract
+
+    def _adjoint(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError  # abstract
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable) that rebuild this operator with ``state_dict``."""
+        raise NotImplementedError  # abstract
+
+    def extra_repr(self) -> str:
+        return (f"signal_shape={self.signal_shape}, measurement_shape={self.measurement_shape}, "
+                f"complex={self.is_complex}, dtype={self.real_dtype}")

@@ -1,0 +1,118 @@
+r"""Preprocessing functions T(y) of spectral initialization (one definition for the solvers and the theory).
+
+The spectral estimator is the top eigenvector of D = (1/m) Σ_i T(y_i) a_i a_iᴴ. Every T below
+acts on intensities **normalised per sample to mean 1**, ŷ_i = y_i / mean(y) (so for Gaussian
+measurements ŷ is distributed like |⟨a, x*⟩|²/‖x*‖², the variable of the asymptotic theory).
+
+=================  ================================================  ===============================================
+name               T(ŷ)                                              paper
+=================  ================================================  ===============================================
+``identity``       ŷ                                                 Candès, Li, Soltanolkotabi 2015 (WF)
+``trimmed``        ŷ · 1{ŷ ≤ α²}, α = 3                              Chen & Candès 2015 (truncated WF)
+``clipped``        min(ŷ, t), t = 3                                  bounded variant (Lu & Li 2017 style)
+``orthogonality``  1{ŷ_i among the ⌈m/6⌉ largest}                    Wang, Giannakis, Eldar 2017 (TAF)
+``weighted``       ŷ^{γ/2} · 1{ŷ_i among the ⌊3m/13⌋ largest}, γ=½  Wang, Zhang, Giannakis, Akçakaya, Chen 2018 (RAF)
+``mm``             (ŷ − 1)/(ŷ + √δ − 1)                              Mondelli & Montanari 2018
+``optimal``        1 − 1/max(ŷ, ε), ε = 1e-3                         Luo, Alghamdi & Lu 2019
+=================  ================================================  ===============================================
+
+Noisy intensities may be ≤ 0: ``optimal`` floors ŷ at ε (so T ≥ 1 − 1/ε, never −∞ or NaN);
+``mm`` is bounded on ŷ ≥ 0 and clamps ŷ at 0; the others are defined for any real ŷ.
+A callable ``T(ŷ) -> tensor of the same shape`` may be passed wherever a name is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import torch
+
+Preprocessing = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+TRIM_ALPHA = 3.0
+CLIP_LEVEL = 3.0
+OPTIMAL_FLOOR = 1e-3
+ORTHOGONALITY_FRACTION = 1.0 / 6.0
+WEIGHTED_FRACTION = 3.0 / 13.0
+WEIGHTED_GAMMA = 0.5
+
+NAMES = ("identity", "trimmed", "clipped", "orthogonality", "weighted", "mm", "optimal")
+RANK_BASED = ("orthogonality", "weighted")
+
+
+def elementwise(preprocessing: Preprocessing, delta: Optional[float] = None) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """T as a function of the normalised intensity ŷ alone, or ``None`` for the rank-based ones.
+
+    ``delta`` (= m/n) is needed by ``mm`` only. Used by the asymptotic theory, which integrates T
+    against the law of ŷ.
+    """
+    if callable(preprocessing):
+        return preprocessing
+    name = _check_name(preprocessing)
+    if name == "identity":
+        return lambda y: y
+    if name == "trimmed":
+        return lambda y: y * (y <= TRIM_ALPHA ** 2).to(y.dtype)
+    if name == "clipped":
+        return lambda y: torch.clamp(y, max=CLIP_LEVEL)
+    if name == "mm":
+        if delta is None:
+            raise ValueError("preprocessing 'mm' needs delta = m/n")
+        s = math.sqrt(delta)
+        return lambda y: (y.clamp(min=0) - 1) / (y.clamp(min=0) + s - 1) if s >= 1 else _mm_small(y, s)
+    if name == "optimal":
+        return lambda y: 1 - 1 / torch.clamp(y, min=OPTIMAL_FLOOR)
+    return None
+
+
+def _mm_small(y: torch.Tensor, s: float) -> torch.Tensor:
+    # For δ < 1 the denominator ŷ + √δ − 1 vanishes at ŷ = 1 − √δ; keep T bounded there.
+    y = y.clamp(min=1 - s + 1e-3)
+    return (y - 1) / (y + s - 1)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in NAMES:
+        raise ValueError(f"unknown preprocessing {name!r}; choose one of {', '.join(NAMES)} or pass a callable")
+    return name
+
+
+def normalise(y: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
+    """ŷ = y / mean(y) per sample (the mean over the last ``event_dims`` dimensions)."""
+    dims = tuple(range(y.dim() - event_dims, y.dim()))
+    mean = y.mean(dim=dims, keepdim=True)
+    if not torch.isfinite(y).all():
+        raise ValueError("intensities contain NaN or inf; clean the data before spectral initialization")
+    if (mean <= 0).any():
+        raise ValueError("a sample has mean intensity ≤ 0: there is no signal to initialise from")
+    return y / mean
+
+
+def _top_fraction_mask(y: torch.Tensor, count: int, event_dims: int) -> torch.Tensor:
+    flat = y.reshape(*y.shape[: y.dim() - event_dims], -1)
+    count = max(1, min(count, flat.shape[-1]))
+    idx = flat.topk(count, dim=-1).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, idx, True)
+    return mask.reshape(y.shape)
+
+
+def preprocess(y: torch.Tensor, preprocessing: Preprocessing = "optimal", delta: Optional[float] = None,
+               event_dims: int = 1) -> torch.Tensor:
+    """T(ŷ) for raw intensities y of shape ``(*batch, *measurement_shape)``, per sample.
+
+    ``event_dims`` is the number of trailing measurement dimensions (the rest are batch).
+    """
+    yn = normalise(y, event_dims)
+    m = math.prod(y.shape[y.dim() - event_dims:])
+    if isinstance(preprocessing, str) and preprocessing in RANK_BASED:
+        if preprocessing == "orthogonality":
+            return _top_fraction_mask(yn, math.ceil(m * ORTHOGONALITY_FRACTION), event_dims).to(yn.dtype)
+        mask = _top_fraction_mask(yn, math.floor(m * WEIGHTED_FRACTION), event_dims)
+        return yn.clamp(min=0).pow(WEIGHTED_GAMMA / 2) * mask.to(yn.dtype)
+    T = elementwise(preprocessing, delta)(yn)
+    if not isinstance(T, torch.Tensor) or T.shape != yn.shape:
+        raise ValueError("a preprocessing callable must return a tensor of the same shape as its input")
+    if not torch.isfinite(T).all():
+        raise ValueError("preprocessing returned NaN or inf; make T finite on the data (e.g. floor small intensities)")
+    return T
