@@ -2,5 +2,14 @@
 Wirtinger-flow optimizers, and the high-dimensional (DMFT) theory of how they converge."""
 
 from .operators import MeasurementOperator, GaussianMeasurement
+from .operators import (MatrixMeasurement, CodedDiffraction, StructuredRandom, OversampledFourier,
+                        LinkMeasurement, save_operator, load_operator)
+from .noise import PoissonNoise, GaussianNoise
+from . import metrics, noise
+
+from .errors import DivergenceError
+from .logs import TrainingLog
+from .solve import reconstruct, Reconstruction
+from . import losses, optim, logs
 
 __version__ = "0.1.0"

@@ -1,6 +1,28 @@
-"""Forward measurement models (``torch.nn.Module``s): ``linear`` (A), ``adjoint`` (Aᴴ), ``forward`` (|A·|²)."""
+"""Forward measurement models (``torch.nn.Module``s): ``linear`` (A), ``adjoint`` (Aᴴ), ``forward`` (|A·|²).
+
+==========================  ==============================================  ====================
+operator                    model                                           entry_energy E|A_ij|²
+==========================  ==============================================  ====================
+``GaussianMeasurement``     dense i.i.d. Gaussian A (real or complex)       1
+``MatrixMeasurement``       any user matrix (e.g. a transmission matrix)    mean |A_ij|² (measured)
+``CodedDiffraction``        |F D_l x|², L random masks (CDP)                1/n
+``StructuredRandom``        |F D_K ⋯ F D_1 pad(x)|²                         1/N (N padded size)
+``OversampledFourier``      |F pad(x)|² (classic CDI)                       1/N (N padded size)
+==========================  ==============================================  ====================
+
+``save_operator`` / ``load_operator`` persist any of them; :mod:`.links` has link functions
+y = f(Ax) beyond the intensity.
+"""
 
 from .base import MeasurementOperator
 from .gaussian import GaussianMeasurement
+from .matrix import MatrixMeasurement
+from .coded_diffraction import CodedDiffraction
+from .structured import StructuredRandom
+from .fourier import OversampledFourier
+from .links import Link, LinkMeasurement
+from .io import save_operator, load_operator, register_operator
 
-__all__ = ["MeasurementOperator", "GaussianMeasurement"]
+__all__ = ["MeasurementOperator", "GaussianMeasurement", "MatrixMeasurement", "CodedDiffraction",
+           "StructuredRandom", "OversampledFourier", "Link", "LinkMeasurement", "save_operator",
+           "load_operator", "register_operator"]

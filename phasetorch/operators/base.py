@@ -51,6 +51,34 @@ def make_generator(seed: Optional[int] = None, generator: Optional[torch.Generat
     return g
 
 
+def resolve_seed(seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> int:
+    """An int seed: ``seed`` itself, else one drawn from ``generator`` (or from torch's global RNG).
+
+    Operators keep this int (it goes into ``config()``) and draw their random parts from a fresh
+    generator seeded with it, so the config alone rebuilds the same operator.
+    """
+    if seed is not None and generator is None:
+        return int(seed)
+    return int(torch.randint(0, 2**62, (1,), generator=make_generator(seed, generator)).item())
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``"float32"`` (JSON-friendly form used in ``config()``)."""
+    return str(dtype).replace("torch.", "")
+
+
+def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """Inverse of :func:`dtype_name`; accepts a ``torch.dtype`` too. Complex → its real dtype."""
+    if isinstance(dtype, str):
+        t = getattr(torch, dtype.replace("torch.", ""), None)
+        if not isinstance(t, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'float64'")
+        dtype = t
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        raise ValueError(f"an operator dtype must be a floating-point dtype such as torch.float32, got {dtype!r}")
+    return real_dtype_of(dtype)
+
+
 def complex_dtype_of(real_dtype: torch.dtype) -> torch.dtype:
     return {torch.float32: torch.complex64, torch.float64: torch.complex128,
             torch.float16: torch.complex32}.get(real_dtype, torch.complex64)
@@ -81,6 +109,27 @@ class MeasurementOperator(nn.Module):
         self.register_buffer("_dtype_probe", torch.zeros(()), persistent=False)
 
     # ------------------------------------------------------------------ buffers and dtypes
+    def _apply(self, fn, recurse=True):
+        """Module conversions (``.to``, ``.double()``, ``.cuda()``, …) never make a real tensor complex.
+
+        ``op.to(torch.complex64)`` (also through a parent module) therefore acts as
+        ``op.to(torch.float32)``: plain ``nn.Module`` would turn the real views of complex buffers
+        (and the dtype probe) into complex tensors and break the operator.
+        """
+        def keep_real(t):
+            out = fn(t)
+            if isinstance(out, torch.Tensor) and out.is_complex() and not t.is_complex():
+                out = t.to(device=out.device, dtype=real_dtype_of(out.dtype))
+            return out
+        return super()._apply(keep_real, recurse)
+
+    def to(self, *args, **kwargs):
+        """``nn.Module.to`` with a complex dtype read as its real dtype (complex128 → float64)."""
+        args = tuple(real_dtype_of(a) if isinstance(a, torch.dtype) else a for a in args)
+        if isinstance(kwargs.get("dtype"), torch.dtype):
+            kwargs["dtype"] = real_dtype_of(kwargs["dtype"])
+        return super().to(*args, **kwargs)
+
     def register_random(self, name: str, tensor: torch.Tensor) -> None:
         """Register a (possibly complex) tensor as a buffer, complex ones as a real view."""
         if tensor.is_complex():
@@ -191,8 +240,20 @@ class MeasurementOperator(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
-        """Constructor arguments (JSON-serialisable) that rebuild this operator with ``state_dict``."""
+        """Constructor arguments (JSON-serialisable) that rebuild this operator with ``state_dict``.
+
+        Always contains ``"type"`` (the class name, the key of :mod:`phasetorch.operators.io`'s
+        registry) and ``"dtype"`` (e.g. ``"float32"``).
+        """
         raise NotImplementedError  # abstract
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MeasurementOperator":
+        """Rebuild an operator from :meth:`config` (load its ``state_dict`` afterwards for stored parts)."""
+        kwargs = {k: v for k, v in config.items() if k != "type"}
+        if "dtype" in kwargs:
+            kwargs["dtype"] = parse_dtype(kwargs["dtype"])
+        return cls(**kwargs)
 
     def extra_repr(self) -> str:
         return (f"signal_shape={self.signal_shape}, measurement_shape={self.measurement_shape}, "

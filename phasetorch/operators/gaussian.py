@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .base import MeasurementOperator, as_shape, make_generator, complex_dtype_of
+from .base import MeasurementOperator, as_shape, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 
 
 def _gaussian_block(rows: int, n: int, is_complex: bool, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -57,10 +57,8 @@ class GaussianMeasurement(MeasurementOperator):
         self.block_rows = int(block_rows)
         if self.n < 1 or m < 1:
             raise ValueError(f"GaussianMeasurement needs n ≥ 1 and m ≥ 1, got n={self.n}, m={m}")
-        if seed is not None and generator is None:
-            self.seed = int(seed)
-        else:
-            self.seed = int(torch.randint(0, 2**62, (1,), generator=make_generator(seed, generator)).item())
+        self.seed = resolve_seed(seed, generator)
+        dtype = parse_dtype(dtype)
         self._dtype_probe = self._dtype_probe.to(dtype)
         if not self.streamed:
             self.register_random("A", self._matrix(dtype))
@@ -119,4 +117,4 @@ class GaussianMeasurement(MeasurementOperator):
     def config(self) -> dict:
         return {"type": "GaussianMeasurement", "n": list(self.signal_shape), "m": self.m,
                 "complex": self.is_complex, "streamed": self.streamed, "block_rows": self.block_rows,
-                "seed": self.seed}
+                "seed": self.seed, "dtype": dtype_name(self.real_dtype)}

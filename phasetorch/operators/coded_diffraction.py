@@ -1,0 +1,109 @@
+r"""Coded diffraction patterns (CDP): random masks followed by a unitary DFT.
+
+Candès, Li & Soltanolkotabi, "Phase retrieval from coded diffraction patterns", Appl. Comput.
+Harmon. Anal. 39 (2015); used as the Fourier-type model of "Phase retrieval via Wirtinger flow"
+(IEEE Trans. Inf. Theory 61, 2015).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .base import MeasurementOperator, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from .fourier import fft_dims, fft_shape
+
+MASKS = ("octanary", "binary", "uniform", "gaussian")
+
+
+def draw_masks(kind: str, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    r"""Masks d of shape ``shape`` (complex128), i.i.d. entries with E|d|² = 1.
+
+    * ``"octanary"``: d = b₁b₂, b₁ uniform on {1, −1, i, −i}, b₂ = 1/√2 w.p. 4/5 and √3 w.p. 1/5
+      (Candès, Li & Soltanolkotabi 2015, "octanary" masks); E d = 0, E|d|² = 1, E|d|⁴ = 2.
+    * ``"binary"``: d uniform on {+1, −1}.
+    * ``"uniform"``: d = e^{iθ}, θ uniform on [0, 2π).
+    * ``"gaussian"``: d = (g₁ + i g₂)/√2, g₁, g₂ ~ N(0, 1).
+    """
+    shape = tuple(shape)
+    if kind == "octanary":
+        b1 = torch.tensor([1, 1j, -1, -1j], dtype=torch.complex128)[torch.randint(0, 4, shape, generator=generator)]
+        b2 = torch.where(torch.rand(shape, generator=generator, dtype=torch.float64) < 0.8,
+                         math.sqrt(0.5), math.sqrt(3.0))
+        return b1 * b2
+    if kind == "binary":
+        signs = 2.0 * torch.randint(0, 2, shape, generator=generator, dtype=torch.float64) - 1.0
+        return signs.to(torch.complex128)
+    if kind == "uniform":
+        theta = 2 * math.pi * torch.rand(shape, generator=generator, dtype=torch.float64)
+        return torch.polar(torch.ones_like(theta), theta)
+    if kind == "gaussian":
+        g = torch.randn(*shape, 2, generator=generator, dtype=torch.float64) * math.sqrt(0.5)
+        return torch.view_as_complex(g)
+    raise ValueError(f"unknown mask family {kind!r}; choose one of {', '.join(MASKS)}")
+
+
+class CodedDiffraction(MeasurementOperator):
+    r"""y_{l,k} = |(F D_l x)_k|², l = 1..L: L coded diffraction patterns (Candès, Li, Soltanolkotabi 2015).
+
+    D_l = diag(d_l) are random masks (``mask`` selects the family, see :func:`draw_masks`), F is
+    the unitary DFT (``norm="ortho"``) over the signal axes: 1-D for ``shape=(n,)``, 2-D for
+    ``shape=(H, W)``. All L patterns are one batched FFT call over a ``(*batch, L, *shape)`` tensor.
+    ``measurement_shape = (L, *shape)``, so m = L·n and δ = L.
+
+    Adjoint: Aᴴz = Σ_l conj(d_l) ⊙ F⁻¹(z_l) (exact; F⁻¹ = Fᴴ for the unitary DFT).
+
+    Scale: |A_{(l,k), j}|² = |d_{l,j}|²/n, so ``entry_energy = E|d|²/n = 1/n`` for all four
+    families (E|d|² = 1), and E y = ‖x‖²/n per pattern entry (Parseval: Σ_k y_{l,k} = ‖d_l ⊙ x‖²;
+    exact for the unit-modulus ``binary``/``uniform`` masks, in expectation for the others).
+
+    Always complex: real signals are promoted to complex. The masks are a buffer (``op.masks()``)
+    drawn in float64 from ``seed``/``generator`` (so float32 and float64 operators share them).
+    """
+
+    def __init__(self, shape: Union[int, Sequence[int]], n_masks: int, mask: str = "octanary",
+                 seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.signal_shape = fft_shape(shape, "CodedDiffraction")
+        if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
+            raise ValueError(f"CodedDiffraction: n_masks must be an int ≥ 1 (the number L of patterns), got {n_masks!r}")
+        if mask not in MASKS:
+            raise ValueError(f"CodedDiffraction: unknown mask family {mask!r}; choose one of {', '.join(MASKS)}")
+        self.n_masks = int(n_masks)
+        self.mask = mask
+        self.measurement_shape = (self.n_masks, *self.signal_shape)
+        self.is_complex = True
+        self.seed = resolve_seed(seed, generator)
+        dtype = parse_dtype(dtype)
+        self._dtype_probe = self._dtype_probe.to(dtype)
+        g = torch.Generator(device="cpu").manual_seed(self.seed)
+        self.register_random("D", draw_masks(mask, self.measurement_shape, g).to(complex_dtype_of(dtype)))
+
+    @property
+    def entry_energy(self) -> float:
+        """E|A_ij|² = E|d|²/n = 1/n (n = number of pixels of one signal)."""
+        return 1.0 / self.n
+
+    def masks(self) -> torch.Tensor:
+        """The L masks, complex, shape ``(L, *signal_shape)``."""
+        return self.buffer("D")
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        k = len(self.signal_shape)
+        u = x.unsqueeze(-k - 1) * self.buffer("D")
+        return torch.fft.fftn(u, dim=fft_dims(k), norm="ortho")
+
+    def _adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        k = len(self.signal_shape)
+        u = torch.fft.ifftn(z, dim=fft_dims(k), norm="ortho")
+        return (u * self.buffer("D").conj()).sum(dim=-k - 1)
+
+    def config(self) -> dict:
+        return {"type": "CodedDiffraction", "shape": list(self.signal_shape), "n_masks": self.n_masks,
+                "mask": self.mask, "seed": self.seed, "dtype": dtype_name(self.real_dtype)}
+
+
+__all__ = ["CodedDiffraction", "draw_masks", "MASKS"]

@@ -1,0 +1,97 @@
+"""Saving and loading measurement operators (config + state_dict in one ``torch.save`` file).
+
+The file holds ``{"format": "phasetorch-operator", "version": 1, "config": op.config(),
+"state_dict": op.state_dict()}``. Loading rebuilds the operator from its config with the class
+registered under ``config["type"]`` and then loads the stored random parts, so a saved operator
+is reproduced bit for bit (also when its seed was drawn from a generator). Files are read with
+``torch.load(weights_only=True)``: no pickled code is executed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from .base import MeasurementOperator
+from .coded_diffraction import CodedDiffraction
+from .fourier import OversampledFourier
+from .gaussian import GaussianMeasurement
+from .links import LinkMeasurement
+from .matrix import MatrixMeasurement
+from .structured import StructuredRandom
+
+FORMAT = "phasetorch-operator"
+VERSION = 1
+
+REGISTRY: Dict[str, type] = {cls.__name__: cls for cls in (
+    GaussianMeasurement, CodedDiffraction, StructuredRandom, OversampledFourier, MatrixMeasurement,
+    LinkMeasurement)}
+
+
+def register_operator(cls: type) -> type:
+    """Register a user operator class (with ``config()`` and ``from_config``) for :func:`load_operator`.
+
+    Usable as a class decorator; the key is the class name, which ``config()["type"]`` must give.
+    """
+    if not isinstance(cls, type) or not hasattr(cls, "from_config"):
+        raise ValueError("register_operator needs a class with a from_config classmethod "
+                         "(subclass MeasurementOperator)")
+    REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def operator_from_config(config: dict) -> nn.Module:
+    """Build an operator (without its stored state) from ``op.config()``."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"an operator config is a dict with a 'type' key, got {config!r}")
+    cls = REGISTRY.get(config["type"])
+    if cls is None:
+        raise ValueError(f"unknown operator type {config['type']!r}; known types: {', '.join(sorted(REGISTRY))} "
+                         f"(register custom classes with phasetorch.operators.register_operator)")
+    try:
+        return cls.from_config(config)
+    except TypeError as err:
+        raise ValueError(f"config does not match {cls.__name__}'s constructor: {err}") from err
+
+
+def save_operator(op: Union[MeasurementOperator, nn.Module], path: Union[str, os.PathLike]) -> None:
+    """Write ``op`` (its ``config()`` and ``state_dict()``, moved to the CPU) to ``path``."""
+    if not hasattr(op, "config") or not isinstance(op, nn.Module):
+        raise ValueError(f"save_operator needs a phasetorch operator (an nn.Module with config()), "
+                         f"got {type(op).__name__}")
+    config = op.config()
+    if config.get("type") not in REGISTRY:
+        raise ValueError(f"{type(op).__name__} is not registered, so it could not be loaded back; "
+                         f"call phasetorch.operators.register_operator({type(op).__name__}) first")
+    state = {k: v.detach().cpu() for k, v in op.state_dict().items()}
+    torch.save({"format": FORMAT, "version": VERSION, "config": config, "state_dict": state}, path)
+
+
+def load_operator(path: Union[str, os.PathLike], map_location: Optional[Union[str, torch.device]] = None) -> nn.Module:
+    """Rebuild an operator saved by :func:`save_operator` (on the CPU, or on ``map_location``)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"cannot load an operator from {os.fspath(path)!r}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise ValueError(f"cannot read {os.fspath(path)!r} as a phasetorch operator file "
+                         f"({type(err).__name__}: {err}); write it with save_operator") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload:
+        raise ValueError(f"{os.fspath(path)!r} is not a phasetorch operator file; write it with save_operator")
+    if payload.get("version", 0) > VERSION:
+        raise ValueError(f"{os.fspath(path)!r} was written by a newer phasetorch (format version "
+                         f"{payload['version']}); upgrade phasetorch to read it")
+    op = operator_from_config(payload["config"])
+    try:
+        op.load_state_dict(payload.get("state_dict", {}))
+    except RuntimeError as err:
+        raise ValueError(f"the stored state of {os.fspath(path)!r} does not match its config: {err}") from err
+    if map_location is not None:
+        op = op.to(map_location)
+    return op
+
+
+__all__ = ["save_operator", "load_operator", "register_operator", "operator_from_config", "REGISTRY"]
