@@ -4,6 +4,7 @@
 operator                    model                                           entry_energy E|A_ij|²
 ==========================  ==============================================  ====================
 ``GaussianMeasurement``     dense i.i.d. Gaussian A (real or complex)       1
+``GaussianEnsemble``        a batch of independent Gaussian matrices        1
 ``MatrixMeasurement``       any user matrix (e.g. a transmission matrix)    mean |A_ij|² (measured)
 ``CodedDiffraction``        |F D_l x|², L random masks (CDP)                1/n
 ``StructuredRandom``        |F D_K ⋯ F D_1 pad(x)|²                         1/N (N padded size)
@@ -22,7 +23,8 @@ from .structured import StructuredRandom
 from .fourier import OversampledFourier
 from .links import Link, LinkMeasurement
 from .io import save_operator, load_operator, register_operator
+from .ensemble import GaussianEnsemble
 
-__all__ = ["MeasurementOperator", "GaussianMeasurement", "MatrixMeasurement", "CodedDiffraction",
+__all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement", "CodedDiffraction",
            "StructuredRandom", "OversampledFourier", "Link", "LinkMeasurement", "save_operator",
            "load_operator", "register_operator"]

@@ -91,6 +91,14 @@ class CodedDiffraction(MeasurementOperator):
         """The L masks, complex, shape ``(L, *signal_shape)``."""
         return self.buffer("D")
 
+    def gram_diagonal(self) -> torch.Tensor:
+        """diag(AᴴA) = Σ_l |d_l|² per pixel (F unitary); shape ``signal_shape``, real.
+
+        Used by :func:`phasetorch.spectral_init` to whiten the spectral matrix (on by default here).
+        """
+        d = self.masks()
+        return d.real.square().sum(0) + d.imag.square().sum(0) if d.is_complex() else d.square().sum(0)
+
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         k = len(self.signal_shape)
         u = x.unsqueeze(-k - 1) * self.buffer("D")

@@ -1,0 +1,316 @@
+r"""Training logs: per-iteration, per-sample records of an iterative reconstruction.
+
+A :class:`TrainingLog` is a table with one row ("record") per logged iteration and, for every
+per-sample column, one value per sample of the batch. The solvers of :func:`phasetorch.reconstruct`
+write these columns (names shared with the theory's ``Prediction``, so an overlay is a join on
+``iteration``):
+
+==============  =====================================================================================
+``iteration``   the iteration t (0 = the initial point); one integer per record
+``time``        wall-clock seconds since the call started (initialisation included); one per record
+``loss``        the algorithm's objective f(x_t) per sample (see :mod:`phasetorch.losses`)
+``grad_norm``   ‖∇f(x_t)‖ per sample (for GS/HIO: of the amplitude loss)
+``step``        the step size α_t that produced x_t (0 at t = 0 and for samples that have stopped)
+``norm``        ‖x_t‖ per sample
+``residual``    relative amplitude residual ‖|Ax_t| − √y₊‖ / ‖√y₊‖ (the stopping statistic)
+``rel_error``   min_φ ‖x_t − e^{iφ}x*‖/‖x*‖ (only with ``x_true``)
+``overlap``     |⟨x_t, x*⟩| / (‖x_t‖‖x*‖) (only with ``x_true``)
+``inner``       |⟨x_t, x*⟩| / ‖x*‖² — the theory's m(t) when ‖x*‖ = 1 (only with ``x_true``)
+==============  =====================================================================================
+
+Other producers (e.g. :mod:`phasetorch.theory` simulations) build logs with :meth:`TrainingLog.append`.
+``log["overlap"]`` is a float64 tensor of shape ``(records, B)`` with B = prod(batch_shape) (1 for an
+unbatched run); ``log["iteration"]`` and ``log["time"]`` have shape ``(records,)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+
+SCALAR_COLUMNS = ("iteration", "time")
+STANDARD_COLUMNS = ("iteration", "loss", "grad_norm", "step", "norm", "time", "residual",
+                    "rel_error", "overlap", "inner")
+FORMAT = "phasetorch.TrainingLog"
+VERSION = 1
+
+Number = Union[int, float]
+
+
+def _encode_float(v: float) -> Any:
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _decode_float(v: Any) -> float:
+    if isinstance(v, str):
+        return float(v)
+    if v is None:
+        return float("nan")
+    return float(v)
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-serialisable copy of ``obj`` (tensors → lists, dtypes → names, the rest → repr)."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return _encode_float(obj)
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.dtype):
+        return str(obj).replace("torch.", "")
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu()
+        if t.is_complex():
+            t = torch.view_as_real(t)
+        return jsonable(t.tolist())
+    return repr(obj)
+
+
+class TrainingLog:
+    """Per-iteration records of a (batched) run; see the module docstring for the columns.
+
+    Parameters
+    ----------
+    batch_shape : the batch shape of the run (``()`` for a single unbatched sample).
+    config : a dict describing the run (operator config, algorithm, seed, δ, step, l2, …); stored
+        as given and written to JSON with tensors/dtypes converted.
+    columns : optional column order to reserve up front (``"iteration"`` always comes first).
+    """
+
+    def __init__(self, batch_shape: Sequence[int] = (), config: Optional[dict] = None,
+                 columns: Optional[Iterable[str]] = None) -> None:
+        self.batch_shape = tuple(int(b) for b in batch_shape)
+        self.batch_size = math.prod(self.batch_shape)
+        self.config: Dict[str, Any] = dict(config or {})
+        self._columns: List[str] = ["iteration"]
+        self._data: Dict[str, List[Any]] = {"iteration": []}
+        for c in columns or ():
+            self._add_column(c)
+
+    # ------------------------------------------------------------------ building
+    def _add_column(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a column name must be a non-empty string, got {name!r}")
+        if name in self._data:
+            return
+        self._columns.append(name)
+        fill = float("nan")
+        if name in SCALAR_COLUMNS:
+            self._data[name] = [fill] * len(self)
+        else:
+            self._data[name] = [torch.full((self.batch_size,), fill, dtype=torch.float64) for _ in range(len(self))]
+
+    def _as_row(self, name: str, value: Any) -> Any:
+        if name in SCALAR_COLUMNS:
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(f"column {name!r} holds one number per record, got a tensor of shape "
+                                     f"{tuple(value.shape)}")
+                value = value.item()
+            return float(value)
+        t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value)
+        if t.is_complex():
+            raise ValueError(f"column {name!r}: values must be real, got a complex tensor")
+        t = t.to(device="cpu", dtype=torch.float64)
+        if t.numel() == 1 and self.batch_size != 1:
+            return t.reshape(()).expand(self.batch_size).clone()
+        if t.numel() != self.batch_size:
+            raise ValueError(f"column {name!r}: expected one value per sample ({self.batch_size} for batch shape "
+                             f"{self.batch_shape}) or a single number, got shape {tuple(t.shape)}")
+        return t.reshape(self.batch_size).clone()
+
+    def append(self, iteration: int, **values: Any) -> None:
+        """Add one record: ``log.append(t, loss=..., overlap=..., time=...)``.
+
+        Per-sample columns take a tensor (or sequence) with one value per sample (any shape with
+        B elements, e.g. the batch shape) or a single number (broadcast to all samples). ``time``
+        and ``iteration`` take one number. New column names may appear at any record: earlier
+        records get NaN; columns missing from this record get NaN.
+        """
+        if isinstance(iteration, torch.Tensor):
+            iteration = iteration.item()
+        if isinstance(iteration, float) and not iteration.is_integer():
+            raise ValueError(f"iteration must be an integer, got {iteration}")
+        it = int(iteration)
+        rows = {name: self._as_row(name, v) for name, v in values.items()}  # validate before mutating
+        for name in rows:
+            self._add_column(name)
+        self._data["iteration"].append(it)
+        for name in self._columns[1:]:
+            if name in rows:
+                self._data[name].append(rows[name])
+            elif name in SCALAR_COLUMNS:
+                self._data[name].append(float("nan"))
+            else:
+                self._data[name].append(torch.full((self.batch_size,), float("nan"), dtype=torch.float64))
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def columns(self) -> List[str]:
+        """Column names, ``"iteration"`` first, then in order of first appearance."""
+        return list(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._data["iteration"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """``(records,)`` for ``iteration`` (int64) and ``time``; ``(records, B)`` float64 otherwise."""
+        if name not in self._data:
+            raise KeyError(f"no column {name!r} in this log; columns are {', '.join(self._columns)}")
+        rows = self._data[name]
+        if name == "iteration":
+            return torch.tensor(rows, dtype=torch.int64)
+        if name in SCALAR_COLUMNS:
+            return torch.tensor(rows, dtype=torch.float64)
+        if not rows:
+            return torch.zeros(0, self.batch_size, dtype=torch.float64)
+        return torch.stack(rows)
+
+    @property
+    def iterations(self) -> torch.Tensor:
+        """The logged iteration numbers, shape ``(records,)``."""
+        return self["iteration"]
+
+    def final(self, name: str) -> torch.Tensor:
+        """The last record of a column: shape ``(B,)`` (a 0-dim tensor for ``iteration``/``time``)."""
+        if len(self) == 0:
+            raise ValueError("the log is empty")
+        return self[name][-1]
+
+    def mean(self, name: str) -> torch.Tensor:
+        """Mean over the batch, shape ``(records,)`` (NaN entries ignored)."""
+        v = self[name].to(torch.float64)
+        if name in SCALAR_COLUMNS:
+            return v
+        return torch.nanmean(v, dim=1)
+
+    def stderr(self, name: str) -> torch.Tensor:
+        """Standard error of the batch mean, s/√B with s the sample standard deviation (ddof = 1).
+
+        Shape ``(records,)``; NaN where fewer than two samples have finite values; zeros for the
+        per-record columns ``iteration`` and ``time``.
+        """
+        v = self[name].to(torch.float64)
+        if name in SCALAR_COLUMNS:
+            return torch.zeros_like(v)
+        ok = ~torch.isnan(v)
+        k = ok.sum(dim=1).to(torch.float64)
+        mu = torch.nanmean(v, dim=1, keepdim=True)
+        dev = torch.where(ok, (v - mu) ** 2, torch.zeros_like(v)).sum(dim=1)
+        var = dev / (k - 1).clamp_min(1)
+        se = (var / k.clamp_min(1)).sqrt()
+        return torch.where(k >= 2, se, torch.full_like(se, float("nan")))
+
+    def select(self, index: Union[int, Sequence[int], torch.Tensor]) -> "TrainingLog":
+        """A new log restricted to some samples (flat indices into the batch)."""
+        if isinstance(index, int):
+            idx = [index]
+            shape: tuple = ()
+        else:
+            idx = [int(i) for i in (index.tolist() if isinstance(index, torch.Tensor) else index)]
+            shape = (len(idx),)
+        for i in idx:
+            if not -self.batch_size <= i < self.batch_size:
+                raise ValueError(f"sample index {i} out of range for a batch of {self.batch_size}")
+        out = TrainingLog(shape, dict(self.config), self._columns[1:])
+        sel = torch.tensor(idx, dtype=torch.int64)
+        out._data["iteration"] = list(self._data["iteration"])
+        for name in self._columns[1:]:
+            rows = self._data[name]
+            out._data[name] = list(rows) if name in SCALAR_COLUMNS else [r.index_select(0, sel % self.batch_size)
+                                                                         for r in rows]
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (non-finite numbers as the strings "nan", "inf", "-inf")."""
+        data: Dict[str, Any] = {}
+        for name in self._columns:
+            rows = self._data[name]
+            if name == "iteration":
+                data[name] = list(rows)
+            elif name in SCALAR_COLUMNS:
+                data[name] = [_encode_float(v) for v in rows]
+            else:
+                data[name] = [[_encode_float(v) for v in r.tolist()] for r in rows]
+        return {"format": FORMAT, "version": VERSION, "batch_shape": list(self.batch_shape),
+                "columns": list(self._columns), "config": jsonable(self.config), "data": data}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingLog":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError("not a phasetorch TrainingLog (missing format tag); "
+                             "was it written by TrainingLog.to_json?")
+        if int(d.get("version", 0)) > VERSION:
+            raise ValueError(f"TrainingLog format version {d.get('version')} is newer than this phasetorch "
+                             f"({VERSION}); upgrade phasetorch")
+        log = cls(tuple(d["batch_shape"]), d.get("config", {}), [c for c in d["columns"] if c != "iteration"])
+        data = d["data"]
+        log._data["iteration"] = [int(v) for v in data["iteration"]]
+        for name in log._columns[1:]:
+            rows = data[name]
+            if len(rows) != len(log._data["iteration"]):
+                raise ValueError(f"column {name!r} has {len(rows)} records but 'iteration' has "
+                                 f"{len(log._data['iteration'])}")
+            if name in SCALAR_COLUMNS:
+                log._data[name] = [_decode_float(v) for v in rows]
+            else:
+                log._data[name] = [torch.tensor([_decode_float(v) for v in r], dtype=torch.float64) for r in rows]
+                for r in log._data[name]:
+                    if r.numel() != log.batch_size:
+                        raise ValueError(f"column {name!r}: a record has {r.numel()} values, expected "
+                                         f"{log.batch_size}")
+        return log
+
+    def to_json(self, path) -> None:
+        """Write the log (records, columns, batch shape, config) as JSON."""
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainingLog":
+        """Read a log written by :meth:`to_json`."""
+        with open(path, "r", encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+    def to_csv(self, path) -> None:
+        """Write a long-format CSV: one row per (record, sample) with columns ``iteration, sample, ...``.
+
+        Per-record columns (``time``) repeat on every sample's row; ``sample`` is the flat index
+        into the batch. Floats are written with full precision (``repr``).
+        """
+        names = self._columns[1:]
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["iteration", "sample", *names])
+            for r, it in enumerate(self._data["iteration"]):
+                for b in range(self.batch_size):
+                    row: List[Any] = [it, b]
+                    for name in names:
+                        v = self._data[name][r]
+                        row.append(repr(float(v if name in SCALAR_COLUMNS else v[b])))
+                    w.writerow(row)
+
+    def __repr__(self) -> str:
+        return (f"TrainingLog(records={len(self)}, batch_shape={self.batch_shape}, "
+                f"columns={self._columns})")
+
+
+__all__ = ["TrainingLog", "STANDARD_COLUMNS", "SCALAR_COLUMNS"]

@@ -1,0 +1,475 @@
+r"""Phase-retrieval losses as ``nn.Module``\ s, with closed-form gradients and autograd support.
+
+Every loss has the form
+
+    f(x) = (1/m) Σ_i w_i ℓ(r_i, y_i) + (λ/2)‖x‖²,     r = A x / √e,  y ← y / e,
+
+where e = ``op.entry_energy`` (E|A_ij|²). Working with the normalised pair (A/√e, y/e) makes the
+measurement vectors have unit energy per entry on every operator (for Gaussian A, e = 1 and nothing
+changes), so one step size means the same on a Gaussian matrix, a coded-diffraction operator or an
+oversampled FFT. The weights w_i are 1 except for the truncated/reweighted losses, where they are
+computed from the current iterate and treated as constants (detached): the "gradient" of TWF, TAF
+and RAF is the gradient of f with the weights frozen at the point where it is evaluated.
+
+Calling a loss, ``loss(x, y)``, returns the per-sample values (shape = the batch shape of x and y)
+through ordinary torch operations, so autograd works; :meth:`PhaseRetrievalLoss.value_and_grad`
+returns the same values and the closed-form gradient (what the solvers use).
+
+**Gradient convention.** For complex x the closed-form gradient is
+
+    ∇f(x) = 2 ∂f/∂x̄ = ∂f/∂(Re x) + i ∂f/∂(Im x),
+
+the conjugate Wirtinger derivative times 2. This is exactly what PyTorch autograd returns for a
+real-valued function of a complex tensor, and it is the "∇f" of the Wirtinger-flow papers with
+their own normalisations: e.g. the intensity loss below, (1/4m)Σ(|r|² − y)², has
+∇f = (1/m) Σ (|a_iᴴx|² − y_i) a_i a_iᴴ x, which is ∂F/∂x̄ of Candès et al.'s F = (1/2m)Σ(…)² = 2f —
+so ``x − (μ/‖x₀‖²) ∇f`` is literally their update. For real x (real operators, or
+``real_signal=True``) the closed form is the ordinary gradient (= autograd's). With a real
+operator this is again 2∂f/∂x̄: extending f to complex x, the imaginary part of 2∂f/∂x̄ vanishes
+at real x and the real part is ∂f/∂x. With a complex operator and a real x it is the real part of
+the complex formula (the projection of the Wirtinger gradient onto real directions). One formula
+serves all cases, and every factor is tested against autograd and finite differences.
+
+**Negative intensities** (additive noise) are accepted everywhere; each loss states how it treats
+them. None of them produces NaN for y ≤ 0.
+
+**Step-size scale.** :meth:`PhaseRetrievalLoss.step_scale` gives the factor that makes a step μ
+dimensionless: 1/‖x₀‖² for the quartic intensity loss (Candès et al.'s μ/‖z₀‖²), 1 for the
+amplitude and Poisson losses, whose gradients are homogeneous of degree 1 in (x, √y).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .operators.base import MeasurementOperator
+
+__all__ = ["MeasurementData", "Evaluation", "Fields", "PhaseRetrievalLoss", "IntensityLoss", "AmplitudeLoss",
+           "PoissonLoss", "TruncatedPoissonLoss", "TruncatedAmplitudeLoss", "ReweightedAmplitudeLoss", "LOSSES",
+           "check_intensities"]
+
+
+@dataclass
+class MeasurementData:
+    """Intensities prepared for a loss: normalised y/e, y₊ = max(y/e, 0) and ψ = √y₊.
+
+    ``norm_psi`` is ‖ψ‖ per sample (the denominator of the relative amplitude residual).
+    """
+
+    y: torch.Tensor
+    y_pos: torch.Tensor
+    psi: torch.Tensor
+    norm_psi: torch.Tensor
+
+
+def _abs2(z: torch.Tensor) -> torch.Tensor:
+    return z.real.square() + z.imag.square() if z.is_complex() else z.square()
+
+
+class Fields:
+    """r = Ax/√e with |r|², |r| and sgn(r) computed once per evaluation (lazily).
+
+    In autograd mode |r| uses ``torch.abs`` (zero subgradient at r = 0); otherwise (|r|²)^{1/2},
+    which is cheaper for complex r. sgn(r) = r/|r| with sgn(0) = 0.
+    """
+
+    __slots__ = ("r", "autograd", "_a2", "_a", "_sgn")
+
+    def __init__(self, r: torch.Tensor, autograd: bool = False) -> None:
+        self.r, self.autograd = r, autograd
+        self._a2 = self._a = self._sgn = None
+
+    @property
+    def a2(self) -> torch.Tensor:
+        if self._a2 is None:
+            self._a2 = _abs2(self.r)
+        return self._a2
+
+    @property
+    def a(self) -> torch.Tensor:
+        if self._a is None:
+            # a2.pow(0.5) rather than a2.sqrt(): same values to an ulp, and torch's sqrt kernel
+            # parallelises small tensors, which costs milliseconds per call on a busy CPU
+            self._a = self.r.abs() if (self.autograd or not self.r.is_complex()) else self.a2.pow(0.5)
+        return self._a
+
+    @property
+    def sgn(self) -> torch.Tensor:
+        if self._sgn is None:
+            if self.r.is_complex():
+                a = self.a
+                inv = torch.where(a > 0, 1.0 / torch.where(a > 0, a, torch.ones_like(a)), torch.zeros_like(a))
+                self._sgn = self.r * inv
+            else:
+                self._sgn = torch.sign(self.r)
+        return self._sgn
+
+
+@dataclass
+class Evaluation:
+    """The result of :meth:`PhaseRetrievalLoss.evaluate`: ``value`` per sample, ``grad`` (or None),
+    ``r`` = Ax/√e, the ``weights`` used (None = all ones) and ``fields`` (|r|, sgn r, cached)."""
+
+    value: torch.Tensor
+    grad: Optional[torch.Tensor]
+    r: torch.Tensor
+    weights: Optional[torch.Tensor]
+    fields: "Fields"
+
+
+def _sum_dims(t: torch.Tensor, k: int) -> torch.Tensor:
+    return t.sum(dim=tuple(range(t.dim() - k, t.dim()))) if k else t
+
+
+def _mean_dims(t: torch.Tensor, k: int) -> torch.Tensor:
+    return t.mean(dim=tuple(range(t.dim() - k, t.dim()))) if k else t
+
+
+def check_intensities(op: MeasurementOperator, y: torch.Tensor, who: str = "y") -> None:
+    """Validate intensities for ``op``: a real, finite tensor of shape ``(*batch, *measurement_shape)``."""
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"{who} must be a torch.Tensor of intensities |Ax|², got {type(y).__name__}")
+    if y.is_complex():
+        raise ValueError(f"{who} must hold real intensities |Ax|², got a complex tensor; pass op(x) (not op.linear(x))")
+    op.check_measurements(y)
+    if not torch.isfinite(y).all():
+        raise ValueError(f"{who} contains NaN or inf; remove or replace those measurements "
+                         f"(e.g. y = torch.nan_to_num(y, nan=0.0)) before reconstructing")
+
+
+class PhaseRetrievalLoss(nn.Module):
+    r"""Base class: f(x) = (1/m) Σ_i w_i ℓ(r_i, y_i) + (λ/2)‖x‖², r = Ax/√e, y ← y/e.
+
+    Subclasses define ``_ell`` (ℓ per measurement), ``_dell`` (g_i = 2∂ℓ/∂r̄_i, the per-measurement
+    gradient factor, so that ∇f = (1/m) Aᴴ(w ⊙ g)/√e + λx) and optionally ``_weights``.
+
+    Parameters
+    ----------
+    op : the measurement operator (kept as a submodule; ``loss.to(dtype)`` moves it too).
+    l2 : λ ≥ 0, the ridge term (λ/2)‖x‖² ("regularized" variants; 0 by default).
+    """
+
+    name = "base"
+    #: the exponent p of the step scale ‖x₀‖^{-p} (2 for the quartic intensity loss, else 0)
+    scale_power = 0
+    #: whether the weights depend on the iterate (truncated / reweighted losses)
+    adaptive_weights = False
+
+    def __init__(self, op: MeasurementOperator, l2: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(op, MeasurementOperator):
+            raise ValueError(f"op must be a phasetorch MeasurementOperator, got {type(op).__name__}")
+        l2 = float(l2)
+        if not math.isfinite(l2) or l2 < 0:
+            raise ValueError(f"l2 must be a finite number ≥ 0, got {l2}")
+        self.op = op
+        self.l2 = l2
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, y: torch.Tensor) -> MeasurementData:
+        """Validate and normalise intensities (y/e, max(y/e, 0), √max(y/e, 0), ‖ψ‖ per sample)."""
+        if isinstance(y, MeasurementData):
+            return y
+        check_intensities(self.op, y)
+        e = float(self.op.entry_energy)
+        yn = y / e
+        y_pos = yn.clamp_min(0)
+        psi = y_pos.sqrt()
+        k = len(self.op.measurement_shape)
+        return MeasurementData(yn, y_pos, psi, _sum_dims(y_pos, k).sqrt())
+
+    # ------------------------------------------------------------------ pieces
+    def measure(self, x: torch.Tensor) -> torch.Tensor:
+        """r = A x / √e (shape ``(*batch, *measurement_shape)``)."""
+        return self.op.linear(x) * (1.0 / math.sqrt(self.op.entry_energy))
+
+    def back(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(1/m) Aᴴ v / √e, returned in x's dtype family (real part for a real x)."""
+        g = self.op.adjoint(v) * (1.0 / (self.op.m * math.sqrt(self.op.entry_energy)))
+        if g.is_complex() and not x.is_complex():
+            g = g.real
+        return g
+
+    def _ell(self, p: "Fields", d: MeasurementData) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError  # abstract: every subclass defines its own
+
+    def _dell(self, p: "Fields", d: MeasurementData) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError  # abstract: every subclass defines its own
+
+    def _weights(self, p: "Fields", d: MeasurementData, x: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+    def weights(self, x: torch.Tensor, y, r: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The per-measurement weights w at x (detached), or ``None`` (all ones)."""
+        d = self.prepare(y)
+        with torch.no_grad():
+            r = self.measure(x) if r is None else r
+            return self._weights(Fields(r.detach()), d, x.detach())
+
+    def _reduce(self, per_meas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        k = len(self.op.measurement_shape)
+        val = _mean_dims(per_meas, k)
+        if self.l2:
+            val = val + 0.5 * self.l2 * _sum_dims(_abs2(x), len(self.op.signal_shape))
+        return val
+
+    # ------------------------------------------------------------------ public API
+    def forward(self, x: torch.Tensor, y, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-sample values f(x) (shape = batch shape), differentiable by autograd.
+
+        ``weights`` overrides the iterate-dependent weights (e.g. to evaluate a truncated loss
+        with the mask of another point, as a line search does); by default they are computed at
+        x and detached.
+        """
+        d = self.prepare(y)
+        r = self.measure(x)
+        w = self._weights(Fields(r.detach()), d, x.detach()) if weights is None else weights
+        ell = self._ell(Fields(r, autograd=True), d)
+        if w is not None:
+            ell = w * ell
+        return self._reduce(ell, x)
+
+    def value(self, x: torch.Tensor, y, r: Optional[torch.Tensor] = None,
+              weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample values, r = Ax/√e) without building an autograd graph."""
+        ev = self.evaluate(x, y, r, weights, grad=False)
+        return ev.value, ev.r
+
+    def value_and_grad(self, x: torch.Tensor, y, r: Optional[torch.Tensor] = None,
+                       weights: Optional[torch.Tensor] = None):
+        """Closed form: ``(values, grad, r, weights)``.
+
+        ``grad`` = (1/m) Aᴴ(w ⊙ g)/√e + λx = 2∂f/∂x̄ (= autograd's gradient; the ordinary
+        gradient for real x). ``r`` (= Ax/√e) may be passed to skip the forward product;
+        ``weights`` overrides the iterate-dependent weights.
+        """
+        ev = self.evaluate(x, y, r, weights, grad=True)
+        return ev.value, ev.grad, ev.r, ev.weights
+
+    def evaluate(self, x: torch.Tensor, y, r: Optional[torch.Tensor] = None,
+                 weights: Optional[torch.Tensor] = None, grad: bool = True) -> "Evaluation":
+        """Values (and the closed-form gradient) at x, keeping |Ax| for reuse (see :class:`Evaluation`)."""
+        d = self.prepare(y)
+        with torch.no_grad():
+            r = self.measure(x) if r is None else r
+            p = Fields(r)
+            w = self._weights(p, d, x) if weights is None else weights
+            ell = self._ell(p, d)
+            if w is not None:
+                ell = w * ell
+            val = self._reduce(ell, x)
+            g = None
+            if grad:
+                gm = self._dell(p, d)
+                if w is not None:
+                    gm = w * gm
+                g = self.back(gm, x)
+                if self.l2:
+                    g = g + self.l2 * x
+            return Evaluation(val, g, r, w, p)
+
+    def gradient(self, x: torch.Tensor, y) -> torch.Tensor:
+        """The closed-form gradient alone (see :meth:`value_and_grad`)."""
+        return self.value_and_grad(x, y)[1]
+
+    def step_scale(self, x0: torch.Tensor) -> torch.Tensor:
+        """Per-sample factor s such that a step μ means α = μ·s: 1/‖x₀‖² (intensity loss) or 1."""
+        k = len(self.op.signal_shape)
+        n2 = _sum_dims(_abs2(x0.detach()), k)
+        if self.scale_power == 0:
+            return torch.ones_like(n2)
+        if (n2 <= 0).any():
+            raise ValueError("the initial point has zero norm, so the step μ/‖x₀‖² is undefined; "
+                             "start from a non-zero x₀ (e.g. init='spectral')")
+        return n2.pow(-self.scale_power / 2)
+
+    def residual(self, r, y) -> torch.Tensor:
+        """Relative amplitude residual ‖|r| − ψ‖ / ‖ψ‖ per sample (‖|r|‖ when ψ = 0); r: tensor or Fields."""
+        d = self.prepare(y)
+        k = len(self.op.measurement_shape)
+        a = r if isinstance(r, Fields) else Fields(r)
+        num = _sum_dims((a.a - d.psi).square(), k).sqrt()
+        den = d.norm_psi
+        return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), num)
+
+    def hyperparameters(self) -> dict:
+        """The loss's parameters (for logs)."""
+        return {"loss": self.name, "l2": self.l2}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items() if k != "loss")
+
+
+class IntensityLoss(PhaseRetrievalLoss):
+    r"""Wirtinger-flow intensity loss f(x) = (1/4m) Σ_i (|a_iᴴx|² − y_i)² + (λ/2)‖x‖².
+
+    ∇f = (1/m) Σ_i (|a_iᴴx|² − y_i) a_i a_iᴴ x + λx (Candès, Li & Soltanolkotabi, "Phase retrieval
+    via Wirtinger flow", IEEE Trans. Inf. Theory 61, 2015; their F = (1/2m)Σ(…)² = 2f has ∂F/∂x̄
+    equal to this ∇f). With ``l2 > 0`` this is the "regularized WF" objective of the DMFT theory
+    (:mod:`phasetorch.theory`): L(x) = (1/m)Σ(r² − y)²/4 + (λ/2)‖x‖².
+
+    Negative y: used as is (the quartic is defined for any y; a negative y_i pulls |a_iᴴx|² towards
+    0 as hard as the data allow).
+    """
+
+    name = "intensity"
+    scale_power = 2
+
+    def _ell(self, p, d):
+        return 0.25 * (p.a2 - d.y).square()
+
+    def _dell(self, p, d):
+        return (p.a2 - d.y) * p.r
+
+
+class AmplitudeLoss(PhaseRetrievalLoss):
+    r"""Amplitude loss f(x) = (1/2m) Σ_i (|a_iᴴx| − √y_i)² + (λ/2)‖x‖².
+
+    ∇f = (1/m) Σ_i (a_iᴴx − √y_i · sgn(a_iᴴx)) a_i + λx with sgn(r) = r/|r| (sgn(0) = 0, the
+    subgradient autograd uses). Reshaped WF (Zhang & Liang, NeurIPS 2016) and amplitude flow
+    (Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64, 2018) descend this loss; for an
+    operator with AᴴA = I (normalised) one step of size 1 is the Gerchberg–Saxton/error-reduction
+    update x ← Aᴴ(√y ⊙ sgn(Ax)).
+
+    Negative y: √y is taken as √max(y, 0).
+    """
+
+    name = "amplitude"
+
+    def _ell(self, p, d):
+        return 0.5 * (p.a - d.psi).square()
+
+    def _dell(self, p, d):
+        return p.r - d.psi * p.sgn
+
+
+class PoissonLoss(PhaseRetrievalLoss):
+    r"""Poisson negative log-likelihood f(x) = (1/m) Σ_i (|a_iᴴx|² − y_i log|a_iᴴx|²) + (λ/2)‖x‖².
+
+    The likelihood of y_i ~ Poisson(|a_iᴴx|²) up to x-independent terms (Chen & Candès, "Solving
+    random quadratic systems of equations is nearly as easy as solving linear systems", Comm. Pure
+    Appl. Math. 70, 2017). ∇f = (1/m) Σ_i 2(|a_iᴴx|² − y_i)/(a_iᴴx)^* · a_i + λx, i.e. minus the
+    paper's (1/m)Σ∇ℓ_i; the TWF update z + (μ/m)Σ∇ℓ_i is x − μ∇f.
+
+    Negative y: replaced by max(y, 0) (a Poisson count is ≥ 0, and −y log|r|² with y < 0 would be
+    unbounded below). |a_iᴴx|² is floored at the smallest positive float inside the logarithm; the
+    gradient of a measurement with |a_iᴴx|² below that floor is 2r_i (the log term is constant there).
+    """
+
+    name = "poisson"
+
+    def _ell(self, p, d):
+        a2 = p.a2
+        return a2 - d.y_pos * torch.log(a2.clamp_min(torch.finfo(a2.dtype).tiny))
+
+    def _dell(self, p, d):
+        a2 = p.a2
+        ok = a2 >= torch.finfo(a2.dtype).tiny
+        inv = torch.where(ok, 1.0 / torch.where(ok, a2, torch.ones_like(a2)), torch.zeros_like(a2))
+        return (2 - 2 * d.y_pos * inv) * p.r
+
+
+class TruncatedPoissonLoss(PoissonLoss):
+    r"""Poisson loss restricted to the TWF index set (Chen & Candès 2017, Algorithm 1).
+
+    w_i = 1{E₁ⁱ ∩ E₂ⁱ} with, at the current x (normalised units, ‖a_i‖ ≈ √n replacing the paper's
+    √n/‖a_i‖ factor as PhasePack and solvephase do):
+
+        E₁ⁱ: α_lb ≤ |a_iᴴx| / ‖x‖ ≤ α_ub,
+        E₂ⁱ: |y_i − |a_iᴴx|²| ≤ α_h · K · |a_iᴴx| / ‖x‖,  K = (1/m) Σ_l |y_l − |a_lᴴx|²|.
+
+    Defaults α_lb = 0.3, α_ub = 5, α_h = 5 (the paper's). The loss value is (1/m) Σ_{i∈E} ℓ_i (not
+    divided by |E|), so the gradient is the TWF direction exactly. Negative y: max(y, 0) as
+    :class:`PoissonLoss` (in K as well).
+    """
+
+    name = "poisson_truncated"
+    adaptive_weights = True
+
+    def __init__(self, op: MeasurementOperator, alpha_lb: float = 0.3, alpha_ub: float = 5.0,
+                 alpha_h: float = 5.0, l2: float = 0.0) -> None:
+        super().__init__(op, l2)
+        for nm, v in (("alpha_lb", alpha_lb), ("alpha_ub", alpha_ub), ("alpha_h", alpha_h)):
+            if not (math.isfinite(float(v)) and float(v) > 0):
+                raise ValueError(f"{nm} must be a finite number > 0, got {v}")
+        if alpha_lb >= alpha_ub:
+            raise ValueError(f"alpha_lb ({alpha_lb}) must be smaller than alpha_ub ({alpha_ub})")
+        self.alpha_lb, self.alpha_ub, self.alpha_h = float(alpha_lb), float(alpha_ub), float(alpha_h)
+
+    def _weights(self, p, d, x):
+        k = len(self.op.measurement_shape)
+        nx = _sum_dims(_abs2(x), len(self.op.signal_shape)).sqrt()
+        nx = nx.reshape(*nx.shape, *([1] * k))
+        ar = p.a
+        ratio = ar / nx.clamp_min(torch.finfo(ar.dtype).tiny)
+        dev = (d.y_pos - p.a2).abs()
+        K = _mean_dims(dev, k).reshape(*nx.shape)
+        keep = (ratio >= self.alpha_lb) & (ratio <= self.alpha_ub) & (dev <= self.alpha_h * K * ratio)
+        return keep.to(ar.dtype)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "alpha_lb": self.alpha_lb, "alpha_ub": self.alpha_ub,
+                "alpha_h": self.alpha_h}
+
+
+class TruncatedAmplitudeLoss(AmplitudeLoss):
+    r"""Amplitude loss on TAF's index set (Wang, Giannakis & Eldar, "Solving systems of random
+    quadratic equations via truncated amplitude flow", IEEE Trans. Inf. Theory 64, 2018, Alg. 1).
+
+    w_i = 1{|a_iᴴx| ≥ √y_i / (1 + γ)}, γ = 0.7: measurements whose current amplitude is far below the
+    data are dropped (for real data their sign is likely wrong). Value (1/2m) Σ_{i∈I} (|a_iᴴx| − √y_i)².
+    Negative y: √max(y, 0) (such measurements are always kept).
+    """
+
+    name = "amplitude_truncated"
+    adaptive_weights = True
+
+    def __init__(self, op: MeasurementOperator, gamma: float = 0.7, l2: float = 0.0) -> None:
+        super().__init__(op, l2)
+        if not (math.isfinite(float(gamma)) and float(gamma) > 0):
+            raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def _weights(self, p, d, x):
+        return (p.a * (1 + self.gamma) >= d.psi).to(d.psi.dtype)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "gamma": self.gamma}
+
+
+class ReweightedAmplitudeLoss(AmplitudeLoss):
+    r"""Reweighted amplitude loss of RAF (Wang, Giannakis, Saad & Chen, "Phase retrieval via
+    reweighted amplitude flow", IEEE Trans. Signal Process. 66, 2018, eq. (14)).
+
+    w_i = 1 / (1 + β ψ_i / |a_iᴴx|) = |a_iᴴx| / (|a_iᴴx| + β ψ_i), ψ_i = √y_i: small weights for
+    measurements whose current amplitude is small relative to the data. Value
+    (1/2m) Σ_i w_i (|a_iᴴx| − ψ_i)². ``beta`` defaults to 10 (the paper's value for real data; the
+    ``raf`` preset uses 5 for complex data, PhasePack's choice). Negative y: ψ = √max(y, 0);
+    w_i = 1 when |a_iᴴx| = ψ_i = 0.
+    """
+
+    name = "amplitude_reweighted"
+    adaptive_weights = True
+
+    def __init__(self, op: MeasurementOperator, beta: float = 10.0, l2: float = 0.0) -> None:
+        super().__init__(op, l2)
+        if not (math.isfinite(float(beta)) and float(beta) >= 0):
+            raise ValueError(f"beta must be a finite number ≥ 0, got {beta}")
+        self.beta = float(beta)
+
+    def _weights(self, p, d, x):
+        ar = p.a
+        den = ar + self.beta * d.psi
+        return torch.where(den > 0, ar / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "beta": self.beta}
+
+
+LOSSES = {cls.name: cls for cls in (IntensityLoss, AmplitudeLoss, PoissonLoss, TruncatedPoissonLoss,
+                                    TruncatedAmplitudeLoss, ReweightedAmplitudeLoss)}

@@ -1,0 +1,140 @@
+"""Many independent Gaussian measurement matrices applied in one batched product."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .base import MeasurementOperator, dtype_name, make_generator, parse_dtype
+from .gaussian import GaussianMeasurement
+from .io import register_operator
+
+
+@register_operator
+class GaussianEnsemble(MeasurementOperator):
+    r"""``count`` independent dense Gaussian operators A_1, …, A_count, one per problem of a batch.
+
+    Signals have shape ``(*batch, count, n)`` and measurements ``(*batch, count, m)``: the **last
+    batch dimension indexes the matrix**, so x[..., k, :] is measured by A_k,
+    y[..., k, :] = |A_k x[..., k, :]|². This runs ``count`` independent phase-retrieval problems
+    (e.g. the seeds of a simulation, :func:`phasetorch.theory.simulate`) as one batch through any
+    solver, with one batched matrix product per application (``torch.bmm``) instead of a loop.
+
+    A_k is exactly ``GaussianMeasurement(n, m, complex, seed=seeds[k], block_rows=block_rows).matrix()``
+    (same row-block seeds and draws; entries N(0,1) real or (g₁+ig₂)/√2 complex, E|A_ij|² = 1, so
+    ``entry_energy = 1``; Candès, Li & Soltanolkotabi 2015).
+
+    Parameters
+    ----------
+    n, m : unknowns and measurements per problem. count : number of independent matrices.
+    complex : complex (default) or real Gaussian entries.
+    seeds : one int seed per matrix; or ``seed`` / ``generator`` from which ``count`` seeds are drawn.
+    block_rows : row-block size of the seed schedule (keep the default to match GaussianMeasurement).
+    dtype : real dtype (float32 default). Memory: count·m·n entries.
+    """
+
+    #: the last batch dimension indexes the matrices: solvers must not drop or reorder batch entries
+    batch_indexed = True
+
+    def __init__(self, n: int, m: int, count: int, complex: bool = True, seeds: Optional[Sequence[int]] = None,
+                 seed: Optional[int] = None, generator: Optional[torch.Generator] = None, block_rows: int = 4096,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not isinstance(n, int) or not isinstance(m, int) or n < 1 or m < 1:
+            raise ValueError(f"GaussianEnsemble needs integers n ≥ 1 and m ≥ 1, got n={n!r}, m={m!r}")
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count (number of matrices) must be a positive integer, got {count!r}")
+        if seeds is not None:
+            if seed is not None or generator is not None:
+                raise ValueError("pass seeds= (one per matrix) or seed=/generator=, not both")
+            seeds = [int(s) for s in seeds]
+            if len(seeds) != count:
+                raise ValueError(f"seeds has {len(seeds)} entries but count = {count}; give one seed per matrix")
+        else:
+            g = make_generator(seed, generator)
+            seeds = [int(s) for s in torch.randint(0, 2**62, (count,), generator=g)]
+        self.signal_shape = (n,)
+        self.measurement_shape = (m,)
+        self.count = count
+        self.seeds = seeds
+        self.is_complex = bool(complex)
+        self.block_rows = int(block_rows)
+        dtype = parse_dtype(dtype)
+        self._dtype_probe = self._dtype_probe.to(dtype)
+        mats = [self._member_matrix(k, dtype) for k in range(count)]
+        self.register_random("A", torch.stack(mats, 0))
+
+    def _member_matrix(self, k: int, dtype: torch.dtype) -> torch.Tensor:
+        # a streamed GaussianMeasurement stores nothing; its block generator gives A_k exactly
+        proto = GaussianMeasurement(self.n, self.m, complex=self.is_complex, seed=self.seeds[k], streamed=True,
+                                    block_rows=self.block_rows, dtype=dtype)
+        return proto._matrix(dtype)
+
+    @property
+    def entry_energy(self) -> float:
+        return 1.0
+
+    def matrices(self) -> torch.Tensor:
+        """All matrices, shape (count, m, n)."""
+        return self.buffer("A")
+
+    def member(self, k: int) -> GaussianMeasurement:
+        """The k-th problem as a stand-alone :class:`GaussianMeasurement` (same matrix, shared storage)."""
+        if not -self.count <= k < self.count:
+            raise ValueError(f"member index {k} out of range for {self.count} matrices")
+        op = GaussianMeasurement(self.n, self.m, complex=self.is_complex, seed=self.seeds[k], streamed=True,
+                                 block_rows=self.block_rows, dtype=self.real_dtype).to(self.device)
+        op.register_random("A", self.buffer("A")[k])
+        op.streamed = False
+        return op
+
+    # ------------------------------------------------------------------ shape checks
+    def _check_count(self, t: torch.Tensor, what: str) -> None:
+        if t.dim() < 2 or t.shape[-2] != self.count:
+            raise ValueError(f"GaussianEnsemble: a {what} must have shape (*batch, {self.count}, "
+                             f"{self.n if what == 'signal' else self.m}) — the last batch dimension indexes "
+                             f"the {self.count} matrices — got shape {tuple(t.shape)}")
+
+    def check_signal(self, x: torch.Tensor) -> None:
+        super().check_signal(x)
+        self._check_count(x, "signal")
+
+    def check_measurements(self, y: torch.Tensor) -> None:
+        super().check_measurements(y)
+        self._check_count(y, "measurement")
+
+    # ------------------------------------------------------------------ products
+    @staticmethod
+    def _to_bmm(t: torch.Tensor) -> torch.Tensor:
+        c, k = t.shape[-2], t.shape[-1]
+        return t.reshape(-1, c, k).transpose(0, 1)  # (count, B, k)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        A = self.buffer("A")
+        xb = self._to_bmm(x)
+        if not self.is_complex and x.is_complex():
+            z = torch.complex(torch.bmm(xb.real.contiguous(), A.transpose(1, 2)),
+                              torch.bmm(xb.imag.contiguous(), A.transpose(1, 2)))
+        else:
+            z = torch.bmm(xb, A.transpose(1, 2))
+        return z.transpose(0, 1).reshape(*x.shape[:-1], self.m)
+
+    def _adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        A = self.buffer("A")
+        zb = self._to_bmm(z)
+        if A.is_complex():
+            x = torch.bmm(zb.conj(), A).conj()
+        elif zb.is_complex():
+            x = torch.complex(torch.bmm(zb.real.contiguous(), A), torch.bmm(zb.imag.contiguous(), A))
+        else:
+            x = torch.bmm(zb, A)
+        return x.transpose(0, 1).reshape(*z.shape[:-1], self.n)
+
+    def config(self) -> dict:
+        return {"type": "GaussianEnsemble", "n": self.n, "m": self.m, "count": self.count,
+                "complex": self.is_complex, "seeds": list(self.seeds), "block_rows": self.block_rows,
+                "dtype": dtype_name(self.real_dtype)}
+
+    def extra_repr(self) -> str:
+        return f"count={self.count}, " + super().extra_repr()

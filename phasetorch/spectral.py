@@ -1,0 +1,359 @@
+r"""Spectral initialization: the top eigenvector of D = (1/m) Σ_i T(ŷ_i) a_i a_iᴴ, matrix-free and batched.
+
+For intensities y = |Ax|² (shape ``(*batch, *op.measurement_shape)``) and a preprocessing T of the
+per-sample normalised intensities ŷ = y / mean(y) (:mod:`phasetorch.preprocessing`), the spectral
+estimator is the top eigenvector of
+
+    D = (1/(m·e)) Aᴴ diag(T(ŷ)) A,     e = op.entry_energy = E|A_ij|²,
+
+scaled to the norm the data imply, ‖x₀‖² = mean(y)/e (the library's scale convention: E y_i =
+e‖x‖²). Dividing by e makes the spectrum operator-independent: for i.i.d. Gaussian A (e = 1) this
+is the D of the theory (Lu & Li 2017; Mondelli & Montanari 2018; Luo, Alghamdi & Lu 2019, whose
+``optimal`` T = 1 − 1/ŷ gives λ₁(D) → 1/δ and the largest overlap at every δ), and
+:func:`phasetorch.theory.spectral_overlap` predicts |⟨x₀, x*⟩|/(‖x₀‖‖x*‖).
+
+D is never formed: each product D v costs one ``op.linear`` and one ``op.adjoint`` call for the
+whole batch of samples still running. The eigensolvers are in :mod:`phasetorch.eigensolvers`
+(thick-restart Lanczos with full reorthogonalisation by default; shifted power method on request).
+Everything is per sample — normalisation ŷ, shift, stopping test, scale — so a batch gives what
+single runs give (deepinv's ``spectral_methods`` normalises over the whole batch; this does not).
+
+The global phase (sign for real signals) is not identifiable from |Ax|²; phasetorch returns the
+eigenvector rotated so that its largest-modulus coordinate is real and positive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from .eigensolvers import lanczos_top, power_top
+from .operators.base import MeasurementOperator, make_generator
+from .preprocessing import Preprocessing, preprocess
+
+SOLVERS = ("lanczos", "power")
+DEFAULT_MAX_ITER = {"lanczos": 2000, "power": 20000}
+
+
+def default_krylov_dim(n: int) -> int:
+    """Lanczos basis size: 64, fewer for very large n (≤ 2²³ stored entries per sample), capped at n."""
+    return int(min(n, 64, max(16, 2 ** 23 // max(n, 1))))
+
+
+__all__ = ["spectral_init", "SpectralInfo", "spectral_matrix", "count_matvecs", "MatvecCounter"]
+
+
+@dataclass
+class SpectralInfo:
+    """Diagnostics of :func:`spectral_init`, one entry per sample (tensors of shape ``batch``).
+
+    iterations: solver steps (Lanczos vectors generated, restarts included; power steps).
+    matvecs: products with D, i.e. pairs of ``op.linear``/``op.adjoint`` applications per sample
+        (power method: includes the steps that estimate the shift).
+    eigenvalue: top eigenvalue θ of D (of W^{-1/2} D W^{-1/2} when whitened), float64.
+    gap: estimate of λ₁ − λ₂ (Lanczos: difference of the two top Ritz values, an over-estimate
+        before convergence; power: from the observed contraction rate).
+    converged: whether ‖D u − θ u‖ ≤ tol·|θ| was reached within ``max_iter``.
+    residual: the final relative residual ‖D u − θ u‖/|θ| (Lanczos: the recurrence value β|s_j|/|θ|).
+    shift: per-sample shift σ of the power method (zeros for Lanczos).
+    """
+
+    iterations: torch.Tensor
+    matvecs: torch.Tensor
+    eigenvalue: torch.Tensor
+    gap: torch.Tensor
+    converged: torch.Tensor
+    residual: torch.Tensor
+    shift: torch.Tensor
+    solver: str = "lanczos"
+    whitened: bool = False
+
+
+# ---------------------------------------------------------------------------- matvec counting
+class MatvecCounter:
+    """Counts applications of an operator inside :func:`count_matvecs`.
+
+    ``linear_calls``/``adjoint_calls``: number of calls; ``linear_vectors``/``adjoint_vectors``:
+    number of signal/measurement vectors processed (a call on a batch of b vectors counts b).
+    """
+
+    def __init__(self) -> None:
+        self.linear_calls = 0
+        self.adjoint_calls = 0
+        self.linear_vectors = 0
+        self.adjoint_vectors = 0
+
+    def __repr__(self) -> str:
+        return (f"MatvecCounter(linear_calls={self.linear_calls}, adjoint_calls={self.adjoint_calls}, "
+                f"linear_vectors={self.linear_vectors}, adjoint_vectors={self.adjoint_vectors})")
+
+
+@contextlib.contextmanager
+def count_matvecs(op: MeasurementOperator):
+    """Context manager counting ``op.linear`` / ``op.adjoint`` calls and vectors (for benchmarks).
+
+    >>> with count_matvecs(op) as c:
+    ...     x0 = spectral_init(op, y)
+    >>> c.linear_vectors, c.adjoint_calls
+
+    Wraps the two methods on this instance only and restores them on exit.
+    """
+    counter = MatvecCounter()
+    lin, adj = op.linear, op.adjoint
+    k_sig, k_meas = len(op.signal_shape), len(op.measurement_shape)
+
+    def linear(x):
+        counter.linear_calls += 1
+        counter.linear_vectors += math.prod(x.shape[: x.dim() - k_sig])
+        return lin(x)
+
+    def adjoint(z):
+        counter.adjoint_calls += 1
+        counter.adjoint_vectors += math.prod(z.shape[: z.dim() - k_meas])
+        return adj(z)
+
+    op.linear, op.adjoint = linear, adjoint
+    try:
+        yield counter
+    finally:
+        for name in ("linear", "adjoint"):
+            op.__dict__.pop(name, None)
+
+
+# ---------------------------------------------------------------------------- checks and pieces
+def _check_inputs(op, y: torch.Tensor) -> None:
+    if not isinstance(op, MeasurementOperator):
+        raise ValueError(f"op must be a phasetorch MeasurementOperator, got {type(op).__name__}")
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"y must be a torch.Tensor of intensities, got {type(y).__name__}")
+    if y.is_complex():
+        raise ValueError("y must hold real intensities |Ax|², got a complex tensor; pass op(x), not op.linear(x)")
+    op.check_measurements(y)
+    if not torch.isfinite(y).all():
+        raise ValueError("y contains NaN or inf; remove or replace those measurements before spectral_init")
+
+
+def _whitening(op, whiten: Optional[bool]) -> Optional[torch.Tensor]:
+    """W^{-1/2} as a flat (n,) real tensor, or None. W = diag(AᴴA)/(m·e) (≈ 1 on average)."""
+    has_diag = callable(getattr(op, "gram_diagonal", None))
+    if whiten is None:
+        flag = getattr(op, "spectral_whitening", None)
+        if flag is None:
+            flag = any(c.__name__ == "CodedDiffraction" for c in type(op).__mro__)
+        whiten = bool(flag) and has_diag
+    if not whiten:
+        return None
+    if not has_diag:
+        raise ValueError(
+            f"whiten=True needs diag(AᴴA): {type(op).__name__} has no gram_diagonal() method; "
+            "use whiten=False (or add gram_diagonal() to the operator)")
+    diag = op.gram_diagonal()
+    if not isinstance(diag, torch.Tensor) or tuple(diag.shape) != tuple(op.signal_shape):
+        raise ValueError(f"{type(op).__name__}.gram_diagonal() must return a tensor of shape {op.signal_shape}")
+    diag = diag.real if diag.is_complex() else diag
+    diag = diag.to(device=op.device, dtype=op.real_dtype).reshape(-1) / (op.m * op.entry_energy)
+    if not torch.isfinite(diag).all() or (diag < 0).any():
+        raise ValueError("gram_diagonal() returned negative or non-finite values")
+    # Unmeasured coordinates (zero diagonal) carry no information: their weight is 0.
+    return torch.where(diag > 0, diag.clamp_min(torch.finfo(diag.dtype).tiny).rsqrt(), torch.zeros_like(diag))
+
+
+def _fix_phase(x: torch.Tensor) -> torch.Tensor:
+    """Rotate each row so that its largest-modulus coordinate is real positive (sign for real rows)."""
+    idx = x.abs().argmax(-1, keepdim=True)
+    pivot = x.gather(-1, idx)
+    if x.is_complex():
+        unit = pivot / pivot.abs().clamp_min(torch.finfo(x.real.dtype).tiny)
+        return x * unit.conj()
+    return x * torch.where(pivot < 0, -torch.ones_like(pivot), torch.ones_like(pivot))
+
+
+def spectral_matrix(op: MeasurementOperator, y: torch.Tensor, preprocessing: Preprocessing = "optimal") -> torch.Tensor:
+    """Dense D = (1/(m·e)) Aᴴ diag(T(ŷ)) A, shape ``(*batch, n, n)`` (for tests and small problems only).
+
+    Built column by column from ``op.linear``/``op.adjoint`` applied to the identity, so it costs n
+    products; :func:`spectral_init` never forms it.
+    """
+    _check_inputs(op, y)
+    k = len(op.measurement_shape)
+    batch = tuple(y.shape[: y.dim() - k])
+    T = preprocess(y, preprocessing, delta=op.delta, event_dims=k)
+    eye = torch.eye(op.n, dtype=op.signal_dtype, device=op.device).reshape(op.n, *op.signal_shape)
+    Ae = op.linear(eye)                                   # (n, *meas): column j = A e_j
+    Tf = T.reshape(-1, 1, *op.measurement_shape)
+    cols = op.adjoint(Tf * Ae.unsqueeze(0))               # (B, n, *sig): row j = Aᴴ T A e_j
+    D = cols.reshape(-1, op.n, op.n).transpose(-1, -2) / (op.m * op.entry_energy)
+    return D.reshape(*batch, op.n, op.n)
+
+
+# ---------------------------------------------------------------------------- main entry point
+def spectral_init(op: MeasurementOperator, y: torch.Tensor, preprocessing: Preprocessing = "optimal",
+                  solver: str = "lanczos", max_iter: Optional[int] = None, tol: float = 1e-6,
+                  whiten: Optional[bool] = None, shift: Optional[Union[float, torch.Tensor]] = None,
+                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                  return_info: bool = False, progress: bool = False, real_signal: Optional[bool] = None,
+                  krylov_dim: Optional[int] = None):
+    r"""Spectral initialization x₀ for intensities y = |Ax|², per sample.
+
+    x₀ = √(mean(y)/e) · u with u the unit top eigenvector of D = (1/(m·e)) Aᴴ diag(T(ŷ)) A,
+    ŷ = y/mean(y) per sample, e = ``op.entry_energy`` (Candès, Li & Soltanolkotabi 2015 for T = ŷ;
+    Chen & Candès 2015 ``trimmed``; Wang, Giannakis & Eldar 2017 ``orthogonality``; Wang et al. 2018
+    ``weighted``; Mondelli & Montanari 2018 ``mm``; Luo, Alghamdi & Lu 2019 ``optimal``). Noisy
+    intensities may be negative; a sample whose mean(y) is ≤ 0 carries no signal and is rejected
+    (ValueError from :func:`phasetorch.preprocessing.preprocess`).
+
+    Parameters
+    ----------
+    op : a :class:`~phasetorch.operators.MeasurementOperator`.
+    y : intensities of shape ``(*batch, *op.measurement_shape)``, real, finite, on the operator's
+        device and dtype. Negative (noisy) values are allowed where T is defined for them.
+    preprocessing : a name of :data:`phasetorch.preprocessing.NAMES` or a callable T(ŷ).
+    solver : ``"lanczos"`` (thick-restart Lanczos, full reorthogonalisation; default) or ``"power"``
+        (shifted power method). See :mod:`phasetorch.eigensolvers`.
+    max_iter : most products with D per sample (default 2000 for Lanczos, 20000 for power).
+    tol : stop a sample once ‖D u − θ u‖ ≤ tol·|θ| for its top Ritz/Rayleigh pair (θ, u).
+    whiten : solve the eigenproblem of W^{-1/2} D W^{-1/2}, W = diag(AᴴA)/(m·e), and return
+        x₀ ∝ W^{-1/2} v (v its top eigenvector), rescaled to ‖x₀‖² = mean(y)/e. This equalises the
+        coordinates' sensitivities when the rows of A do not cover them evenly (coded diffraction
+        masks). ``None``: on when the operator asks for it (attribute ``spectral_whitening``; if
+        absent, for :class:`~phasetorch.operators.CodedDiffraction` and its subclasses) and offers
+        ``gram_diagonal()``; ``True`` requires ``op.gram_diagonal()`` (shape ``signal_shape``).
+        Coordinates with zero diagonal get 0.
+    shift : power method only: per-sample shift σ (scalar or ``batch``-shaped); ``None`` estimates it
+        from the data per sample (see :func:`phasetorch.eigensolvers.power_top`).
+    seed, generator : the random start vector (one vector, shared by all samples of the batch, so a
+        batch reproduces single runs with the same seed).
+    return_info : also return a :class:`SpectralInfo`.
+    progress : show a tqdm bar of the iterations.
+    real_signal : for a complex operator, ``True`` restricts the estimate to real vectors (top
+        eigenvector of Re D) and returns a real tensor. For a real operator the estimate is real anyway.
+    krylov_dim : Lanczos basis size before a thick restart (default min(n, 64, max(16, 2²³ // n)),
+        i.e. 64 up to n = 2¹⁷). Memory: batch × krylov_dim × n entries of the signal dtype.
+
+    Returns
+    -------
+    x0 of shape ``(*batch, *op.signal_shape)`` and dtype ``op.signal_dtype`` (real dtype with
+    ``real_signal=True``); with ``return_info=True`` the pair ``(x0, SpectralInfo)``.
+
+    Notes
+    -----
+    Each iteration applies ``op.linear`` and ``op.adjoint`` once to the stacked vectors of all
+    samples still running; converged samples leave the batch. Runs under ``torch.no_grad()``.
+    The phase is fixed by making the largest-modulus coordinate real positive. With float32
+    operators the attainable accuracy of the *exact* D's eigenvector is limited by ε₃₂‖D‖/gap
+    (``optimal`` has ‖D‖ ≈ 150·λ₁); the Lanczos stopping test uses the recurrence residual of the
+    computed operator.
+    """
+    with torch.no_grad():
+        return _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator,
+                              return_info, progress, real_signal, krylov_dim)
+
+
+def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator, return_info,
+                   progress, real_signal, krylov_dim):
+    _check_inputs(op, y)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    tol = float(tol)
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number ≥ 0, got {tol}")
+    if max_iter is None:
+        max_iter = DEFAULT_MAX_ITER[solver]
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter must be ≥ 1, got {max_iter}")
+    if shift is not None and solver != "power":
+        raise ValueError("shift= applies to solver='power' only")
+    kdim = default_krylov_dim(op.n) if krylov_dim is None else int(krylov_dim)
+
+    k = len(op.measurement_shape)
+    batch = tuple(y.shape[: y.dim() - k])
+    B = math.prod(batch)
+    n, sig = op.n, tuple(op.signal_shape)
+    real_space = (not op.is_complex) or bool(real_signal)
+    work_dtype = op.real_dtype if real_space else op.signal_dtype
+    rdt = op.real_dtype
+
+    T = preprocess(y, preprocessing, delta=op.delta, event_dims=k).reshape(B, *op.measurement_shape)
+    mean_y = y.reshape(B, op.m).mean(-1).to(torch.float64)
+    norm2 = mean_y.clamp_min(torch.finfo(torch.float64).tiny) / op.entry_energy   # preprocess rejects ≤ 0
+    wvec = _whitening(op, whiten)
+    scale = 1.0 / (op.m * op.entry_energy)
+
+    # Operators whose batch dimensions index the operator itself (GaussianEnsemble) cannot follow
+    # the solver's shrinking set of running samples: apply them to the full batch (zeros elsewhere).
+    batch_indexed = getattr(op, "batch_indexed", False)
+
+    def apply_gram(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        b = v.shape[0]
+        if batch_indexed and b != B:
+            full = v.new_zeros(B, n)
+            full[idx] = v
+            return apply_gram(full, torch.arange(B, device=v.device))[idx]
+        z = op.linear(v.reshape(*batch, *sig) if batch_indexed else v.reshape(b, *sig))
+        Ti = T if idx.numel() == B and b == B else T.index_select(0, idx)
+        return op.adjoint(z * Ti.reshape(z.shape)).reshape(b, n)
+
+    def matvec(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        b = v.shape[0]
+        if wvec is not None:
+            v = v * wvec
+        u = apply_gram(v, idx)
+        if real_space and u.is_complex():
+            u = u.real
+        u = u * scale
+        if wvec is not None:
+            u = u * wvec
+        return u
+
+    g = make_generator(seed, generator)
+    if real_space:
+        start = torch.randn(n, generator=g, dtype=torch.float64)
+    else:
+        start = torch.view_as_complex(torch.randn(n, 2, generator=g, dtype=torch.float64))
+    start = start.to(device=op.device, dtype=work_dtype)
+    if wvec is not None:
+        start = start * (wvec > 0)
+        if not (start != 0).any():
+            raise ValueError("gram_diagonal() is zero everywhere: no coordinate is measured")
+    v0 = start.expand(B, n).clone()
+
+    if B == 0:
+        x0 = torch.zeros(*batch, *sig, dtype=work_dtype, device=op.device)
+        if not return_info:
+            return x0
+        empty = torch.zeros(batch, dtype=torch.float64, device=op.device)
+        ie = torch.zeros(batch, dtype=torch.int64, device=op.device)
+        no = torch.zeros(batch, dtype=torch.bool, device=op.device)
+        return x0, SpectralInfo(ie, ie.clone(), empty, empty.clone(), no, empty.clone(), empty.clone(),
+                                solver, wvec is not None)
+
+    if solver == "lanczos":
+        res = lanczos_top(matvec, v0, tol=tol, max_iter=int(max_iter), krylov_dim=kdim, progress=progress)
+    else:
+        sh = None
+        if shift is not None:
+            sh = torch.as_tensor(shift, dtype=torch.float64, device=op.device)
+            if sh.dim() > 0:
+                if tuple(sh.shape) != batch:
+                    raise ValueError(f"shift must be a scalar or have the batch shape {batch}, got {tuple(sh.shape)}")
+                sh = sh.reshape(B)
+        res = power_top(matvec, v0, tol=tol, max_iter=int(max_iter), shift=sh, progress=progress)
+
+    u = res.vector
+    if wvec is not None:
+        u = u * wvec
+    u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(torch.finfo(rdt).tiny)
+    u = _fix_phase(u)
+    x0 = (u * norm2.sqrt().to(rdt).unsqueeze(-1)).reshape(*batch, *sig)
+    if not return_info:
+        return x0
+    info = SpectralInfo(
+        iterations=res.iterations.reshape(batch), matvecs=res.matvecs.reshape(batch),
+        eigenvalue=res.eigenvalue.reshape(batch), gap=(res.eigenvalue - res.second).reshape(batch),
+        converged=res.converged.reshape(batch), residual=res.residual.reshape(batch),
+        shift=res.shift.reshape(batch), solver=solver, whitened=wvec is not None)
+    return x0, info

@@ -1,0 +1,227 @@
+r"""Quantitative comparison of a DMFT :class:`~phasetorch.theory.prediction.Prediction` with simulations.
+
+For each quantity c (a column shared by the Prediction and the simulations' TrainingLogs, joined on
+``iteration``) and each compared step t:
+
+    gap_t = mean_seeds c_sim(t) − c_theory(t),
+    z_t   = gap_t / √(SE_sim(t)² + SE_theory(t)²),
+
+with SE_sim the standard error of the seed mean and SE_theory the Monte-Carlo standard error of
+the DMFT. Reported: ``sup_gap`` = max_t |gap_t| and ``max_z`` = max_t |z_t|. A quantity *agrees*
+when max_z ≤ ``z_tol`` and |gap_t| ≤ max(``gap_tol``, 3·√(SE_sim² + SE_theory²)) at every t.
+
+A mean over a bimodal ensemble is not a DMFT curve (theory.md §6): near a threshold or with a step
+that makes some runs stall, a few seeds end far below the others. A seed is **failed** when its
+final value is non-finite, when its final overlap lies below a gap in the sorted final overlaps
+that is wider than max(0.05, 6 robust SDs of the seeds above it) (two clusters), or when its
+relative error grew (by > 0.05) while the ensemble's median decreased. With failed seeds the
+verdict is ``"bimodal"`` and ``success_rate`` is the figure to report; the gaps of the successful
+seeds are still computed (``*_successful``) but not called agreement.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+__all__ = ["Comparison", "compare", "simulation_columns", "failed_seeds"]
+
+_LOG_NAME = {"m": "inner", "inner": "inner", "q": "norm"}
+_F64 = torch.float64
+
+
+def _as_logs(logs) -> list:
+    if isinstance(logs, (list, tuple)):
+        out = list(logs)
+    else:
+        out = [logs]
+    if not out:
+        raise ValueError("logs is empty: give a TrainingLog or a list of them")
+    for lg in out:
+        if not hasattr(lg, "__getitem__") or not hasattr(lg, "columns"):
+            raise ValueError(f"logs must be phasetorch TrainingLogs, got {type(lg).__name__}")
+    return out
+
+
+def simulation_columns(logs, quantity: str):
+    """(iterations, values of shape (records, seeds)) of ``quantity`` from one or several logs.
+
+    Logs are joined on the iterations they all recorded; their seeds are concatenated. Theory names
+    map to log columns: ``m`` → ``inner``, ``q`` → ``norm``².
+    """
+    logs = _as_logs(logs)
+    col = _LOG_NAME.get(quantity, quantity)
+    its = None
+    for lg in logs:
+        if col not in lg.columns:
+            raise ValueError(f"the simulation log has no column {col!r} (for {quantity!r}); columns: "
+                             f"{', '.join(lg.columns)} — run with x_true to get overlap, rel_error, inner")
+        s = set(int(i) for i in lg["iteration"].tolist())
+        its = s if its is None else its & s
+    its = sorted(its)
+    if not its:
+        raise ValueError("the logs have no iteration in common")
+    blocks = []
+    for lg in logs:
+        it = lg["iteration"].tolist()
+        pos = {int(v): k for k, v in enumerate(it)}
+        v = lg[col][[pos[i] for i in its]]
+        blocks.append(v.square() if quantity == "q" else v)
+    return torch.tensor(its, dtype=torch.int64), torch.cat(blocks, 1).to(_F64)
+
+
+def _mean_se(v: torch.Tensor):
+    k = v.shape[1]
+    mean = v.mean(1)
+    se = v.std(1, unbiased=True) / math.sqrt(k) if k > 1 else torch.zeros_like(mean)
+    return mean, se
+
+
+def failed_seeds(logs) -> torch.Tensor:
+    """Boolean mask (seeds,) of failed / stalled runs (the rule in the module docstring)."""
+    _, ov = simulation_columns(logs, "overlap")
+    final = ov[-1]
+    bad = ~torch.isfinite(final)
+    good = final[~bad]
+    if good.numel() >= 2:
+        v, order = torch.sort(good)
+        gaps = v[1:] - v[:-1]
+        k = int(torch.argmax(gaps))
+        upper = v[k + 1:]
+        med = upper.median()
+        robust_sd = 1.4826 * (upper - med).abs().median()
+        if float(gaps[k]) > max(0.05, 6 * float(robust_sd)):
+            low = torch.zeros_like(good, dtype=torch.bool)
+            low[order[: k + 1]] = True
+            idx = torch.nonzero(~bad).flatten()
+            bad = bad.clone()
+            bad[idx[low]] = True
+    try:
+        _, re = simulation_columns(logs, "rel_error")
+    except ValueError:
+        return bad
+    if re.shape[0] >= 2:
+        grew = re[-1] > re[0] + 0.05
+        if float(torch.nanmedian(re[-1])) < float(torch.nanmedian(re[0])):
+            bad = bad | grew
+    return bad
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare` (see the module docstring for the definitions).
+
+    Per quantity: ``sup_gap``, ``max_z``, ``agree``; per step: ``gap``, ``z`` and ``se`` (the combined
+    standard error √(SE_sim² + SE_theory²)). ``failed`` lists the flat indices of failed seeds.
+    """
+
+    quantities: tuple
+    steps: torch.Tensor
+    sup_gap: Dict[str, float]
+    max_z: Dict[str, float]
+    agree: Dict[str, bool]
+    success_rate: float
+    failed: List[int]
+    seeds: int
+    verdict: str
+    gap: Dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    z: Dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    se: Dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    sup_gap_successful: Dict[str, float] = field(default_factory=dict)
+    max_z_successful: Dict[str, float] = field(default_factory=dict)
+    z_tol: float = 4.0
+    gap_tol: float = 5e-3
+
+    def __str__(self) -> str:
+        lines = [f"verdict: {self.verdict} (seeds {self.seeds}, success rate {self.success_rate:.2f}, "
+                 f"steps {int(self.steps[0])}..{int(self.steps[-1])})"]
+        for q in self.quantities:
+            lines.append(f"  {q:>10}: sup gap {self.sup_gap[q]:.3g}, max |z| {self.max_z[q]:.2f}"
+                         f"{'' if self.agree[q] else '  (disagrees)'}")
+        return "\n".join(lines)
+
+
+def _gaps(pred, its, vals, quantity):
+    pit = pred["iteration"].tolist()
+    ppos = {int(v): k for k, v in enumerate(pit)}
+    rows = [ppos[int(i)] for i in its]
+    th = pred[quantity][rows].to(_F64)
+    th_se = pred[quantity + "_se"][rows].to(_F64)
+    th_se = torch.where(torch.isfinite(th_se), th_se, torch.zeros_like(th_se))
+    mean, se = _mean_se(vals)
+    gap = mean - th
+    tot = (se.square() + th_se.square()).sqrt()
+    z = torch.where(tot > 0, gap / tot.clamp_min(1e-300), torch.where(gap == 0, torch.zeros_like(gap),
+                                                                      torch.full_like(gap, math.inf)))
+    return gap, z, tot
+
+
+def compare(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error", "loss"),
+            steps: Union[None, int, Sequence[int]] = None, *, z_tol: float = 4.0,
+            gap_tol: float = 5e-3) -> Comparison:
+    r"""Compare a DMFT prediction with simulation logs (one TrainingLog or a list; seeds pooled).
+
+    Parameters
+    ----------
+    prediction : a :class:`~phasetorch.theory.prediction.Prediction` (columns and ``*_se``).
+    logs : TrainingLog(s) from :func:`phasetorch.theory.simulate` (or ``reconstruct`` with x_true).
+    quantities : columns to compare (``overlap``, ``rel_error``, ``loss``, ``m``/``inner``, ``q``,
+        ``norm``, ``grad_norm``).
+    steps : ``None`` (all iterations both have), an int T (iterations 0..T), or explicit iterations.
+    z_tol, gap_tol : agreement thresholds (see the module docstring).
+
+    Returns a :class:`Comparison` with verdict ``"agree"``, ``"disagree"``, ``"bimodal"`` (some seeds
+    failed or stalled: report ``success_rate``) or ``"diverged"`` (every run non-finite).
+    """
+    logs = _as_logs(logs)
+    quantities = tuple(quantities)
+    if not quantities:
+        raise ValueError("quantities is empty")
+    pit = set(int(v) for v in prediction["iteration"].tolist())
+    its0, _ = simulation_columns(logs, quantities[0])
+    common = [int(i) for i in its0.tolist() if int(i) in pit]
+    if steps is not None:
+        wanted = list(range(int(steps) + 1)) if isinstance(steps, int) else [int(s) for s in steps]
+        missing = [s for s in wanted if s not in common]
+        if missing:
+            raise ValueError(f"steps {missing[:5]} are not in both the prediction and the logs "
+                             f"(common iterations: {common[0]}..{common[-1]})" if common else
+                             "the prediction and the logs share no iteration")
+        common = wanted
+    if not common:
+        raise ValueError("the prediction and the logs share no iteration")
+    failed = failed_seeds(logs)
+    B = int(failed.numel())
+    ok_idx = torch.nonzero(~failed).flatten()
+    sup_gap, max_z, agree, gaps, zs, ses, sg_ok, mz_ok = {}, {}, {}, {}, {}, {}, {}, {}
+    for q in quantities:
+        its, vals = simulation_columns(logs, q)
+        pos = {int(v): k for k, v in enumerate(its.tolist())}
+        if any(c not in pos for c in common):
+            raise ValueError(f"quantity {q!r} is not recorded at every compared step")
+        vals = vals[[pos[c] for c in common]]
+        gap, z, tot = _gaps(prediction, common, vals, q)
+        gaps[q], zs[q], ses[q] = gap, z, tot
+        sup_gap[q] = float(gap.abs().max())
+        max_z[q] = float(z.abs().max())
+        within = bool((gap.abs() <= torch.clamp(3 * tot, min=gap_tol)).all())
+        agree[q] = bool(within and max_z[q] <= z_tol and torch.isfinite(gap).all())
+        if ok_idx.numel() > 0:
+            g2, z2, _ = _gaps(prediction, common, vals[:, ok_idx], q)
+            sg_ok[q], mz_ok[q] = float(g2.abs().max()), float(z2.abs().max())
+    n_failed = int(failed.sum())
+    if n_failed == B:
+        _, ov = simulation_columns(logs, "overlap")
+        verdict = "diverged" if not torch.isfinite(ov[-1]).any() else "disagree"
+    elif n_failed > 0:
+        verdict = "bimodal"
+    else:
+        verdict = "agree" if all(agree.values()) else "disagree"
+    return Comparison(quantities=quantities, steps=torch.tensor(common, dtype=torch.int64), sup_gap=sup_gap,
+                      max_z=max_z, agree=agree, success_rate=1 - n_failed / B,
+                      failed=[int(i) for i in torch.nonzero(failed).flatten().tolist()], seeds=B, verdict=verdict,
+                      gap=gaps, z=zs, se=ses, sup_gap_successful=sg_ok, max_z_successful=mz_ok, z_tol=z_tol,
+                      gap_tol=gap_tol)

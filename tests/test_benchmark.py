@@ -1,0 +1,158 @@
+"""The benchmark harness (phasetorch.bench / scripts/benchmark.py) in --quick --dry-run mode.
+
+Tiny sizes and one repeat: these tests check the plumbing (every row present with a ratio or an
+explicit reason, JSON and Markdown written, absent peers handled), never a timing.
+"""
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from phasetorch import bench
+
+REPO = Path(__file__).resolve().parent.parent
+PEER_ROWS = (2, 3, 4, 7)          # rows that compare with solvephase / deepinv
+
+
+def _has_ratio(row):
+    return isinstance(row.get("ratio"), (int, float)) and math.isfinite(row["ratio"]) and row["ratio"] > 0
+
+
+@pytest.fixture(scope="module")
+def dry_no_peers(tmp_path_factory):
+    """One in-process dry run of every row with the peers treated as absent (as in CI)."""
+    out = tmp_path_factory.mktemp("bench")
+    lines = []
+    result = bench.run(quick=True, dry_run=True, peers=False, json_path=str(out / "bench.json"),
+                       markdown_path=str(out / "bench.md"), command="pytest dry run", log=lines.append)
+    return result, out, lines
+
+
+def test_dry_run_writes_json_with_every_row(dry_no_peers):
+    result, out, _ = dry_no_peers
+    data = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert data["format"] == "phasetorch.benchmark"
+    assert data["mode"] == "dry" and data["repeats"] == 1
+    assert [r["row"] for r in data["rows"]] == sorted(bench.ROWS)
+    for row in data["rows"]:
+        assert row["status"] in ("ok", "unavailable"), (row["row"], row.get("reason"), row.get("traceback"))
+        if row["status"] == "ok":
+            assert _has_ratio(row), row
+        else:
+            assert isinstance(row["reason"], str) and row["reason"].strip(), row
+        assert row["goal"] and row["elapsed_s"] >= 0
+
+
+def test_machine_description_and_command(dry_no_peers):
+    result, out, _ = dry_no_peers
+    mach = result["machine"]
+    assert mach["torch"] == torch.__version__
+    assert mach["torch_threads"] == torch.get_num_threads()
+    assert isinstance(mach["cpu_model"], str) and mach["cpu_model"]
+    assert mach["logical_cpus"] >= 1
+    assert result["command"] == "pytest dry run"
+    assert result["date"][:4].isdigit()
+
+
+def test_absent_peers_say_how_to_install(dry_no_peers):
+    result, _, _ = dry_no_peers
+    rows = {r["row"]: r for r in result["rows"]}
+    for number in PEER_ROWS:
+        row = rows[number]
+        assert row["ratio"] is None and row["status"] == "unavailable"
+        reason = row["reason"]
+        # Either the peer is reported missing with the install hint, or a phasetorch piece is missing.
+        assert bench.PEER_HINT in reason or reason.startswith("unavailable:") or "phasetorch" in reason, reason
+    # the phasetorch side of the spectral row still runs and reports its time without deepinv
+    spec = rows[4]
+    if bench.PEER_HINT in spec["reason"]:
+        assert spec["reason"] == f"deepinv {bench.PEER_HINT}"
+        assert spec["entries"][0]["seconds"] > 0 and spec["entries"][0]["matvecs"] > 0
+
+
+def test_rows_without_peers_report_ratios(dry_no_peers):
+    result, _, _ = dry_no_peers
+    rows = {r["row"]: r for r in result["rows"]}
+    roof = rows[1]
+    assert roof["status"] == "ok"
+    assert len(roof["comparisons"]) == 3 and all(c["ratio"] > 0 for c in roof["comparisons"])
+    assert roof["ratio"] == max(c["ratio"] for c in roof["comparisons"])
+    dm = rows[6]
+    if dm["status"] == "ok":
+        assert len(dm["grid"]) == 4 and math.isfinite(dm["exponents"]["T"]) and math.isfinite(dm["exponents"]["N"])
+
+
+def test_markdown_has_table_machine_date_command(dry_no_peers):
+    result, out, _ = dry_no_peers
+    md = (out / "bench.md").read_text(encoding="utf-8")
+    assert "| # | comparison | phasetorch | reference | ratio | goal | met |" in md
+    assert result["machine"]["cpu_model"] in md
+    assert result["date"] in md and "pytest dry run" in md
+    for number in bench.ROWS:
+        assert f"## {number}. " in md
+
+
+def test_summary_lines_cover_every_row(dry_no_peers):
+    result, _, lines = dry_no_peers
+    table = bench.summary_lines(result)
+    assert {int(l.split()[0]) for l in table[2:] if l[:2].strip().isdigit()} == set(bench.ROWS)
+    assert any(l.startswith("[1]") for l in lines)       # progress was logged
+
+
+def test_peer_import_failure_is_unavailable(monkeypatch):
+    # A peer whose import fails is reported with the install hint (never an ImportError).
+    monkeypatch.setitem(sys.modules, "solvephase", None)
+    monkeypatch.setitem(sys.modules, "deepinv", None)
+    ctx = bench.Context(mode="dry", peers=True)
+    for name in bench.PEERS:
+        with pytest.raises(bench.Unavailable, match=r"not installed \(pip install -e '\.\[bench\]'\)"):
+            ctx.peer(name)
+
+
+def test_missing_library_piece_is_unavailable_not_a_crash(monkeypatch):
+    def boom(ctx):
+        raise ImportError("cannot import name 'reconstruct' from 'phasetorch'")
+
+    monkeypatch.setitem(bench.ROW_FUNCTIONS, 5, boom)
+    row = bench.run_row(bench.Context(mode="dry", peers=False, log=lambda s: None), 5)
+    assert row["status"] == "unavailable" and row["reason"].startswith("unavailable: ImportError")
+    assert row["ratio"] is None
+
+
+def test_script_entry_point_dry_run(tmp_path, monkeypatch, capsys):
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    script = REPO / "scripts" / "benchmark.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--dry-run", "--no-peers", "--rows", "1",
+                                      "--json", str(path), "--markdown", str(md)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert [r["row"] for r in data["rows"]] == [1] and _has_ratio(data["rows"][0])
+    assert "--dry-run" in data["command"]
+    assert "ratio" in capsys.readouterr().out and md.is_file()
+    # render again from the JSON without running anything
+    md2 = tmp_path / "again.md"
+    assert bench.main(["--from-json", str(path), "--markdown", str(md2)]) == 0
+    assert md2.read_text(encoding="utf-8") == md.read_text(encoding="utf-8")
+
+
+def test_bad_rows_argument_is_a_usage_error():
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--rows", "9"])
+    with pytest.raises(ValueError, match="unknown row"):
+        bench.run(rows=[42], dry_run=True, peers=False, log=lambda s: None)
+
+
+def test_delta50_interpolation_and_power_law_fit():
+    assert bench._delta50([2, 3, 4], [0.0, 0.25, 0.75]) == pytest.approx(3.5)
+    assert bench._delta50([2, 3], [0.6, 1.0]) == 2.0
+    assert bench._delta50([2, 3], [0.0, 0.4]) is None
+    grid = [{"T": T, "N": N, "seconds": 1e-6 * T ** 2 * N} for T in (10, 20, 40) for N in (100, 1000)]
+    a, b, c = bench._fit_power_law(grid)
+    assert a == pytest.approx(2.0) and b == pytest.approx(1.0) and math.exp(c) == pytest.approx(1e-6)

@@ -1,0 +1,225 @@
+import math
+
+import pytest
+import torch
+
+from phasetorch.losses import (LOSSES, AmplitudeLoss, IntensityLoss, PoissonLoss, ReweightedAmplitudeLoss,
+                               TruncatedAmplitudeLoss, TruncatedPoissonLoss)
+from phasetorch.operators import CodedDiffraction, GaussianMeasurement, OversampledFourier
+
+F64 = torch.float64
+
+
+def _problem(complex_=True, n=12, m=60, batch=(3,), seed=0, noise=1.5):
+    op = GaussianMeasurement(n, m, complex=complex_, seed=seed, dtype=F64)
+    g = torch.Generator().manual_seed(seed + 1)
+    shape = (*batch, n)
+    if complex_:
+        xs = torch.view_as_complex(torch.randn(*shape, 2, generator=g, dtype=F64)) / math.sqrt(2)
+        x = torch.view_as_complex(torch.randn(*shape, 2, generator=g, dtype=F64)) / math.sqrt(2)
+    else:
+        xs = torch.randn(*shape, generator=g, dtype=F64)
+        x = torch.randn(*shape, generator=g, dtype=F64)
+    y = op(xs) + noise * torch.randn(*batch, m, generator=g, dtype=F64)   # some y < 0
+    return op, x, y
+
+
+def _make(name, op, l2=0.0):
+    return LOSSES[name](op, l2=l2)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("complex_", [True, False])
+def test_closed_form_gradient_equals_autograd(name, complex_):
+    op, x, y = _problem(complex_)
+    assert (y < 0).any()
+    loss = _make(name, op, l2=0.25)
+    xx = x.clone().requires_grad_(True)
+    val = loss(xx, y)
+    assert val.shape == (3,)
+    val.sum().backward()
+    v2, grad, _, _ = loss.value_and_grad(x, y)
+    assert torch.allclose(val.detach(), v2, rtol=1e-13, atol=0)
+    # PyTorch's complex gradient is 2 ∂f/∂x̄ = the closed form, with factor exactly 1
+    assert torch.allclose(xx.grad, grad, rtol=1e-12, atol=1e-14 * grad.abs().max().item())
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_gradient_is_twice_conjugate_wirtinger_derivative(name):
+    """Finite differences: ∂f/∂x̄ = ½(∂f/∂a + i ∂f/∂b); the closed form returns 2∂f/∂x̄."""
+    op, x, y = _problem(True, batch=(1,))
+    loss = _make(name, op, l2=0.1)
+    w = loss.weights(x, y)                          # freeze the truncation at x (as the gradient does)
+    _, grad, _, _ = loss.value_and_grad(x, y)
+    h = 1e-6
+    for j in (0, 5, 11):
+        e = torch.zeros_like(x)
+        e[0, j] = 1
+        da = (loss(x + h * e, y, weights=w) - loss(x - h * e, y, weights=w)) / (2 * h)
+        db = (loss(x + 1j * h * e, y, weights=w) - loss(x - 1j * h * e, y, weights=w)) / (2 * h)
+        wirtinger_conj = 0.5 * (da + 1j * db)
+        assert abs(complex(grad[0, j]) - 2 * complex(wirtinger_conj[0])) < 1e-6 * max(1.0, abs(complex(grad[0, j])))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_real_gradient_is_ordinary_gradient(name):
+    op, x, y = _problem(False, batch=(1,))
+    loss = _make(name, op, l2=0.1)
+    w = loss.weights(x, y)
+    _, grad, _, _ = loss.value_and_grad(x, y)
+    assert not grad.is_complex()
+    h = 1e-6
+    for j in (1, 7):
+        e = torch.zeros_like(x)
+        e[0, j] = 1
+        fd = (loss(x + h * e, y, weights=w) - loss(x - h * e, y, weights=w)) / (2 * h)
+        assert abs(float(grad[0, j]) - float(fd[0])) < 1e-6 * max(1.0, abs(float(grad[0, j])))
+    # the same number is 2∂f/∂x̄ of f extended to complex x: zero imaginary part at real x
+    _, grad_c, _, _ = loss.value_and_grad(x.to(torch.complex128), y, weights=w)
+    assert torch.allclose(grad_c.real, grad, rtol=1e-12, atol=1e-15) and grad_c.imag.abs().max() < 1e-15
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_real_signal_on_complex_operator(name):
+    """A real x with a complex A: the gradient is the real part of the complex formula (= autograd)."""
+    op, _, y = _problem(True)
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(9), dtype=F64)
+    loss = _make(name, op)
+    xx = x.clone().requires_grad_(True)
+    loss(xx, y).sum().backward()
+    _, grad, _, _ = loss.value_and_grad(x, y)
+    assert not grad.is_complex()
+    _, grad_c, _, _ = loss.value_and_grad(x.to(torch.complex128), y)
+    assert torch.allclose(grad, xx.grad, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(grad, grad_c.real, rtol=1e-12, atol=1e-14)
+
+
+def test_intensity_gradient_matches_dense_formula():
+    op, x, y = _problem(True, batch=(1,))
+    lam = 0.3
+    A = op.matrix()
+    r = A @ x[0]
+    expected = (A.conj().T @ ((r.abs() ** 2 - y[0]) * r)) / op.m + lam * x[0]
+    value = ((r.abs() ** 2 - y[0]) ** 2).mean() / 4 + lam / 2 * x[0].abs().square().sum()
+    f, grad, _, _ = IntensityLoss(op, l2=lam).value_and_grad(x, y)
+    assert torch.allclose(grad[0], expected, rtol=1e-12)
+    assert torch.allclose(f[0], value, rtol=1e-12)
+
+
+def test_amplitude_gradient_matches_dense_formula():
+    op, x, y = _problem(True, batch=(1,))
+    A = op.matrix()
+    r = A @ x[0]
+    psi = y[0].clamp_min(0).sqrt()
+    expected = A.conj().T @ (r - psi * r / r.abs()) / op.m
+    _, grad, _, _ = AmplitudeLoss(op).value_and_grad(x, y)
+    assert torch.allclose(grad[0], expected, rtol=1e-12)
+
+
+def test_negative_intensities():
+    op, x, y = _problem(True, noise=5.0)
+    assert (y < 0).sum() > 10
+    yc = y.clamp_min(0)
+    for name in ("amplitude", "poisson", "amplitude_truncated", "amplitude_reweighted"):
+        loss = _make(name, op)
+        v = loss(x, y)
+        assert torch.isfinite(v).all()
+        assert torch.equal(v, loss(x, yc)), name          # these use max(y, 0)
+    # the intensity loss uses y as is
+    loss = IntensityLoss(op)
+    assert not torch.allclose(loss(x, y), loss(x, yc))
+    _, g, _, _ = loss.value_and_grad(x, y)
+    assert torch.isfinite(g).all()
+
+
+def test_poisson_loss_at_zero_amplitude_is_finite():
+    op, x, y = _problem(True, batch=(1,))
+    loss = PoissonLoss(op)
+    v, g, _, _ = loss.value_and_grad(torch.zeros_like(x), y)
+    assert torch.isfinite(v).all() and torch.isfinite(g).all()
+
+
+def test_twf_truncation_rule():
+    op, x, y = _problem(True, batch=(1,), noise=0.0)
+    loss = TruncatedPoissonLoss(op, alpha_lb=0.3, alpha_ub=5.0, alpha_h=5.0)
+    w = loss.weights(x, y)
+    r = op.linear(x)[0]
+    nx = x[0].norm()
+    ratio = r.abs() / nx
+    dev = (y[0] - r.abs() ** 2).abs()
+    K = dev.mean()
+    expected = (ratio >= 0.3) & (ratio <= 5.0) & (dev <= 5.0 * K * ratio)
+    assert torch.equal(w[0].bool(), expected)
+    assert 0 < int(expected.sum()) < op.m
+    f, _, _, _ = loss.value_and_grad(x, y)
+    ell = r.abs() ** 2 - y[0] * torch.log(r.abs() ** 2)
+    assert torch.allclose(f[0], (ell * expected).sum() / op.m)
+
+
+def test_taf_and_raf_weights():
+    op, x, y = _problem(True, batch=(1,), noise=0.0)
+    r = op.linear(x)[0].abs()
+    psi = y[0].sqrt()
+    w = TruncatedAmplitudeLoss(op, gamma=0.7).weights(x, y)[0]
+    assert torch.equal(w.bool(), r >= psi / 1.7)
+    w = ReweightedAmplitudeLoss(op, beta=10.0).weights(x, y)[0]
+    assert torch.allclose(w, 1 / (1 + 10 * psi / r))
+
+
+def test_normalised_pair_on_fourier_operator():
+    """Losses use (A/√e, y/e): the intensity loss on a unitary FFT equals the formula with those."""
+    op = OversampledFourier(6, 2, dtype=F64)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 6, generator=g, dtype=F64).to(torch.complex128)
+    xs = torch.randn(2, 6, generator=g, dtype=F64)
+    y = op(xs)
+    e = op.entry_energy
+    r = op.linear(x) / math.sqrt(e)
+    expected = ((r.abs() ** 2 - y / e) ** 2).mean(-1) / 4
+    assert torch.allclose(IntensityLoss(op)(x, y), expected)
+    # and the mean intensity of the normalised pair estimates ‖x‖² (scale convention)
+    assert torch.allclose((y / e).mean(-1), xs.square().sum(-1))
+
+
+def test_batch_shapes_and_batch_equals_singles():
+    op = CodedDiffraction((4, 5), 3, seed=1, dtype=F64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.view_as_complex(torch.randn(2, 3, 4, 5, 2, generator=g, dtype=F64))
+    y = op(torch.view_as_complex(torch.randn(2, 3, 4, 5, 2, generator=g, dtype=F64)))
+    for name in LOSSES:
+        loss = _make(name, op, l2=0.1)
+        v, grad, _, _ = loss.value_and_grad(x, y)
+        assert v.shape == (2, 3) and grad.shape == x.shape
+        v1, g1, _, _ = loss.value_and_grad(x[1, 2], y[1, 2])
+        assert v1.shape == ()
+        assert torch.allclose(v[1, 2], v1, rtol=1e-13) and torch.allclose(grad[1, 2], g1, rtol=1e-12, atol=1e-15)
+
+
+def test_step_scale():
+    op, x, _ = _problem(True)
+    assert torch.allclose(IntensityLoss(op).step_scale(x), 1 / x.abs().square().sum(-1))
+    for name in ("amplitude", "poisson", "poisson_truncated", "amplitude_truncated", "amplitude_reweighted"):
+        assert torch.equal(_make(name, op).step_scale(x), torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError, match="zero norm"):
+        IntensityLoss(op).step_scale(torch.zeros_like(x))
+
+
+def test_input_validation():
+    op, x, y = _problem(True)
+    loss = AmplitudeLoss(op)
+    bad = y.clone()
+    bad[0, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        loss(x, bad)
+    with pytest.raises(ValueError, match="real intensities"):
+        loss(x, y.to(torch.complex128))
+    with pytest.raises(ValueError, match="shape"):
+        loss(x, y[:, :10])
+    with pytest.raises(ValueError, match="dtype"):
+        loss(x, y.float())
+    with pytest.raises(ValueError, match="l2"):
+        IntensityLoss(op, l2=-1.0)
+    with pytest.raises(ValueError, match="MeasurementOperator"):
+        IntensityLoss(torch.eye(3))
+    with pytest.raises(ValueError, match="alpha_lb"):
+        TruncatedPoissonLoss(op, alpha_lb=6.0)

@@ -1,0 +1,275 @@
+import math
+
+import pytest
+import torch
+
+import phasetorch as pt
+from phasetorch import DivergenceError, reconstruct
+from phasetorch.losses import IntensityLoss
+from phasetorch.operators import CodedDiffraction, GaussianMeasurement, OversampledFourier
+from phasetorch.optim import PRESETS
+
+F64 = torch.float64
+GRADIENT_PRESETS = ["wf", "twf", "rwf", "taf", "raf", "af", "gs", "lbfgs"]   # hio: Fourier data (below)
+
+
+def _complex_gaussian(n, delta=8, B=3, seed=0, dtype=F64):
+    op = GaussianMeasurement(n, delta * n, complex=True, seed=seed, dtype=dtype)
+    g = torch.Generator().manual_seed(seed + 100)
+    xs = (torch.view_as_complex(torch.randn(B, n, 2, generator=g, dtype=F64)) / math.sqrt(2)).to(op.signal_dtype)
+    return op, xs, op(xs)
+
+
+def _rel(x, xs, dims=1):
+    return pt.metrics.relative_error(x, xs, signal_dims=dims)
+
+
+# ---------------------------------------------------------------------------- recovery
+@pytest.mark.parametrize("algorithm", GRADIENT_PRESETS)
+def test_every_preset_recovers_complex_gaussian(algorithm):
+    op, xs, y = _complex_gaussian(64)
+    rec = reconstruct(op, y, algorithm, max_iter=3000, progress=False, seed=1)
+    assert rec.x.shape == xs.shape and rec.converged.all(), rec.iterations
+    assert (_rel(rec.x, xs) < 1e-6).all(), _rel(rec.x, xs)
+    assert rec.log.config["init"] == "spectral" and rec.log.config["algorithm"] == algorithm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", GRADIENT_PRESETS)
+def test_every_preset_recovers_complex_gaussian_n256(algorithm):
+    op, xs, y = _complex_gaussian(256)
+    rec = reconstruct(op, y, algorithm, max_iter=3000, progress=False, seed=1, x_true=xs)
+    assert (_rel(rec.x, xs) < 1e-6).all(), _rel(rec.x, xs)
+
+
+def test_real_gaussian_wf():
+    n = 64
+    op = GaussianMeasurement(n, 8 * n, complex=False, seed=3, dtype=F64)
+    xs = torch.randn(2, n, generator=torch.Generator().manual_seed(4), dtype=F64)
+    rec = reconstruct(op, op(xs), "wf", max_iter=3000, progress=False, seed=0)
+    assert not rec.x.is_complex()
+    assert (_rel(rec.x, xs) < 1e-6).all()
+
+
+def test_cdp_raf():
+    op = CodedDiffraction((32, 32), 6, seed=2, dtype=F64)
+    g = torch.Generator().manual_seed(1)
+    xs = torch.view_as_complex(torch.randn(2, 32, 32, 2, generator=g, dtype=F64)) / math.sqrt(2)
+    rec = reconstruct(op, op(xs), "raf", max_iter=1500, progress=False, seed=0)
+    assert (_rel(rec.x, xs, 2) < 1e-6).all(), _rel(rec.x, xs, 2)
+
+
+def _fourier_problem(B=2, H=10, seed=6):
+    op = OversampledFourier((H, H), oversampling=2, dtype=F64)
+    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(H), indexing="ij")
+    support = (ii + 2 * jj) < 2 * H - 4                    # not centro-symmetric: no twin inside it
+    xs = torch.rand(B, H, H, generator=torch.Generator().manual_seed(seed), dtype=F64) * support
+    return op, xs, op(xs), support
+
+
+def test_hio_recovers_nonnegative_image_with_support():
+    op, xs, y, support = _fourier_problem()
+    rec = reconstruct(op, y, "hio", support=support, nonnegative=True, max_iter=3000, progress=False, seed=0)
+    assert not rec.x.is_complex() and (rec.x >= 0).all() and (rec.x[:, ~support] == 0).all()
+    assert (_rel(rec.x, xs, 2) < 1e-6).all(), _rel(rec.x, xs, 2)
+
+
+def test_gs_polishes_on_fourier_data_and_is_exact_projection():
+    """ER from a point near the truth converges (tight frame: A⁺ = Aᴴ, no CG)."""
+    op, xs, y, support = _fourier_problem()
+    x0 = xs + 0.02 * torch.rand(xs.shape, generator=torch.Generator().manual_seed(1), dtype=F64) * support
+    rec = reconstruct(op, y, "gs", init=x0, support=support, nonnegative=True, max_iter=2000, progress=False)
+    assert (_rel(rec.x, xs, 2) < 1e-6).all(), _rel(rec.x, xs, 2)
+
+
+# ---------------------------------------------------------------------------- contracts
+def test_wf_constant_step_is_plain_gradient_descent():
+    """step=μ: x_{t+1} = x_t − (μ/‖x₀‖²) ∇f(x_t), f = (1/4m)Σ(|aᴴx|²−y)² + (λ/2)‖x‖² (the DMFT's GD)."""
+    n, m, mu, lam = 20, 80, 0.1, 0.1
+    op = GaussianMeasurement(n, m, complex=False, seed=7, dtype=F64)
+    g = torch.Generator().manual_seed(8)
+    xs = torch.randn(n, generator=g, dtype=F64)
+    xs = xs / xs.norm()
+    y = op(xs)
+    x0 = xs + 0.3 * torch.randn(n, generator=g, dtype=F64)
+    A = op.matrix()
+    x = x0.clone()
+    eta = mu / x0.square().sum()
+    for _ in range(30):
+        r = A @ x
+        x = x - eta * (A.T @ ((r * r - y) * r) / m + lam * x)
+    rec = reconstruct(op, y, "wf", init=x0, step=mu, l2=lam, max_iter=30, tol=0, progress=False, x_true=xs)
+    assert torch.allclose(rec.x, x, rtol=0, atol=1e-13)
+    assert rec.log.config["step"] == mu and rec.log.config["l2"] == lam
+    assert torch.allclose(rec.log["step"][1:, 0], torch.full((30,), float(eta), dtype=F64))
+    # schedule=constant is the same run
+    rec2 = reconstruct(op, y, "wf", init=x0, schedule=lambda t: mu, l2=lam, max_iter=30, tol=0, progress=False)
+    assert torch.equal(rec2.x, rec.x)
+
+
+def test_regularized_wf_reaches_stationary_point_of_its_objective():
+    op, xs, y = _complex_gaussian(32, B=2)
+    lam = 0.2
+    rec = reconstruct(op, y, "wf", step=0.2, l2=lam, max_iter=5000, progress=False, seed=0)
+    assert rec.converged.all()
+    _, grad, _, _ = IntensityLoss(op, l2=lam).value_and_grad(rec.x, y)
+    gnorm = grad.abs().square().sum(-1).sqrt()
+    assert (gnorm < 1e-8 * rec.x.abs().square().sum(-1).sqrt()).all(), gnorm
+    assert (_rel(rec.x, xs) > 1e-3).all()                 # the ridge moves the minimiser away from x*
+    assert torch.allclose(rec.log["grad_norm"][-1], gnorm)
+
+
+@pytest.mark.parametrize("algorithm,kw", [("wf", {}), ("twf", {}), ("raf", {}), ("lbfgs", {}), ("gs", {}),
+                                          ("taf", {"step": "armijo"}), ("af", {"step": "bb"})])
+def test_batch_equals_single_runs(algorithm, kw):
+    op, xs, y = _complex_gaussian(32, B=3)
+    batch = reconstruct(op, y, algorithm, max_iter=400, progress=False, seed=3, **kw)
+    for b in range(3):
+        single = reconstruct(op, y[b], algorithm, max_iter=400, progress=False, seed=3, **kw)
+        assert single.x.shape == xs.shape[1:]
+        assert torch.allclose(single.x, batch.x[b], rtol=0, atol=1e-10)
+        assert int(single.iterations) == int(batch.iterations[b])
+        assert torch.allclose(single.log["loss"][:, 0], batch.log["loss"][: len(single.log), b], rtol=1e-9)
+
+
+def test_x_true_does_not_change_the_result():
+    op, xs, y = _complex_gaussian(32)
+    a = reconstruct(op, y, "raf", max_iter=300, progress=False, seed=2)
+    b = reconstruct(op, y, "raf", max_iter=300, progress=False, seed=2, x_true=xs)
+    assert torch.equal(a.x, b.x) and torch.equal(a.iterations, b.iterations)
+    assert "rel_error" not in a.log and {"rel_error", "overlap", "inner"} <= set(b.log.columns)
+    rel = b.log["rel_error"][-1]
+    assert torch.allclose(rel, _rel(b.x, xs), rtol=1e-10)
+    assert torch.allclose(b.log["overlap"][-1], pt.metrics.overlap(b.x, xs), rtol=1e-12)
+    assert torch.allclose(b.log["inner"][0], pt.metrics.inner(b.x0, xs), rtol=1e-12)
+
+
+def test_per_sample_stopping_freezes_finished_samples():
+    op, xs, y = _complex_gaussian(32, B=2)
+    x0 = torch.stack([xs[0] * (1 + 1e-3), xs[1] + 0.5 * torch.randn(32, generator=torch.Generator().manual_seed(0),
+                                                                     dtype=F64)])
+    rec = reconstruct(op, y, "raf", init=x0, max_iter=2000, progress=False)
+    it = rec.iterations
+    assert it[0] < it[1]
+    # sample 0's records after it stopped repeat its final state with step 0
+    k = int((rec.log["iteration"] == it[0]).nonzero()[0, 0])
+    assert (rec.log["step"][k + 1:, 0] == 0).all()
+    assert (rec.log["loss"][k + 1:, 0] == rec.log["loss"][k, 0]).all()
+
+
+def test_divergence_raises_and_names_the_step():
+    op, xs, y = _complex_gaussian(32, B=2)
+    with pytest.raises(DivergenceError, match=r"reduce step \(currently 50\)") as err:
+        reconstruct(op, y, "wf", step=50.0, max_iter=200, progress=False, seed=0)
+    assert err.value.iteration >= 1 and err.value.log is not None and len(err.value.log) >= 1
+    assert torch.isfinite(err.value.x).all()
+
+
+def test_input_validation():
+    op, xs, y = _complex_gaussian(16, B=2)
+    bad = y.clone()
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        reconstruct(op, bad, progress=False)
+    with pytest.raises(ValueError, match="shape"):
+        reconstruct(op, y[:, :-1], progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        reconstruct(op, y.float(), progress=False)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        reconstruct(op, y, "newton", progress=False)
+    with pytest.raises(ValueError, match="unknown option"):
+        reconstruct(op, y, "raf", gamma=0.5, progress=False)
+    with pytest.raises(ValueError, match="init"):
+        reconstruct(op, y, init=torch.zeros(3, 17, dtype=torch.complex128), progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        reconstruct(op, y, init=xs.to(torch.complex64), progress=False)
+    with pytest.raises(ValueError, match="support"):
+        reconstruct(op, y, support=torch.ones(5, dtype=torch.bool), progress=False)
+    with pytest.raises(ValueError, match="l2"):
+        reconstruct(op, y, "gs", l2=0.1, progress=False)
+    with pytest.raises(ValueError, match="step"):
+        reconstruct(op, y, "lbfgs", step=0.1, progress=False)
+    with pytest.raises(ValueError, match="max_iter"):
+        reconstruct(op, y, max_iter=-1, progress=False)
+    with pytest.raises(ValueError, match="real intensities"):
+        reconstruct(op, op.linear(xs), progress=False)
+
+
+def test_noisy_negative_intensities_are_allowed():
+    op, xs, y = _complex_gaussian(32, B=2)
+    noisy = y + 0.5 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert (noisy < 0).any()
+    for alg in ("raf", "twf", "wf"):
+        rec = reconstruct(op, noisy, alg, max_iter=500, progress=False, seed=0)
+        assert torch.isfinite(rec.x).all()
+        assert (_rel(rec.x, xs) < 0.2).all()
+
+
+def test_float32():
+    op, xs, y = _complex_gaussian(64, B=2, dtype=torch.float32)
+    rec = reconstruct(op, y, "raf", max_iter=1000, progress=False, seed=0)
+    assert rec.x.dtype == torch.complex64 and rec.converged.all()
+    assert (_rel(rec.x, xs) < 1e-4).all()
+
+
+def test_reproducible_with_seed():
+    op, xs, y = _complex_gaussian(16, B=2)
+    a = reconstruct(op, y, "hio", init="random", max_iter=20, tol=0, progress=False, seed=11)
+    b = reconstruct(op, y, "hio", init="random", max_iter=20, tol=0, progress=False, seed=11)
+    c = reconstruct(op, y, "hio", init="random", max_iter=20, tol=0, progress=False, seed=12)
+    assert torch.equal(a.x, b.x) and torch.equal(a.x0, b.x0)
+    assert not torch.equal(a.x0, c.x0)
+    g = torch.Generator().manual_seed(11)
+    d = reconstruct(op, y, "hio", init="random", max_iter=20, tol=0, progress=False, generator=g)
+    assert torch.equal(d.x0, a.x0)
+
+
+def test_real_signal_on_complex_operator():
+    n = 32
+    op = GaussianMeasurement(n, 8 * n, complex=True, seed=1, dtype=F64)
+    xs = torch.randn(2, n, generator=torch.Generator().manual_seed(2), dtype=F64)
+    rec = reconstruct(op, op(xs), "taf", real_signal=True, max_iter=2000, progress=False, seed=0)
+    assert not rec.x.is_complex()
+    assert (_rel(rec.x, xs) < 1e-6).all()
+
+
+def test_log_contents_and_log_every():
+    op, xs, y = _complex_gaussian(32, B=2)
+    rec = reconstruct(op, y, "raf", max_iter=47, tol=0, log_every=10, progress=False, seed=0, x_true=xs)
+    log = rec.log
+    assert log["iteration"].tolist() == [0, 10, 20, 30, 40, 47]
+    assert set(["loss", "grad_norm", "step", "norm", "time", "residual", "rel_error", "overlap", "inner"]) <= \
+        set(log.columns)
+    assert log["overlap"].shape == (6, 2)
+    assert torch.allclose(log["norm"][-1], rec.x.abs().square().sum(-1).sqrt())
+    assert (log["time"][1:] >= log["time"][:-1]).all()
+    cfg = log.config
+    assert cfg["operator"]["type"] == "GaussianMeasurement" and cfg["delta"] == 8.0 and cfg["seed"] == 0
+    assert cfg["loss"]["beta"] == 5.0 and cfg["preprocessing"] == "weighted"
+    assert (rec.iterations == 47).all() and not rec.converged.any()
+
+
+def test_callback_and_max_iter_zero():
+    op, xs, y = _complex_gaussian(16, B=2)
+    seen = []
+
+    def cb(t, x, info):
+        seen.append((t, x.shape, info["loss"].shape))
+        return t == 5
+    rec = reconstruct(op, y, "raf", max_iter=100, tol=0, progress=False, callback=cb, seed=0)
+    assert seen[-1][0] == 5 and seen[0][1] == xs.shape and seen[0][2] == (2,)
+    assert (rec.iterations == 5).all() and rec.log["iteration"][-1] == 5
+    rec0 = reconstruct(op, y, "raf", max_iter=0, progress=False, seed=0)
+    assert torch.equal(rec0.x, rec0.x0) and len(rec0.log) == 1
+
+
+def test_progress_bar_runs(capsys):
+    op, xs, y = _complex_gaussian(16, B=1)
+    rec = reconstruct(op, y, "raf", max_iter=20, progress=True, x_true=xs, seed=0)
+    assert rec.x.shape == xs.shape
+
+
+def test_every_preset_is_registered_with_a_reference():
+    assert set(PRESETS) == {"wf", "twf", "rwf", "taf", "raf", "af", "gs", "hio", "lbfgs"}
+    for p in PRESETS.values():
+        assert p.reference and p.preprocessing is not None
