@@ -1036,7 +1036,7 @@ def row_success(ctx: Context) -> dict:
     if sp_reason is None:
         rates.update({f"solvephase {m_}": [] for m_ in sp_methods})
     errors: Dict[str, str] = {}
-    paths: Dict[str, str] = {}
+    paths: Dict[str, Dict[str, str]] = {}
     for d in deltas:
         m = int(round(d * n))
         # The trials (shared by both libraries): independent matrices A_t (a GaussianEnsemble, so that
@@ -1052,7 +1052,8 @@ def row_success(ctx: Context) -> dict:
                 continue
             try:
                 ok, path = _pt_successes(reconstruct, ens, X, Y, p, max_iter, thr, ctx.seed)
-                paths.setdefault(key, path)
+                if path != "batched":
+                    paths.setdefault(key, {})[f"m/n={d}"] = path
                 rates[key].append(sum(ok) / trials)
             except (ImportError, AttributeError):
                 raise
@@ -1090,7 +1091,7 @@ def row_success(ctx: Context) -> dict:
                      f"default init and stopping rule), float64; {trials} trials per m/n, each with its own "
                      "Gaussian matrix and signal, the same problems for both libraries. phasetorch solves the "
                      "trials as one batch through a GaussianEnsemble; solvephase runs them one by one."]
-           + [f"{k}: {v}" for k, v in paths.items() if v != "batched"]}
+           + [f"{k} at {where}: {how}" for k, v in paths.items() for where, how in v.items()]}
     if bp is None:
         row.update(ratio=None, met=None, status="unavailable",
                    reason="no phasetorch preset reached 50 % success on the m/n grid")

@@ -229,7 +229,9 @@ def test_cuda_matches_cpu():
 
 # ----------------------------------------------------------------------------------- public API
 def test_dmft_public_api_and_prediction(tmp_path):
-    p = dmft(DELTA_A, step=STEP_A, l2=L2_A, steps=3, samples=4000, replicates=3, seed=2, progress=False)
+    threads = torch.get_num_threads()
+    p = dmft(DELTA_A, step=STEP_A, l2=L2_A, steps=3, samples=4000, replicates=3, seed=2, progress=False, threads=2)
+    assert torch.get_num_threads() == threads                  # the solve's thread setting is restored
     assert isinstance(p, Prediction) and len(p) == 4
     for c in ("iteration", "loss", "grad_norm", "step", "norm", "rel_error", "overlap", "inner"):
         assert c in p.columns and p[c].shape == (4,)

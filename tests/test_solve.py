@@ -273,3 +273,17 @@ def test_every_preset_is_registered_with_a_reference():
     assert set(PRESETS) == {"wf", "twf", "rwf", "taf", "raf", "af", "gs", "hio", "lbfgs"}
     for p in PRESETS.values():
         assert p.reference and p.preprocessing is not None
+
+
+def test_lbfgs_intensity_loss_and_spectral_options():
+    op, xs, y = _complex_gaussian(32, B=2)
+    rec = reconstruct(op, y, "lbfgs", loss="intensity", max_iter=500, progress=False, seed=0,
+                      spectral_options={"tol": 1e-4})
+    assert rec.log.config["loss"]["loss"] == "intensity" and rec.log.config["spectral_options"] == {"tol": 1e-4}
+    assert (_rel(rec.x, xs) < 1e-6).all()
+    assert reconstruct(op, y, "lbfgs", max_iter=0, progress=False, seed=0).log.config["spectral_options"] == \
+        {"tol": 1e-3}                                   # the preset's own default
+    with pytest.raises(ValueError, match="lbfgs works on"):
+        reconstruct(op, y, "lbfgs", loss="poisson", progress=False)
+    with pytest.raises(ValueError, match="may not set"):
+        reconstruct(op, y, "raf", spectral_options={"seed": 3}, progress=False)

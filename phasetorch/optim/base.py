@@ -64,7 +64,6 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
 
     Returns ``(alpha, x_new, f_new, cache_new)``; inactive samples keep α = 0 and x.
     """
-    B = x.shape[0]
     alpha = torch.where(active, alpha0, torch.zeros_like(alpha0))
     done = ~active
     x_new, f_new, cache_new = x, f, cache0
@@ -86,8 +85,6 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
     failed = ~done
     if failed.any():
         alpha = torch.where(failed, torch.zeros_like(alpha), alpha)
-    if cache_new is None and B:
-        cache_new = cache0
     return alpha, x_new, f_new, cache_new
 
 

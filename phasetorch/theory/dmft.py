@@ -191,7 +191,7 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
                samples: int = 100_000, replicates: int = 8, seed: int = 0, seeds: Optional[Sequence[int]] = None,
                device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
                chunk_size: Optional[int] = None, progress: bool = True, params: Optional[dict] = None,
-               check_stability: bool = True) -> Prediction:
+               check_stability: bool = True, threads: Optional[int] = 1) -> Prediction:
     r"""Solve the discrete-time DMFT of gradient descent by one causal Monte-Carlo pass.
 
     The lower-level entry point of :func:`dmft`: the spectral quantities are passed explicitly.
@@ -224,7 +224,41 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
         dtype: per-sample precision (float32 default); kernels and T×T algebra are float64.
         chunk_size: samples per chunk of the Jacobian back-substitution (default: all on CUDA; on
             CPU as many as keep its (replicates, T + 1, chunk) buffer under 2²⁶ numbers).
+        threads: CPU threads for the solve (``torch.set_num_threads``, restored afterwards);
+            default 1 — the solve is thousands of memory-bound kernels, a second thread gains
+            little, and on a shared or oversubscribed machine OpenMP barriers made 2 threads up to
+            15× slower than 1 (measured on a 2-core box). ``None`` keeps torch's setting.
     """
+    if threads is not None and (device is None or torch.device(device).type == "cpu"):
+        if int(threads) < 1:
+            raise ValueError(f"threads must be a positive integer or None (got {threads})")
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+    else:
+        previous = None
+    try:
+        return _solve_dmft(delta, steps=steps, model=model, lam_star=lam_star, rho=rho, T=T, step=step,
+                           schedule=schedule, l2=l2, init=init, init_overlap=init_overlap, init_norm=init_norm,
+                           power_steps=power_steps, power_shift=power_shift, mu=mu, samples=samples,
+                           replicates=replicates, seed=seed, seeds=seeds, device=device, dtype=dtype,
+                           chunk_size=chunk_size, progress=progress, params=params,
+                           check_stability=check_stability)
+    finally:
+        if previous is not None:
+            torch.set_num_threads(previous)
+
+
+def _solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = None,
+               lam_star: Optional[float] = None, rho: Optional[float] = None,
+               T: Optional[Callable[[Tensor], Tensor]] = None,
+               step: Optional[float] = None, schedule: Optional[Callable[[int], float]] = None, l2: float = 0.0,
+               init: str = "spectral", init_overlap: Optional[float] = None, init_norm: float = 1.0,
+               power_steps: int = 50, power_shift: float = 0.0, mu: str = "auto",
+               samples: int = 100_000, replicates: int = 8, seed: int = 0, seeds: Optional[Sequence[int]] = None,
+               device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
+               chunk_size: Optional[int] = None, progress: bool = True, params: Optional[dict] = None,
+               check_stability: bool = True) -> Prediction:
+    """The body of :func:`solve_dmft` (same arguments)."""
     model = model if model is not None else phase_retrieval()
     delta = float(delta)
     if not (delta > 0 and math.isfinite(delta)):
@@ -336,7 +370,7 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
             f"step μ = {float(mus.max()):.4g} exceeds the stability limit of the explicit gradient step: "
             f"residuals up to r_max ≈ {r_max:.3g} diverge once (η/δ) r² ≳ 2; the largest safe step is about "
             f"{eta_safe * c0 ** 2:.4g}. Simulations with this step are expected to blow up, and so may the DMFT.",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning, stacklevel=4)
 
     # -------------------------------------------------------------- state
     TT = K0 + steps                               # total time steps of the combined process
@@ -608,7 +642,7 @@ def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Calla
          device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
          progress: bool = True, init: str = "spectral", init_overlap: Optional[float] = None,
          power_steps: int = 50, power_shift: float = 0.0, mu: str = "auto",
-         chunk_size: Optional[int] = None) -> Prediction:
+         chunk_size: Optional[int] = None, threads: Optional[int] = 1) -> Prediction:
     r"""DMFT prediction of spectral-initialised (regularised) Wirtinger flow on real Gaussian phase retrieval.
 
     Predicts ``reconstruct(op, y, algorithm="wf", init="spectral", preprocessing=preprocessing,
@@ -642,6 +676,7 @@ def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Calla
             modulus: choose the shift so that λ₁(D) + c dominates both bulk edges (``mm`` at δ = 4:
             bulk [−1.1, 0.24], λ₁ = 0.437, c = 0.43 converges like 0.77^{2K}); for ``optimal`` the
             bulk reaches far below zero (T ≥ −999) and power iteration is impractical.
+        chunk_size, threads: memory bound and CPU threads of the solve (see :func:`solve_dmft`).
         mu: estimator of μ(t): ``"pathwise"`` (∂r/∂S along each path; lower variance, needs a
             Lipschitz T), ``"stein"`` (valid for discontinuous T), or ``"auto"``: pathwise for
             ``optimal``, ``mm``, ``clipped`` and the warm start, Stein otherwise.
@@ -697,5 +732,6 @@ def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Calla
                       step=step, schedule=schedule, l2=l2, init=init, init_overlap=init_overlap,
                       power_steps=power_steps, power_shift=power_shift, mu=mu, samples=samples,
                       replicates=replicates, seed=seed, device=device, dtype=dtype, chunk_size=chunk_size,
+                      threads=threads,
                       progress=progress, params=dict(preprocessing=(name if init != "warm" else None), field=field,
                                                      eigenvalue=eigenvalue))
