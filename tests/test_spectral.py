@@ -428,13 +428,8 @@ def _cosines(d, delta, cplx, pres, seeds=range(8)):
     return {p: torch.tensor(v, dtype=F64) for p, v in out.items()}
 
 
-def _theory(delta, pre, field, fallback):
-    try:
-        from phasetorch.theory import spectral_overlap
-    except ImportError:
-        if fallback is None:
-            pytest.skip("phasetorch.theory.spectral_overlap is not available")
-        return fallback
+def _theory(delta, pre, field):
+    from phasetorch.theory import spectral_overlap
     return float(spectral_overlap(delta, pre, field))
 
 
@@ -442,7 +437,7 @@ def _theory(delta, pre, field, fallback):
 def test_real_gaussian_overlap_matches_theory():
     cos = _cosines(1500, 4, False, ["optimal", "trimmed"])
     for pre, fallback in (("optimal", math.sqrt(0.92449)), ("trimmed", None)):
-        rho = _theory(4.0, pre, "real", fallback)
+        rho = _theory(4.0, pre, "real")
         if pre == "optimal":
             assert abs(rho - 0.9615) < 1e-3                 # theory.md §2/§7: ρ² = 0.92449
         c = cos[pre]
@@ -453,7 +448,7 @@ def test_real_gaussian_overlap_matches_theory():
 @pytest.mark.slow
 def test_complex_gaussian_optimal_overlap_matches_theory():
     c = _cosines(800, 4, True, ["optimal"])["optimal"]
-    rho = _theory(4.0, "optimal", "complex", math.sqrt(0.735))
+    rho = _theory(4.0, "optimal", "complex")
     assert abs(rho ** 2 - 0.735) < 2e-3                     # theory.md §2: ρ² ≈ 0.735 at δ = 4
     se = float(c.std() / math.sqrt(len(c)))
     assert abs(float(c.mean()) - rho) <= 3 * se + ALLOWANCE, (float(c.mean()), se, rho)
