@@ -1,18 +1,26 @@
 """phasetorch: phase retrieval in PyTorch — measurement models, spectral initialization,
-Wirtinger-flow optimizers, and the high-dimensional (DMFT) theory of how they converge."""
+Wirtinger-flow optimizers, and the high-dimensional (DMFT) theory of how they converge.
 
-from .operators import MeasurementOperator, GaussianMeasurement
-from .operators import (MatrixMeasurement, CodedDiffraction, StructuredRandom, OversampledFourier,
-                        LinkMeasurement, save_operator, load_operator)
+Conventions (one for the whole library): E|A_ij|² = 1 for Gaussian sensing so E y = ‖x‖²;
+``op.entry_energy`` gives E|A_ij|² for every operator and ‖x‖² ≈ mean(y)/entry_energy; leading
+dimensions are batch dimensions and everything is per sample; errors and overlaps are taken
+modulo the global phase (sign for real signals). See the README's "Conventions" section.
+"""
+
+from .operators import (MeasurementOperator, GaussianMeasurement, GaussianEnsemble, MatrixMeasurement,
+                        CodedDiffraction, StructuredRandom, OversampledFourier, LinkMeasurement,
+                        save_operator, load_operator)
 from .noise import PoissonNoise, GaussianNoise
-from . import metrics, noise
 from .spectral import spectral_init, SpectralInfo
-from . import spectral
-
 from .errors import DivergenceError
 from .logs import TrainingLog
 from .solve import reconstruct, Reconstruction
-from . import losses, optim, logs
-from . import theory
+from . import operators, metrics, noise, preprocessing, spectral, losses, optim, logs, theory
 
 __version__ = "0.1.0"
+
+__all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement",
+           "CodedDiffraction", "StructuredRandom", "OversampledFourier", "LinkMeasurement", "save_operator",
+           "load_operator", "PoissonNoise", "GaussianNoise", "spectral_init", "SpectralInfo", "DivergenceError",
+           "TrainingLog", "reconstruct", "Reconstruction", "operators", "metrics", "noise", "preprocessing",
+           "spectral", "losses", "optim", "logs", "theory"]

@@ -1037,6 +1037,7 @@ def row_success(ctx: Context) -> dict:
         rates.update({f"solvephase {m_}": [] for m_ in sp_methods})
     errors: Dict[str, str] = {}
     paths: Dict[str, Dict[str, str]] = {}
+    spent = {"phasetorch": 0.0, "solvephase": 0.0}
     for d in deltas:
         m = int(round(d * n))
         # The trials (shared by both libraries): independent matrices A_t (a GaussianEnsemble, so that
@@ -1051,7 +1052,9 @@ def row_success(ctx: Context) -> dict:
                 rates[key].append(None)
                 continue
             try:
-                ok, path = _pt_successes(reconstruct, ens, X, Y, p, max_iter, thr, ctx.seed)
+                t_run, (ok, path) = ctx.clock(lambda: _pt_successes(reconstruct, ens, X, Y, p, max_iter, thr,
+                                                                     ctx.seed))
+                spent["phasetorch"] += t_run
                 if path != "batched":
                     paths.setdefault(key, {})[f"m/n={d}"] = path
                 rates[key].append(sum(ok) / trials)
@@ -1067,8 +1070,9 @@ def row_success(ctx: Context) -> dict:
                 for t in range(trials):
                     x_np = X[t].cpu().numpy()
                     try:
-                        res = wirtinger(MatrixOperator(mats[t]), Y[t].cpu().numpy(), method=m_,
-                                        iterations=max_iter, seed=ctx.seed)
+                        t_run, res = ctx.clock(lambda: wirtinger(MatrixOperator(mats[t]), Y[t].cpu().numpy(),
+                                                                 method=m_, iterations=max_iter, seed=ctx.seed))
+                        spent["solvephase"] += t_run
                         err = sp_rel(res.x, x_np)
                         ok.append(bool(np.isfinite(err) and err <= thr))
                     except Exception:  # a run that raises (diverges) is a failed trial
@@ -1086,7 +1090,7 @@ def row_success(ctx: Context) -> dict:
     row = {"rates": rates, "deltas": deltas, "delta50": d50, "errors": errors, "config": cfg, "goal": "reported",
            "ratio_meaning": "δ₅₀(best solvephase) / δ₅₀(best phasetorch): > 1 means phasetorch succeeds "
                             "with fewer measurements",
-           "batch_paths": paths,
+           "batch_paths": paths, "seconds_by_library": spent,
            "notes": [f"success: relative error ≤ {thr:g} after at most {max_iter} iterations (each library's "
                      f"default init and stopping rule), float64; {trials} trials per m/n, each with its own "
                      "Gaussian matrix and signal, the same problems for both libraries. phasetorch solves the "

@@ -377,3 +377,16 @@ def test_gaussian_config_records_dtype_and_rebuilds():
     assert cfg["dtype"] == "float64"
     rebuilt = operator_from_config(cfg)
     assert rebuilt.real_dtype == F64 and torch.equal(rebuilt.matrix(), op.matrix())
+
+
+def test_coded_diffraction_mask_cache_follows_buffer_changes():
+    """The cached scaled masks are refreshed after load_state_dict / in-place edits / dtype moves."""
+    a = CodedDiffraction((6, 5), 3, seed=1, dtype=torch.float64)
+    b = CodedDiffraction((6, 5), 3, seed=2, dtype=torch.float64)
+    x = torch.randn(6, 5, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    before = a.linear(x)
+    a.load_state_dict(b.state_dict())
+    assert torch.allclose(a.linear(x), b.linear(x), atol=1e-14)
+    assert not torch.allclose(a.linear(x), before)
+    a32 = a.to(torch.float32)
+    assert a32.linear(x.to(torch.complex64)).dtype == torch.complex64

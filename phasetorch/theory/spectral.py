@@ -425,7 +425,7 @@ def spectral_limits(delta: float, preprocessing: Union[str, Callable] = "optimal
     field : ``"real"`` (S ~ N(0,1), Y = S²) or ``"complex"`` (|S|² ~ Exp(1)).
     noise : σ of additive Gaussian noise on the intensities, Y = |S|² + σε.
 
-    Example: ``spectral_limits(4.0).rho2`` → 0.92449 (real, ``optimal``), λ* = 13.2433.
+    Example: ``spectral_limits(4.0).rho2`` → 0.92449 (real, ``optimal``), λ* = 13.2140 (13.2433 for the unfloored 1 − 1/ŷ).
     """
     return _limits(_check_delta(delta), preprocessing, _check_field(field), _check_noise(noise))
 
