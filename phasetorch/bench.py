@@ -102,7 +102,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, Any]]] = {
         5: dict(n=256, delta=8, batch=16, iters=100),
         6: dict(T=(50, 100, 200), N=(10_000, 100_000), N_cuda=(10_000, 100_000, 1_000_000),
                 goal_T=100, goal_N=100_000, delta=4.0, step=0.1),
-        7: dict(n=128, trials=20, deltas=(2, 3, 4, 5, 6), max_iter=1000, success=1e-5),
+        7: dict(n=128, trials=20, deltas=(2, 3, 4, 5, 6), max_iter=500, success=1e-5),
     },
     "quick": {
         1: dict(n=1024, delta=8, cdp_shape=(128, 128), cdp_masks=8, repeats=5, min_sample_s=0.01),
@@ -1118,47 +1118,68 @@ def row_success(ctx: Context) -> dict:
 def _pt_successes(reconstruct, ens, X, Y, algorithm, max_iter, thr, seed) -> Tuple[List[bool], str]:
     """Per-trial success of ``algorithm`` on the problems of a GaussianEnsemble, and how it was run.
 
-    First one batched ``reconstruct`` (the normal path). If the ensemble is refused by a library
-    piece (a ValueError: e.g. a spectral initialisation that shrinks the batch as samples converge),
-    the same preset runs with its default spectral initialisation computed per member and the
-    iterations batched (identical results); failing that, member by member. If a batch diverges,
-    the trials run one by one and a diverging trial counts as a failure.
+    One batched ``reconstruct`` (the normal path). A trial whose run diverges (DivergenceError names
+    the sample) is a failure; it is removed and the rest of the batch is rerun. If the ensemble is
+    refused by a library piece (a ValueError), the preset runs with its default spectral
+    initialisation computed per member and the iterations batched (identical results); failing
+    that, member by member.
     """
     from phasetorch.errors import DivergenceError
-    kw = dict(algorithm=algorithm, max_iter=max_iter, progress=False, seed=seed)
-
-    def one_by_one(reason: str):
-        out = []
-        for t in range(X.shape[0]):
-            try:
-                rec = reconstruct(ens.member(t), Y[t], **kw)
-                out.append(_rel_error(rec.x, X[t]) <= thr)
-            except DivergenceError:
-                out.append(False)
-        return out, reason
-
-    try:
-        rec = reconstruct(ens, Y, **kw)
-        return [e <= thr for e in _per_sample_rel_error(rec.x, X)], "batched"
-    except DivergenceError:
-        return one_by_one("one by one (the batch diverged)")
-    except ValueError as err:
-        first = _short_error(err)
     from phasetorch.optim.presets import get_preset
     from phasetorch.spectral import spectral_init
-    preset = get_preset(algorithm)
-    if preset.init == "spectral":
+    kw = dict(algorithm=algorithm, max_iter=max_iter, progress=False, seed=seed)
+    count = X.shape[0]
+    success = [False] * count
+    notes: List[str] = []
+
+    def members(active):
+        if len(active) == count:
+            return ens
+        return type(ens)(ens.n, ens.m, len(active), complex=ens.is_complex, seeds=[ens.seeds[t] for t in active],
+                         dtype=ens.real_dtype).to(ens.device)
+
+    def one_by_one(active):
+        for t in active:
+            try:
+                rec = reconstruct(ens.member(t), Y[t], **kw)
+                success[t] = _rel_error(rec.x, X[t]) <= thr
+            except DivergenceError:
+                success[t] = False
+
+    active = list(range(count))
+    mode = "batched"
+    while active:
+        sub, Ys, Xs = members(active), Y[active], X[active]
         try:
-            x0 = torch.stack([spectral_init(ens.member(t), Y[t], preprocessing=preset.preprocessing, seed=seed)
-                              for t in range(X.shape[0])])
-            rec = reconstruct(ens, Y, init=x0, **kw)
-            return ([e <= thr for e in _per_sample_rel_error(rec.x, X)],
-                    f"spectral init per member, iterations batched (batched reconstruct refused: {first})")
-        except DivergenceError:
-            return one_by_one("one by one (the batch diverged)")
-        except ValueError:
-            pass
-    return one_by_one(f"one by one (batched reconstruct refused: {first})")
+            if mode == "batched":
+                rec = reconstruct(sub, Ys, **kw)
+            else:
+                pre = get_preset(algorithm).preprocessing
+                x0 = torch.stack([spectral_init(sub.member(k), Ys[k], preprocessing=pre, seed=seed)
+                                  for k in range(len(active))])
+                rec = reconstruct(sub, Ys, init=x0, **kw)
+        except DivergenceError as err:
+            b = getattr(err, "sample", None)
+            if not isinstance(b, int) or not 0 <= b < len(active):
+                one_by_one(active)
+                notes.append("one by one after a divergence")
+                break
+            notes.append(f"trial {active[b]} diverged (failure), the rest rerun as a batch")
+            del active[b]
+            continue
+        except ValueError as err:
+            if mode == "batched" and get_preset(algorithm).init == "spectral":
+                mode = "per-member spectral init"
+                notes.append(f"batched reconstruct refused ({_short_error(err)}): spectral init per member, "
+                             "iterations batched")
+                continue
+            notes.append(f"one by one (batched run refused: {_short_error(err)})")
+            one_by_one(active)
+            break
+        for t, e in zip(active, _per_sample_rel_error(rec.x, Xs)):
+            success[t] = e <= thr
+        break
+    return success, ("batched" if not notes else "; ".join(notes))
 
 
 def _per_sample_rel_error(x_hat: torch.Tensor, x: torch.Tensor) -> List[float]:

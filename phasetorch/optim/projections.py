@@ -55,6 +55,8 @@ def tight_frame_constant(op: MeasurementOperator, rtol: Optional[float] = None) 
     A random vector is an eigenvector of AᴴA only if AᴴA has a single eigenvalue on its span, so one
     probe separates tight frames from the rest (almost surely); ``rtol`` defaults to 10⁴·ε of the dtype.
     """
+    if getattr(op, "batch_indexed", False):
+        return None   # a batch of independent (Gaussian) matrices: not a tight frame, and no single probe fits it
     g = torch.Generator(device="cpu").manual_seed(12345)
     shape = (1, *op.signal_shape)
     p = torch.randn(*shape, 2, generator=g, dtype=torch.float64)
