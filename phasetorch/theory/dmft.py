@@ -58,8 +58,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -187,6 +188,22 @@ def _replicate_seeds(seed: int, replicates: int) -> list:
 # ---------------------------------------------------------------------------------------------
 # the solver
 # ---------------------------------------------------------------------------------------------
+@contextmanager
+def _cpu_threads(threads: Optional[int], device) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads (restored afterwards); a no-op on CUDA or for None."""
+    if threads is None or (device is not None and torch.device(device).type != "cpu"):
+        yield
+        return
+    if int(threads) < 1:
+        raise ValueError(f"threads must be a positive integer or None (got {threads})")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = None,
                lam_star: Optional[float] = None, rho: Optional[float] = None,
                T: Optional[Callable[[Tensor], Tensor]] = None,
@@ -234,324 +251,295 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
             little, and on a shared or oversubscribed machine OpenMP barriers made 2 threads up to
             15× slower than 1 (measured on a 2-core box). ``None`` keeps torch's setting.
     """
-    if threads is not None and (device is None or torch.device(device).type == "cpu"):
-        if int(threads) < 1:
-            raise ValueError(f"threads must be a positive integer or None (got {threads})")
-        previous = torch.get_num_threads()
-        torch.set_num_threads(int(threads))
-    else:
-        previous = None
-    try:
-        return _solve_dmft(delta, steps=steps, model=model, lam_star=lam_star, rho=rho, T=T, step=step,
-                           schedule=schedule, l2=l2, init=init, init_overlap=init_overlap, init_norm=init_norm,
-                           power_steps=power_steps, power_shift=power_shift, mu=mu, samples=samples,
-                           replicates=replicates, seed=seed, seeds=seeds, device=device, dtype=dtype,
-                           chunk_size=chunk_size, progress=progress, params=params,
-                           check_stability=check_stability)
-    finally:
-        if previous is not None:
-            torch.set_num_threads(previous)
-
-
-def _solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = None,
-               lam_star: Optional[float] = None, rho: Optional[float] = None,
-               T: Optional[Callable[[Tensor], Tensor]] = None,
-               step: Optional[float] = None, schedule: Optional[Callable[[int], float]] = None, l2: float = 0.0,
-               init: str = "spectral", init_overlap: Optional[float] = None, init_norm: float = 1.0,
-               power_steps: int = 50, power_shift: float = 0.0, mu: str = "auto",
-               samples: int = 100_000, replicates: int = 8, seed: int = 0, seeds: Optional[Sequence[int]] = None,
-               device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
-               chunk_size: Optional[int] = None, progress: bool = True, params: Optional[dict] = None,
-               check_stability: bool = True) -> Prediction:
-    """The body of :func:`solve_dmft` (same arguments)."""
-    model = model if model is not None else phase_retrieval()
-    delta = float(delta)
-    if not (delta > 0 and math.isfinite(delta)):
-        raise ValueError(f"delta must be a positive number (got {delta})")
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be ≥ 0 (got {steps})")
-    if init not in ("spectral", "warm", "power"):
-        raise ValueError(f"init must be 'spectral', 'warm' or 'power' (got {init!r})")
-    if mu not in ("stein", "pathwise", "auto"):
-        raise ValueError(f"mu must be 'stein', 'pathwise' or 'auto' (got {mu!r})")
-    if mu == "auto":                              # T is not differentiated in a warm start
-        mu = "pathwise" if init == "warm" else "stein"
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError("dtype must be torch.float32 or torch.float64")
-    samples, replicates = int(samples), int(replicates)
-    if samples < 2 or replicates < 1:
-        raise ValueError("need samples ≥ 2 and replicates ≥ 1")
-    l2 = float(l2)
-    c0 = float(init_norm)
-    if not c0 > 0:
-        raise ValueError("init_norm must be positive")
-    if init == "spectral":
-        if lam_star is None or rho is None or T is None:
-            raise ValueError("init='spectral' needs lam_star, rho and T (see phasetorch.theory.spectral_limits)")
-        rho_p = float(rho)
-        if not 0 < rho_p <= 1:
-            raise ValueError(f"the spectral overlap rho must be in (0, 1] (got {rho_p}); rho = 0 means δ is "
-                             "below the spectral threshold and the spectral start carries no information")
-    else:
-        default = 0.5 if init == "power" else None
-        rho_p = init_overlap if init_overlap is not None else default
-        if rho_p is None:
-            raise ValueError("init='warm' needs init_overlap=ρ₀ (the overlap of x₀ with x*)")
-        rho_p = float(rho_p)
-        if not 0 <= rho_p <= 1:
-            raise ValueError(f"init_overlap must be in [0, 1] (got {rho_p})")
-        if init == "power":
-            if T is None:
-                raise ValueError("init='power' needs the preprocessing T")
-            if rho_p == 0:
-                raise ValueError("a power iteration from a start with zero overlap keeps zero overlap in the "
-                                 "proportional limit; give init_overlap > 0")
-    if (init in ("spectral", "power")) and model.mean_y <= 0:
-        raise ValueError(f"model {model.name!r} has E y = {model.mean_y} ≤ 0: no spectral start; use init='warm'")
-    K0 = int(power_steps) if init == "power" else 0
-    if init == "power" and K0 < 1:
-        raise ValueError("init='power' needs power_steps ≥ 1")
-
-    mus = _steps(step, schedule, steps)
-    etas = mus / c0 ** 2                                    # η_t = μ_t / ‖x₀‖²
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if seeds is None:
-        seeds = _replicate_seeds(seed, replicates)
-    seeds = [int(s) for s in seeds]
-    R, N = len(seeds), samples
-    if chunk_size is None:
-        # one chunk unless the back-substitution buffer (R, t + 1, chunk) would exceed 2²⁶ numbers
-        chunk_size = N if dev.type == "cuda" else max(4096, (1 << 26) // (R * (K0 + steps + 1)))
-    chunk_size = max(1, min(int(chunk_size), N))
-    chunk_size = -(-N // (-(-N // chunk_size)))          # equal chunks
-    gens = []
-    for s in seeds:
-        g = torch.Generator(device="cpu")
-        g.manual_seed(s)
-        gens.append(g)
-
-    def randn() -> Tensor:
-        return torch.stack([torch.randn(N, generator=g, dtype=torch.float64) for g in gens]).to(device=dev, dtype=dtype)
-
-    f64 = dict(dtype=torch.float64, device=dev)
-    # -------------------------------------------------------------- populations
-    S, G, eps = randn(), randn(), randn()
-    Y = model.link(S, eps)
-    P = rho_p * S + math.sqrt(max(1.0 - rho_p ** 2, 0.0)) * G
-    fS = model.link_ds(S, eps) if mu == "pathwise" else None
-    Tvals = dTvals = None
-    if init in ("spectral", "power"):
-        Yhat = (Y / model.mean_y).detach()
-        if mu == "pathwise":
-            Yg = Yhat.clone().requires_grad_(True)
-            Tg = T(Yg)
-            dTvals = torch.autograd.grad(Tg.sum(), Yg, allow_unused=True)[0]
-            dTvals = torch.zeros_like(Yhat) if dTvals is None else dTvals.detach() / model.mean_y  # dT/dY
-            Tvals = Tg.detach()
+    with _cpu_threads(threads, device):
+        model = model if model is not None else phase_retrieval()
+        delta = float(delta)
+        if not (delta > 0 and math.isfinite(delta)):
+            raise ValueError(f"delta must be a positive number (got {delta})")
+        steps = int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be ≥ 0 (got {steps})")
+        if init not in ("spectral", "warm", "power"):
+            raise ValueError(f"init must be 'spectral', 'warm' or 'power' (got {init!r})")
+        if mu not in ("stein", "pathwise", "auto"):
+            raise ValueError(f"mu must be 'stein', 'pathwise' or 'auto' (got {mu!r})")
+        if mu == "auto":                              # T is not differentiated in a warm start
+            mu = "pathwise" if init == "warm" else "stein"
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError("dtype must be torch.float32 or torch.float64")
+        samples, replicates = int(samples), int(replicates)
+        if samples < 2 or replicates < 1:
+            raise ValueError("need samples ≥ 2 and replicates ≥ 1")
+        l2 = float(l2)
+        c0 = float(init_norm)
+        if not c0 > 0:
+            raise ValueError("init_norm must be positive")
+        if init == "spectral":
+            if lam_star is None or rho is None or T is None:
+                raise ValueError("init='spectral' needs lam_star, rho and T (see phasetorch.theory.spectral_limits)")
+            rho_p = float(rho)
+            if not 0 < rho_p <= 1:
+                raise ValueError(f"the spectral overlap rho must be in (0, 1] (got {rho_p}); rho = 0 means δ is "
+                                 "below the spectral threshold and the spectral start carries no information")
         else:
-            Tvals = T(Yhat)
-        if not isinstance(Tvals, Tensor) or Tvals.shape != Yhat.shape:
-            raise ValueError("T must map a tensor of normalised intensities to a tensor of the same shape")
-        if not torch.isfinite(Tvals).all():
-            raise ValueError("T(ŷ) is not finite on the population; floor small intensities in T")
-    if init == "spectral":
-        ls = float(lam_star)
-        if not ls > float(Tvals.max()):
-            raise ValueError(f"lam_star = {ls} must exceed sup T = {float(Tvals.max()):.6g} (it is the root of "
-                             "δE[(S²−1)T/(λ−T)] = 1 above the support of T)")
-        tau = Tvals / (ls - Tvals)
-        dtau = dTvals * ls / (ls - Tvals) ** 2 if mu == "pathwise" else None
-    else:
-        tau = torch.zeros_like(S)
-        dtau = torch.zeros_like(S) if mu == "pathwise" else None
-    tauP = tau * P
+            default = 0.5 if init == "power" else None
+            rho_p = init_overlap if init_overlap is not None else default
+            if rho_p is None:
+                raise ValueError("init='warm' needs init_overlap=ρ₀ (the overlap of x₀ with x*)")
+            rho_p = float(rho_p)
+            if not 0 <= rho_p <= 1:
+                raise ValueError(f"init_overlap must be in [0, 1] (got {rho_p})")
+            if init == "power":
+                if T is None:
+                    raise ValueError("init='power' needs the preprocessing T")
+                if rho_p == 0:
+                    raise ValueError("a power iteration from a start with zero overlap keeps zero overlap in the "
+                                     "proportional limit; give init_overlap > 0")
+        if (init in ("spectral", "power")) and model.mean_y <= 0:
+            raise ValueError(f"model {model.name!r} has E y = {model.mean_y} ≤ 0: no spectral start; use init='warm'")
+        K0 = int(power_steps) if init == "power" else 0
+        if init == "power" and K0 < 1:
+            raise ValueError("init='power' needs power_steps ≥ 1")
 
-    # stability rule (theory.md §4): r_max ≈ 5 c₀ max(1 + τ) must stay below √(2δ/η)
-    r_max = STABILITY_SIGMAS * c0 * float((1 + tau).abs().max())
-    eta_safe = model.safe_step(delta, r_max, l2)
-    if check_stability and steps > 0 and float(etas.max()) > eta_safe:
-        warnings.warn(
-            f"step μ = {float(mus.max()):.4g} exceeds the stability limit of the explicit gradient step: "
-            f"residuals up to r_max ≈ {r_max:.3g} diverge once (η/δ) r² ≳ 2; the largest safe step is about "
-            f"{eta_safe * c0 ** 2:.4g}. Simulations with this step are expected to blow up, and so may the DMFT.",
-            RuntimeWarning, stacklevel=4)
+        mus = _steps(step, schedule, steps)
+        etas = mus / c0 ** 2                                    # η_t = μ_t / ‖x₀‖²
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if seeds is None:
+            seeds = _replicate_seeds(seed, replicates)
+        seeds = [int(s) for s in seeds]
+        R, N = len(seeds), samples
+        if chunk_size is None:
+            # one chunk unless the back-substitution buffer (R, t + 1, chunk) would exceed 2²⁶ numbers
+            chunk_size = N if dev.type == "cuda" else max(4096, (1 << 26) // (R * (K0 + steps + 1)))
+        chunk_size = max(1, min(int(chunk_size), N))
+        chunk_size = -(-N // (-(-N // chunk_size)))          # equal chunks
+        gens = []
+        for s in seeds:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(s)
+            gens.append(g)
 
-    # -------------------------------------------------------------- state
-    TT = K0 + steps                               # total time steps of the combined process
-    nb = TT + 2                                   # basis columns: S, G, ξ_1..ξ_TT
-    B = torch.empty(R, nb, N, dtype=dtype, device=dev)
-    B[:, 0], B[:, 1] = S, G
-    # histories: g(r_s) also in float64 (its Gram matrix is Σ_W, which must stay positive semi-definite
-    # to ~1e-16 for the degenerate factorisation), g'(r_s), and the channels the memory sums need:
-    nh = 3 if mu == "pathwise" else 2         # H channels: g, g'·∂r/∂P, [g'·∂r/∂S + ∂_y g·f_S]
-    Gh = torch.zeros(R, TT + 1, N, dtype=torch.float64, device=dev)
-    GPh = torch.zeros(R, TT + 1, N, dtype=dtype, device=dev)
-    H = torch.zeros(R, TT + 1, nh, N, dtype=dtype, device=dev)
-    tauP64 = tauP.to(torch.float64)
-    xbuf = torch.empty(R, TT + 1, chunk_size, dtype=dtype, device=dev)     # back-substitution buffer
+        def randn() -> Tensor:
+            return torch.stack([torch.randn(N, generator=g, dtype=torch.float64) for g in gens]).to(device=dev, dtype=dtype)
 
-    a = torch.zeros(R, TT + 2, **f64)
-    b = torch.zeros(R, TT + 2, **f64)
-    Km = torch.zeros(R, TT + 2, TT + 1, **f64)      # K(t, s), s < t
-    SW = torch.zeros(R, TT + 2, TT + 2, **f64)      # Σ_W, index 0 = ★, s + 1 = W_s
-    L = torch.zeros(R, TT + 1, nb, **f64)           # U_t = L[t] · basis
-    Rg = torch.zeros(R, TT + 1, TT + 1, **f64)
-    Rgs = torch.zeros(R, TT + 1, **f64)
-    muv = torch.zeros(R, TT + 1, **f64)
-    qv = torch.zeros(R, TT + 1, **f64)
-    lossv = torch.zeros(R, TT + 1, **f64)
-    gnorm = torch.zeros(R, TT + 1, **f64)
-    gsig = torch.zeros(R, TT + 1, **f64)
-    giter = torch.zeros(R, TT + 1, **f64)
-    dropped = torch.zeros(R, TT + 1, dtype=torch.bool, device=dev)
-    worst = torch.zeros(R, **f64)                  # largest relative negative innovation (diagnostic)
+        f64 = dict(dtype=torch.float64, device=dev)
+        # -------------------------------------------------------------- populations
+        S, G, eps = randn(), randn(), randn()
+        Y = model.link(S, eps)
+        P = rho_p * S + math.sqrt(max(1.0 - rho_p ** 2, 0.0)) * G
+        fS = model.link_ds(S, eps) if mu == "pathwise" else None
+        Tvals = dTvals = None
+        if init in ("spectral", "power"):
+            Yhat = (Y / model.mean_y).detach()
+            if mu == "pathwise":
+                Yg = Yhat.clone().requires_grad_(True)
+                Tg = T(Yg)
+                dTvals = torch.autograd.grad(Tg.sum(), Yg, allow_unused=True)[0]
+                dTvals = torch.zeros_like(Yhat) if dTvals is None else dTvals.detach() / model.mean_y  # dT/dY
+                Tvals = Tg.detach()
+            else:
+                Tvals = T(Yhat)
+            if not isinstance(Tvals, Tensor) or Tvals.shape != Yhat.shape:
+                raise ValueError("T must map a tensor of normalised intensities to a tensor of the same shape")
+            if not torch.isfinite(Tvals).all():
+                raise ValueError("T(ŷ) is not finite on the population; floor small intensities in T")
+        if init == "spectral":
+            ls = float(lam_star)
+            if not ls > float(Tvals.max()):
+                raise ValueError(f"lam_star = {ls} must exceed sup T = {float(Tvals.max()):.6g} (it is the root of "
+                                 "δE[(S²−1)T/(λ−T)] = 1 above the support of T)")
+            tau = Tvals / (ls - Tvals)
+            dtau = dTvals * ls / (ls - Tvals) ** 2 if mu == "pathwise" else None
+        else:
+            tau = torch.zeros_like(S)
+            dtau = torch.zeros_like(S) if mu == "pathwise" else None
+        tauP = tau * P
 
-    a[:, 0], b[:, 0] = c0 * rho_p, c0
-    sq = math.sqrt(max(1.0 - rho_p ** 2, 0.0))
-    L[:, 0, 0], L[:, 0, 1] = c0 * rho_p, c0 * sq
-    # Var W★ = δE[τ²P²] = 1 − ρ² (spectral; theory.md §4) and 1 − ρ₀² (warm) — the exact value, so
-    # that the parameter side (E V̂² = ρ² + Var W★) matches the sample side (E P² = 1) and the
-    # Gaussian factorisation below is consistent; the Monte-Carlo value is reported as a check.
-    SW[:, 0, 0] = 1.0 - rho_p ** 2
-    checks = {}
-    if init == "spectral":
-        checks["v_norm"] = rho_p ** 2 + delta * (tauP * tauP).to(torch.float64).mean(dim=1)   # → 1
-        checks["tilt_equation"] = delta * ((S * S - 1) * tau).to(torch.float64).mean(dim=1)  # → 1 (λ* root)
-        onept = (1 + tau) * P
-        checks["rayleigh"] = (Tvals * onept * onept).to(torch.float64).mean(dim=1)     # → λ₁(D)
+        # stability rule (theory.md §4): r_max ≈ 5 c₀ max(1 + τ) must stay below √(2δ/η)
+        r_max = STABILITY_SIGMAS * c0 * float((1 + tau).abs().max())
+        eta_safe = model.safe_step(delta, r_max, l2)
+        if check_stability and steps > 0 and float(etas.max()) > eta_safe:
+            warnings.warn(
+                f"step μ = {float(mus.max()):.4g} exceeds the stability limit of the explicit gradient step: "
+                f"residuals up to r_max ≈ {r_max:.3g} diverge once (η/δ) r² ≳ 2; the largest safe step is about "
+                f"{eta_safe * c0 ** 2:.4g}. Simulations with this step are expected to blow up, and so may the DMFT.",
+                RuntimeWarning, stacklevel=4)
 
-    inv_delta = 1.0 / delta
+        # -------------------------------------------------------------- state
+        TT = K0 + steps                               # total time steps of the combined process
+        nb = TT + 2                                   # basis columns: S, G, ξ_1..ξ_TT
+        B = torch.empty(R, nb, N, dtype=dtype, device=dev)
+        B[:, 0], B[:, 1] = S, G
+        # histories: g(r_s) also in float64 (its Gram matrix is Σ_W, which must stay positive semi-definite
+        # to ~1e-16 for the degenerate factorisation), g'(r_s), and the channels the memory sums need:
+        nh = 3 if mu == "pathwise" else 2         # H channels: g, g'·∂r/∂P, [g'·∂r/∂S + ∂_y g·f_S]
+        Gh = torch.zeros(R, TT + 1, N, dtype=torch.float64, device=dev)
+        GPh = torch.zeros(R, TT + 1, N, dtype=dtype, device=dev)
+        H = torch.zeros(R, TT + 1, nh, N, dtype=dtype, device=dev)
+        tauP64 = tauP.to(torch.float64)
+        xbuf = torch.empty(R, TT + 1, chunk_size, dtype=dtype, device=dev)     # back-substitution buffer
 
-    def grad_fns(t: int):
-        if t < K0:                                   # power phase: g = T(ŷ) r
-            return (lambda r: Tvals * r), (lambda r: Tvals), (lambda r: dTvals * r if dTvals is not None else None)
-        return (lambda r: model.g(r, Y)), (lambda r: model.g_r(r, Y)), (lambda r: model.g_y(r, Y))
+        a = torch.zeros(R, TT + 2, **f64)
+        b = torch.zeros(R, TT + 2, **f64)
+        Km = torch.zeros(R, TT + 2, TT + 1, **f64)      # K(t, s), s < t
+        SW = torch.zeros(R, TT + 2, TT + 2, **f64)      # Σ_W, index 0 = ★, s + 1 = W_s
+        L = torch.zeros(R, TT + 1, nb, **f64)           # U_t = L[t] · basis
+        Rg = torch.zeros(R, TT + 1, TT + 1, **f64)
+        Rgs = torch.zeros(R, TT + 1, **f64)
+        muv = torch.zeros(R, TT + 1, **f64)
+        qv = torch.zeros(R, TT + 1, **f64)
+        lossv = torch.zeros(R, TT + 1, **f64)
+        gnorm = torch.zeros(R, TT + 1, **f64)
+        gsig = torch.zeros(R, TT + 1, **f64)
+        giter = torch.zeros(R, TT + 1, **f64)
+        dropped = torch.zeros(R, TT + 1, dtype=torch.bool, device=dev)
+        worst = torch.zeros(R, **f64)                  # largest relative negative innovation (diagnostic)
 
-    def coeff_norm2(ca: Tensor, cb: Tensor, cK: Tensor, upto: int) -> Tensor:
-        """‖c_a X* + c_b W★ + Σ_{s<upto} c_K[s] W_s‖² (batched over replicates)."""
-        beta = torch.cat([cb[:, None], cK[:, :upto]], dim=1)
-        Sw = SW[:, :upto + 1, :upto + 1]
-        return ca * ca + torch.einsum("ri,rij,rj->r", beta, Sw, beta)
+        a[:, 0], b[:, 0] = c0 * rho_p, c0
+        sq = math.sqrt(max(1.0 - rho_p ** 2, 0.0))
+        L[:, 0, 0], L[:, 0, 1] = c0 * rho_p, c0 * sq
+        # Var W★ = δE[τ²P²] = 1 − ρ² (spectral; theory.md §4) and 1 − ρ₀² (warm) — the exact value, so
+        # that the parameter side (E V̂² = ρ² + Var W★) matches the sample side (E P² = 1) and the
+        # Gaussian factorisation below is consistent; the Monte-Carlo value is reported as a check.
+        SW[:, 0, 0] = 1.0 - rho_p ** 2
+        checks = {}
+        if init == "spectral":
+            checks["v_norm"] = rho_p ** 2 + delta * (tauP * tauP).to(torch.float64).mean(dim=1)   # → 1
+            checks["tilt_equation"] = delta * ((S * S - 1) * tau).to(torch.float64).mean(dim=1)  # → 1 (λ* root)
+            onept = (1 + tau) * P
+            checks["rayleigh"] = (Tvals * onept * onept).to(torch.float64).mean(dim=1)     # → λ₁(D)
 
-    try:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=TT + 1, desc="DMFT", disable=not progress, leave=False)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        bar = None
+        inv_delta = 1.0 / delta
 
-    for t in range(TT + 1):
-        gfn, gpfn, gyfn = grad_fns(t)
-        bt = b[:, t:t + 1].to(dtype)
-        # ---- sample side: field, residual and the forward-propagated Jacobian columns
-        U = torch.bmm(L[:, t:t + 1, :t + 2].to(dtype), B[:, :t + 2]).squeeze(1)
-        r = U.addcmul_(bt, tauP)
-        JP = bt * tau
-        if t > 0:
-            mem = torch.bmm(Km[:, t:t + 1, :t].to(dtype), H[:, :t].reshape(R, t, nh * N)).view(R, nh, N)
-            r += mem[:, 0]
-            JP += mem[:, 1]
-        gt, gpt = gfn(r), gpfn(r)
-        Gh[:, t], GPh[:, t] = gt, gpt
-        H[:, t, 0] = gt
-        H[:, t, 1] = gpt * JP
-        if mu == "pathwise":
-            JS = bt * dtau * fS * P
+        def grad_fns(t: int):
+            if t < K0:                                   # power phase: g = T(ŷ) r
+                return (lambda r: Tvals * r), (lambda r: Tvals), (lambda r: dTvals * r if dTvals is not None else None)
+            return (lambda r: model.g(r, Y)), (lambda r: model.g_r(r, Y)), (lambda r: model.g_y(r, Y))
+
+        def coeff_norm2(ca: Tensor, cb: Tensor, cK: Tensor, upto: int) -> Tensor:
+            """‖c_a X* + c_b W★ + Σ_{s<upto} c_K[s] W_s‖² (batched over replicates)."""
+            beta = torch.cat([cb[:, None], cK[:, :upto]], dim=1)
+            Sw = SW[:, :upto + 1, :upto + 1]
+            return ca * ca + torch.einsum("ri,rij,rj->r", beta, Sw, beta)
+
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=TT + 1, desc="DMFT", disable=not progress, leave=False)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            bar = None
+
+        for t in range(TT + 1):
+            gfn, gpfn, gyfn = grad_fns(t)
+            bt = b[:, t:t + 1].to(dtype)
+            # ---- sample side: field, residual and the forward-propagated Jacobian columns
+            U = torch.bmm(L[:, t:t + 1, :t + 2].to(dtype), B[:, :t + 2]).squeeze(1)
+            r = U.addcmul_(bt, tauP)
+            JP = bt * tau
             if t > 0:
-                JS += mem[:, 2]
-            gy = gyfn(r)
-            H[:, t, 2] = gpt * JS + (gy * fS if gy is not None else 0)
-        # ---- sample averages (float32 cascade sums are accurate to ~1e-7, far below Monte-Carlo error)
-        avg = torch.stack([H[:, t, 1], S * gt, model.loss(r, Y), r * gt], dim=1).mean(dim=2)
-        avg = avg.to(torch.float64)
-        Rgs[:, t] = avg[:, 0]
-        if init == "power" and t == K0:          # Rayleigh quotient x_Kᵀ D x_K/‖x_K‖² of the last power iterate
-            checks["rayleigh"] = (Tvals * r * r).mean(dim=1).to(torch.float64) / c0 ** 2
-        # ---- responses R_g(t, s), s ≤ t: back-substitution for row t of (I − K diag g')⁻¹
-        Rg[:, t, :t + 1] = _response_row(Km, GPh, gpt, t, xbuf)
-        if mu == "pathwise":
-            muv[:, t] = H[:, t, 2].mean(dim=1).to(torch.float64)
-        else:
-            muv[:, t] = avg[:, 1] - rho_p * Rgs[:, t] - (L[:, :t + 1, 0] * Rg[:, t, :t + 1]).sum(dim=1)
-        # ---- noise covariance Σ_W(·, t)
-        g64 = Gh[:, t]
-        SW[:, 0, t + 1] = (delta / N) * (tauP64 * g64).sum(dim=1)
-        SW[:, 1:t + 2, t + 1] = (delta / N) * torch.bmm(Gh[:, :t + 1], g64[:, :, None]).squeeze(2)
-        SW[:, t + 1, :t + 2] = SW[:, :t + 2, t + 1]
-        # ---- observables at t
-        qv[:, t] = coeff_norm2(a[:, t], b[:, t], Km[:, t], t)
-        lossv[:, t] = avg[:, 2] + 0.5 * l2 * qv[:, t]
-        gsig[:, t] = avg[:, 1] + l2 * a[:, t]
-        giter[:, t] = avg[:, 3] + l2 * qv[:, t]
-        # ---- parameter side: Γ_t = Σ_s R_g(t,s) X_s + R_g(t,★) V̂ + μ(t) X* + W_t/δ
-        w = Rg[:, t, :t + 1]
-        ga = (w * a[:, :t + 1]).sum(1) + rho_p * Rgs[:, t] + muv[:, t]
-        gb = (w * b[:, :t + 1]).sum(1) + Rgs[:, t]
-        gK = torch.bmm(w[:, None], Km[:, :t + 1, :t + 1]).squeeze(1)
-        gK[:, t] += inv_delta
-        if t < K0:                                                     # power step x ← (D + cI)x / ‖·‖
-            na = power_shift * a[:, t] + ga
-            nbv = power_shift * b[:, t] + gb
-            nK = power_shift * Km[:, t, :t + 1] + gK
-            scale = c0 / coeff_norm2(na, nbv, nK, t + 1).clamp(min=1e-300).sqrt()
-            a[:, t + 1], b[:, t + 1], Km[:, t + 1, :t + 1] = na * scale, nbv * scale, nK * scale[:, None]
-        else:
-            Ga = l2 * a[:, t] + ga
-            Gb = l2 * b[:, t] + gb
-            GK = l2 * Km[:, t, :t + 1] + gK
-            gnorm[:, t] = coeff_norm2(Ga, Gb, GK, t + 1).clamp(min=0).sqrt()
-            eta = float(etas[t - K0 + 1]) if t < TT else 0.0      # the last row only needs ∇L(x_T)
-            a[:, t + 1] = a[:, t] - eta * Ga
-            b[:, t + 1] = b[:, t] - eta * Gb
-            Km[:, t + 1, :t + 1] = Km[:, t, :t + 1] - eta * GK
-        finite = bool(torch.isfinite(qv[:, t]).all() and torch.isfinite(lossv[:, t]).all()
-                      and torch.isfinite(a[:, t + 1]).all() and torch.isfinite(Rg[:, t, :t + 1]).all())
-        if not finite:
+                mem = torch.bmm(Km[:, t:t + 1, :t].to(dtype), H[:, :t].reshape(R, t, nh * N)).view(R, nh, N)
+                r += mem[:, 0]
+                JP += mem[:, 1]
+            gt, gpt = gfn(r), gpfn(r)
+            Gh[:, t], GPh[:, t] = gt, gpt
+            H[:, t, 0] = gt
+            H[:, t, 1] = gpt * JP
+            if mu == "pathwise":
+                JS = bt * dtau * fS * P
+                if t > 0:
+                    JS += mem[:, 2]
+                gy = gyfn(r)
+                H[:, t, 2] = gpt * JS + (gy * fS if gy is not None else 0)
+            # ---- sample averages (float32 cascade sums are accurate to ~1e-7, far below Monte-Carlo error)
+            avg = torch.stack([H[:, t, 1], S * gt, model.loss(r, Y), r * gt], dim=1).mean(dim=2)
+            avg = avg.to(torch.float64)
+            Rgs[:, t] = avg[:, 0]
+            if init == "power" and t == K0:          # Rayleigh quotient x_Kᵀ D x_K/‖x_K‖² of the last power iterate
+                checks["rayleigh"] = (Tvals * r * r).mean(dim=1).to(torch.float64) / c0 ** 2
+            # ---- responses R_g(t, s), s ≤ t: back-substitution for row t of (I − K diag g')⁻¹
+            Rg[:, t, :t + 1] = _response_row(Km, GPh, gpt, t, xbuf)
+            if mu == "pathwise":
+                muv[:, t] = H[:, t, 2].mean(dim=1).to(torch.float64)
+            else:
+                muv[:, t] = avg[:, 1] - rho_p * Rgs[:, t] - (L[:, :t + 1, 0] * Rg[:, t, :t + 1]).sum(dim=1)
+            # ---- noise covariance Σ_W(·, t)
+            g64 = Gh[:, t]
+            SW[:, 0, t + 1] = (delta / N) * (tauP64 * g64).sum(dim=1)
+            SW[:, 1:t + 2, t + 1] = (delta / N) * torch.bmm(Gh[:, :t + 1], g64[:, :, None]).squeeze(2)
+            SW[:, t + 1, :t + 2] = SW[:, :t + 2, t + 1]
+            # ---- observables at t
+            qv[:, t] = coeff_norm2(a[:, t], b[:, t], Km[:, t], t)
+            lossv[:, t] = avg[:, 2] + 0.5 * l2 * qv[:, t]
+            gsig[:, t] = avg[:, 1] + l2 * a[:, t]
+            giter[:, t] = avg[:, 3] + l2 * qv[:, t]
+            # ---- parameter side: Γ_t = Σ_s R_g(t,s) X_s + R_g(t,★) V̂ + μ(t) X* + W_t/δ
+            w = Rg[:, t, :t + 1]
+            ga = (w * a[:, :t + 1]).sum(1) + rho_p * Rgs[:, t] + muv[:, t]
+            gb = (w * b[:, :t + 1]).sum(1) + Rgs[:, t]
+            gK = torch.bmm(w[:, None], Km[:, :t + 1, :t + 1]).squeeze(1)
+            gK[:, t] += inv_delta
+            if t < K0:                                                     # power step x ← (D + cI)x / ‖·‖
+                na = power_shift * a[:, t] + ga
+                nbv = power_shift * b[:, t] + gb
+                nK = power_shift * Km[:, t, :t + 1] + gK
+                scale = c0 / coeff_norm2(na, nbv, nK, t + 1).clamp(min=1e-300).sqrt()
+                a[:, t + 1], b[:, t + 1], Km[:, t + 1, :t + 1] = na * scale, nbv * scale, nK * scale[:, None]
+            else:
+                Ga = l2 * a[:, t] + ga
+                Gb = l2 * b[:, t] + gb
+                GK = l2 * Km[:, t, :t + 1] + gK
+                gnorm[:, t] = coeff_norm2(Ga, Gb, GK, t + 1).clamp(min=0).sqrt()
+                eta = float(etas[t - K0 + 1]) if t < TT else 0.0      # the last row only needs ∇L(x_T)
+                a[:, t + 1] = a[:, t] - eta * Ga
+                b[:, t + 1] = b[:, t] - eta * Gb
+                Km[:, t + 1, :t + 1] = Km[:, t, :t + 1] - eta * GK
+            finite = bool(torch.isfinite(qv[:, t]).all() and torch.isfinite(lossv[:, t]).all()
+                          and torch.isfinite(a[:, t + 1]).all() and torch.isfinite(Rg[:, t, :t + 1]).all())
+            if not finite:
+                if bar is not None:
+                    bar.close()
+                it = t - K0
+                where = f"GD iteration {it}" if it >= 0 else f"power-iteration step {t}"
+                msg = (f"the DMFT produced non-finite values at {where}: the step is unstable"
+                       + (f" (μ = {float(mus.max()):.4g}; the stability rule suggests μ ≤ {eta_safe * c0 ** 2:.4g})"
+                          if it >= 0 else ""))
+                raise DivergenceError(msg, algorithm="dmft", iteration=it, step=float(mus.max()))
+            if t == TT:
+                break
+            # ---- next field U_{t+1}: pivoted triangular solve on the basis
+            worst = torch.maximum(worst, _extend_basis(L, a, b, Km, SW, dropped, t, rho_p, sq))
+            B[:, t + 2] = randn()
             if bar is not None:
-                bar.close()
-            it = t - K0
-            where = f"GD iteration {it}" if it >= 0 else f"power-iteration step {t}"
-            msg = (f"the DMFT produced non-finite values at {where}: the step is unstable"
-                   + (f" (μ = {float(mus.max()):.4g}; the stability rule suggests μ ≤ {eta_safe * c0 ** 2:.4g})"
-                      if it >= 0 else ""))
-            raise DivergenceError(msg, algorithm="dmft", iteration=it, step=float(mus.max()))
-        if t == TT:
-            break
-        # ---- next field U_{t+1}: pivoted triangular solve on the basis
-        worst = torch.maximum(worst, _extend_basis(L, a, b, Km, SW, dropped, t, rho_p, sq))
-        B[:, t + 2] = randn()
+                bar.update(1)
         if bar is not None:
             bar.update(1)
-    if bar is not None:
-        bar.update(1)
-        bar.close()
+            bar.close()
 
-    # -------------------------------------------------------------- assemble (GD phase only)
-    sl = slice(K0, TT + 1)
-    n_t = steps + 1
-    beta = torch.cat([b[:, :TT + 1, None], Km[:, :TT + 1, :]], dim=2)               # (R, TT+1, TT+2)
-    Cfull = a[:, :TT + 1, None] * a[:, None, :TT + 1] + beta @ SW[:, :TT + 2, :TT + 2] @ beta.transpose(1, 2)
-    cV = rho_p * a[:, :TT + 1] + (beta @ SW[:, :TT + 2, 0:1]).squeeze(2)
-    gd_idx = torch.tensor([0] + list(range(K0 + 1, TT + 2)), device=dev)      # ★, W_K0..W_TT
-    kernels = {
-        "C": Cfull[:, sl, sl], "R_x": Km[:, sl, sl], "K": Km[:, sl, sl], "R_g": Rg[:, sl, sl],
-        "R_g_star": Rgs[:, sl], "mu": muv[:, sl], "a": a[:, sl], "b": b[:, sl], "c_V": cV[:, sl],
-        "C_g": SW[:, gd_idx][:, :, gd_idx] / delta,
-    }
-    info = dict(delta=delta, step=(float(step) if step is not None else None),
-                schedule=(None if schedule is None and step is not None else
-                          ("wf_ramp" if schedule is None else getattr(schedule, "__name__", "callable"))),
-                l2=l2, noise=model.noise, model=model.name, samples=N, replicates=R, seed=int(seed), seeds=seeds,
-                rho=(float(rho) if rho is not None else None), lam_star=(float(lam_star) if lam_star is not None else None),
-                init=init, init_overlap=(rho_p if init != "spectral" else None), init_norm=c0,
-                power_steps=K0, power_shift=float(power_shift) if init == "power" else None, mu=mu,
-                dtype=str(dtype).replace("torch.", ""), safe_step=eta_safe * c0 ** 2,
-                dropped_directions=int(dropped.sum()), factorisation_defect=float(worst.max()))
-    if params:
-        info.update(params)
-    return Prediction.from_replicates(
-        iteration=torch.arange(n_t), step=etas, m=a[:, sl], q=qv[:, sl], loss=lossv[:, sl], grad_norm=gnorm[:, sl],
-        grad_signal=gsig[:, sl], grad_iterate=giter[:, sl], kernels=kernels, params=info, checks=checks)
+        # -------------------------------------------------------------- assemble (GD phase only)
+        sl = slice(K0, TT + 1)
+        n_t = steps + 1
+        beta = torch.cat([b[:, :TT + 1, None], Km[:, :TT + 1, :]], dim=2)               # (R, TT+1, TT+2)
+        Cfull = a[:, :TT + 1, None] * a[:, None, :TT + 1] + beta @ SW[:, :TT + 2, :TT + 2] @ beta.transpose(1, 2)
+        cV = rho_p * a[:, :TT + 1] + (beta @ SW[:, :TT + 2, 0:1]).squeeze(2)
+        gd_idx = torch.tensor([0] + list(range(K0 + 1, TT + 2)), device=dev)      # ★, W_K0..W_TT
+        kernels = {
+            "C": Cfull[:, sl, sl], "R_x": Km[:, sl, sl], "K": Km[:, sl, sl], "R_g": Rg[:, sl, sl],
+            "R_g_star": Rgs[:, sl], "mu": muv[:, sl], "a": a[:, sl], "b": b[:, sl], "c_V": cV[:, sl],
+            "C_g": SW[:, gd_idx][:, :, gd_idx] / delta,
+        }
+        info = dict(delta=delta, step=(float(step) if step is not None else None),
+                    schedule=(None if schedule is None and step is not None else
+                              ("wf_ramp" if schedule is None else getattr(schedule, "__name__", "callable"))),
+                    l2=l2, noise=model.noise, model=model.name, samples=N, replicates=R, seed=int(seed), seeds=seeds,
+                    rho=(float(rho) if rho is not None else None), lam_star=(float(lam_star) if lam_star is not None else None),
+                    init=init, init_overlap=(rho_p if init != "spectral" else None), init_norm=c0,
+                    power_steps=K0, power_shift=float(power_shift) if init == "power" else None, mu=mu,
+                    dtype=str(dtype).replace("torch.", ""), safe_step=eta_safe * c0 ** 2,
+                    dropped_directions=int(dropped.sum()), factorisation_defect=float(worst.max()))
+        if params:
+            info.update(params)
+        return Prediction.from_replicates(
+            iteration=torch.arange(n_t), step=etas, m=a[:, sl], q=qv[:, sl], loss=lossv[:, sl], grad_norm=gnorm[:, sl],
+            grad_signal=gsig[:, sl], grad_iterate=giter[:, sl], kernels=kernels, params=info, checks=checks)
 
 
 def _response_row(Km: Tensor, GPh: Tensor, gpt: Tensor, t: int, buf: Tensor, leaf: int = RESPONSE_LEAF) -> Tensor:
