@@ -66,6 +66,10 @@ class MeasurementData:
     psi: torch.Tensor
     norm_psi: torch.Tensor
 
+    def take(self, part: slice) -> "MeasurementData":
+        """The measurements ``part`` (a slice of the last dimension); ``norm_psi`` stays the full one."""
+        return MeasurementData(self.y[..., part], self.y_pos[..., part], self.psi[..., part], self.norm_psi)
+
 
 def _abs2(z: torch.Tensor) -> torch.Tensor:
     return z.real.square() + z.imag.square() if z.is_complex() else z.square()
@@ -159,6 +163,9 @@ class PhaseRetrievalLoss(nn.Module):
     scale_power = 0
     #: whether the weights depend on the iterate (truncated / reweighted losses)
     adaptive_weights = False
+    #: whether the weights w_i depend on measurement i alone (not on sums over all measurements),
+    #: so that the gradient can be formed in one fused pass over A (:meth:`MeasurementOperator.linear_adjoint`)
+    separable_weights = True
 
     def __init__(self, op: MeasurementOperator, l2: float = 0.0) -> None:
         super().__init__()
@@ -255,6 +262,9 @@ class PhaseRetrievalLoss(nn.Module):
                  weights: Optional[torch.Tensor] = None, grad: bool = True) -> "Evaluation":
         """Values (and the closed-form gradient) at x, keeping |Ax| for reuse (see :class:`Evaluation`)."""
         d = self.prepare(y)
+        if r is None and grad and (weights is not None or self.separable_weights):
+            with torch.no_grad():
+                return self._evaluate_fused(x, d, weights)
         with torch.no_grad():
             r = self.measure(x) if r is None else r
             p = Fields(r)
@@ -272,6 +282,40 @@ class PhaseRetrievalLoss(nn.Module):
                 if self.l2:
                     g = g + self.l2 * x
             return Evaluation(val, g, r, w, p)
+
+    def _evaluate_fused(self, x: torch.Tensor, d: MeasurementData, weights: Optional[torch.Tensor]) -> "Evaluation":
+        """:meth:`evaluate` from one ``op.linear_adjoint`` pass: the gradient factor w ⊙ g of each
+        measurement depends on that measurement alone, so it is formed block by block."""
+        c = 1.0 / math.sqrt(self.op.entry_energy)
+        kept = {"w": []}
+
+        def grad_factor(z, part):
+            p = Fields(z * c if c != 1.0 else z)
+            db = d if part is None else d.take(part)
+            if weights is None:
+                w = self._weights(p, db, x)
+            else:
+                w = weights if part is None else weights[..., part]
+            gm = self._dell(p, db)
+            if part is None:
+                kept["fields"] = p
+            kept["w"].append(w)
+            return gm if w is None else w * gm
+
+        z, g = self.op.linear_adjoint(x, grad_factor)
+        g = g * (c / self.op.m)
+        if g.is_complex() and not x.is_complex():
+            g = g.real
+        if self.l2:
+            g = g + self.l2 * x
+        r = z * c if c != 1.0 else z
+        p = kept["fields"] if "fields" in kept else Fields(r)
+        ws = kept["w"]
+        w = None if ws[0] is None else (ws[0] if len(ws) == 1 else torch.cat(ws, -1))
+        ell = self._ell(p, d)
+        if w is not None:
+            ell = w * ell
+        return Evaluation(self._reduce(ell, x), g, r, w, p)
 
     def gradient(self, x: torch.Tensor, y) -> torch.Tensor:
         """The closed-form gradient alone (see :meth:`value_and_grad`)."""
@@ -390,6 +434,7 @@ class TruncatedPoissonLoss(PoissonLoss):
 
     name = "poisson_truncated"
     adaptive_weights = True
+    separable_weights = False          # K is a mean over all measurements
 
     def __init__(self, op: MeasurementOperator, alpha_lb: float = 0.3, alpha_ub: float = 5.0,
                  alpha_h: float = 5.0, l2: float = 0.0) -> None:

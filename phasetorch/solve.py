@@ -177,7 +177,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
         the phases). Same seed → bit-identical results on CPU.
     spectral_options : extra keyword arguments for :func:`phasetorch.spectral.spectral_init`
         (e.g. ``{"tol": 1e-3}`` for a cheaper start, ``{"solver": "power"}``, ``{"whiten": False}``);
-        they override the preset's own (only ``lbfgs`` has one: ``{"tol": 1e-3}``).
+        they override the preset's own (only ``lbfgs`` has one: ``{"tol": 0.1}``).
     **options : preset hyper-parameters — ``tau0``, ``mu_max`` (wf); ``alpha_lb``, ``alpha_ub``,
         ``alpha_h`` (twf); ``gamma`` (taf); ``beta`` (raf: reweighting; hio: feedback);
         ``cg_steps`` (gs, hio); ``memory``, ``loss`` (lbfgs: ``"amplitude"`` or ``"intensity"``).

@@ -94,7 +94,8 @@ class MatvecCounter:
 
 @contextlib.contextmanager
 def count_matvecs(op: MeasurementOperator):
-    """Context manager counting ``op.linear`` / ``op.adjoint`` calls and vectors (for benchmarks).
+    """Context manager counting ``op.linear`` / ``op.adjoint`` calls and vectors (for benchmarks);
+    a fused ``op.linear_adjoint`` pass counts as one of each.
 
     >>> with count_matvecs(op) as c:
     ...     x0 = spectral_init(op, y)
@@ -116,11 +117,20 @@ def count_matvecs(op: MeasurementOperator):
         counter.adjoint_vectors += math.prod(z.shape[: z.dim() - k_meas])
         return adj(z)
 
-    op.linear, op.adjoint = linear, adjoint
+    def linear_adjoint(x, fn):                     # one fused pass = one linear + one adjoint product
+        b = math.prod(x.shape[: x.dim() - k_sig])
+        counter.linear_calls += 1
+        counter.adjoint_calls += 1
+        counter.linear_vectors += b
+        counter.adjoint_vectors += b
+        return lin_adj(x, fn)
+
+    lin_adj = op.linear_adjoint
+    op.linear, op.adjoint, op.linear_adjoint = linear, adjoint, linear_adjoint
     try:
         yield counter
     finally:
-        for name in ("linear", "adjoint"):
+        for name in ("linear", "adjoint", "linear_adjoint"):
             op.__dict__.pop(name, None)
 
 
@@ -293,9 +303,15 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
             full = v.new_zeros(B, n)
             full[idx] = v
             return apply_gram(full, torch.arange(B, device=v.device))[idx]
-        z = op.linear(v.reshape(*batch, *sig) if batch_indexed else v.reshape(b, *sig))
+        if batch_indexed:
+            z = op.linear(v.reshape(*batch, *sig))
+            return op.adjoint(z * T.reshape(z.shape)).reshape(b, n)
         Ti = T if idx.numel() == B and b == B else T.index_select(0, idx)
-        return op.adjoint(z * Ti.reshape(z.shape)).reshape(b, n)
+
+        def weigh(z, part):                        # z ↦ T ⊙ z, measurement by measurement
+            return z * (Ti.reshape(z.shape) if part is None else Ti[..., part])
+
+        return op.linear_adjoint(v.reshape(b, *sig), weigh)[1].reshape(b, n)
 
     def matvec(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         b = v.shape[0]

@@ -390,3 +390,52 @@ def test_coded_diffraction_mask_cache_follows_buffer_changes():
     assert not torch.allclose(a.linear(x), before)
     a32 = a.to(torch.float32)
     assert a32.linear(x.to(torch.complex64)).dtype == torch.complex64
+
+
+# ---------------------------------------------------------------------------- fused forward–adjoint pass
+def _measurewise(op):
+    """A measurement-by-measurement map v_i = c_i z_i + |z_i|² (c depends on the index, so a wrong
+    slice would show), with the ``index`` convention of MeasurementOperator.linear_adjoint."""
+    c = torch.linspace(-1.0, 2.0, op.m, dtype=F64).reshape(op.measurement_shape)
+    seen = []
+
+    def fn(z, part):
+        seen.append(part)
+        ci = c if part is None else c[..., part]
+        return z * ci.to(z.real.dtype) + (z.real.square() + z.imag.square() if z.is_complex() else z.square())
+
+    return fn, seen
+
+
+@pytest.mark.parametrize("force_fusion", [False, True])
+@pytest.mark.parametrize("name", FACTORIES)
+def test_linear_adjoint_equals_the_two_products(name, force_fusion, monkeypatch):
+    from phasetorch.operators import matrix as dense_module
+    if force_fusion:                       # fuse even these small matrices, in several row blocks
+        monkeypatch.setattr(dense_module, "FUSE_MIN_BYTES", 0)
+        monkeypatch.setattr(dense_module, "FUSE_BLOCK_BYTES", 64)
+    op = make(name)
+    x = rand((2, 3, *op.signal_shape), op.is_complex, 11)
+    fn, seen = _measurewise(op)
+    z, g = op.linear_adjoint(x, fn)
+    z_ref = op.linear(x)
+    g_ref = op.adjoint(fn(z_ref, None))
+    assert z.shape == z_ref.shape and g.shape == g_ref.shape
+    assert torch.allclose(z, z_ref, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-10)
+    fused = op.fuses(6)
+    assert fused == (force_fusion and name.startswith(("gauss", "matrix"))) or name == "gauss_img_streamed"
+    parts = seen[:-1]                       # the last call is the reference's
+    if fused:
+        assert all(isinstance(p, slice) for p in parts) and len(parts) > 1
+        assert sorted((p.start, p.stop) for p in parts)[0][0] == 0 and max(p.stop for p in parts) == op.m
+    else:
+        assert parts == [None]
+
+
+def test_fusion_needs_two_signals_and_a_large_matrix():
+    from phasetorch.operators.matrix import FUSE_MIN_BYTES, fuse_pays
+    big = torch.zeros(FUSE_MIN_BYTES // 8, 1, dtype=F64)
+    assert fuse_pays(big, 2) and not fuse_pays(big, 1) and not fuse_pays(big[:-1], 2)
+    assert GaussianMeasurement(4, 9, seed=0, streamed=True, block_rows=4).fuses(1)   # one RNG pass instead of two
+    assert not GaussianMeasurement(4, 9, seed=0).fuses(16)

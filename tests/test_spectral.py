@@ -473,3 +473,23 @@ def test_coded_diffraction_gram_diagonal_matches_probing():
     cols = op.linear(eye)                      # column j of A, for each unit vector e_j
     diag = cols.abs().square().sum(dim=(-3, -2, -1)).reshape(5, 6)
     assert torch.allclose(op.gram_diagonal(), diag, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "power"])
+def test_fused_products_give_the_same_start_and_counts(solver, monkeypatch):
+    """Dense operators apply D = (1/m)Aᴴdiag(T)A in one fused pass for a batch (forced here on a
+    small matrix): same estimate, and count_matvecs counts a pass as one linear + one adjoint."""
+    from phasetorch.operators import matrix as dense_module
+    op = GaussianMeasurement(24, 192, complex=True, seed=4, dtype=F64)
+    g = torch.Generator().manual_seed(9)
+    y = op(torch.view_as_complex(torch.randn(3, 24, 2, generator=g, dtype=F64)))
+    with count_matvecs(op) as plain_count:
+        plain = spectral_init(op, y, preprocessing="mm", solver=solver, seed=1)
+    monkeypatch.setattr(dense_module, "FUSE_MIN_BYTES", 0)
+    monkeypatch.setattr(dense_module, "FUSE_BLOCK_BYTES", 40 * 24 * 16)
+    assert op.fuses(3)
+    with count_matvecs(op) as fused_count:
+        fused = spectral_init(op, y, preprocessing="mm", solver=solver, seed=1)
+    torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-9)
+    assert (fused_count.linear_calls, fused_count.adjoint_vectors) == (plain_count.linear_calls,
+                                                                       plain_count.adjoint_vectors)

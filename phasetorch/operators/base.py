@@ -227,6 +227,37 @@ class MeasurementOperator(nn.Module):
             z = z.to(self.signal_dtype)
         return self._adjoint(z)
 
+    def linear_adjoint(self, x: torch.Tensor, fn) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""``(z, Aᴴ fn(z, None))`` with z = Ax, computed in one pass over A where that pays.
+
+        ``fn(z_part, index)`` must act measurement by measurement (v_i depends on z_i only, as
+        the residual of a separable loss or a spectral preprocessing T(y_i)·z_i): ``index`` is
+        ``None`` when ``z_part`` is all of z, else a ``slice`` of the last measurement dimension
+        telling which measurements ``z_part`` holds. Dense operators on CPU
+        (:class:`~phasetorch.operators.GaussianMeasurement`, :class:`~phasetorch.operators.MatrixMeasurement`)
+        then go through A in row blocks that stay in cache between the forward and the adjoint
+        product (half the memory traffic of ``adjoint(fn(linear(x)))``; for a streamed Gaussian
+        operator, half the random-number generation); other operators apply the two products in turn.
+        The result equals ``(linear(x), adjoint(fn(linear(x), None)))`` up to summation order.
+        """
+        self.check_signal(x)
+        if self.is_complex and not x.is_complex():
+            x = x.to(self.signal_dtype)
+        return self._linear_adjoint(x, fn)
+
+    def fuses(self, vectors: int) -> bool:
+        """Whether :meth:`linear_adjoint` on ``vectors`` signals at once costs less than
+        ``linear`` followed by ``adjoint`` (False here: this operator applies them in turn)."""
+        return False
+
+    def _linear_adjoint(self, x: torch.Tensor, fn) -> Tuple[torch.Tensor, torch.Tensor]:
+        z = self._linear(x)
+        v = fn(z, None)
+        self.check_measurements(v)
+        if self.is_complex and not v.is_complex():
+            v = v.to(self.signal_dtype)
+        return z, self._adjoint(v)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Intensities y = |Ax|² (real, ≥ 0)."""
         z = self.linear(x)

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator, as_shape, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_dense_pass, row_blocks
 
 
 def _gaussian_block(rows: int, n: int, is_complex: bool, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -92,10 +93,7 @@ class GaussianMeasurement(MeasurementOperator):
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: x.dim() - len(self.signal_shape)]
         xf = x.reshape(-1, self.n)
-        if not self.is_complex and x.is_complex():
-            out = [torch.complex(xf.real @ A.T, xf.imag @ A.T) for _, _, A in self._blocks()]
-        else:
-            out = [xf @ A.T for _, _, A in self._blocks()]
+        out = [dense_linear(xf, A) for _, _, A in self._blocks()]
         z = out[0] if len(out) == 1 else torch.cat(out, -1)
         return z.reshape(*batch, self.m)
 
@@ -104,15 +102,20 @@ class GaussianMeasurement(MeasurementOperator):
         zf = z.reshape(-1, self.m)
         x = None
         for start, stop, A in self._blocks():
-            zb = zf[:, start:stop]
-            if A.is_complex():
-                part = (zb.conj() @ A).conj()
-            elif zb.is_complex():
-                part = torch.complex(zb.real @ A, zb.imag @ A)
-            else:
-                part = zb @ A
+            part = dense_adjoint(zf[:, start:stop], A)
             x = part if x is None else x + part
         return x.reshape(*batch, *self.signal_shape)
+
+    def fuses(self, vectors: int) -> bool:
+        """Streamed: always (each block is generated once instead of twice); stored: see
+        :func:`~phasetorch.operators.matrix.fuse_pays`."""
+        return self.streamed or fuse_pays(self.buffer("A"), vectors)
+
+    def _linear_adjoint(self, x: torch.Tensor, fn):
+        if not self.fuses(x.numel() // self.n):
+            return super()._linear_adjoint(x, fn)
+        blocks = self._blocks() if self.streamed else row_blocks(self.buffer("A"))
+        return fused_dense_pass(self, x, blocks, fn)
 
     def config(self) -> dict:
         return {"type": "GaussianMeasurement", "n": list(self.signal_shape), "m": self.m,

@@ -29,6 +29,66 @@ def dense_adjoint(zf: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     return zf @ A
 
 
+#: a dense matrix smaller than this is applied in one BLAS call per product (it stays in cache anyway)
+FUSE_MIN_BYTES = 8 * 2**20
+#: size of the row blocks of a fused pass: small enough to stay in the CPU's L2/L3 cache between the
+#: forward and the adjoint product of the same block
+FUSE_BLOCK_BYTES = 2 * 2**20
+
+
+def fuse_pays(A: torch.Tensor, vectors: int) -> bool:
+    """Whether a fused forward–adjoint pass over row blocks of ``A`` pays for ``vectors`` signals at once.
+
+    Measured on one CPU core (n = 1024, m = 8192, MKL): with 2 to 16 signals the fused pass takes
+    0.5–0.85× the time of the two separate products in every dtype (float32 … complex128); with a
+    single signal it is no faster (matrix–vector products are limited by MKL's kernel, not by
+    memory) and up to 1.2× slower in complex128, so single signals keep the plain products.
+    GPUs keep them too (no cache to reuse at this scale; one launch per block would cost more).
+    """
+    return (A.device.type == "cpu" and vectors >= 2
+            and A.numel() * A.element_size() >= FUSE_MIN_BYTES)
+
+
+def row_blocks(A: torch.Tensor, block_bytes: Optional[int] = None):
+    """``(start, stop, A[start:stop])`` for row blocks of about ``block_bytes`` bytes (default
+    ``FUSE_BLOCK_BYTES``; at least one row each; views, no copies)."""
+    m, n = A.shape
+    block_bytes = FUSE_BLOCK_BYTES if block_bytes is None else int(block_bytes)
+    rows = max(1, block_bytes // max(1, n * A.element_size()))
+    for start in range(0, m, rows):
+        stop = min(m, start + rows)
+        yield start, stop, A[start:stop]
+
+
+def fused_linear_adjoint(xf: torch.Tensor, blocks, fn):
+    r"""z = A x and Aᴴ fn(z) in one pass over the row blocks of A (rows of ``xf``: shape (B, n)).
+
+    For every block A_b (``blocks`` yields ``(start, stop, A_b)``): z_b = A_b x, v_b =
+    ``fn(z_b, slice(start, stop))``, accumulate A_bᴴ v_b. A block is read from memory once and
+    reused from cache by the adjoint, instead of streaming the whole of A twice; ``fn`` must act
+    measurement by measurement (the residual of a separable loss, a diagonal preprocessing).
+    Returns ``(z, Aᴴv)`` with shapes (B, m) and (B, n).
+    """
+    zs, acc = [], None
+    for start, stop, A in blocks:
+        zb = dense_linear(xf, A)
+        zs.append(zb)
+        part = dense_adjoint(fn(zb, slice(start, stop)), A)
+        acc = part if acc is None else acc + part
+    return (zs[0] if len(zs) == 1 else torch.cat(zs, -1)), acc
+
+
+def fused_dense_pass(op: MeasurementOperator, x: torch.Tensor, blocks, fn):
+    """:func:`fused_linear_adjoint` for an operator with a 1-D measurement shape and any batch/signal shape."""
+    batch = x.shape[: x.dim() - len(op.signal_shape)]
+
+    def flat_fn(zb, sl):
+        return fn(zb.reshape(*batch, zb.shape[-1]), sl).reshape(zb.shape)
+
+    z, g = fused_linear_adjoint(x.reshape(-1, op.n), blocks, flat_fn)
+    return z.reshape(*batch, op.m), g.reshape(*batch, *op.signal_shape)
+
+
 def _refresh_energy_hook(module: "MatrixMeasurement", incompatible_keys) -> None:
     # a module-level function (not a lambda) keeps the operator picklable
     module._refresh_energy()
@@ -109,6 +169,15 @@ class MatrixMeasurement(MeasurementOperator):
         x = dense_adjoint(z.reshape(-1, self.m), self.buffer("A"))
         return x.reshape(*batch, *self.signal_shape)
 
+    def fuses(self, vectors: int) -> bool:
+        """See :func:`fuse_pays` (large A, CPU, two or more signals)."""
+        return fuse_pays(self.buffer("A"), vectors)
+
+    def _linear_adjoint(self, x: torch.Tensor, fn):
+        if not self.fuses(x.numel() // self.n):
+            return super()._linear_adjoint(x, fn)
+        return fused_dense_pass(self, x, row_blocks(self.buffer("A")), fn)
+
     def config(self) -> dict:
         return {"type": "MatrixMeasurement", "m": self.m, "n": self.n, "complex": self.is_complex,
                 "signal_shape": list(self.signal_shape), "dtype": dtype_name(self.real_dtype)}
@@ -126,4 +195,4 @@ class MatrixMeasurement(MeasurementOperator):
         return cls(placeholder, signal_shape=config.get("signal_shape"))
 
 
-__all__ = ["MatrixMeasurement", "dense_linear", "dense_adjoint"]
+__all__ = ["MatrixMeasurement", "dense_linear", "dense_adjoint", "fused_linear_adjoint", "fuse_pays", "row_blocks"]
