@@ -922,7 +922,8 @@ def row_batching(ctx: Context) -> dict:
     op1 = GaussianMeasurement(n1, m1, complex=True, seed=ctx.seed).to(ctx.device)
     Y1 = op1(X1)
     cases.append((f"{B} signals through one GaussianMeasurement (n={n1}, m={m1}) vs {B} sequential runs",
-                  n1, m1, lambda: run(op1, Y1), lambda: [run(op1, Y1[k]) for k in range(B)], _thread_settings(ctx)))
+                  n1, m1, lambda: run(op1, Y1), lambda: [run(op1, Y1[k]) for k in range(B)], _thread_settings(ctx),
+                  "≥ 5"))
     ne, me = cfg["ensemble_n"], cfg["ensemble_n"] * cfg["delta"]
     try:
         Xe = signals(ne)
@@ -931,13 +932,14 @@ def row_batching(ctx: Context) -> dict:
         members = [ens.member(k) for k in range(B)]
         cases.append((f"{B} independent problems (GaussianEnsemble, one matrix each, n={ne}, m={me}) vs "
                       f"{B} sequential runs", ne, me, lambda: run(ens, Ye),
-                      lambda: [run(members[k], Ye[k]) for k in range(B)], [torch.get_num_threads()]))
+                      lambda: [run(members[k], Ye[k]) for k in range(B)], [torch.get_num_threads()],
+                      "reported"))          # no data shared between the problems: nothing for a batch to reuse
     except (ImportError, AttributeError, TypeError) as err:
         entries.append({"case": "independent matrices (GaussianEnsemble)", "status": "unavailable",
                         "reason": _short_error(err)})
     threads_before = torch.get_num_threads()
     try:
-        for label, n, m, batched, sequential, settings in cases:
+        for label, n, m, batched, sequential, settings, goal in cases:
             ctx.log(f"    {label}: {algorithm}, {iters} iterations each (tol=0), complex64, threads {settings}")
             try:
                 xb = batched().x                      # also the warm-up; a batch must equal single runs
@@ -973,7 +975,8 @@ def row_batching(ctx: Context) -> dict:
                             "max_relative_difference_batch_vs_single": diff, "algorithm": algorithm,
                             "iterations": iters, "n": n, "m": m})
             comparisons.append({"label": label, "phasetorch_s": tb, "reference": f"{B} sequential runs",
-                                "reference_s": ts, "ratio": ratio, "goal": "≥ 5", "met": ratio >= 5})
+                                "reference_s": ts, "ratio": ratio, "goal": goal,
+                                "met": ratio >= 5 if goal == "≥ 5" else None})
             ctx.log(f"      best batched {tb:.3f} s ({tb_at} threads), best sequential {ts:.3f} s ({ts_at} "
                     f"threads): {ratio:.1f}× (batch vs single max rel. difference {diff:.1e})")
     finally:

@@ -116,16 +116,17 @@ def test_wirtinger_flow_ramp_and_grad_only_steps():
     assert torch.allclose(x.detach(), rec.x, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("cls,loss_cls,alg", [
-    (optim.TruncatedAmplitudeFlow, TruncatedAmplitudeLoss, "taf"),
-    (optim.TruncatedWirtingerFlow, TruncatedPoissonLoss, "twf"),
-    (optim.ReshapedWirtingerFlow, AmplitudeLoss, "rwf"),
+@pytest.mark.parametrize("cls,loss_cls,alg,mu", [
+    (optim.TruncatedAmplitudeFlow, TruncatedAmplitudeLoss, "taf", 1.0),   # the preset's complex-data step
+    (optim.TruncatedWirtingerFlow, TruncatedPoissonLoss, "twf", None),
+    (optim.ReshapedWirtingerFlow, AmplitudeLoss, "rwf", None),
 ])
-def test_named_flows_equal_presets(cls, loss_cls, alg):
+def test_named_flows_equal_presets(cls, loss_cls, alg, mu):
     op, xs, y, x0 = _gauss()
+    assert op.is_complex
     x = x0.clone().requires_grad_(True)
     loss = loss_cls(op)
-    opt = cls([x], batch_dims=1)
+    opt = cls([x], batch_dims=1, mu=mu)
     for _ in range(15):
         opt.step(_closure(opt, loss, x, y))
     rec = pt.reconstruct(op, y, alg, init=x0, max_iter=15, tol=0, progress=False)

@@ -8,8 +8,8 @@ degree 1 in (x, √y)). They differ in the weights w and the initialisation:
 class                                   loss                                       μ (default)
 ======================================  =========================================  ==================
 :class:`ReshapedWirtingerFlow`          AmplitudeLoss (Zhang & Liang, NeurIPS 2016)   0.8
-:class:`AmplitudeFlow`                  AmplitudeLoss (Wang, Giannakis & Eldar 2018)  0.6
-:class:`TruncatedAmplitudeFlow`         TruncatedAmplitudeLoss, γ = 0.7 (same)        0.6
+:class:`AmplitudeFlow`                  AmplitudeLoss (Wang, Giannakis & Eldar 2018)  0.6 (1 for complex: pass mu=1)
+:class:`TruncatedAmplitudeFlow`         TruncatedAmplitudeLoss, γ = 0.7 (same)        0.6 (1 for complex: pass mu=1)
 :class:`ReweightedAmplitudeFlow`        ReweightedAmplitudeLoss (Wang et al. 2018)    6 (see class)
 ======================================  =========================================  ==================
 """
@@ -25,6 +25,8 @@ class AmplitudeFlow(GradientDescent):
     r"""Amplitude flow: x ← x − μ∇f(x) on :class:`~phasetorch.losses.AmplitudeLoss`, μ = 0.6.
 
     The untruncated version of TAF (Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64, 2018).
+    μ = 0.6 is the paper's step for real data; the ``af``/``taf`` presets of
+    :func:`phasetorch.reconstruct` use μ = 1 for complex data (see :mod:`phasetorch.optim.presets`).
     """
 
     default_mu = 0.6
