@@ -197,7 +197,11 @@ class PhaseRetrievalLoss(nn.Module):
 
     def back(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(1/m) Aᴴ v / √e, returned in x's dtype family (real part for a real x)."""
-        g = self.op.adjoint(v) * (1.0 / (self.op.m * math.sqrt(self.op.entry_energy)))
+        return self._from_adjoint(self.op.adjoint(v), x)
+
+    def _from_adjoint(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """u = Aᴴv ↦ (1/m) u / √e in x's dtype family."""
+        g = u * (1.0 / (self.op.m * math.sqrt(self.op.entry_energy)))
         if g.is_complex() and not x.is_complex():
             g = g.real
         return g
@@ -262,30 +266,28 @@ class PhaseRetrievalLoss(nn.Module):
                  weights: Optional[torch.Tensor] = None, grad: bool = True) -> "Evaluation":
         """Values (and the closed-form gradient) at x, keeping |Ax| for reuse (see :class:`Evaluation`)."""
         d = self.prepare(y)
-        if r is None and grad and (weights is not None or self.separable_weights):
-            with torch.no_grad():
-                return self._evaluate_fused(x, d, weights)
         with torch.no_grad():
-            r = self.measure(x) if r is None else r
-            p = Fields(r)
-            w = self._weights(p, d, x) if weights is None else weights
+            if r is None and grad and (weights is not None or self.separable_weights):
+                r, g, p, w = self._fused_gradient(x, d, weights)
+            else:
+                r = self.measure(x) if r is None else r
+                p = Fields(r)
+                w = self._weights(p, d, x) if weights is None else weights
+                g = None
+                if grad:
+                    gm = self._dell(p, d)
+                    g = self.back(gm if w is None else w * gm, x)
+            if g is not None and self.l2:
+                g = g + self.l2 * x
             ell = self._ell(p, d)
             if w is not None:
                 ell = w * ell
-            val = self._reduce(ell, x)
-            g = None
-            if grad:
-                gm = self._dell(p, d)
-                if w is not None:
-                    gm = w * gm
-                g = self.back(gm, x)
-                if self.l2:
-                    g = g + self.l2 * x
-            return Evaluation(val, g, r, w, p)
+            return Evaluation(self._reduce(ell, x), g, r, w, p)
 
-    def _evaluate_fused(self, x: torch.Tensor, d: MeasurementData, weights: Optional[torch.Tensor]) -> "Evaluation":
-        """:meth:`evaluate` from one ``op.linear_adjoint`` pass: the gradient factor w ⊙ g of each
-        measurement depends on that measurement alone, so it is formed block by block."""
+    def _fused_gradient(self, x: torch.Tensor, d: MeasurementData, weights: Optional[torch.Tensor]):
+        """``(r, ∇f without the ridge, Fields(r), w)`` from one ``op.linear_adjoint`` pass: the
+        gradient factor w ⊙ g of a measurement depends on that measurement alone, so it is formed
+        block by block while the operator streams through A."""
         c = 1.0 / math.sqrt(self.op.entry_energy)
         kept = {"w": []}
 
@@ -302,20 +304,12 @@ class PhaseRetrievalLoss(nn.Module):
             kept["w"].append(w)
             return gm if w is None else w * gm
 
-        z, g = self.op.linear_adjoint(x, grad_factor)
-        g = g * (c / self.op.m)
-        if g.is_complex() and not x.is_complex():
-            g = g.real
-        if self.l2:
-            g = g + self.l2 * x
+        z, u = self.op.linear_adjoint(x, grad_factor)
         r = z * c if c != 1.0 else z
         p = kept["fields"] if "fields" in kept else Fields(r)
         ws = kept["w"]
         w = None if ws[0] is None else (ws[0] if len(ws) == 1 else torch.cat(ws, -1))
-        ell = self._ell(p, d)
-        if w is not None:
-            ell = w * ell
-        return Evaluation(self._reduce(ell, x), g, r, w, p)
+        return r, self._from_adjoint(u, x), p, w
 
     def gradient(self, x: torch.Tensor, y) -> torch.Tensor:
         """The closed-form gradient alone (see :meth:`value_and_grad`)."""
