@@ -256,3 +256,28 @@ def test_hio_optimizer_keeps_truth_and_respects_constraints():
     for _ in range(5):
         opt.step()
     assert (x[:, ~sup] == 0).all() and (x >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("stored", [0, 3, 10, 14])
+def test_lbfgs_two_loop_fast_path_equals_masked_path(dtype, stored):
+    """When every sample holds the same pairs, the unmasked real-view recursion gives the masked
+    per-sample one (and −∇f with an empty memory); both are the L-BFGS direction −H∇f."""
+    from phasetorch.optim.lbfgs import LBFGSCore
+    g = torch.Generator().manual_seed(stored)
+    core = LBFGSCore(memory=10)
+    core.start(torch.ones(3, dtype=F64))
+    x = torch.randn(3, 2, 5, generator=g, dtype=F64).to(dtype)
+    core._init_memory(x)
+    active = torch.ones(3, dtype=torch.bool)
+    for _ in range(stored):                     # pairs with ⟨s, y⟩ > 0 (y = s + small noise), ring wraps past 10
+        s = torch.randn(x.shape, generator=g, dtype=F64).to(dtype)
+        core._push(s, s + 0.1 * torch.randn(x.shape, generator=g, dtype=F64).to(dtype), active)
+    assert int(core.count[0]) == min(stored, 10) and bool((core.count == core.count[0]).all())
+    grad = torch.randn(x.shape, generator=g, dtype=F64).to(dtype)
+    fast, masked = core.direction(grad), core._direction_general(grad)
+    torch.testing.assert_close(fast, masked, rtol=1e-12, atol=1e-12)
+    if stored == 0:
+        torch.testing.assert_close(fast, -grad, rtol=0, atol=0)
+    else:
+        assert (optim.base.dot(fast, grad) < 0).all()          # a descent direction

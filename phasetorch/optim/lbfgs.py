@@ -24,6 +24,13 @@ from .base import PhaseOptimizer, backtracking, bview, dot, norm2
 __all__ = ["LBFGS", "LBFGSCore"]
 
 
+def _real_rows(t: torch.Tensor, lead: int) -> torch.Tensor:
+    """A real view of ``t`` with its first ``lead`` dimensions kept and the rest flattened
+    (complex entries as (re, im) pairs); no copy for contiguous tensors."""
+    r = torch.view_as_real(t) if t.is_complex() else t
+    return r.reshape(*t.shape[:lead], -1)
+
+
 class LBFGSCore:
     """Functional core shared by :class:`LBFGS` and :func:`phasetorch.reconstruct`."""
 
@@ -66,20 +73,19 @@ class LBFGSCore:
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         """−H∇f by the two-loop recursion, per sample (−∇f for samples with an empty memory)."""
-        B, M = grad.shape[0], self.memory
         uniform = bool((self.head == self.head[0]).all()) and bool((self.count == self.count[0]).all())
         if uniform:                                   # common case: every sample stored the same pairs
-            h0, c0 = int(self.head[0]), int(self.count[0])
+            return self._direction_uniform(grad, int(self.head[0]), int(self.count[0]))
+        return self._direction_general(grad)
 
-            def pair(j):
-                slot = (h0 - 1 - j) % M
-                return self.S[slot], self.Y[slot], self.rho[slot], torch.full((B,), j < c0, device=grad.device)
-        else:
-            ar = torch.arange(B, device=grad.device)
+    def _direction_general(self, grad: torch.Tensor) -> torch.Tensor:
+        """The two-loop recursion with per-sample ring positions and pair counts (masked)."""
+        B, M = grad.shape[0], self.memory
+        ar = torch.arange(B, device=grad.device)
 
-            def pair(j):
-                slot = (self.head - 1 - j) % M
-                return self.S[slot, ar], self.Y[slot, ar], self.rho[slot, ar], j < self.count
+        def pair(j):
+            slot = (self.head - 1 - j) % M
+            return self.S[slot, ar], self.Y[slot, ar], self.rho[slot, ar], j < self.count
 
         depth = int(self.count.max())
         q = grad.clone()
@@ -100,6 +106,31 @@ class LBFGSCore:
             b = torch.where(valid, rho * dot(yv, r), torch.zeros_like(rho))
             r = r + bview(a - b, r).to(r.dtype) * s
         return -r
+
+    def _direction_uniform(self, grad: torch.Tensor, head: int, count: int) -> torch.Tensor:
+        """The two-loop recursion when every sample holds the same ``count`` pairs ending at slot
+        ``head − 1``: the same algebra on real views (Re⟨a, b⟩ = Σ of the real view's products),
+        with no per-sample masks — a few tensor operations per stored pair."""
+        M = self.memory
+        S, Y = _real_rows(self.S, 2), _real_rows(self.Y, 2)          # (M, B, D)
+        q = _real_rows(grad, 1).clone()                                # (B, D)
+        order = [(head - 1 - j) % M for j in range(count)]            # newest → oldest
+        alphas = []
+        for slot in order:
+            a = self.rho[slot] * (S[slot] * q).sum(-1)
+            q = q - a.unsqueeze(-1) * Y[slot]
+            alphas.append(a)
+        if order:
+            s_n, y_n = S[order[0]], Y[order[0]]
+            yy = (y_n * y_n).sum(-1)
+            q = ((s_n * y_n).sum(-1) / yy.clamp_min(torch.finfo(yy.dtype).tiny)).unsqueeze(-1) * q
+        for slot, a in zip(reversed(order), reversed(alphas)):       # oldest → newest
+            b = self.rho[slot] * (Y[slot] * q).sum(-1)
+            q = q + (a - b).unsqueeze(-1) * S[slot]
+        q = q.neg_()
+        if grad.is_complex():
+            return torch.view_as_complex(q.reshape(*grad.shape, 2))
+        return q.reshape(grad.shape)
 
     def step(self, t: int, x, f, grad, evaluate, active, cache0=None, project=None):
         """One iteration: ``(alpha, x_new, f_new, cache)``."""
