@@ -122,7 +122,9 @@ class CodedDiffraction(MeasurementOperator):
         k = len(self.signal_shape)
         _, adjoint_masks = self._scaled_masks()
         u = torch.fft.ifftn(z, dim=fft_dims(k), norm="forward")   # unscaled inverse DFT
-        return (u * adjoint_masks).sum(dim=-k - 1)
+        if torch.is_grad_enabled() and z.requires_grad:
+            return (u * adjoint_masks).sum(dim=-k - 1)
+        return u.mul_(adjoint_masks).sum(dim=-k - 1)               # in place: no second L·n buffer
 
     def config(self) -> dict:
         return {"type": "CodedDiffraction", "shape": list(self.signal_shape), "n_masks": self.n_masks,
