@@ -1064,6 +1064,15 @@ def _guarded(job: Callable[[], int], debug: bool) -> int:
         return 1
 
 
+def main_with_defaults(command: str, defaults: dict, argv: Sequence[str], given: Sequence[str] = ()) -> int:
+    """Run ``phasetorch <command>`` with ``defaults`` ({"--flag": "value"}) for every flag that
+    ``argv`` (or ``given``) does not set; the scripts in ``scripts/`` are this with their own defaults."""
+    argv = list(argv)
+    present = {a.split("=")[0] for a in argv if a.startswith("--")} | set(given)
+    extra = [t for k, v in defaults.items() if k not in present for t in (k, v)]
+    return main([command] + extra + argv)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status (0 success, 1 job failure, 2 usage error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -15,17 +15,14 @@ Writes results.json and phase_transition.png into --out.
 
 import sys
 
-from phasetorch.cli import main
+from phasetorch.cli import main_with_defaults
 
 DEFAULTS = {"--deltas": "1:8:0.25", "--algorithms": "wf,twf,taf,raf,lbfgs", "--trials": "20", "--dim": "64",
             "--field": "complex", "--tol": "1e-5", "--iters": "1000"}
 
 
 def run(argv):
-    argv = list(argv)
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    extra = [t for k, v in DEFAULTS.items() if k not in given for t in (k, v)]
-    return main(["sweep"] + extra + argv)
+    return main_with_defaults("sweep", DEFAULTS, argv)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ summary.json into --out, and prints the final relative error and PSNR.
 
 import sys
 
-from phasetorch.cli import main
+from phasetorch.cli import main, main_with_defaults
 from phasetorch.io import bundled
 
-DEFAULTS = ["--masks", "6", "--noise", "poisson:1e8", "--iters", "300", "--size", "96"]
+DEFAULTS = {"--masks": "6", "--noise": "poisson:1e8", "--iters": "300", "--size": "96"}
 
 
 def run(argv):
@@ -30,11 +30,8 @@ def run(argv):
         return main(["reconstruct", "--help"])
     if (not argv or argv[0].startswith("-")) and "--measurements" not in argv:
         argv = [str(bundled("grace_hopper"))] + argv  # no IMAGE first: the bundled photo
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    if argv and argv[0].endswith(".pt"):
-        given.add("--size")  # .pt objects keep their stored size unless --size is given
-    extra = [t for k in range(0, len(DEFAULTS), 2) if DEFAULTS[k] not in given for t in DEFAULTS[k:k + 2]]
-    return main(["reconstruct"] + extra + argv)
+    keep_size = ["--size"] if argv and argv[0].endswith(".pt") else []   # .pt objects keep their stored size
+    return main_with_defaults("reconstruct", DEFAULTS, argv, given=keep_size)
 
 
 if __name__ == "__main__":

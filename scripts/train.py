@@ -15,17 +15,14 @@ Writes log.json and log.csv into --out and prints the final overlap (mean ± SE 
 
 import sys
 
-from phasetorch.cli import main
+from phasetorch.cli import main_with_defaults
 
 DEFAULTS = {"--delta": "4", "--dim": "2000", "--seeds": "8", "--steps": "100", "--l2": "0.1", "--step": "0.1",
             "--preprocessing": "optimal"}
 
 
 def run(argv):
-    argv = list(argv)
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    extra = [t for k, v in DEFAULTS.items() if k not in given for t in (k, v)]
-    return main(["train"] + extra + argv)
+    return main_with_defaults("train", DEFAULTS, argv)
 
 
 if __name__ == "__main__":
