@@ -42,7 +42,8 @@ Methodology notes (also written into the JSON):
   screening time (best-vs-best ratios are unaffected as long as the best is in the top k).
 * **Peers** are optional: without solvephase / deepinv a row says ``"solvephase not installed
   (pip install -e '.[bench]')"`` and still reports the phasetorch side. solvephase runs on the CPU
-  in float64 (its CPU default) whatever ``--device`` is (CuPy is not a phasetorch dependency).
+  in float64 (its CPU default); with ``--device cuda`` and CuPy installed it also runs on the GPU
+  (its CuPy backend, float64; contenders named ``<method>@gpu``), and the best of both counts.
 * **Contention**: the machine description includes the load average before and after every row;
   on a shared machine absolute times inflate, ratios much less.
 * Rows whose library pieces are missing report ``status: "unavailable"`` with the reason (the
@@ -393,7 +394,7 @@ def _pt_contender(ctx: Context, op, y: torch.Tensor, x: torch.Tensor, algorithm:
     return Contender("phasetorch", algorithm, probe, timed, lambda xh: _rel_error(xh, x))
 
 
-def _sp_contender(ctx: Context, sp_op, y_np, x_np, method: str, target: float) -> Contender:
+def _sp_contender(ctx: Context, sp_op, y_np, x_np, method: str, target: float, suffix: str = "") -> Contender:
     from solvephase.algorithms.wirtinger import relative_error, wirtinger
 
     def probe(cap: int):
@@ -409,7 +410,7 @@ def _sp_contender(ctx: Context, sp_op, y_np, x_np, method: str, target: float) -
     def timed(k: int):
         return wirtinger(sp_op, y_np, method=method, iterations=max(k, 1), seed=ctx.seed).x
 
-    return Contender("solvephase", method, probe, timed, lambda xh: float(relative_error(xh, x_np)))
+    return Contender("solvephase", method + suffix, probe, timed, lambda xh: float(relative_error(xh, x_np)))
 
 
 def _time_to_target(ctx: Context, contenders: List[Contender], target: float, cap: int, top_k: int) -> List[dict]:
@@ -575,11 +576,62 @@ def _gaussian_problem(ctx: Context, n: int, delta: int, seed: int):
     return op, x, y
 
 
-def _solvephase_matrix_problem(op, x, y):
+def _solvephase_matrix_problem(op, x, y, backend=None):
     import numpy as np
     from solvephase import MatrixOperator
     A = op.matrix().detach().cpu().numpy().astype(np.complex128)
-    return MatrixOperator(A), y.detach().cpu().numpy().astype(np.float64), x.detach().cpu().numpy()
+    sp_op = MatrixOperator(A, backend=backend)
+    return sp_op, _sp_data(sp_op, y), x.detach().cpu().numpy()
+
+
+def _sp_data(sp_op, y: torch.Tensor):
+    """y in float64 on the solvephase operator's device (NumPy, or CuPy for its GPU backend)."""
+    import numpy as np
+    y_np = y.detach().cpu().numpy().astype(np.float64)
+    be = getattr(sp_op, "backend", None)
+    return be.asarray(y_np, dtype="real") if be is not None and getattr(be, "is_gpu", False) else y_np
+
+
+def _sp_gpu_backend(ctx: Context):
+    """solvephase's CuPy backend in float64 when phasetorch runs on CUDA and CuPy sees the GPU, else None
+    (then solvephase runs on the CPU only). Its contenders are named ``<method>@gpu``."""
+    if ctx.device.type != "cuda":
+        return None
+    try:
+        from solvephase.backend import get_backend, gpu_available
+        return get_backend("gpu", "double") if gpu_available() else None
+    except Exception:                                          # an old solvephase or a broken CuPy
+        return None
+
+
+def _sp_contenders(ctx: Context, make_problem, methods: List[str], target: float, notes: List[str]) -> list:
+    """solvephase contenders on the CPU (float64), plus on the GPU when :func:`_sp_gpu_backend` gives one.
+    ``make_problem(backend)`` returns (solvephase operator, y on its device, x on the host)."""
+    sp_op, y_sp, x_np = make_problem(None)
+    out = [_sp_contender(ctx, sp_op, y_sp, x_np, m_, target) for m_ in methods]
+    gpu = _sp_gpu_backend(ctx)
+    if gpu is not None:
+        try:
+            sp_op, y_sp, x_np = make_problem(gpu)
+        except Exception as err:                               # CuPy present but unusable
+            notes.append(f"solvephase on the GPU skipped: {_short_error(err)}")
+            return out
+        for m_ in methods:
+            c = _sp_contender(ctx, sp_op, y_sp, x_np, m_, target, suffix="@gpu")
+            c.probe, c.timed = _peer_failure_is_a_result(c.probe), _peer_failure_is_a_result(c.timed)
+            out.append(c)
+        notes.append("solvephase also on the GPU (its CuPy backend, float64): methods named <method>@gpu.")
+    return out
+
+
+def _peer_failure_is_a_result(fn):
+    """An ImportError/AttributeError inside a peer's optional backend fails that contender, not the row."""
+    def wrapped(*args):
+        try:
+            return fn(*args)
+        except (ImportError, AttributeError) as err:
+            raise RuntimeError(f"{type(err).__name__}: {err}") from err
+    return wrapped
 
 
 def _sp_methods(cfg: dict) -> List[str]:
@@ -603,10 +655,10 @@ def row_gaussian_time(ctx: Context) -> dict:
     notes, peer_reason = [], None
     try:
         ctx.peer("solvephase")
-        sp_op, y_np, x_np = _solvephase_matrix_problem(op, x, y)
-        contenders += [_sp_contender(ctx, sp_op, y_np, x_np, m_, target) for m_ in _sp_methods(cfg)]
         notes.append("solvephase: MatrixOperator on the same A (its convention: row k is a_kᴴ, E|A_kj|² = 1, "
                      "y = |Ax|² — identical to phasetorch's, no rescaling needed), CPU float64.")
+        contenders += _sp_contenders(ctx, lambda be: _solvephase_matrix_problem(op, x, y, be), _sp_methods(cfg),
+                                     target, notes)
     except Unavailable as err:
         peer_reason = str(err)
     ctx.log(f"    complex Gaussian n={n}, m={n * delta}, float64, target {target:g}")
@@ -707,16 +759,20 @@ def row_cdp_time(ctx: Context) -> dict:
         ctx.peer("solvephase")
         import numpy as np
         from solvephase import CodedDiffractionOperator
-        sp_op = CodedDiffractionOperator(op.masks().detach().cpu().numpy().astype(np.complex128))
+        masks = op.masks().detach().cpu().numpy().astype(np.complex128)
+        sp_op = CodedDiffractionOperator(masks)
         x_np = x.detach().cpu().numpy()
-        y_np = y.detach().cpu().numpy().astype(np.float64)
+        y_np = _sp_data(sp_op, y)
         check = np.abs(sp_op.forward(x_np)) ** 2
         mismatch = float(np.abs(check - y_np).max() / max(np.abs(y_np).max(), 1e-300))
         notes.append(f"solvephase CodedDiffractionOperator on phasetorch's masks (unitary FFT on both sides); "
                      f"max relative difference of the intensities {mismatch:.1e}.")
         if mismatch > 1e-8:
             raise RuntimeError(f"solvephase's CDP model disagrees with phasetorch's (difference {mismatch:.1e})")
-        contenders += [_sp_contender(ctx, sp_op, y_np, x_np, m_, target) for m_ in _sp_methods(cfg)]
+        def problem(be):
+            cdp = CodedDiffractionOperator(masks, backend=be)
+            return cdp, _sp_data(cdp, y), x_np
+        contenders += _sp_contenders(ctx, problem, _sp_methods(cfg), target, notes)
     except Unavailable as err:
         peer_reason = str(err)
     ctx.log(f"    CDP {shape[0]}×{shape[1]}, L={L}, float64, target {target:g}")
@@ -1273,7 +1329,7 @@ def run(rows: Optional[Sequence[int]] = None, quick: bool = False, dry_run: bool
     """
     mode = "dry" if dry_run else ("quick" if quick else "full")
     ctx = Context(mode=mode, device=device, repeats=repeats, peers=peers, log=log, seed=seed, threads=threads)
-    rows = sorted(set(rows)) if rows else sorted(ROWS)
+    rows = list(dict.fromkeys(rows)) if rows else sorted(ROWS)        # the order asked for (most wanted first)
     for r in rows:
         if r not in ROWS:
             raise ValueError(f"unknown row {r}; rows are {', '.join(map(str, ROWS))}")
@@ -1292,6 +1348,8 @@ def run(rows: Optional[Sequence[int]] = None, quick: bool = False, dry_run: bool
         result["rows"].append(run_row(ctx, r))
         if json_path:
             write_json(result, json_path)          # partial results survive an interrupted run
+        if markdown_path:
+            write_markdown(result, markdown_path)
     result["machine"]["loadavg_end"] = _loadavg()
     result["total_s"] = time.perf_counter() - t0
     if json_path:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# GPU checks, in one call on a CUDA machine (its python3 must have torch; peers are optional):
+#   1. the CUDA tests (tests/test_cuda.py and the DMFT CUDA test): every piece on CUDA = on the CPU;
+#   2. the demo on the GPU (`phasetorch demo --device cuda`), its summary kept;
+#   3. the benchmark rows on the GPU (default 5,1,2,4,6,3, in that order: the batch goal first).
+# Usage: scripts/device_check.sh OUTDIR [ROWS] [BENCH_TIMEOUT_S]
+# Writes OUTDIR/{pytest_cuda.txt, demo_summary.json, benchmark_cuda.json, benchmark_cuda.md, bench_log.txt}.
+# Peers: put solvephase/deepinv (and their pure-Python needs) on PYTHONPATH before calling.
+set -u
+OUT=${1:?usage: scripts/device_check.sh OUTDIR [ROWS] [BENCH_TIMEOUT_S]}
+ROWS=${2:-5,1,2,4,6,3}
+BENCH_TIMEOUT=${3:-300}
+PY=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+status=0
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+"$PY" -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'python', sys.version.split()[0])"
+
+echo "== 1. CUDA tests"
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider -rfEs tests/test_cuda.py "tests/test_dmft.py::test_cuda_matches_cpu" \
+    2>&1 | tee "$OUT/pytest_cuda.txt" | tail -25 || status=1
+grep -qE "[0-9]+ passed" "$OUT/pytest_cuda.txt" && ! grep -qE "failed|error" "$OUT/pytest_cuda.txt" || status=1
+
+echo "== 2. demo on the GPU"
+SECONDS=0
+if timeout 120 "$PY" -m phasetorch demo --device cuda --out /tmp/demo_cuda --quiet > /tmp/demo_cuda.txt 2>&1; then
+    cp /tmp/demo_cuda/summary.json "$OUT/demo_summary.json"
+    echo "demo ok in about $SECONDS s"; tail -8 /tmp/demo_cuda.txt
+else
+    echo "demo FAILED"; tail -20 /tmp/demo_cuda.txt; status=1
+fi
+
+echo "== 3. benchmark rows $ROWS on the GPU"
+timeout "$BENCH_TIMEOUT" "$PY" scripts/benchmark.py --device cuda --rows "$ROWS" \
+    --json "$OUT/benchmark_cuda.json" --markdown "$OUT/benchmark_cuda.md" > "$OUT/bench_log.txt" 2>&1 || status=1
+tail -30 "$OUT/bench_log.txt"
+exit $status
