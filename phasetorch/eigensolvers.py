@@ -167,28 +167,34 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
     if max_iter < 1:
         raise ValueError("max_iter must be ≥ 1")
 
+    # The basis V, the products and the Ritz vectors live on v0's device; the small projected
+    # matrices H and the per-sample bookkeeping live on the host (float64), where eigvalsh/Cholesky
+    # of a p×p matrix costs microseconds instead of an accelerator launch each. One host read per
+    # step carries α_j and β_j over.
+    host = torch.device("cpu")
     out_vec = torch.zeros(B, N, dtype=vdtype, device=dev)
-    f64 = dict(dtype=torch.float64, device=dev)
+    f64 = dict(dtype=torch.float64, device=host)
     out_theta = torch.full((B,), float("nan"), **f64)
     out_second = torch.full((B,), float("nan"), **f64)
     out_res = torch.full((B,), float("nan"), **f64)
-    out_iter = torch.zeros(B, dtype=torch.int64, device=dev)
-    out_conv = torch.zeros(B, dtype=torch.bool, device=dev)
+    out_iter = torch.zeros(B, dtype=torch.int64)
+    out_conv = torch.zeros(B, dtype=torch.bool)
 
-    ids = torch.arange(B, device=dev)                      # original sample of each state row
+    ids = torch.arange(B)                                  # original sample of each state row (host)
+    ids_dev = ids.to(dev)
     V = torch.zeros(B, p, N, dtype=vdtype, device=dev)
     V[:, 0] = v0
     H = torch.zeros(B, p, p, **f64)
     hmax = torch.zeros(B, **f64)                           # running max |H_ij|: scale of the breakdown test
     j = 0          # index of the basis vector being expanded (basis size j + 1 after this step)
     it = 0
-    nextc = torch.ones(B, dtype=torch.int64, device=dev)          # per-sample step of the next Ritz test
-    lastc = torch.zeros(B, dtype=torch.int64, device=dev)
-    lastq = torch.full((B,), float("nan"), **f64)                # log(residual / target) at the last test
+    nextc = torch.ones(B, dtype=torch.int64)               # per-sample step of the next Ritz test
+    lastc = torch.zeros(B, dtype=torch.int64)
+    lastq = torch.full((B,), float("nan"), **f64)          # log(residual / target) at the last test
     bar = _progress_bar(progress, max_iter, "lanczos")
     while ids.numel() > 0 and it < max_iter:
         it += 1
-        w = matvec(V[:, j], ids)
+        w = matvec(V[:, j], ids_dev)
         if w.dtype != vdtype:
             w = w.to(vdtype)
         Vb = V[:, : j + 1]
@@ -197,11 +203,12 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
         w = w - torch.bmm(c.unsqueeze(1), Vb).squeeze(1)
         c2 = _project(Vb, w)
         w = w - torch.bmm(c2.unsqueeze(1), Vb).squeeze(1)
-        alpha = (c[:, j] + c2[:, j]).real.to(torch.float64)
+        beta_dev = _norm(w)
+        ab = torch.stack([(c[:, j] + c2[:, j]).real.to(torch.float64), beta_dev.to(torch.float64)]).to(host)
+        alpha, beta = ab[0], ab[1]
         H[:, j, j] = alpha
-        beta = _norm(w).to(torch.float64)
         hmax = torch.maximum(hmax, torch.maximum(alpha.abs(), beta))
-        breakdown = (beta <= 10 * eps * hmax) | torch.tensor(j + 1 >= N, device=dev)
+        breakdown = (beta <= 10 * eps * hmax) | (j + 1 >= N)
         # Ritz values only where needed: a predicted convergence (per sample), a restart (all),
         # the last step (all), a breakdown.
         due = (nextc <= it) | breakdown
@@ -216,7 +223,7 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
             res = beta[r] * s[:, j].abs()
             target = tol * theta.abs()
             conv = (res <= target) | breakdown[r]
-            done = conv | torch.tensor(it >= max_iter, device=dev)
+            done = conv | (it >= max_iter)
             if bar is not None:
                 bar.update(it - bar.n)
                 bar.set_postfix(active=int(ids.numel()), worst=float((res / theta.abs()).max()))
@@ -230,40 +237,42 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
             nextc[r] = it + pred.floor().to(torch.int64)
             lastc[r] = it
             lastq[r] = lq
-            if done.any():
+            if bool(done.any()):
                 d = done.nonzero().squeeze(-1)
                 o = ids[r[d]]
-                u = torch.bmm(s[d].to(vdtype).unsqueeze(1), Vb[r[d]]).squeeze(1)
-                out_vec[o] = u / _norm(u).unsqueeze(-1)
+                rd_dev = r[d].to(dev)
+                u = torch.bmm(s[d].to(device=dev, dtype=vdtype).unsqueeze(1), Vb[rd_dev]).squeeze(1)
+                out_vec[o.to(dev)] = u / _norm(u).unsqueeze(-1)
                 out_theta[o] = theta[d]
                 if j >= 1:
                     out_second[o] = theta_all[d, -2]
                 out_res[o] = torch.where(breakdown[r[d]], torch.zeros_like(res[d]), res[d]) / theta[d].abs()
                 out_iter[o] = it
                 out_conv[o] = conv[d]
-                alive = torch.ones(ids.numel(), dtype=torch.bool, device=dev)
+                alive = torch.ones(ids.numel(), dtype=torch.bool)
                 alive[r[d]] = False
                 if not bool(alive.any()):
                     break
                 rows = alive.nonzero().squeeze(-1)
-                ids, V, H, hmax, w, beta, nextc, lastc, lastq = (
-                    t[rows] for t in (ids, V, H, hmax, w, beta, nextc, lastc, lastq))
+                rows_dev = rows.to(dev)
+                ids, H, hmax, beta, nextc, lastc, lastq = (t[rows] for t in (ids, H, hmax, beta, nextc, lastc, lastq))
+                ids_dev, V, w, beta_dev = (t[rows_dev] for t in (ids_dev, V, w, beta_dev))
                 Vb = V[:, : j + 1]
         if j + 1 < p:
-            V[:, j + 1] = w / beta.to(rdt).unsqueeze(-1)
+            V[:, j + 1] = w / beta_dev.to(rdt).unsqueeze(-1)
             H[:, j, j + 1] = beta
             H[:, j + 1, j] = beta
             j += 1
         else:  # thick restart: keep kl bottom and kt top Ritz vectors and the residual direction
             theta_all, S = torch.linalg.eigh(H)
-            sel = torch.cat([torch.arange(kl, device=dev), torch.arange(p - kt, p, device=dev)])
+            sel = torch.cat([torch.arange(kl), torch.arange(p - kt, p)])
             Sk = S[:, :, sel]                               # (b, p, kk), ascending order
-            newV = torch.bmm(Sk.mT.to(vdtype), Vb)
+            newV = torch.bmm(Sk.mT.to(device=dev, dtype=vdtype), Vb)
             V = torch.zeros_like(V)
             V[:, :kk] = newV
-            V[:, kk] = w / beta.to(rdt).unsqueeze(-1)
+            V[:, kk] = w / beta_dev.to(rdt).unsqueeze(-1)
             H = torch.zeros_like(H)
-            idx = torch.arange(kk, device=dev)
+            idx = torch.arange(kk)
             H[:, idx, idx] = theta_all[:, sel]
             arrow = beta.unsqueeze(-1) * Sk[:, j, :]
             H[:, :kk, kk] = arrow
@@ -271,8 +280,9 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
             j = kk
     if bar is not None:
         bar.close()
-    return EigResult(out_vec, out_theta, out_second, out_res, out_iter, out_iter.clone(), out_conv,
-                     torch.zeros(B, **f64))
+    out_iter = out_iter.to(dev)
+    return EigResult(out_vec, out_theta.to(dev), out_second.to(dev), out_res.to(dev), out_iter, out_iter.clone(),
+                     out_conv.to(dev), torch.zeros(B, dtype=torch.float64, device=dev))
 
 
 def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int = 10000,

@@ -124,7 +124,8 @@ class TrainingLog:
         t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value)
         if t.is_complex():
             raise ValueError(f"column {name!r}: values must be real, got a complex tensor")
-        t = t.to(device="cpu", dtype=torch.float64)
+        # an accelerator's values stay there until the log is read (no host round trip per record)
+        t = t.to(dtype=torch.float64)
         if t.numel() == 1 and self.batch_size != 1:
             return t.reshape(()).expand(self.batch_size).clone()
         if t.numel() != self.batch_size:
@@ -157,6 +158,43 @@ class TrainingLog:
             else:
                 self._data[name].append(torch.full((self.batch_size,), float("nan"), dtype=torch.float64))
 
+    def append_stacked(self, iteration: int, names: Sequence[str], values: torch.Tensor, time: float) -> None:
+        """Fast path of :meth:`append` for a solver loop: per-sample columns ``names`` given as the
+        rows of one real tensor ``values`` of shape ``(len(names), B)`` (owned by the log from now
+        on: one conversion for the whole record, which stays on its device until the log is read),
+        plus the ``time`` of the record. Columns must already exist."""
+        if values.dim() != 2 or values.shape[0] != len(names) or values.shape[1] != self.batch_size:
+            raise ValueError(f"values must have shape ({len(names)}, {self.batch_size}), got {tuple(values.shape)}")
+        missing = [nm for nm in names if nm not in self._data]
+        if missing or values.is_complex():
+            raise ValueError(f"append_stacked needs existing columns and real values (missing: {missing})")
+        values = values.detach().to(torch.float64)
+        self._data["iteration"].append(int(iteration))
+        given = dict(zip(names, values.unbind(0)))
+        for name in self._columns[1:]:
+            if name in given:
+                self._data[name].append(given[name])
+            elif name == "time":
+                self._data[name].append(float(time))
+            elif name in SCALAR_COLUMNS:
+                self._data[name].append(float("nan"))
+            else:
+                self._data[name].append(torch.full((self.batch_size,), float("nan"), dtype=torch.float64))
+
+    def _to_host(self) -> None:
+        """Move the records still on an accelerator to the CPU: one copy per column and device."""
+        for name in self._columns[1:]:
+            rows = self._data[name]
+            if name in SCALAR_COLUMNS:
+                continue
+            on_device: Dict[torch.device, List[int]] = {}
+            for i, r in enumerate(rows):
+                if r.device.type != "cpu":
+                    on_device.setdefault(r.device, []).append(i)
+            for idx in on_device.values():
+                for i, r in zip(idx, torch.stack([rows[i] for i in idx]).cpu().unbind(0)):
+                    rows[i] = r
+
     # ------------------------------------------------------------------ reading
     @property
     def columns(self) -> List[str]:
@@ -173,6 +211,7 @@ class TrainingLog:
         """``(records,)`` for ``iteration`` (int64) and ``time``; ``(records, B)`` float64 otherwise."""
         if name not in self._data:
             raise KeyError(f"no column {name!r} in this log; columns are {', '.join(self._columns)}")
+        self._to_host()
         rows = self._data[name]
         if name == "iteration":
             return torch.tensor(rows, dtype=torch.int64)
@@ -228,6 +267,7 @@ class TrainingLog:
         for i in idx:
             if not -self.batch_size <= i < self.batch_size:
                 raise ValueError(f"sample index {i} out of range for a batch of {self.batch_size}")
+        self._to_host()
         out = TrainingLog(shape, dict(self.config), self._columns[1:])
         sel = torch.tensor(idx, dtype=torch.int64)
         out._data["iteration"] = list(self._data["iteration"])
@@ -240,6 +280,7 @@ class TrainingLog:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (non-finite numbers as the strings "nan", "inf", "-inf")."""
+        self._to_host()
         data: Dict[str, Any] = {}
         for name in self._columns:
             rows = self._data[name]
@@ -296,6 +337,7 @@ class TrainingLog:
         Per-record columns (``time``) repeat on every sample's row; ``sample`` is the flat index
         into the batch. Floats are written with full precision (``repr``).
         """
+        self._to_host()
         names = self._columns[1:]
         with open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)

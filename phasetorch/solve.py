@@ -398,8 +398,10 @@ class _Runner:
         self.max_iter, self.tol, self.log_every = max_iter, tol, log_every
         self.callback, self.progress, self.t_start, self.rule = callback, progress, t_start, rule
         cols = ["loss", "grad_norm", "step", "norm", "time", "residual"]
+        self._record_names = ["loss", "grad_norm", "step", "norm", "residual"]
         if xt is not None:
             cols += ["rel_error", "overlap", "inner"]
+            self._record_names += ["rel_error", "overlap", "inner"]
         self.log = TrainingLog(batch, config, cols)
         self.k_sig = len(op.signal_shape)
         self.device = x0.device
@@ -407,37 +409,41 @@ class _Runner:
 
     # ------------------------------------------------------------------ helpers
     def _record(self, t, x, f, grad_norm, alpha, res) -> None:
-        vals = {"loss": f, "grad_norm": grad_norm, "step": alpha, "norm": norm2(x).sqrt(),
-                "time": time.perf_counter() - self.t_start, "residual": res}
+        vals = [f, grad_norm, alpha, norm2(x).sqrt(), res]
         if self.xt is not None:
-            vals["rel_error"], vals["overlap"], vals["inner"] = truth_metrics(x, self.xt)
-        self.log.append(t, **vals)
+            vals += list(truth_metrics(x, self.xt))
+        rdt = self.op.real_dtype
+        self.log.append_stacked(t, self._record_names, torch.stack([v.to(rdt) for v in vals]),
+                                time.perf_counter() - self.t_start)
 
     def _view(self, x):
         return x.reshape(*self.batch, *self.op.signal_shape)
 
-    def _check_divergence(self, t, f, f0, x_prev, active):
-        bad = active & (~torch.isfinite(f) | ((f - f0) > DIVERGENCE_FACTOR * f0.abs().clamp_min(self.f_floor)))
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0, 0])
-            if self.rule is not None:
-                cur = self.rule.current(t)
-            elif self.preset.family == "lbfgs":
-                cur = "line search"
-            else:
-                cur = "projection"
-            if self.preset.family == "gradient":
-                sug = _suggest(self.rule)
-                eg = f", e.g. step={sug}" if sug else ""
-                hint = f"reduce step (currently {cur}){eg}, or use step='armijo'"
-            else:
-                hint = "check the data and the operator (this algorithm has no step size to reduce)"
-            msg = (f"'{self.preset.name}' diverged at iteration {t}: sample {b} has loss {float(f[b]):.4g} "
-                   f"(initial {float(f0[b]):.4g}); {hint}")
-            raise DivergenceError(msg, algorithm=self.preset.name, iteration=t, sample=b,
-                                  step=self.rule.describe() if self.rule is not None else None,
-                                  loss=float(f[b]), initial_loss=float(f0[b]), log=self.log,
-                                  x=self._view(x_prev))
+    def _diverging(self, f, f0, active):
+        """Samples whose loss is non-finite or grew past DIVERGENCE_FACTOR × its start (no sync)."""
+        return active & (~torch.isfinite(f) | ((f - f0) > DIVERGENCE_FACTOR * f0.abs().clamp_min(self.f_floor)))
+
+    def _raise_divergence(self, t, f, f0, x_prev, bad):
+        """Raise DivergenceError for the first diverging sample, naming the knob to turn."""
+        b = int(bad.nonzero()[0, 0])
+        if self.rule is not None:
+            cur = self.rule.current(t)
+        elif self.preset.family == "lbfgs":
+            cur = "line search"
+        else:
+            cur = "projection"
+        if self.preset.family == "gradient":
+            sug = _suggest(self.rule)
+            eg = f", e.g. step={sug}" if sug else ""
+            hint = f"reduce step (currently {cur}){eg}, or use step='armijo'"
+        else:
+            hint = "check the data and the operator (this algorithm has no step size to reduce)"
+        msg = (f"'{self.preset.name}' diverged at iteration {t}: sample {b} has loss {float(f[b]):.4g} "
+               f"(initial {float(f0[b]):.4g}); {hint}")
+        raise DivergenceError(msg, algorithm=self.preset.name, iteration=t, sample=b,
+                              step=self.rule.describe() if self.rule is not None else None,
+                              loss=float(f[b]), initial_loss=float(f0[b]), log=self.log,
+                              x=self._view(x_prev))
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Reconstruction:
@@ -489,23 +495,28 @@ class _Runner:
                     ev = self.loss.evaluate(x_new, self.data, grad=False)
                     x, f, r = x_new, ev.value, ev.r
                     gnorm_t = None                         # computed only when recorded (one Aᴴ)
-                self._check_divergence(t, f, f0, x_prev, active)
+                bad = self._diverging(f, f0, active)
                 res = self.loss.residual(ev.fields, self.data)
                 step_t = torch.where(active, alpha.to(rdt), zero)
                 if self.tol > 0:
                     stop = active & ((res <= self.tol) | ((res - res_prev).abs() <= self.tol * res_prev))
                 else:
                     stop = torch.zeros_like(active)
+                still = active & ~stop
+                # one host read per iteration for all three decisions (a sync on an accelerator)
+                any_bad, any_stop, any_left = torch.stack([bad.any(), stop.any(), still.any()]).tolist()
+                if any_bad:
+                    self._raise_divergence(t, f, f0, x_prev, bad)
                 stopped_by_cb = False
                 if self.callback is not None:
                     info = {"loss": f.reshape(self.batch), "residual": res.reshape(self.batch),
-                            "active": (active & ~stop).reshape(self.batch)}
+                            "active": still.reshape(self.batch)}
                     stopped_by_cb = bool(self.callback(t, self._view(x), info))
-                if stop.any():
+                if any_stop:
                     converged = converged | stop
                     iterations = torch.where(stop, torch.full_like(iterations, t), iterations)
-                    active = active & ~stop
-                done = (not bool(active.any())) or stopped_by_cb or t == self.max_iter
+                    active = still
+                done = (not any_left) or stopped_by_cb or t == self.max_iter
                 if t % self.log_every == 0 or done:
                     if gnorm_t is None:
                         gnorm_t = norm2(self.loss.evaluate(x, self.data, r=r).grad).sqrt()

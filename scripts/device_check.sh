@@ -2,9 +2,11 @@
 # GPU checks, in one call on a CUDA machine (its python3 must have torch; peers are optional):
 #   1. the CUDA tests (tests/test_cuda.py and the DMFT CUDA test): every piece on CUDA = on the CPU;
 #   2. the demo on the GPU (`phasetorch demo --device cuda`), its summary kept;
-#   3. the benchmark rows on the GPU (default 5,1,2,4,6,3, in that order: the batch goal first).
+#   3. the per-iteration cost of every preset (scripts/iteration_cost.py);
+#   4. the benchmark rows on the GPU (default 5,1,2,4,6,3, in that order: the batch goal first).
 # Usage: scripts/device_check.sh OUTDIR [ROWS] [BENCH_TIMEOUT_S]
-# Writes OUTDIR/{pytest_cuda.txt, demo_summary.json, benchmark_cuda.json, benchmark_cuda.md, bench_log.txt}.
+# Writes OUTDIR/{pytest_cuda.txt, demo_summary.json, iteration_cost_cuda.json, benchmark_cuda.json,
+#                benchmark_cuda.md, bench_log.txt}.
 # Peers: put solvephase/deepinv (and their pure-Python needs) on PYTHONPATH before calling.
 set -u
 OUT=${1:?usage: scripts/device_check.sh OUTDIR [ROWS] [BENCH_TIMEOUT_S]}
@@ -33,7 +35,10 @@ else
     echo "demo FAILED"; tail -20 /tmp/demo_cuda.txt; status=1
 fi
 
-echo "== 3. benchmark rows $ROWS on the GPU"
+echo "== 3. per-iteration cost of every preset on the GPU (n=1024, m=8n, float64)"
+timeout 120 "$PY" scripts/iteration_cost.py --device cuda --n 1024 --json "$OUT/iteration_cost_cuda.json" || status=1
+
+echo "== 4. benchmark rows $ROWS on the GPU"
 timeout "$BENCH_TIMEOUT" "$PY" scripts/benchmark.py --device cuda --rows "$ROWS" \
     --json "$OUT/benchmark_cuda.json" --markdown "$OUT/benchmark_cuda.md" > "$OUT/bench_log.txt" 2>&1 || status=1
 tail -30 "$OUT/bench_log.txt"

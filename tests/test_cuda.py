@@ -151,6 +151,8 @@ def test_every_preset_on_cuda_matches_cpu(algorithm):
     assert (err < 1e-6).all(), err
     _close(b.x, a.x, tol=1e-6)
     assert b.log["overlap"].shape[1] == 3 and torch.isfinite(b.log["overlap"]).all()
+    assert b.log["loss"].device.type == "cpu"                                # read back on the host
+    assert torch.allclose(b.log["loss"], a.log["loss"], rtol=1e-6, atol=1e-12)
 
 
 def test_batch_on_cuda_equals_single_runs_and_float32_recovers():

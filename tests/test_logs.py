@@ -103,3 +103,22 @@ def test_validation():
     assert len(log) == 0                                        # failed appends leave no partial record
     with pytest.raises(ValueError, match="format"):
         TrainingLog.from_dict({"columns": []})
+
+
+def test_append_stacked_equals_append(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    a = TrainingLog((3,), {}, ["loss", "step", "time", "overlap"])
+    b = TrainingLog((3,), {}, ["loss", "step", "time", "overlap"])
+    for t in range(3):
+        loss, step = torch.rand(3, generator=g), torch.rand(3, generator=g, dtype=torch.float64)
+        a.append(t, loss=loss, step=step, time=0.5 * t)
+        b.append_stacked(t, ["loss", "step"], torch.stack([loss.double(), step]), 0.5 * t)
+    for name in a.columns:
+        assert torch.equal(a[name], b[name]) or torch.equal(a[name].isnan(), b[name].isnan()), name
+    assert b["overlap"].isnan().all()                         # a column not given is NaN, as with append
+    with pytest.raises(ValueError, match="shape"):
+        b.append_stacked(3, ["loss"], torch.zeros(2, 3), 0.0)
+    with pytest.raises(ValueError, match="missing"):
+        b.append_stacked(3, ["nope"], torch.zeros(1, 3), 0.0)
+    b.to_json(tmp_path / "b.json")
+    assert torch.equal(TrainingLog.from_json(tmp_path / "b.json")["loss"], a["loss"])

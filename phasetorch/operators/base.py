@@ -139,19 +139,27 @@ class MeasurementOperator(nn.Module):
 
     def buffer(self, name: str) -> torch.Tensor:
         """A registered random part, complex again if it was complex."""
-        t = getattr(self, name)
-        if name in getattr(self, "_complex_buffers", set()):
-            return torch.view_as_complex(t)
+        t = self._buffers[name] if name in self._buffers else getattr(self, name)
+        if name in self.__dict__.get("_complex_buffers", ()):
+            # the complex view is cached for as long as the buffer object stays the same
+            # (``.to()`` replaces it; in-place changes show through the view)
+            cache = self.__dict__.setdefault("_complex_views", {})
+            hit = cache.get(name)
+            if hit is not None and hit[0] is t:
+                return hit[1]
+            view = torch.view_as_complex(t)
+            cache[name] = (t, view)
+            return view
         return t
 
     @property
     def real_dtype(self) -> torch.dtype:
         """The operator's real floating dtype (float32 by default; follows ``.to(dtype)``)."""
-        return self._dtype_probe.dtype
+        return self._buffers["_dtype_probe"].dtype
 
     @property
     def device(self) -> torch.device:
-        return self._dtype_probe.device
+        return self._buffers["_dtype_probe"].device
 
     @property
     def signal_dtype(self) -> torch.dtype:
@@ -185,6 +193,10 @@ class MeasurementOperator(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def _check(self, t: torch.Tensor, shape: Shape, what: str) -> None:
+        probe = self._buffers["_dtype_probe"]
+        if (isinstance(t, torch.Tensor) and t.device == probe.device and tuple(t.shape[t.dim() - len(shape):]) == shape
+                and t.dim() >= len(shape) and (t.dtype == probe.dtype or real_dtype_of(t.dtype) == probe.dtype)):
+            return                                                   # the common case, checked in one go
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{type(self).__name__}: expected a torch.Tensor {what}, got {type(t).__name__}")
         k = len(shape)

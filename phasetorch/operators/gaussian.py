@@ -93,6 +93,8 @@ class GaussianMeasurement(MeasurementOperator):
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: x.dim() - len(self.signal_shape)]
         xf = x.reshape(-1, self.n)
+        if not self.streamed:
+            return dense_linear(xf, self.buffer("A")).reshape(*batch, self.m)
         out = [dense_linear(xf, A) for _, _, A in self._blocks()]
         z = out[0] if len(out) == 1 else torch.cat(out, -1)
         return z.reshape(*batch, self.m)
@@ -100,6 +102,8 @@ class GaussianMeasurement(MeasurementOperator):
     def _adjoint(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[:-1]
         zf = z.reshape(-1, self.m)
+        if not self.streamed:
+            return dense_adjoint(zf, self.buffer("A")).reshape(*batch, *self.signal_shape)
         x = None
         for start, stop, A in self._blocks():
             part = dense_adjoint(zf[:, start:stop], A)

@@ -73,18 +73,15 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
             x_try = project(x_try)
         f_try, cache = evaluate(x_try)
         ok = (~done) & torch.isfinite(f_try) & (f_try <= f + c * dot(grad, x_try - x))
-        if ok.any():
-            x_new = where_sample(ok, x_try, x_new)
-            f_new = torch.where(ok, f_try, f_new)
-            if cache is not None:
-                cache_new = cache if cache_new is None else where_sample(ok, cache, cache_new)
+        x_new = where_sample(ok, x_try, x_new)
+        f_new = torch.where(ok, f_try, f_new)
+        if cache is not None:
+            cache_new = cache if cache_new is None else where_sample(ok, cache, cache_new)
         done = done | ok
-        if bool(done.all()):
+        if bool(done.all()):                     # the one host read per trial
             break
         alpha = torch.where(done, alpha, alpha * shrink)
-    failed = ~done
-    if failed.any():
-        alpha = torch.where(failed, torch.zeros_like(alpha), alpha)
+    alpha = torch.where(done, alpha, torch.zeros_like(alpha))
     return alpha, x_new, f_new, cache_new
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import PhaseOptimizer, backtracking, bview, dot, norm2
+from .base import PhaseOptimizer, backtracking, bview, dot, norm2, where_sample
 
 __all__ = ["LBFGS", "LBFGSCore"]
 
@@ -61,21 +61,21 @@ class LBFGSCore:
     def _push(self, s: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
         sy = dot(s, g)
         ok = active & (sy > 1e-10 * (norm2(s) * norm2(g)).sqrt()) & torch.isfinite(sy)
-        if not ok.any():
-            return
-        idx = ok.nonzero().squeeze(1)
-        slot = self.head[idx]
-        self.S[slot, idx] = s[idx]
-        self.Y[slot, idx] = g[idx]
-        self.rho[slot, idx] = 1.0 / sy[idx]
-        self.head[idx] = (slot + 1) % self.memory
-        self.count[idx] = torch.clamp(self.count[idx] + 1, max=self.memory)
+        # masked writes (no host read): samples that reject the pair rewrite their slot unchanged
+        ar = torch.arange(ok.shape[0], device=ok.device)
+        slot = self.head
+        self.S[slot, ar] = where_sample(ok, s, self.S[slot, ar])
+        self.Y[slot, ar] = where_sample(ok, g, self.Y[slot, ar])
+        self.rho[slot, ar] = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), self.rho[slot, ar])
+        self.head = torch.where(ok, (slot + 1) % self.memory, slot)
+        self.count = torch.where(ok, torch.clamp(self.count + 1, max=self.memory), self.count)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         """−H∇f by the two-loop recursion, per sample (−∇f for samples with an empty memory)."""
-        uniform = bool((self.head == self.head[0]).all()) and bool((self.count == self.count[0]).all())
+        same = (self.head == self.head[0]).all() & (self.count == self.count[0]).all()
+        uniform, head, count = torch.stack([same.long(), self.head[0], self.count[0]]).tolist()   # one host read
         if uniform:                                   # common case: every sample stored the same pairs
-            return self._direction_uniform(grad, int(self.head[0]), int(self.count[0]))
+            return self._direction_uniform(grad, head, count)
         return self._direction_general(grad)
 
     def _direction_general(self, grad: torch.Tensor) -> torch.Tensor:
@@ -144,9 +144,8 @@ class LBFGSCore:
         d = self.direction(grad)
         slope = dot(grad, d)
         bad = ~(slope < 0) | ~torch.isfinite(slope)
-        if bad.any():
-            d = torch.where(bview(bad, d), -grad, d)
-            self.count = torch.where(bad, torch.zeros_like(self.count), self.count)
+        d = torch.where(bview(bad, d), -grad, d)
+        self.count = torch.where(bad, torch.zeros_like(self.count), self.count)
         alpha0 = torch.where(self.count > 0, torch.ones_like(self.scale), self.mu0 * self.scale)
         alpha, x_new, f_new, cache = backtracking(x, f, grad, d, alpha0, evaluate, active, cache0, project,
                                                   self.c, self.shrink, self.max_backtracks)
