@@ -72,6 +72,10 @@ class Reconstruction:
     algorithm: str
 
 
+#: a divergence within this many iterations of a spectral start also suggests a better preprocessing
+EARLY_DIVERGENCE = 5
+
+
 def default_tol(dtype: torch.dtype, tol: Optional[float] = None) -> float:
     """The stopping tolerance in force: ``tol`` (default 1e-10) raised to 8ε of ``dtype``; 0 stays 0."""
     tol = DEFAULT_TOL if tol is None else float(tol)
@@ -438,6 +442,12 @@ class _Runner:
             hint = f"reduce step (currently {cur}){eg}, or use step='armijo'"
         else:
             hint = "check the data and the operator (this algorithm has no step size to reduce)"
+        pre = self.log.config.get("preprocessing")
+        if t <= EARLY_DIVERGENCE and pre is not None and pre not in ("optimal", "mm"):
+            # blowing up right after the start points at the start itself (e.g. an identity
+            # spectral vector localised on a few large y_i: coded diffraction at large n)
+            hint += (f"; diverging within {t} iteration(s) of a '{pre}' spectral start can also mean a poor "
+                     f"start: try preprocessing='optimal'")
         msg = (f"'{self.preset.name}' diverged at iteration {t}: sample {b} has loss {float(f[b]):.4g} "
                f"(initial {float(f0[b]):.4g}); {hint}")
         raise DivergenceError(msg, algorithm=self.preset.name, iteration=t, sample=b,
