@@ -149,7 +149,11 @@ class TrainingLog:
         rows = {name: self._as_row(name, v) for name, v in values.items()}  # validate before mutating
         for name in rows:
             self._add_column(name)
-        self._data["iteration"].append(it)
+        self._push(it, rows)
+
+    def _push(self, iteration: int, rows: Dict[str, Any]) -> None:
+        """Append one validated record; columns absent from ``rows`` get NaN."""
+        self._data["iteration"].append(iteration)
         for name in self._columns[1:]:
             if name in rows:
                 self._data[name].append(rows[name])
@@ -168,18 +172,10 @@ class TrainingLog:
         missing = [nm for nm in names if nm not in self._data]
         if missing or values.is_complex():
             raise ValueError(f"append_stacked needs existing columns and real values (missing: {missing})")
-        values = values.detach().to(torch.float64)
-        self._data["iteration"].append(int(iteration))
-        given = dict(zip(names, values.unbind(0)))
-        for name in self._columns[1:]:
-            if name in given:
-                self._data[name].append(given[name])
-            elif name == "time":
-                self._data[name].append(float(time))
-            elif name in SCALAR_COLUMNS:
-                self._data[name].append(float("nan"))
-            else:
-                self._data[name].append(torch.full((self.batch_size,), float("nan"), dtype=torch.float64))
+        rows: Dict[str, Any] = dict(zip(names, values.detach().to(torch.float64).unbind(0)))
+        if "time" in self._data:
+            rows["time"] = float(time)
+        self._push(int(iteration), rows)
 
     def _to_host(self) -> None:
         """Move the records still on an accelerator to the CPU: one copy per column and device."""
