@@ -423,9 +423,9 @@ class _Runner:
     def _view(self, x):
         return x.reshape(*self.batch, *self.op.signal_shape)
 
-    def _diverging(self, f, f0, active):
-        """Samples whose loss is non-finite or grew past DIVERGENCE_FACTOR × its start (no sync)."""
-        return active & (~torch.isfinite(f) | ((f - f0) > DIVERGENCE_FACTOR * f0.abs().clamp_min(self.f_floor)))
+    def _diverging(self, f, active):
+        """Samples whose loss is non-finite or grew past f₀ + DIVERGENCE_FACTOR·max(|f₀|, floor) (no sync)."""
+        return active & (~torch.isfinite(f) | (f > self.f_limit))
 
     def _raise_divergence(self, t, f, f0, x_prev, bad):
         """Raise DivergenceError for the first diverging sample, naming the knob to turn."""
@@ -476,6 +476,7 @@ class _Runner:
         self.f_floor = 1e-12 * float(self.data.y_pos.abs().mean()) ** (2 if self.loss.scale_power == 2 else 1) \
             if self.data.y_pos.numel() else 1e-300
         self.f_floor = max(self.f_floor, 1e-300)
+        self.f_limit = f0 + DIVERGENCE_FACTOR * f0.abs().clamp_min(self.f_floor)
         gnorm = norm2(G).sqrt()
         self._record(0, x, f, gnorm, zero, res)
 
@@ -505,7 +506,7 @@ class _Runner:
                     ev = self.loss.evaluate(x_new, self.data, grad=False)
                     x, f, r = x_new, ev.value, ev.r
                     gnorm_t = None                         # computed only when recorded (one Aᴴ)
-                bad = self._diverging(f, f0, active)
+                bad = self._diverging(f, active)
                 res = self.loss.residual(ev.fields, self.data)
                 step_t = torch.where(active, alpha.to(rdt), zero)
                 if self.tol > 0:

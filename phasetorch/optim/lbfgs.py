@@ -24,6 +24,11 @@ from .base import PhaseOptimizer, backtracking, bview, dot, norm2, where_sample
 __all__ = ["LBFGS", "LBFGSCore"]
 
 
+def _rows_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of real (B, D) tensors as one batched matrix product: shape (B,)."""
+    return torch.bmm(u.unsqueeze(1), v.unsqueeze(2)).reshape(-1)
+
+
 def _real_rows(t: torch.Tensor, lead: int) -> torch.Tensor:
     """A real view of ``t`` with its first ``lead`` dimensions kept and the rest flattened
     (complex entries as (re, im) pairs); no copy for contiguous tensors."""
@@ -116,17 +121,17 @@ class LBFGSCore:
         q = _real_rows(grad, 1).clone()                                # (B, D)
         order = [(head - 1 - j) % M for j in range(count)]            # newest → oldest
         alphas = []
-        for slot in order:
-            a = self.rho[slot] * (S[slot] * q).sum(-1)
-            q = q - a.unsqueeze(-1) * Y[slot]
+        for slot in order:                     # per pair: a batched dot (bmm) and one fused update
+            a = self.rho[slot] * _rows_dot(S[slot], q)
+            q = torch.addcmul(q, a.unsqueeze(-1), Y[slot], value=-1)
             alphas.append(a)
         if order:
             s_n, y_n = S[order[0]], Y[order[0]]
-            yy = (y_n * y_n).sum(-1)
-            q = ((s_n * y_n).sum(-1) / yy.clamp_min(torch.finfo(yy.dtype).tiny)).unsqueeze(-1) * q
+            yy = _rows_dot(y_n, y_n)
+            q = (_rows_dot(s_n, y_n) / yy.clamp_min(torch.finfo(yy.dtype).tiny)).unsqueeze(-1) * q
         for slot, a in zip(reversed(order), reversed(alphas)):       # oldest → newest
-            b = self.rho[slot] * (Y[slot] * q).sum(-1)
-            q = q + (a - b).unsqueeze(-1) * S[slot]
+            b = self.rho[slot] * _rows_dot(Y[slot], q)
+            q = torch.addcmul(q, (a - b).unsqueeze(-1), S[slot])
         q = q.neg_()
         if grad.is_complex():
             return torch.view_as_complex(q.reshape(*grad.shape, 2))
