@@ -401,9 +401,9 @@ def _cli_preprocessing(choice: Optional[str], algorithm: Optional[str], init: Op
     start is spectral, ``preset`` for the algorithm's own (paper) default, or the name given.
 
     The papers' starts (identity for WF and GS, trimmed for TWF, RWF's truncation) were designed for
-    Gaussian data; on coded-diffraction images a few huge low-frequency intensities dominate them
-    (e.g. the bundled 64² image with 4 masks: TWF, RWF, GS end at relative error ≈ 1.3 and WF
-    diverges; from the ``optimal`` start all four recover it).
+    Gaussian data and fail on coded-diffraction images with few masks (the bundled 64² image with 4
+    masks: TWF, RWF, GS end at relative error ≈ 1.3 and WF diverges; from the ``optimal`` start
+    all four recover it).
     """
     if choice == "preset":
         return None
