@@ -161,3 +161,20 @@ def test_delta50_interpolation_and_power_law_fit():
     grid = [{"T": T, "N": N, "seconds": 1e-6 * T ** 2 * N} for T in (10, 20, 40) for N in (100, 1000)]
     a, b, c = bench._fit_power_law(grid)
     assert a == pytest.approx(2.0) and b == pytest.approx(1.0) and math.exp(c) == pytest.approx(1e-6)
+
+
+def test_iteration_cost_script_reports_every_preset(tmp_path):
+    """scripts/iteration_cost.py runs (tiny size, one repeat) and reports each preset and the start."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "scripts" / "iteration_cost.py"
+    spec = importlib.util.spec_from_file_location("iteration_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cost.json"
+    assert mod.main(["--n", "8", "--max-iter", "40", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    names = [r["algorithm"] for r in data["rows"]]
+    assert names == list(mod.PRESETS) + ["spectral_init"]
+    for r in data["rows"][:-1]:
+        assert 1 <= r["iterations"] <= 40 and r["total_s"] > 0 and r["start_s"] > 0
+    assert data["rows"][-1]["products"] >= 1 and data["rows"][-1]["seconds"] > 0
