@@ -409,11 +409,15 @@ def _cli_preprocessing(choice: Optional[str], algorithm: Optional[str], init: Op
         return None
     if choice is not None:
         return choice
-    from .operators import OversampledFourier
     from .optim import PRESETS
-    name = algorithm or ("hio" if isinstance(op, OversampledFourier) else "raf")
-    start = init or PRESETS[name].init
+    start = init or PRESETS[algorithm or default_algorithm(op)].init
     return "optimal" if start == "spectral" else None
+
+
+def default_algorithm(op) -> str:
+    """The reconstruction jobs' algorithm when none is named: HIO for Fourier magnitudes, else RAF."""
+    from .operators import OversampledFourier
+    return "hio" if isinstance(op, OversampledFourier) else "raf"
 
 
 def reconstruction_job(op, y: torch.Tensor, out, *, x_true: Optional[torch.Tensor] = None,
@@ -442,7 +446,7 @@ def reconstruction_job(op, y: torch.Tensor, out, *, x_true: Optional[torch.Tenso
     outp.mkdir(parents=True, exist_ok=True)
     fourier = isinstance(op, OversampledFourier)
     if algorithm is None:
-        algorithm = "hio" if fourier else "raf"
+        algorithm = default_algorithm(op)
     k = len(op.signal_shape)
     kwargs: Dict[str, Any] = dict(algorithm=algorithm, max_iter=int(iters), x_true=x_true, progress=progress,
                                   seed=seed)

@@ -96,6 +96,7 @@ class TrainingLog:
         self.batch_size = math.prod(self.batch_shape)
         self.config: Dict[str, Any] = dict(config or {})
         self._columns: List[str] = ["iteration"]
+        self._on_device = False                 # whether some record still lives on an accelerator
         self._data: Dict[str, List[Any]] = {"iteration": []}
         for c in columns or ():
             self._add_column(c)
@@ -153,6 +154,8 @@ class TrainingLog:
 
     def _push(self, iteration: int, rows: Dict[str, Any]) -> None:
         """Append one validated record; columns absent from ``rows`` get NaN."""
+        self._on_device = self._on_device or any(isinstance(v, torch.Tensor) and v.device.type != "cpu"
+                                                 for v in rows.values())
         self._data["iteration"].append(iteration)
         for name in self._columns[1:]:
             if name in rows:
@@ -178,7 +181,11 @@ class TrainingLog:
         self._push(int(iteration), rows)
 
     def _to_host(self) -> None:
-        """Move the records still on an accelerator to the CPU: one copy per column and device."""
+        """Move the records still on an accelerator to the CPU: one copy per column and device
+        (nothing to do, and no walk over the records, once they are all on the host)."""
+        if not self._on_device:
+            return
+        self._on_device = False
         for name in self._columns[1:]:
             rows = self._data[name]
             if name in SCALAR_COLUMNS:

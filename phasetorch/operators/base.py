@@ -194,8 +194,9 @@ class MeasurementOperator(nn.Module):
     # ------------------------------------------------------------------ checks
     def _check(self, t: torch.Tensor, shape: Shape, what: str) -> None:
         probe = self._buffers["_dtype_probe"]
-        if (isinstance(t, torch.Tensor) and t.device == probe.device and tuple(t.shape[t.dim() - len(shape):]) == shape
-                and t.dim() >= len(shape) and (t.dtype == probe.dtype or real_dtype_of(t.dtype) == probe.dtype)):
+        if (isinstance(t, torch.Tensor) and t.device == probe.device and t.dim() >= len(shape)
+                and tuple(t.shape[t.dim() - len(shape):]) == shape
+                and (t.dtype == probe.dtype or real_dtype_of(t.dtype) == probe.dtype)):
             return                                                   # the common case, checked in one go
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{type(self).__name__}: expected a torch.Tensor {what}, got {type(t).__name__}")
