@@ -7,20 +7,20 @@ dimensions are batch dimensions and everything is per sample; errors and overlap
 modulo the global phase (sign for real signals). See the README's "Conventions" section.
 """
 
-from .operators import (MeasurementOperator, GaussianMeasurement, GaussianEnsemble, MatrixMeasurement,
+from .physics import (MeasurementOperator, GaussianMeasurement, GaussianEnsemble, MatrixMeasurement,
                         CodedDiffraction, StructuredRandom, OversampledFourier, LinkMeasurement,
                         save_operator, load_operator)
-from .noise import PoissonNoise, GaussianNoise
-from .spectral import spectral_init, SpectralInfo
+from .physics.noise import PoissonNoise, GaussianNoise
+from .init.spectral import spectral_init, SpectralInfo
 from .errors import DivergenceError
 from .logs import TrainingLog
 from .solve import reconstruct, Reconstruction
-from . import operators, metrics, noise, preprocessing, spectral, losses, optim, logs, theory
+from . import physics, init, metrics, losses, optim, logs, io, phantoms, theory
 
 __version__ = "0.1.0"
 
 __all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement",
            "CodedDiffraction", "StructuredRandom", "OversampledFourier", "LinkMeasurement", "save_operator",
            "load_operator", "PoissonNoise", "GaussianNoise", "spectral_init", "SpectralInfo", "DivergenceError",
-           "TrainingLog", "reconstruct", "Reconstruction", "operators", "metrics", "noise", "preprocessing",
-           "spectral", "losses", "optim", "logs", "theory"]
+           "TrainingLog", "reconstruct", "Reconstruction", "physics", "init", "metrics", "losses", "optim", "logs",
+           "io", "phantoms", "theory"]

@@ -14,8 +14,8 @@ Measurement files
 -----------------
 ``phasetorch simulate`` writes, and ``phasetorch reconstruct --measurements`` reads, a pair of files:
 
-* ``operator.pt`` — the forward model, written by :func:`phasetorch.operators.save_operator` and
-  read by :func:`phasetorch.operators.load_operator` (its ``config()`` plus its random parts).
+* ``operator.pt`` — the forward model, written by :func:`phasetorch.physics.save_operator` and
+  read by :func:`phasetorch.physics.load_operator` (its ``config()`` plus its random parts).
 * ``measurements.pt`` — a dict saved with :func:`torch.save` (load it with ``torch.load(path, weights_only=True)``)::
 
       {"format": "phasetorch.measurements", "version": 1,

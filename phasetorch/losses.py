@@ -47,7 +47,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .operators.base import MeasurementOperator
+from .physics.base import MeasurementOperator
 
 __all__ = ["MeasurementData", "Evaluation", "Fields", "PhaseRetrievalLoss", "IntensityLoss", "AmplitudeLoss",
            "PoissonLoss", "TruncatedPoissonLoss", "TruncatedAmplitudeLoss", "ReweightedAmplitudeLoss", "LOSSES",

@@ -36,7 +36,7 @@ import torch
 from .errors import DivergenceError
 from .logs import TrainingLog
 from .losses import AmplitudeLoss, check_intensities
-from .operators.base import MeasurementOperator, make_generator, real_dtype_of
+from .physics.base import MeasurementOperator, make_generator, real_dtype_of
 from .optim.base import norm2, where_sample
 from .optim.gradient import GradientCore
 from .optim.lbfgs import LBFGSCore
@@ -144,12 +144,12 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
 
     Parameters
     ----------
-    op : a :class:`~phasetorch.operators.MeasurementOperator`.
+    op : a :class:`~phasetorch.physics.MeasurementOperator`.
     y : intensities, shape ``(*batch, *op.measurement_shape)``, real, finite, same dtype/device as
         ``op``. Negative values (noise) are allowed; each loss documents how it treats them.
     algorithm : a preset name: ``wf``, ``twf``, ``rwf``, ``taf``, ``raf`` (default), ``af``, ``gs``,
         ``hio``, ``lbfgs`` (:mod:`phasetorch.optim.presets` lists losses, steps, inits, papers).
-    init : ``"spectral"`` (:func:`phasetorch.spectral.spectral_init` with the preset's
+    init : ``"spectral"`` (:func:`phasetorch.init.spectral.spectral_init` with the preset's
         preprocessing), ``"random"`` (random phases back-projected, x₀ = Aᴴ(√y₊ e^{iφ}) rescaled to
         ‖x₀‖² = mean(y₊)/e), or a tensor (shape ``signal_shape`` or ``(*batch, *signal_shape)``,
         used as given; with a real signal a complex start is rotated by its best global phase and
@@ -179,7 +179,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
     nonnegative : project onto x ≥ 0 (implies ``real_signal``).
     seed, generator : randomness of the initialisation (``spectral``: Lanczos start; ``random``:
         the phases). Same seed → bit-identical results on CPU.
-    spectral_options : extra keyword arguments for :func:`phasetorch.spectral.spectral_init`
+    spectral_options : extra keyword arguments for :func:`phasetorch.init.spectral.spectral_init`
         (e.g. ``{"tol": 1e-3}`` for a cheaper start, ``{"solver": "power"}``, ``{"whiten": False}``);
         they override the preset's own (only ``lbfgs`` has one: ``{"tol": 0.1}``).
     **options : preset hyper-parameters — ``tau0``, ``mu_max`` (wf); ``alpha_lb``, ``alpha_ub``,
@@ -265,7 +265,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
         x0 = _signal_tensor(init, op, batch, B, "init").clone()
         init_name = "tensor"
     elif init == "spectral":
-        from .spectral import spectral_init
+        from .init.spectral import spectral_init
         pre = preset.preprocessing if preprocessing is None else preprocessing
         g = make_generator(seed, generator)
         kw = {**preset.spectral, **(spectral_options or {})}

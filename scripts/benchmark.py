@@ -5,17 +5,20 @@
                                 [--device cpu|cuda] [--rows 1,2,...] [--repeats N] [--no-peers]
 
 The peers are optional (``pip install -e '.[bench]'``, best in a separate virtualenv). The harness
-itself is :mod:`phasetorch.bench` (importable: the tests and ``phasetorch bench`` call it).
+itself is ``benchmarks/harness.py`` of the source checkout (not installed with the package).
 """
 
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 try:
-    from phasetorch.bench import main
-except ImportError:  # a source checkout that is not installed: use the package next to this script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from phasetorch.bench import main
+    import phasetorch  # noqa: F401  (installed, or the checkout below)
+except ImportError:
+    sys.path.insert(1, str(ROOT))
+
+from harness import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ For each δ in --deltas and λ in --l2s: a multi-seed simulation on real Gaussia
 then OUT/comparison.png — overlap, estimation error and training loss versus iteration, DMFT lines
 over the simulation mean ± 2 SE — and OUT/comparison.json with the sup gaps. After Chen & Shen,
 "Learning single index model with gradient descent: spectral initialization and precise
-asymptotics", arXiv 2509.23527 (2025). All logic is in phasetorch.demo.theory_comparison.
+asymptotics", arXiv 2509.23527 (2025). All logic is in phasetorch.app.demo.theory_comparison.
 
 Example (about 10 minutes on 2 CPU cores with the defaults):
     python scripts/compare_theory.py --out out/theory
@@ -16,8 +16,8 @@ Example (about 10 minutes on 2 CPU cores with the defaults):
 import argparse
 import sys
 
-from phasetorch.cli import Echo, resolve_device
-from phasetorch.demo import theory_comparison
+from phasetorch.app.cli import Echo, resolve_device
+from phasetorch.app.demo import theory_comparison
 
 
 def run(argv):

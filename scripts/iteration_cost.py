@@ -27,8 +27,8 @@ except ImportError:  # a source checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from phasetorch import reconstruct
-from phasetorch.operators import GaussianMeasurement
-from phasetorch.spectral import spectral_init
+from phasetorch.physics import GaussianMeasurement
+from phasetorch.init.spectral import spectral_init
 
 PRESETS = ("wf", "twf", "rwf", "taf", "raf", "af", "gs", "lbfgs")
 

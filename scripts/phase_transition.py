@@ -15,7 +15,7 @@ Writes results.json and phase_transition.png into --out.
 
 import sys
 
-from phasetorch.cli import main_with_defaults
+from phasetorch.app.cli import main_with_defaults
 
 DEFAULTS = {"--deltas": "1:8:0.25", "--algorithms": "wf,twf,taf,raf,lbfgs", "--trials": "20", "--dim": "64",
             "--field": "complex", "--tol": "1e-5", "--iters": "1000"}

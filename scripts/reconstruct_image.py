@@ -17,7 +17,7 @@ summary.json into --out, and prints the final relative error and PSNR.
 
 import sys
 
-from phasetorch.cli import main, main_with_defaults
+from phasetorch.app.cli import main, main_with_defaults
 from phasetorch.io import bundled
 
 DEFAULTS = {"--masks": "6", "--noise": "poisson:1e8", "--iters": "300", "--size": "96"}

@@ -15,7 +15,7 @@ Writes log.json and log.csv into --out and prints the final overlap (mean ± SE 
 
 import sys
 
-from phasetorch.cli import main_with_defaults
+from phasetorch.app.cli import main_with_defaults
 
 DEFAULTS = {"--delta": "4", "--dim": "2000", "--seeds": "8", "--steps": "100", "--l2": "0.1", "--step": "0.1",
             "--preprocessing": "optimal"}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from phasetorch import cli
+from phasetorch.app import cli
 from phasetorch import io as pio
-from phasetorch.cli import main
+from phasetorch.app.cli import main
 from phasetorch.phantoms import shepp_logan
 
 SUBCOMMANDS = ("demo", "simulate", "reconstruct", "train", "theory", "sweep")
@@ -126,7 +126,7 @@ def test_simulate_then_reconstruct_from_files(capsys, tmp_path, image):
 
 
 def test_reconstruct_measurements_without_truth(capsys, tmp_path):
-    from phasetorch.operators import GaussianMeasurement, save_operator
+    from phasetorch.physics import GaussianMeasurement, save_operator
 
     op = GaussianMeasurement(10, 60, seed=3)
     x = torch.randn(10, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
@@ -276,7 +276,7 @@ def test_bench_without_the_script_is_a_clean_error(capsys, tmp_path, monkeypatch
 
 
 def test_bench_locates_the_repository_script():
-    assert cli.benchmark_script() == Path(cli.__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+    assert cli.benchmark_script() == Path(cli.__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 
 
 # ------------------------------------------------------------------------------------ demo

@@ -16,10 +16,10 @@ import torch
 import phasetorch as pt
 from phasetorch import reconstruct
 from phasetorch.losses import LOSSES
-from phasetorch.noise import GaussianNoise, PoissonNoise
-from phasetorch.operators import (CodedDiffraction, GaussianEnsemble, GaussianMeasurement, LinkMeasurement,
+from phasetorch.physics.noise import GaussianNoise, PoissonNoise
+from phasetorch.physics import (CodedDiffraction, GaussianEnsemble, GaussianMeasurement, LinkMeasurement,
                                   MatrixMeasurement, OversampledFourier, StructuredRandom)
-from phasetorch.spectral import spectral_init
+from phasetorch.init.spectral import spectral_init
 
 #: PHASETORCH_TEST_DEVICE=cpu runs this file's own logic on the CPU (CPU against CPU: a dry run).
 CUDA = torch.device(os.environ.get("PHASETORCH_TEST_DEVICE", "cuda"))
@@ -217,7 +217,7 @@ def test_simulate_on_cuda_matches_cpu():
 def test_cli_reconstruct_on_cuda(tmp_path, capsys):
     import json
     from phasetorch import io as pio
-    from phasetorch.cli import main
+    from phasetorch.app.cli import main
     from phasetorch.phantoms import shepp_logan
     image = pio.save_image(shepp_logan(32), tmp_path / "phantom.png", normalise=False)
     out = tmp_path / "rec"

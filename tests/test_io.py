@@ -8,7 +8,7 @@ import torch
 from torchvision.io import write_jpeg, write_png
 
 from phasetorch import io as pio
-from phasetorch.operators import CodedDiffraction, GaussianMeasurement
+from phasetorch.physics import CodedDiffraction, GaussianMeasurement
 from phasetorch.phantoms import complex_object, make_bundled_data, shepp_logan
 
 

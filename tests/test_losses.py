@@ -5,7 +5,7 @@ import torch
 
 from phasetorch.losses import (LOSSES, AmplitudeLoss, IntensityLoss, PoissonLoss, ReweightedAmplitudeLoss,
                                TruncatedAmplitudeLoss, TruncatedPoissonLoss)
-from phasetorch.operators import CodedDiffraction, GaussianMeasurement, OversampledFourier
+from phasetorch.physics import CodedDiffraction, GaussianMeasurement, OversampledFourier
 
 F64 = torch.float64
 
@@ -231,7 +231,7 @@ def test_fused_pass_gives_the_two_product_evaluation(name, complex_, monkeypatch
     """evaluate() forms w ⊙ g block by block in one op.linear_adjoint pass when the operator fuses
     (forced here on a small matrix, 7 rows per block): values, gradients, r and weights must equal
     the two-product path (r given → only the adjoint is applied)."""
-    from phasetorch.operators import matrix as dense_module
+    from phasetorch.physics import matrix as dense_module
     monkeypatch.setattr(dense_module, "FUSE_MIN_BYTES", 0)
     op, x, y = _problem(complex_)
     monkeypatch.setattr(dense_module, "FUSE_BLOCK_BYTES", 7 * op.n * (16 if complex_ else 8))

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from phasetorch.noise import GaussianNoise, PoissonNoise
-from phasetorch.operators import CodedDiffraction
+from phasetorch.physics.noise import GaussianNoise, PoissonNoise
+from phasetorch.physics import CodedDiffraction
 
 F64 = torch.float64
 

@@ -4,10 +4,10 @@ import warnings
 import pytest
 import torch
 
-from phasetorch.operators import (CodedDiffraction, GaussianMeasurement, LinkMeasurement, MatrixMeasurement,
+from phasetorch.physics import (CodedDiffraction, GaussianMeasurement, LinkMeasurement, MatrixMeasurement,
                                   OversampledFourier, StructuredRandom, load_operator, save_operator)
-from phasetorch.operators import links
-from phasetorch.operators.io import REGISTRY, operator_from_config
+from phasetorch.physics import links
+from phasetorch.physics.io import REGISTRY, operator_from_config
 
 F64 = torch.float64
 C128 = torch.complex128
@@ -410,7 +410,7 @@ def _measurewise(op):
 @pytest.mark.parametrize("force_fusion", [False, True])
 @pytest.mark.parametrize("name", FACTORIES)
 def test_linear_adjoint_equals_the_two_products(name, force_fusion, monkeypatch):
-    from phasetorch.operators import matrix as dense_module
+    from phasetorch.physics import matrix as dense_module
     if force_fusion:                       # fuse even these small matrices, in several row blocks
         monkeypatch.setattr(dense_module, "FUSE_MIN_BYTES", 0)
         monkeypatch.setattr(dense_module, "FUSE_BLOCK_BYTES", 64)
@@ -434,7 +434,7 @@ def test_linear_adjoint_equals_the_two_products(name, force_fusion, monkeypatch)
 
 
 def test_fusion_needs_two_signals_and_a_large_matrix():
-    from phasetorch.operators.matrix import FUSE_MIN_BYTES, fuse_pays
+    from phasetorch.physics.matrix import FUSE_MIN_BYTES, fuse_pays
     big = torch.zeros(FUSE_MIN_BYTES // 8, 1, dtype=F64)
     assert fuse_pays(big, 2) and not fuse_pays(big, 1) and not fuse_pays(big[:-1], 2)
     assert GaussianMeasurement(4, 9, seed=0, streamed=True, block_rows=4).fuses(1)   # one RNG pass instead of two

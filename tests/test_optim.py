@@ -7,7 +7,7 @@ import phasetorch as pt
 from phasetorch import optim
 from phasetorch.losses import (AmplitudeLoss, IntensityLoss, ReweightedAmplitudeLoss, TruncatedAmplitudeLoss,
                                TruncatedPoissonLoss)
-from phasetorch.operators import CodedDiffraction, GaussianMeasurement, OversampledFourier
+from phasetorch.physics import CodedDiffraction, GaussianMeasurement, OversampledFourier
 
 F64 = torch.float64
 

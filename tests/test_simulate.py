@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from phasetorch.logs import TrainingLog
-from phasetorch.operators import GaussianMeasurement, load_operator, save_operator
-from phasetorch.operators.ensemble import GaussianEnsemble
+from phasetorch.physics import GaussianMeasurement, load_operator, save_operator
+from phasetorch.physics.ensemble import GaussianEnsemble
 from phasetorch.theory import compare, dmft, overlay, simulate, spectral_overlap
 from phasetorch.theory.compare import failed_seeds
 

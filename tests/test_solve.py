@@ -6,7 +6,7 @@ import torch
 import phasetorch as pt
 from phasetorch import DivergenceError, reconstruct
 from phasetorch.losses import IntensityLoss
-from phasetorch.operators import CodedDiffraction, GaussianMeasurement, OversampledFourier
+from phasetorch.physics import CodedDiffraction, GaussianMeasurement, OversampledFourier
 from phasetorch.optim import PRESETS
 
 F64 = torch.float64
@@ -307,7 +307,7 @@ def test_an_ensemble_equals_member_runs(algorithm):
 def test_fused_batch_equals_unfused_single_runs(algorithm, monkeypatch):
     """A batch through a dense operator that fuses its products (forced on this small matrix; a
     batch of 3 fuses, single signals do not) gives what single two-product runs give."""
-    from phasetorch.operators import matrix as dense_module
+    from phasetorch.physics import matrix as dense_module
     monkeypatch.setattr(dense_module, "FUSE_MIN_BYTES", 0)
     monkeypatch.setattr(dense_module, "FUSE_BLOCK_BYTES", 50 * 32 * 16)
     op, xs, y = _complex_gaussian(32, B=3)

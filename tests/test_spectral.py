@@ -1,4 +1,4 @@
-"""Spectral initialization (phasetorch.spectral) and the batched eigensolvers (phasetorch.eigensolvers)."""
+"""Spectral initialization (phasetorch.init.spectral) and the batched eigensolvers (phasetorch.init.eigensolvers)."""
 
 import math
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from phasetorch import spectral_init
-from phasetorch.eigensolvers import lanczos_top, power_top
-from phasetorch.operators import GaussianMeasurement
-from phasetorch.operators.base import MeasurementOperator
-from phasetorch.preprocessing import NAMES, preprocess
-from phasetorch.spectral import SpectralInfo, count_matvecs, spectral_matrix
+from phasetorch.init.eigensolvers import lanczos_top, power_top
+from phasetorch.physics import GaussianMeasurement
+from phasetorch.physics.base import MeasurementOperator
+from phasetorch.init.preprocessing import NAMES, preprocess
+from phasetorch.init.spectral import SpectralInfo, count_matvecs, spectral_matrix
 
 F64 = torch.float64
 
@@ -337,7 +337,7 @@ def test_whitening_default_follows_the_operator():
 
 
 def test_coded_diffraction_images_and_whitening():
-    from phasetorch.operators import CodedDiffraction
+    from phasetorch.physics import CodedDiffraction
 
     class WhitenedCDP(CodedDiffraction):
         def gram_diagonal(self):                              # diag(AᴴA) = Σ_l |d_l|² (F unitary)
@@ -456,7 +456,7 @@ def test_complex_gaussian_optimal_overlap_matches_theory():
 
 def test_ensemble_operator_batch_equals_members():
     """A GaussianEnsemble (batch dimension indexes the matrix) gives each member's own spectral start."""
-    from phasetorch.operators import GaussianEnsemble
+    from phasetorch.physics import GaussianEnsemble
     op = GaussianEnsemble(40, 160, 3, seeds=[1, 2, 3], dtype=torch.float64)
     x = torch.randn(3, 40, dtype=torch.complex128, generator=torch.Generator().manual_seed(5))
     y = op(x)
@@ -467,7 +467,7 @@ def test_ensemble_operator_batch_equals_members():
 
 
 def test_coded_diffraction_gram_diagonal_matches_probing():
-    from phasetorch.operators import CodedDiffraction
+    from phasetorch.physics import CodedDiffraction
     op = CodedDiffraction((5, 6), 3, seed=2, dtype=torch.float64)
     eye = torch.eye(30, dtype=torch.complex128).reshape(30, 5, 6)
     cols = op.linear(eye)                      # column j of A, for each unit vector e_j
@@ -479,7 +479,7 @@ def test_coded_diffraction_gram_diagonal_matches_probing():
 def test_fused_products_give_the_same_start_and_counts(solver, monkeypatch):
     """Dense operators apply D = (1/m)Aᴴdiag(T)A in one fused pass for a batch (forced here on a
     small matrix): same estimate, and count_matvecs counts a pass as one linear + one adjoint."""
-    from phasetorch.operators import matrix as dense_module
+    from phasetorch.physics import matrix as dense_module
     op = GaussianMeasurement(24, 192, complex=True, seed=4, dtype=F64)
     g = torch.Generator().manual_seed(9)
     y = op(torch.view_as_complex(torch.randn(3, 24, 2, generator=g, dtype=F64)))

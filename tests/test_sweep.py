@@ -1,11 +1,11 @@
-"""Tests of phasetorch.sweep: grids, seeds, resumable storage, a real tiny sweep, the figure."""
+"""Tests of phasetorch.app.sweep: grids, seeds, resumable storage, a real tiny sweep, the figure."""
 
 import json
 
 import pytest
 import torch
 
-from phasetorch import sweep as sw
+from phasetorch.app import sweep as sw
 
 
 def test_parse_grid_inclusive_range_and_lists():

@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from ..operators.base import MeasurementOperator
+from ..physics.base import MeasurementOperator
 from .base import PhaseOptimizer, bview, dot, norm2
 
 __all__ = ["GerchbergSaxton", "HybridInputOutput", "Constraint", "LeastSquares", "tight_frame_constant",

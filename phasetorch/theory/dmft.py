@@ -652,7 +652,7 @@ def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Calla
             Candès ramp μ_t = min(1 − e^{−t/330}, 0.2).
         l2: λ of the ridge term.
         steps: number of GD iterations T (prediction for t = 0..T).
-        preprocessing: a name of :mod:`phasetorch.preprocessing` or a callable T(ŷ).
+        preprocessing: a name of :mod:`phasetorch.init.preprocessing` or a callable T(ŷ).
             ``"identity"`` is refused (no outlier eigenvalue in the proportional limit: the
             eigenvector localises); rank-based names need an elementwise form from
             ``spectral_limits``.
@@ -696,7 +696,7 @@ def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Calla
         raise ValueError("preprocessing 'identity' (Candès WF, T(y) = y) has no outlier eigenvalue in the proportional "
                          "limit: T is unbounded, the top eigenvector localises and its overlap ρ → 0 as n grows, so "
                          "the spectral start and this DMFT do not apply. Use 'optimal', 'mm', 'trimmed' or 'clipped'.")
-    from ..preprocessing import elementwise
+    from ..init.preprocessing import elementwise
 
     name = preprocessing if isinstance(preprocessing, str) else getattr(preprocessing, "__name__", "callable")
     lam_star = rho = eigenvalue = None

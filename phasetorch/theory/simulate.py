@@ -2,9 +2,9 @@ r"""Finite-dimensional simulations of spectral-initialised gradient descent, man
 
 The protocol of theory.md §6 (the experiment :func:`phasetorch.theory.dmft` predicts): for each
 seed, a Gaussian matrix A ∈ ℝ^{m×n} (or ℂ, ``field="complex"``) with m = round(δ·n), E|A_ij|² = 1
-(:class:`~phasetorch.operators.GaussianMeasurement` conventions), a signal x* uniform on the unit
+(:class:`~phasetorch.physics.GaussianMeasurement` conventions), a signal x* uniform on the unit
 sphere, intensities y = |Ax*|² + σε (ε ~ N(0,1), ``noise`` = σ), the spectral start
-x₀ = √(mean y)·v̂ (:func:`phasetorch.spectral.spectral_init` with the chosen preprocessing; v̂'s sign /
+x₀ = √(mean y)·v̂ (:func:`phasetorch.init.spectral.spectral_init` with the chosen preprocessing; v̂'s sign /
 global phase is aligned with x* by the oracle — gradient descent is equivariant under x → e^{iφ}x,
 so this changes only the sign of the ``inner`` column, which then estimates the theory's m(t)),
 then ``reconstruct(op, y, algorithm="wf", init=x₀, step=step, l2=l2, max_iter=steps, tol=0)``:
@@ -12,7 +12,7 @@ x_{t+1} = x_t − (μ/‖x₀‖²) ∇f(x_t), f = (1/4m) Σ(|a_iᴴx|² − y_i
 flow; Candès, Li & Soltanolkotabi 2015; Chen & Shen 2025 for its DMFT), without early stopping.
 
 All seeds run as **one batch**: the matrices live in one
-:class:`~phasetorch.operators.ensemble.GaussianEnsemble` (problem k uses exactly
+:class:`~phasetorch.physics.ensemble.GaussianEnsemble` (problem k uses exactly
 ``GaussianMeasurement(n, m, seed=seeds[k])``), so each GD step is one batched product.
 """
 
@@ -23,8 +23,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..operators.base import make_generator
-from ..operators.ensemble import GaussianEnsemble
+from ..physics.base import make_generator
+from ..physics.ensemble import GaussianEnsemble
 
 __all__ = ["simulate", "derived_seed"]
 
@@ -96,7 +96,7 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
     Raises :class:`phasetorch.errors.DivergenceError` if a run diverges (step too large).
     """
     from ..solve import reconstruct
-    from ..spectral import spectral_init
+    from ..init.spectral import spectral_init
 
     delta = float(delta)
     if not math.isfinite(delta) or delta <= 0:

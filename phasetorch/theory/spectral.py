@@ -1,7 +1,7 @@
 r"""Asymptotics of spectral initialization for Gaussian phase retrieval (proportional limit).
 
 Model (the library's units, theory.md §1–2): a_i ~ N(0, I_n) real or CN(0, I_n) complex
-(E|A_ij|² = 1, :class:`~phasetorch.operators.GaussianMeasurement`), ‖x*‖ = 1, S = ⟨a_i, x*⟩,
+(E|A_ij|² = 1, :class:`~phasetorch.physics.GaussianMeasurement`), ‖x*‖ = 1, S = ⟨a_i, x*⟩,
 Y = |S|² (+ σε, ε ~ N(0, 1), ``noise=σ``), δ = m/n. The spectral matrix is
 D = (1/m) Σ_i T(ŷ_i) a_i a_iᴴ with ŷ = y/mean(y); here E y = 1 so ŷ → Y. With Z = T(Y) and
 z_max = sup Z, for λ > z_max (Lu & Li 2017, "Phase transitions of spectral initialization for
@@ -32,8 +32,8 @@ found by a bracketed root search in δ on the formula. The complex field replace
   Y = |S|² + σε and by E[|S|²|Y = y], both computed by an inner rule over |y − |S|²| ≤ 10σ (all the
   expectations are affine in |S|² given Y).
 
-Preprocessing T (names of :mod:`phasetorch.preprocessing`, acting on ŷ): ``optimal``, ``mm``,
-``trimmed``, ``clipped`` use :func:`phasetorch.preprocessing.elementwise`. The rank-based
+Preprocessing T (names of :mod:`phasetorch.init.preprocessing`, acting on ŷ): ``optimal``, ``mm``,
+``trimmed``, ``clipped`` use :func:`phasetorch.init.preprocessing.elementwise`. The rank-based
 ``orthogonality`` (top ⌈m/6⌉ of ŷ) becomes, in the limit, the indicator 1{ŷ ≥ t} with t the
 population quantile P(Y ≥ t) = 1/6 (computed by root finding on the same quadrature). ``identity``
 (T = ŷ) and ``weighted`` (T = ŷ^{1/4} on the top 3/13) are unbounded: Lu–Li needs sup T < ∞; for
@@ -56,7 +56,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .. import preprocessing as _pp
+from ..init import preprocessing as _pp
 from .quadrature import brentq, composite_legendre, find_bracket
 
 __all__ = ["SpectralLimits", "spectral_limits", "spectral_overlap", "spectral_threshold", "rank_threshold",
@@ -244,7 +244,7 @@ def _evaluate(T: Callable, y: torch.Tensor) -> torch.Tensor:
     z = z.to(_F64)
     if not torch.isfinite(z).all():
         raise ValueError("the preprocessing returned NaN or inf on the support of ŷ; make T finite "
-                         "(e.g. floor small intensities as phasetorch.preprocessing does)")
+                         "(e.g. floor small intensities as phasetorch.init.preprocessing does)")
     return z
 
 
@@ -420,7 +420,7 @@ def spectral_limits(delta: float, preprocessing: Union[str, Callable] = "optimal
     Parameters
     ----------
     delta : δ = m/n (> 0).
-    preprocessing : a name of :mod:`phasetorch.preprocessing` (except the unbounded ``identity`` and
+    preprocessing : a name of :mod:`phasetorch.init.preprocessing` (except the unbounded ``identity`` and
         ``weighted``) or a bounded callable T(ŷ).
     field : ``"real"`` (S ~ N(0,1), Y = S²) or ``"complex"`` (|S|² ~ Exp(1)).
     noise : σ of additive Gaussian noise on the intensities, Y = |S|² + σε.

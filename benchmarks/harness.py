@@ -493,7 +493,7 @@ def _short_error(err: BaseException) -> str:
 # ============================================================================ row 1: roofline
 def row_roofline(ctx: Context) -> dict:
     cfg = ctx.settings(1)
-    from phasetorch.operators import CodedDiffraction, GaussianMeasurement
+    from phasetorch.physics import CodedDiffraction, GaussianMeasurement
 
     n, m = cfg["n"], cfg["n"] * cfg["delta"]
     dev = ctx.device
@@ -569,7 +569,7 @@ def row_roofline(ctx: Context) -> dict:
 
 # ============================================================================ row 2: Gaussian time to 1e-6
 def _gaussian_problem(ctx: Context, n: int, delta: int, seed: int):
-    from phasetorch.operators import GaussianMeasurement
+    from phasetorch.physics import GaussianMeasurement
     op = GaussianMeasurement(n, n * delta, complex=True, seed=seed, dtype=torch.float64).to(ctx.device)
     x = _complex_signal(n, seed + 1).to(ctx.device)
     y = op(x)
@@ -742,7 +742,7 @@ def _count_table(counts: dict, n: int) -> dict:
 # ============================================================================ row 3: CDP time to 1e-5
 def row_cdp_time(ctx: Context) -> dict:
     cfg = ctx.settings(3)
-    from phasetorch.operators import CodedDiffraction
+    from phasetorch.physics import CodedDiffraction
     shape, L, target = tuple(cfg["shape"]), cfg["masks"], cfg["target"]
     op = CodedDiffraction(shape, L, seed=ctx.seed, dtype=torch.float64).to(ctx.device)
     x = _complex_signal(math.prod(shape), ctx.seed + 1, shape=shape).to(ctx.device)
@@ -807,8 +807,8 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def row_spectral(ctx: Context) -> dict:
     cfg = ctx.settings(4)
-    from phasetorch.operators import GaussianMeasurement
-    from phasetorch.spectral import count_matvecs, spectral_init
+    from phasetorch.physics import GaussianMeasurement
+    from phasetorch.init.spectral import count_matvecs, spectral_init
 
     n, m = cfg["n"], cfg["n"] * cfg["delta"]
     op = GaussianMeasurement(n, m, complex=True, seed=ctx.seed).to(ctx.device)     # complex64, deepinv's cfloat
@@ -922,9 +922,9 @@ def row_spectral(ctx: Context) -> dict:
 def _gaussian_ensemble():
     """phasetorch's GaussianEnsemble class (ImportError if it does not exist)."""
     try:
-        from phasetorch.operators import GaussianEnsemble
+        from phasetorch.physics import GaussianEnsemble
     except ImportError:
-        from phasetorch.operators.ensemble import GaussianEnsemble
+        from phasetorch.physics.ensemble import GaussianEnsemble
     return GaussianEnsemble
 
 
@@ -952,7 +952,7 @@ def row_batching(ctx: Context) -> dict:
     to reuse, so on a CPU batching only removes per-call overhead.
     """
     cfg = ctx.settings(5)
-    from phasetorch.operators import GaussianMeasurement
+    from phasetorch.physics import GaussianMeasurement
     reconstruct = _reconstruct()
     B, iters = cfg["batch"], cfg["iters"]
     algorithm = "raf" if "raf" in pt_presets() else pt_presets()[0]
@@ -1225,7 +1225,7 @@ def _pt_successes(reconstruct, ens, X, Y, algorithm, max_iter, thr, seed) -> Tup
     """
     from phasetorch.errors import DivergenceError
     from phasetorch.optim.presets import get_preset
-    from phasetorch.spectral import spectral_init
+    from phasetorch.init.spectral import spectral_init
     kw = dict(algorithm=algorithm, max_iter=max_iter, progress=False, seed=seed)
     count = X.shape[0]
     success = [False] * count

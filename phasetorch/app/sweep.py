@@ -2,7 +2,7 @@ r"""Phase-transition sweeps: empirical success rate versus oversampling δ = m/n
 
 For every algorithm and every δ of a grid, ``trials`` independent problems are drawn — a Gaussian
 operator with n = ``dim`` unknowns and m = round(δ n) measurements (E|A_ij|² = 1, real or complex,
-see :class:`phasetorch.operators.GaussianMeasurement`) and a signal x* with i.i.d. standard
+see :class:`phasetorch.physics.GaussianMeasurement`) and a signal x* with i.i.d. standard
 (real or circular complex) Gaussian entries — noiseless intensities y = |Ax*|² are formed, and the
 algorithm is run from its default initialisation for at most ``max_iter`` iterations. A trial is a
 *success* (a run that diverges — :class:`phasetorch.errors.DivergenceError` — is a failure) when the relative error modulo the global phase,
@@ -37,7 +37,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from .io import load_json, save_figure, save_json
+from ..io import load_json, save_figure, save_json
 
 RESULTS_NAME = "results.json"
 FIGURE_NAME = "phase_transition.png"
@@ -172,10 +172,10 @@ def random_signal(dim: int, field: str, seed: int, dtype: torch.dtype = torch.fl
 
 def run_cell(algorithm: str, delta: float, settings: Dict, device: str = "cpu") -> Dict:
     """Run the ``settings["trials"]`` trials of one cell and return its record (see :class:`SweepResults`)."""
-    from .errors import DivergenceError
-    from .metrics import relative_error
-    from .operators import GaussianMeasurement
-    from .solve import reconstruct
+    from ..errors import DivergenceError
+    from ..metrics import relative_error
+    from ..physics import GaussianMeasurement
+    from ..solve import reconstruct
 
     dim, field = int(settings["dim"]), settings["field"]
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings["dtype"]]
@@ -243,7 +243,7 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
 # ---------------------------------------------------------------------------------------- figure
 def reference_lines(field: str, preprocessing: Optional[str] = None) -> Dict[str, float]:
     """{label: δ} of the theory lines drawn on the plot (spectral threshold, injectivity)."""
-    from .theory import spectral_threshold
+    from ..theory import spectral_threshold
 
     name = preprocessing or "optimal"
     lines = {}
@@ -259,7 +259,7 @@ def reference_lines(field: str, preprocessing: Optional[str] = None) -> Dict[str
 
 def plot_sweep(results: SweepResults, lines: Optional[Dict[str, float]] = None):
     """Success rate vs δ, one curve per algorithm, with vertical theory lines; returns the Figure."""
-    from .io import use_agg
+    from ..io import use_agg
 
     use_agg()
     import matplotlib.pyplot as plt

@@ -4,7 +4,7 @@ Part 1 — imaging. The bundled Grace Hopper photograph (``data/grace_hopper.png
 Shepp–Logan phantom when ``data/`` is absent), resized to 96×96, is the real object x*. Its coded
 diffraction patterns y = |F D_l x*|², l = 1..6 (octanary masks, Candès, Li & Soltanolkotabi 2015)
 are corrupted by Poisson shot noise at 2·10⁷ expected photons in total (about 360 per measurement;
-:class:`phasetorch.noise.PoissonNoise`), and x* is reconstructed by reweighted amplitude flow (RAF,
+:class:`phasetorch.physics.noise.PoissonNoise`), and x* is reconstructed by reweighted amplitude flow (RAF,
 Wang et al. 2018; 100 iterations) from its spectral initialisation (preprocessing ``optimal``,
 Luo, Alghamdi & Lu 2019). Written to ``OUT/reconstruction/``: truth,
 init, reconstruction, error and grid PNGs, convergence.png, log.json, summary.json.
@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import io as pio
+from .. import io as pio
 
 FULL = {"size": 96, "masks": 6, "photons": 2e7, "algorithm": "raf", "iters": 100,
         "delta": 4.0, "dim": 500, "seeds": 8, "steps": 30, "l2": 0.1, "step": 0.1, "preprocessing": "optimal",
@@ -50,7 +50,7 @@ def demo_image(out: Path, image: Optional[str], echo) -> Tuple[str, str]:
     try:
         return str(pio.bundled("grace_hopper")), "bundled Grace Hopper photo (data/grace_hopper.png)"
     except FileNotFoundError:
-        from .phantoms import shepp_logan
+        from ..phantoms import shepp_logan
 
         path = pio.save_image(shepp_logan(256), out / "shepp_logan.png", normalise=False)
         echo("data/ is not present in this installation: using a generated Shepp–Logan phantom")

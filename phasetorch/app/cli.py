@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import io as pio
+from .. import io as pio
 
 ALGORITHMS = ("wf", "twf", "rwf", "taf", "raf", "af", "gs", "hio", "lbfgs")
 MODELS = ("cdp", "gaussian", "structured", "fourier")
@@ -103,9 +103,9 @@ def _device(text: str) -> str:
 def parse_noise(spec: Optional[str]) -> Tuple[str, float]:
     """``none`` | ``poisson:PHOTONS`` | ``gaussian:SIGMA`` → (kind, level).
 
-    PHOTONS is the expected total photon count per measurement set (:class:`phasetorch.noise.PoissonNoise`);
+    PHOTONS is the expected total photon count per measurement set (:class:`phasetorch.physics.noise.PoissonNoise`);
     SIGMA is the noise standard deviation relative to the mean intensity
-    (:class:`phasetorch.noise.GaussianNoise` with ``relative=True``).
+    (:class:`phasetorch.physics.noise.GaussianNoise` with ``relative=True``).
     """
     if spec is None or spec.strip().lower() in ("", "none", "0"):
         return "none", 0.0
@@ -160,14 +160,14 @@ def build_operator(model: str, signal_shape: Sequence[int], *, masks: int = 4, m
                    dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu")):
     """The forward model of ``model`` for a signal of ``signal_shape``.
 
-    * ``cdp``: :class:`~phasetorch.operators.CodedDiffraction` with ``masks`` patterns (δ = L);
-    * ``gaussian``: dense complex (``real=False``) or real :class:`~phasetorch.operators.GaussianMeasurement`
+    * ``cdp``: :class:`~phasetorch.physics.CodedDiffraction` with ``masks`` patterns (δ = L);
+    * ``gaussian``: dense complex (``real=False``) or real :class:`~phasetorch.physics.GaussianMeasurement`
       with m = round(δ n) rows (refused above 2 GiB of matrix);
-    * ``structured``: :class:`~phasetorch.operators.StructuredRandom`, ``layers`` random-phase layers,
+    * ``structured``: :class:`~phasetorch.physics.StructuredRandom`, ``layers`` random-phase layers,
       padded by ``oversampling`` per axis (δ = oversampling^ndim);
-    * ``fourier``: :class:`~phasetorch.operators.OversampledFourier` (CDI, δ = oversampling^ndim).
+    * ``fourier``: :class:`~phasetorch.physics.OversampledFourier` (CDI, δ = oversampling^ndim).
     """
-    from .operators import CodedDiffraction, GaussianMeasurement, OversampledFourier, StructuredRandom
+    from ..physics import CodedDiffraction, GaussianMeasurement, OversampledFourier, StructuredRandom
 
     shape = tuple(int(s) for s in signal_shape)
     if model == "cdp":
@@ -191,7 +191,7 @@ def build_operator(model: str, signal_shape: Sequence[int], *, masks: int = 4, m
 
 def make_noise(kind: str, level: float, seed: int, event_dims: int):
     """The noise module of :func:`parse_noise`'s (kind, level), or None."""
-    from .noise import GaussianNoise, PoissonNoise
+    from ..physics.noise import GaussianNoise, PoissonNoise
 
     if kind == "poisson":
         return PoissonNoise(level, seed=seed, event_dims=event_dims)
@@ -233,7 +233,7 @@ def load_object(path: str, size: Optional[Sequence[int]] = None, phase_image: bo
     Images load as real [0, 1] objects; ``phase_image`` turns an image p into exp(iπp) (a unit-amplitude
     phase object). ``.pt`` files load as stored (complex objects display modulus and phase).
     """
-    from .phantoms import complex_object
+    from ..phantoms import complex_object
 
     if size is not None and len(size) == 1:
         size = int(size[0])
@@ -278,7 +278,7 @@ def simulate_problem(image: str, out: Optional[str] = None, *, model: str = "cdp
     problem = {"op": op, "y": y, "x_true": x, "support": support, "nonnegative": nonneg, "display": display,
                "meta": meta}
     if out is not None:
-        from .operators import save_operator
+        from ..physics import save_operator
 
         outp = Path(out)
         outp.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def _twin(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def resolve_twin(x_hat: torch.Tensor, x_true: torch.Tensor, k: int) -> torch.Tensor:
     """For Fourier magnitudes: x̂ or its twin, whichever is closer to x* per sample (both fit y equally)."""
-    from .metrics import relative_error
+    from ..metrics import relative_error
 
     e1 = relative_error(x_hat, x_true, signal_dims=k)
     tw = _twin(x_hat, k)
@@ -409,14 +409,14 @@ def _cli_preprocessing(choice: Optional[str], algorithm: Optional[str], init: Op
         return None
     if choice is not None:
         return choice
-    from .optim import PRESETS
+    from ..optim import PRESETS
     start = init or PRESETS[algorithm or default_algorithm(op)].init
     return "optimal" if start == "spectral" else None
 
 
 def default_algorithm(op) -> str:
     """The reconstruction jobs' algorithm when none is named: HIO for Fourier magnitudes, else RAF."""
-    from .operators import OversampledFourier
+    from ..physics import OversampledFourier
     return "hio" if isinstance(op, OversampledFourier) else "raf"
 
 
@@ -437,9 +437,9 @@ def reconstruction_job(op, y: torch.Tensor, out, *, x_true: Optional[torch.Tenso
     summary dict. For Fourier data (``OversampledFourier``) the twin x̄(−r) fits y as well as x̂, so
     the one closer to x* is reported.
     """
-    from .metrics import align_phase, overlap, psnr, relative_error
-    from .operators import OversampledFourier
-    from .solve import reconstruct
+    from ..metrics import align_phase, overlap, psnr, relative_error
+    from ..physics import OversampledFourier
+    from ..solve import reconstruct
 
     echo = echo or Echo()
     outp = Path(out)
@@ -564,7 +564,7 @@ def train_job(out, *, delta: float, dim: int, seeds: int, steps: int, l2: float 
     Seeds ``seed, seed+1, …, seed+seeds−1``; ``step=None`` uses the WF preset's schedule. Writes
     ``out/log.json`` and ``out/log.csv``; returns the :class:`~phasetorch.logs.TrainingLog`.
     """
-    from .theory import simulate
+    from ..theory import simulate
 
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
@@ -598,7 +598,7 @@ def theory_job(out, *, delta: float, steps: int, l2: float = 0.0, step: Optional
     Writes ``out/prediction.json`` and ``out/overlay.png`` (theory curves over the logs' mean ± SE);
     with logs, also ``out/comparison.json`` (the sup gaps). Returns {"prediction", "comparison", "files"}.
     """
-    from .theory import compare, dmft, overlay
+    from ..theory import compare, dmft, overlay
 
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
@@ -710,7 +710,7 @@ def _cmd_reconstruct(args, echo: Echo) -> int:
             raise UsageError("give either IMAGE or --measurements/--operator, not both")
         if args.measurements is None or args.operator is None:
             raise UsageError("--measurements and --operator go together (both files written by phasetorch simulate)")
-        from .operators import load_operator
+        from ..physics import load_operator
 
         op = load_operator(args.operator, map_location=device)
         data = pio.load_measurements(args.measurements, operator=op)
@@ -755,7 +755,7 @@ def _cmd_train(args, echo: Echo) -> int:
 
 
 def _cmd_theory(args, echo: Echo) -> int:
-    from .logs import TrainingLog
+    from ..logs import TrainingLog
 
     logs = [TrainingLog.from_json(p) for p in _existing(args.logs or [], "log file")]
     cfg = dict(logs[0].config) if logs else {}
@@ -800,7 +800,7 @@ def _cmd_theory(args, echo: Echo) -> int:
 
 def _check_recoverable(delta: float, preprocessing: str, noise: float = 0.0) -> None:
     """Refuse a theory request below the spectral weak-recovery threshold (the start carries no signal)."""
-    from .theory import spectral_threshold
+    from ..theory import spectral_threshold
 
     try:
         dc = float(spectral_threshold(preprocessing, field="real", noise=noise))
@@ -1040,7 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"phasetorch {__version__}"
 
@@ -1058,7 +1058,7 @@ def _one_line(exc: BaseException) -> str:
 def _job_errors() -> Tuple[type, ...]:
     errs: List[type] = [CLIError, ValueError, TypeError, OSError, RuntimeError, KeyError, ArithmeticError]
     try:
-        from .errors import DivergenceError
+        from ..errors import DivergenceError
 
         errs.append(DivergenceError)
     except ImportError:  # the errors module is optional for the CLI

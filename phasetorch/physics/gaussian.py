@@ -112,7 +112,7 @@ class GaussianMeasurement(MeasurementOperator):
 
     def fuses(self, vectors: int) -> bool:
         """Streamed: always (each block is generated once instead of twice); stored: see
-        :func:`~phasetorch.operators.matrix.fuse_pays`."""
+        :func:`~phasetorch.physics.matrix.fuse_pays`."""
         return self.streamed or fuse_pays(self.buffer("A"), vectors)
 
     def _linear_adjoint(self, x: torch.Tensor, fn):

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .operators.base import make_generator
+from .base import make_generator
 
 
 def _event_dims(y: torch.Tensor, event_dims: int, who: str) -> Tuple[int, ...]:
@@ -94,7 +94,7 @@ class GaussianNoise(nn.Module):
     ``event_dims`` trailing dimensions), i.e. σ is a noise-to-signal ratio. Noisy intensities may
     be negative; that is deliberate (the model of the noisy-intensity theory, link
     ``noisy_intensity``); clamp them yourself if an algorithm needs y ≥ 0. Preprocessing
-    functions handle y ≤ 0 (see :mod:`phasetorch.preprocessing`).
+    functions handle y ≤ 0 (see :mod:`phasetorch.init.preprocessing`).
     """
 
     def __init__(self, sigma: float, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,

@@ -109,7 +109,7 @@ class MatrixMeasurement(MeasurementOperator):
     ``state_dict`` is loaded.
 
     Products: ``linear`` computes x Aᵀ and ``adjoint`` computes (z̄ A)‾ — the same BLAS calls as
-    :class:`~phasetorch.operators.GaussianMeasurement`.
+    :class:`~phasetorch.physics.GaussianMeasurement`.
     """
 
     def __init__(self, A: torch.Tensor, signal_shape: Optional[Union[int, Sequence[int]]] = None) -> None:

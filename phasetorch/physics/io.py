@@ -50,7 +50,7 @@ def operator_from_config(config: dict) -> nn.Module:
     cls = REGISTRY.get(config["type"])
     if cls is None:
         raise ValueError(f"unknown operator type {config['type']!r}; known types: {', '.join(sorted(REGISTRY))} "
-                         f"(register custom classes with phasetorch.operators.register_operator)")
+                         f"(register custom classes with phasetorch.physics.register_operator)")
     try:
         return cls.from_config(config)
     except TypeError as err:
@@ -65,7 +65,7 @@ def save_operator(op: Union[MeasurementOperator, nn.Module], path: Union[str, os
     config = op.config()
     if config.get("type") not in REGISTRY:
         raise ValueError(f"{type(op).__name__} is not registered, so it could not be loaded back; "
-                         f"call phasetorch.operators.register_operator({type(op).__name__}) first")
+                         f"call phasetorch.physics.register_operator({type(op).__name__}) first")
     state = {k: v.detach().cpu() for k, v in op.state_dict().items()}
     torch.save({"format": FORMAT, "version": VERSION, "config": config, "state_dict": state}, path)
 

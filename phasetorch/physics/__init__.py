@@ -1,4 +1,4 @@
-"""Forward measurement models (``torch.nn.Module``s): ``linear`` (A), ``adjoint`` (Aᴴ), ``forward`` (|A·|²).
+"""The physics layer: forward measurement models (``torch.nn.Module``s): ``linear`` (A), ``adjoint`` (Aᴴ), ``forward`` (|A·|²).
 
 ==========================  ==============================================  ====================
 operator                    model                                           entry_energy E|A_ij|²
@@ -24,7 +24,8 @@ from .fourier import OversampledFourier
 from .links import Link, LinkMeasurement
 from .io import save_operator, load_operator, register_operator
 from .ensemble import GaussianEnsemble
+from .noise import PoissonNoise, GaussianNoise
 
 __all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement", "CodedDiffraction",
            "StructuredRandom", "OversampledFourier", "Link", "LinkMeasurement", "save_operator",
-           "load_operator", "register_operator"]
+           "load_operator", "register_operator", "PoissonNoise", "GaussianNoise"]

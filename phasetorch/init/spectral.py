@@ -1,7 +1,7 @@
 r"""Spectral initialization: the top eigenvector of D = (1/m) Σ_i T(ŷ_i) a_i a_iᴴ, matrix-free and batched.
 
 For intensities y = |Ax|² (shape ``(*batch, *op.measurement_shape)``) and a preprocessing T of the
-per-sample normalised intensities ŷ = y / mean(y) (:mod:`phasetorch.preprocessing`), the spectral
+per-sample normalised intensities ŷ = y / mean(y) (:mod:`phasetorch.init.preprocessing`), the spectral
 estimator is the top eigenvector of
 
     D = (1/(m·e)) Aᴴ diag(T(ŷ)) A,     e = op.entry_energy = E|A_ij|²,
@@ -13,7 +13,7 @@ is the D of the theory (Lu & Li 2017; Mondelli & Montanari 2018; Luo, Alghamdi &
 :func:`phasetorch.theory.spectral_overlap` predicts |⟨x₀, x*⟩|/(‖x₀‖‖x*‖).
 
 D is never formed: each product D v costs one ``op.linear`` and one ``op.adjoint`` call for the
-whole batch of samples still running. The eigensolvers are in :mod:`phasetorch.eigensolvers`
+whole batch of samples still running. The eigensolvers are in :mod:`phasetorch.init.eigensolvers`
 (thick-restart Lanczos with full reorthogonalisation by default; shifted power method on request).
 Everything is per sample — normalisation ŷ, shift, stopping test, scale — so a batch gives what
 single runs give (deepinv's ``spectral_methods`` normalises over the whole batch; this does not).
@@ -32,7 +32,7 @@ from typing import Optional, Union
 import torch
 
 from .eigensolvers import lanczos_top, power_top
-from .operators.base import MeasurementOperator, make_generator
+from ..physics.base import MeasurementOperator, make_generator
 from .preprocessing import Preprocessing, preprocess
 
 SOLVERS = ("lanczos", "power")
@@ -214,27 +214,27 @@ def spectral_init(op: MeasurementOperator, y: torch.Tensor, preprocessing: Prepr
     Chen & Candès 2015 ``trimmed``; Wang, Giannakis & Eldar 2017 ``orthogonality``; Wang et al. 2018
     ``weighted``; Mondelli & Montanari 2018 ``mm``; Luo, Alghamdi & Lu 2019 ``optimal``). Noisy
     intensities may be negative; a sample whose mean(y) is ≤ 0 carries no signal and is rejected
-    (ValueError from :func:`phasetorch.preprocessing.preprocess`).
+    (ValueError from :func:`phasetorch.init.preprocessing.preprocess`).
 
     Parameters
     ----------
-    op : a :class:`~phasetorch.operators.MeasurementOperator`.
+    op : a :class:`~phasetorch.physics.MeasurementOperator`.
     y : intensities of shape ``(*batch, *op.measurement_shape)``, real, finite, on the operator's
         device and dtype. Negative (noisy) values are allowed where T is defined for them.
-    preprocessing : a name of :data:`phasetorch.preprocessing.NAMES` or a callable T(ŷ).
+    preprocessing : a name of :data:`phasetorch.init.preprocessing.NAMES` or a callable T(ŷ).
     solver : ``"lanczos"`` (thick-restart Lanczos, full reorthogonalisation; default) or ``"power"``
-        (shifted power method). See :mod:`phasetorch.eigensolvers`.
+        (shifted power method). See :mod:`phasetorch.init.eigensolvers`.
     max_iter : most products with D per sample (default 2000 for Lanczos, 20000 for power).
     tol : stop a sample once ‖D u − θ u‖ ≤ tol·|θ| for its top Ritz/Rayleigh pair (θ, u).
     whiten : solve the eigenproblem of W^{-1/2} D W^{-1/2}, W = diag(AᴴA)/(m·e), and return
         x₀ ∝ W^{-1/2} v (v its top eigenvector), rescaled to ‖x₀‖² = mean(y)/e. This equalises the
         coordinates' sensitivities when the rows of A do not cover them evenly (coded diffraction
         masks). ``None``: on when the operator asks for it (attribute ``spectral_whitening``; if
-        absent, for :class:`~phasetorch.operators.CodedDiffraction` and its subclasses) and offers
+        absent, for :class:`~phasetorch.physics.CodedDiffraction` and its subclasses) and offers
         ``gram_diagonal()``; ``True`` requires ``op.gram_diagonal()`` (shape ``signal_shape``).
         Coordinates with zero diagonal get 0.
     shift : power method only: per-sample shift σ (scalar or ``batch``-shaped); ``None`` estimates it
-        from the data per sample (see :func:`phasetorch.eigensolvers.power_top`).
+        from the data per sample (see :func:`phasetorch.init.eigensolvers.power_top`).
     seed, generator : the random start vector (one vector, shared by all samples of the batch, so a
         batch reproduces single runs with the same seed).
     return_info : also return a :class:`SpectralInfo`.

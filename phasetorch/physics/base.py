@@ -247,7 +247,7 @@ class MeasurementOperator(nn.Module):
         the residual of a separable loss or a spectral preprocessing T(y_i)·z_i): ``index`` is
         ``None`` when ``z_part`` is all of z, else a ``slice`` of the last measurement dimension
         telling which measurements ``z_part`` holds. Dense operators on CPU
-        (:class:`~phasetorch.operators.GaussianMeasurement`, :class:`~phasetorch.operators.MatrixMeasurement`)
+        (:class:`~phasetorch.physics.GaussianMeasurement`, :class:`~phasetorch.physics.MatrixMeasurement`)
         then go through A in row blocks that stay in cache between the forward and the adjoint
         product (half the memory traffic of ``adjoint(fn(linear(x)))``; for a streamed Gaussian
         operator, half the random-number generation); other operators apply the two products in turn.
@@ -286,7 +286,7 @@ class MeasurementOperator(nn.Module):
     def config(self) -> dict:
         """Constructor arguments (JSON-serialisable) that rebuild this operator with ``state_dict``.
 
-        Always contains ``"type"`` (the class name, the key of :mod:`phasetorch.operators.io`'s
+        Always contains ``"type"`` (the class name, the key of :mod:`phasetorch.physics.io`'s
         registry) and ``"dtype"`` (e.g. ``"float32"``).
         """
         raise NotImplementedError  # abstract
