@@ -44,6 +44,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .tensors import to_jsonable
+
 PathLike = Union[str, Path]
 
 MEASUREMENTS_FORMAT = "phasetorch.measurements"
@@ -234,7 +236,7 @@ def save_measurements(path: PathLike, y: torch.Tensor, x_true: Optional[torch.Te
         raise ValueError("measurements y must be a real floating-point tensor of intensities")
     payload: Dict[str, Any] = {"format": MEASUREMENTS_FORMAT, "version": MEASUREMENTS_VERSION,
                                "y": y.detach().to("cpu").contiguous(), "x_true": None, "support": None,
-                               "nonnegative": bool(nonnegative), "meta": _jsonable(meta or {})}
+                               "nonnegative": bool(nonnegative), "meta": to_jsonable(meta or {})}
     if x_true is not None:
         payload["x_true"] = x_true.detach().to("cpu").contiguous()
     if support is not None:
@@ -298,34 +300,13 @@ def load_measurements(path: PathLike, operator=None) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- JSON / figures
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach().to("cpu")
-        if obj.is_complex():
-            return {"real": _jsonable(obj.real), "imag": _jsonable(obj.imag)}
-        return _jsonable(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.dtype):
-        return str(obj).replace("torch.", "")
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _jsonable(obj.item())
-    return obj
-
-
 def save_json(obj: Any, path: PathLike) -> Path:
     """Write ``obj`` as indented JSON atomically (tensors → lists, NaN/inf → null); returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_jsonable(obj), fh, indent=2, allow_nan=False)
+        json.dump(to_jsonable(obj), fh, indent=2, allow_nan=False)
         fh.write("\n")
     os.replace(tmp, p)
     return p

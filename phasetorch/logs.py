@@ -32,6 +32,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
+from .tensors import from_json_float, to_jsonable
+
 SCALAR_COLUMNS = ("iteration", "time")
 STANDARD_COLUMNS = ("iteration", "loss", "grad_norm", "step", "norm", "time", "residual",
                     "rel_error", "overlap", "inner")
@@ -39,44 +41,6 @@ FORMAT = "phasetorch.TrainingLog"
 VERSION = 1
 
 Number = Union[int, float]
-
-
-def _encode_float(v: float) -> Any:
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return v
-
-
-def _decode_float(v: Any) -> float:
-    if isinstance(v, str):
-        return float(v)
-    if v is None:
-        return float("nan")
-    return float(v)
-
-
-def jsonable(obj: Any) -> Any:
-    """A JSON-serialisable copy of ``obj`` (tensors → lists, dtypes → names, the rest → repr)."""
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        return _encode_float(obj)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, torch.dtype):
-        return str(obj).replace("torch.", "")
-    if isinstance(obj, torch.device):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu()
-        if t.is_complex():
-            t = torch.view_as_real(t)
-        return jsonable(t.tolist())
-    return repr(obj)
 
 
 class TrainingLog:
@@ -290,11 +254,11 @@ class TrainingLog:
             if name == "iteration":
                 data[name] = list(rows)
             elif name in SCALAR_COLUMNS:
-                data[name] = [_encode_float(v) for v in rows]
+                data[name] = [to_jsonable(v) for v in rows]
             else:
-                data[name] = [[_encode_float(v) for v in r.tolist()] for r in rows]
+                data[name] = [[to_jsonable(v) for v in r.tolist()] for r in rows]
         return {"format": FORMAT, "version": VERSION, "batch_shape": list(self.batch_shape),
-                "columns": list(self._columns), "config": jsonable(self.config), "data": data}
+                "columns": list(self._columns), "config": to_jsonable(self.config), "data": data}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingLog":
@@ -314,9 +278,9 @@ class TrainingLog:
                 raise ValueError(f"column {name!r} has {len(rows)} records but 'iteration' has "
                                  f"{len(log._data['iteration'])}")
             if name in SCALAR_COLUMNS:
-                log._data[name] = [_decode_float(v) for v in rows]
+                log._data[name] = [from_json_float(v) for v in rows]
             else:
-                log._data[name] = [torch.tensor([_decode_float(v) for v in r], dtype=torch.float64) for r in rows]
+                log._data[name] = [torch.tensor([from_json_float(v) for v in r], dtype=torch.float64) for r in rows]
                 for r in log._data[name]:
                     if r.numel() != log.batch_size:
                         raise ValueError(f"column {name!r}: a record has {r.numel()} values, expected "

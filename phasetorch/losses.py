@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .physics.base import MeasurementOperator
+from .tensors import abs2, mean_dims, sum_dims
 
 __all__ = ["MeasurementData", "Evaluation", "Fields", "PhaseRetrievalLoss", "IntensityLoss", "AmplitudeLoss",
            "PoissonLoss", "TruncatedPoissonLoss", "TruncatedAmplitudeLoss", "ReweightedAmplitudeLoss", "LOSSES",
@@ -71,10 +72,6 @@ class MeasurementData:
         return MeasurementData(self.y[..., part], self.y_pos[..., part], self.psi[..., part], self.norm_psi)
 
 
-def _abs2(z: torch.Tensor) -> torch.Tensor:
-    return z.real.square() + z.imag.square() if z.is_complex() else z.square()
-
-
 class Fields:
     """r = Ax/√e with |r|², |r| and sgn(r) computed once per evaluation (lazily).
 
@@ -91,7 +88,7 @@ class Fields:
     @property
     def a2(self) -> torch.Tensor:
         if self._a2 is None:
-            self._a2 = _abs2(self.r)
+            self._a2 = abs2(self.r)
         return self._a2
 
     @property
@@ -124,14 +121,6 @@ class Evaluation:
     r: torch.Tensor
     weights: Optional[torch.Tensor]
     fields: "Fields"
-
-
-def _sum_dims(t: torch.Tensor, k: int) -> torch.Tensor:
-    return t.sum(dim=tuple(range(t.dim() - k, t.dim()))) if k else t
-
-
-def _mean_dims(t: torch.Tensor, k: int) -> torch.Tensor:
-    return t.mean(dim=tuple(range(t.dim() - k, t.dim()))) if k else t
 
 
 def check_intensities(op: MeasurementOperator, y: torch.Tensor, who: str = "y") -> None:
@@ -188,7 +177,7 @@ class PhaseRetrievalLoss(nn.Module):
         y_pos = yn.clamp_min(0)
         psi = y_pos.sqrt()
         k = len(self.op.measurement_shape)
-        return MeasurementData(yn, y_pos, psi, _sum_dims(y_pos, k).sqrt())
+        return MeasurementData(yn, y_pos, psi, sum_dims(y_pos, k).sqrt())
 
     # ------------------------------------------------------------------ pieces
     def measure(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,9 +213,9 @@ class PhaseRetrievalLoss(nn.Module):
 
     def _reduce(self, per_meas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         k = len(self.op.measurement_shape)
-        val = _mean_dims(per_meas, k)
+        val = mean_dims(per_meas, k)
         if self.l2:
-            val = val + 0.5 * self.l2 * _sum_dims(_abs2(x), len(self.op.signal_shape))
+            val = val + 0.5 * self.l2 * sum_dims(abs2(x), len(self.op.signal_shape))
         return val
 
     # ------------------------------------------------------------------ public API
@@ -318,7 +307,7 @@ class PhaseRetrievalLoss(nn.Module):
     def step_scale(self, x0: torch.Tensor) -> torch.Tensor:
         """Per-sample factor s such that a step μ means α = μ·s: 1/‖x₀‖² (intensity loss) or 1."""
         k = len(self.op.signal_shape)
-        n2 = _sum_dims(_abs2(x0.detach()), k)
+        n2 = sum_dims(abs2(x0.detach()), k)
         if self.scale_power == 0:
             return torch.ones_like(n2)
         if (n2 <= 0).any():
@@ -331,7 +320,7 @@ class PhaseRetrievalLoss(nn.Module):
         d = self.prepare(y)
         k = len(self.op.measurement_shape)
         a = r if isinstance(r, Fields) else Fields(r)
-        num = _sum_dims((a.a - d.psi).square(), k).sqrt()
+        num = sum_dims((a.a - d.psi).square(), k).sqrt()
         den = d.norm_psi
         return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), num)
 
@@ -442,12 +431,12 @@ class TruncatedPoissonLoss(PoissonLoss):
 
     def _weights(self, p, d, x):
         k = len(self.op.measurement_shape)
-        nx = _sum_dims(_abs2(x), len(self.op.signal_shape)).sqrt()
+        nx = sum_dims(abs2(x), len(self.op.signal_shape)).sqrt()
         nx = nx.reshape(*nx.shape, *([1] * k))
         ar = p.a
         ratio = ar / nx.clamp_min(torch.finfo(ar.dtype).tiny)
         dev = (d.y_pos - p.a2).abs()
-        K = _mean_dims(dev, k).reshape(*nx.shape)
+        K = mean_dims(dev, k).reshape(*nx.shape)
         keep = (ratio >= self.alpha_lb) & (ratio <= self.alpha_ub) & (dev <= self.alpha_h * K * ratio)
         return keep.to(ar.dtype)
 

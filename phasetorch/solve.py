@@ -36,8 +36,9 @@ import torch
 from .errors import DivergenceError
 from .logs import TrainingLog
 from .losses import AmplitudeLoss, check_intensities
-from .physics.base import MeasurementOperator, make_generator, real_dtype_of
-from .optim.base import norm2, where_sample
+from .physics.base import MeasurementOperator
+from .tensors import make_generator, real_dtype_of
+from .tensors import norm2, where_sample
 from .optim.gradient import GradientCore
 from .optim.lbfgs import LBFGSCore
 from .optim.presets import Preset, get_preset

@@ -110,7 +110,7 @@ def test_measurements_roundtrip_with_operator(tmp_path):
     assert d["y"].dtype == torch.float64 and torch.allclose(d["y"], y.double())
     assert d["x_true"].dtype == torch.complex128 and torch.allclose(d["x_true"], x.to(torch.complex128))
     assert d["support"].dtype == torch.bool and d["nonnegative"] is True
-    assert d["meta"] == {"model": "cdp", "photons": None}
+    assert d["meta"] == {"model": "cdp", "photons": "inf"}   # one JSON convention: ±inf as "inf"/"-inf", NaN as null
 
 
 def test_measurements_accept_plain_dict_and_bare_tensor(tmp_path):
@@ -150,7 +150,7 @@ def test_save_json_tensors_and_non_finite(tmp_path):
     path = pio.save_json({"a": torch.tensor([1.0, float("nan")]), "b": float("inf"), "c": (1, 2),
                           "d": torch.float32, "z": torch.tensor([1 + 2j])}, tmp_path / "x.json")
     data = json.loads(path.read_text())
-    assert data == {"a": [1.0, None], "b": None, "c": [1, 2], "d": "float32", "z": {"real": [1.0], "imag": [2.0]}}
+    assert data == {"a": [1.0, None], "b": "inf", "c": [1, 2], "d": "float32", "z": {"real": [1.0], "imag": [2.0]}}
     assert pio.load_json(path) == data
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

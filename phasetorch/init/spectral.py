@@ -32,7 +32,8 @@ from typing import Optional, Union
 import torch
 
 from .eigensolvers import lanczos_top, power_top
-from ..physics.base import MeasurementOperator, make_generator
+from ..physics.base import MeasurementOperator
+from ..tensors import make_generator
 from .preprocessing import Preprocessing, preprocess
 
 SOLVERS = ("lanczos", "power")

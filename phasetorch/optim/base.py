@@ -19,32 +19,10 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch.optim import Optimizer
 
+from ..tensors import bview, dot, where_sample
+
 Evaluate = Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 Project = Optional[Callable[[torch.Tensor], torch.Tensor]]
-
-
-def bview(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-sample vector ``(B,)`` to broadcast against ``x`` of shape ``(B, ...)``."""
-    return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
-
-
-def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample real inner product Re⟨a, b⟩ over all but the first dimension, shape ``(B,)``."""
-    dims = tuple(range(1, a.dim()))
-    if a.is_complex() or b.is_complex():
-        prod = a.conj() * b if a.is_complex() else a * b
-        return prod.real.sum(dim=dims) if dims else prod.real
-    return (a * b).sum(dim=dims) if dims else a * b
-
-
-def norm2(a: torch.Tensor) -> torch.Tensor:
-    """Per-sample squared norm ‖a‖², shape ``(B,)``."""
-    return dot(a, a)
-
-
-def where_sample(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample select: rows of ``a`` where ``mask`` (shape ``(B,)``), rows of ``b`` elsewhere."""
-    return torch.where(bview(mask, a), a, b)
 
 
 def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor,
@@ -175,4 +153,4 @@ class PhaseOptimizer(Optimizer):
         return f, g, evaluate
 
 
-__all__ = ["PhaseOptimizer", "backtracking", "dot", "norm2", "bview", "where_sample"]
+__all__ = ["PhaseOptimizer", "backtracking"]

@@ -12,7 +12,8 @@ from typing import Optional
 
 import torch
 
-from .base import PhaseOptimizer, norm2
+from ..tensors import norm2
+from .base import PhaseOptimizer
 from .steps import Constant, StepRule, make_step_rule
 
 __all__ = ["GradientDescent", "GradientCore"]

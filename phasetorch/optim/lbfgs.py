@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import PhaseOptimizer, backtracking, bview, dot, norm2, where_sample
+from ..tensors import bview, dot, norm2, where_sample
+from .base import PhaseOptimizer, backtracking
 
 __all__ = ["LBFGS", "LBFGSCore"]
 

@@ -33,7 +33,8 @@ from typing import Optional
 import torch
 
 from ..physics.base import MeasurementOperator
-from .base import PhaseOptimizer, bview, dot, norm2
+from ..tensors import bview, dot, norm2
+from .base import PhaseOptimizer
 
 __all__ = ["GerchbergSaxton", "HybridInputOutput", "Constraint", "LeastSquares", "tight_frame_constant",
            "phase_projection"]

@@ -28,7 +28,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .base import backtracking, bview, dot, norm2
+from ..tensors import bview, dot, norm2
+from .base import backtracking
 
 __all__ = ["StepRule", "Constant", "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "make_step_rule",
            "RULE_NAMES"]

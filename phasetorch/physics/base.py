@@ -24,71 +24,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-Shape = Tuple[int, ...]
-
-
-def as_shape(shape: Union[int, Sequence[int]]) -> Shape:
-    """Normalise an int or a sequence of ints into a shape tuple."""
-    if isinstance(shape, int):
-        return (int(shape),)
-    return tuple(int(s) for s in shape)
-
-
-def make_generator(seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Generator:
-    """A CPU ``torch.Generator`` from ``seed`` (int) or an existing generator (used as is).
-
-    With neither, a fresh generator seeded from torch's global RNG (so ``torch.manual_seed`` makes
-    the result reproducible too).
-    """
-    if generator is not None:
-        if seed is not None:
-            raise ValueError("pass either seed= or generator=, not both")
-        return generator
-    g = torch.Generator(device="cpu")
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    g.manual_seed(int(seed))
-    return g
-
-
-def resolve_seed(seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> int:
-    """An int seed: ``seed`` itself, else one drawn from ``generator`` (or from torch's global RNG).
-
-    Operators keep this int (it goes into ``config()``) and draw their random parts from a fresh
-    generator seeded with it, so the config alone rebuilds the same operator.
-    """
-    if seed is not None and generator is None:
-        return int(seed)
-    return int(torch.randint(0, 2**62, (1,), generator=make_generator(seed, generator)).item())
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` → ``"float32"`` (JSON-friendly form used in ``config()``)."""
-    return str(dtype).replace("torch.", "")
-
-
-def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    """Inverse of :func:`dtype_name`; accepts a ``torch.dtype`` too. Complex → its real dtype."""
-    if isinstance(dtype, str):
-        t = getattr(torch, dtype.replace("torch.", ""), None)
-        if not isinstance(t, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'float64'")
-        dtype = t
-    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
-        raise ValueError(f"an operator dtype must be a floating-point dtype such as torch.float32, got {dtype!r}")
-    return real_dtype_of(dtype)
-
-
-def complex_dtype_of(real_dtype: torch.dtype) -> torch.dtype:
-    return {torch.float32: torch.complex64, torch.float64: torch.complex128,
-            torch.float16: torch.complex32}.get(real_dtype, torch.complex64)
-
-
-def real_dtype_of(dtype: torch.dtype) -> torch.dtype:
-    if dtype.is_complex:
-        return {torch.complex64: torch.float32, torch.complex128: torch.float64,
-                torch.complex32: torch.float16}[dtype]
-    return dtype
+from ..tensors import Shape, abs2, complex_dtype_of, parse_dtype, real_dtype_of
 
 
 class MeasurementOperator(nn.Module):
@@ -274,7 +210,7 @@ class MeasurementOperator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Intensities y = |Ax|² (real, ≥ 0)."""
         z = self.linear(x)
-        return z.real.square() + z.imag.square() if z.is_complex() else z.square()
+        return abs2(z)
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError  # abstract

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import MeasurementOperator, dtype_name, make_generator, parse_dtype
+from .base import MeasurementOperator
+from ..tensors import dtype_name, make_generator, parse_dtype
 from .gaussian import GaussianMeasurement
 from .io import register_operator
 

@@ -10,7 +10,8 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
-from .base import MeasurementOperator, Shape, as_shape, dtype_name, parse_dtype
+from .base import MeasurementOperator
+from ..tensors import Shape, as_shape, dtype_name, parse_dtype
 
 Oversampling = Union[int, Sequence[int]]
 

@@ -6,7 +6,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .base import MeasurementOperator, as_shape, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from .base import MeasurementOperator
+from ..tensors import as_shape, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_dense_pass, row_blocks
 
 

@@ -26,11 +26,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from .base import make_generator
-
-
-def _abs2(z: torch.Tensor) -> torch.Tensor:
-    return z.real.square() + z.imag.square() if z.is_complex() else z.square()
+from ..tensors import abs2, make_generator
 
 
 class Link:
@@ -98,7 +94,7 @@ class Link:
         return f"Link({self.name!r}, sigma={self.sigma})" if self.noisy else f"Link({self.name!r})"
 
 
-intensity = Link("intensity", _abs2, derivative=lambda z: 2 * z)
+intensity = Link("intensity", abs2, derivative=lambda z: 2 * z)
 amplitude = Link("amplitude", lambda z: z.abs(), derivative=torch.sign)
 relu = Link("relu", lambda z: torch.clamp(z.real if z.is_complex() else z, min=0),
             derivative=lambda z: (z > 0).to(z.dtype), symmetric=False)
@@ -106,7 +102,7 @@ relu = Link("relu", lambda z: torch.clamp(z.real if z.is_complex() else z, min=0
 
 def noisy_intensity(sigma: float) -> Link:
     """y = |z|² + σ ε with ε ~ N(0, 1) i.i.d. (outputs may be negative)."""
-    return Link("noisy_intensity", _abs2, derivative=lambda z: 2 * z, sigma=sigma)
+    return Link("noisy_intensity", abs2, derivative=lambda z: 2 * z, sigma=sigma)
 
 
 LINKS = {"intensity": intensity, "amplitude": amplitude, "relu": relu}

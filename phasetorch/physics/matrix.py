@@ -6,7 +6,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .base import MeasurementOperator, as_shape, complex_dtype_of, dtype_name, parse_dtype, real_dtype_of
+from .base import MeasurementOperator
+from ..tensors import abs2, as_shape, complex_dtype_of, dtype_name, parse_dtype, real_dtype_of
 
 
 def dense_linear(xf: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,7 @@ class MatrixMeasurement(MeasurementOperator):
 
     def _measure_energy(self) -> float:
         A = self.buffer("A")
-        return float((A.real.square() + A.imag.square() if A.is_complex() else A.square()).double().mean())
+        return float(abs2(A).double().mean())
 
     def _refresh_energy(self) -> None:
         self._entry_energy = self._measure_energy()

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .base import make_generator
+from ..tensors import make_generator
 
 
 def _event_dims(y: torch.Tensor, event_dims: int, who: str) -> Tuple[int, ...]:

@@ -15,7 +15,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .base import MeasurementOperator, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from .base import MeasurementOperator
+from ..tensors import complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .fourier import Oversampling, crop, fft_dims, fft_shape, oversampling_factors
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..physics.base import make_generator
+from ..tensors import make_generator
 from ..physics.ensemble import GaussianEnsemble
 
 __all__ = ["simulate", "derived_seed"]

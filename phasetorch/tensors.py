@@ -1,0 +1,255 @@
+r"""Tensor helpers: the one convention of the library for small things used everywhere.
+
+* squared modulus :func:`abs2`; sums and means over trailing dimensions :func:`sum_dims`, :func:`mean_dims`;
+* per-sample inner products: :func:`inner` (⟨a, b⟩ = Σ ā b over trailing dimensions, complex),
+  :func:`dot` and :func:`norm2` (Re⟨a, b⟩ and ‖a‖² over all but the first dimension of a flat batch
+  ``(B, ...)``), :func:`bview`, :func:`where_sample`;
+* dtypes: :func:`real_dtype_of`, :func:`complex_dtype_of`, :func:`dtype_name`, :func:`parse_dtype`;
+* randomness: :func:`make_generator`, :func:`resolve_seed`;
+* validation: :func:`check_int`, :func:`check_number`, :func:`as_shape`;
+* statistics: :func:`mean_se` (mean and standard error, NaN error below two samples);
+* JSON: :func:`to_jsonable` (tensors → lists, complex → ``{"real", "imag"}``, NaN → ``null``, ±inf →
+  ``"inf"``/``"-inf"``) and its inverse for numbers :func:`from_json_float`.
+
+This module imports nothing from phasetorch: every other layer may use it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+
+Shape = Tuple[int, ...]
+
+__all__ = ["Shape", "abs2", "sum_dims", "mean_dims", "inner", "dot", "norm2", "bview", "where_sample",
+           "real_dtype_of", "complex_dtype_of", "dtype_name", "parse_dtype", "make_generator", "resolve_seed",
+           "as_shape", "check_int", "check_number", "mean_se", "to_jsonable", "from_json_float"]
+
+
+# ---------------------------------------------------------------------------------------- algebra
+def abs2(z: torch.Tensor) -> torch.Tensor:
+    """|z|² elementwise (real dtype; for complex z computed as Re² + Im² without a square root)."""
+    return z.real.square() + z.imag.square() if z.is_complex() else z.square()
+
+
+def sum_dims(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Sum over the trailing ``k`` dimensions (``t`` itself when k = 0)."""
+    return t.sum(dim=tuple(range(t.dim() - k, t.dim()))) if k else t
+
+
+def mean_dims(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over the trailing ``k`` dimensions (``t`` itself when k = 0)."""
+    return t.mean(dim=tuple(range(t.dim() - k, t.dim()))) if k else t
+
+
+def inner(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """⟨a, b⟩ = Σ ā b over the trailing ``k`` dimensions (complex when either is complex); broadcasts."""
+    prod = a.conj() * b if a.is_complex() else a * b
+    return sum_dims(prod, k)
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample real inner product Re⟨a, b⟩ over all but the first dimension, shape ``(B,)``."""
+    dims = tuple(range(1, a.dim()))
+    if a.is_complex() or b.is_complex():
+        prod = a.conj() * b if a.is_complex() else a * b
+        return prod.real.sum(dim=dims) if dims else prod.real
+    return (a * b).sum(dim=dims) if dims else a * b
+
+
+def norm2(a: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared norm ‖a‖² over all but the first dimension, shape ``(B,)``."""
+    return abs2(a).sum(dim=tuple(range(1, a.dim()))) if a.dim() > 1 else abs2(a)
+
+
+def bview(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample vector ``(B,)`` to broadcast against ``x`` of shape ``(B, ...)``."""
+    return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
+
+
+def where_sample(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample select: rows of ``a`` where ``mask`` (shape ``(B,)``), rows of ``b`` elsewhere."""
+    return torch.where(bview(mask, a), a, b)
+
+
+# ---------------------------------------------------------------------------------------- dtypes
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128, torch.float16: torch.complex32}
+_REAL = {v: k for k, v in _COMPLEX.items()}
+
+
+def complex_dtype_of(real_dtype: torch.dtype) -> torch.dtype:
+    """float32 → complex64, float64 → complex128 (float16 → complex32)."""
+    return _COMPLEX.get(real_dtype, torch.complex64)
+
+
+def real_dtype_of(dtype: torch.dtype) -> torch.dtype:
+    """complex64 → float32, complex128 → float64; a real dtype is returned as is."""
+    return _REAL[dtype] if dtype.is_complex else dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``"float32"`` (the JSON form used in configs and logs)."""
+    return str(dtype).replace("torch.", "")
+
+
+def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """Inverse of :func:`dtype_name` for operator dtypes: float32 or float64 (complex → its real dtype).
+
+    Half precision is refused: FFTs, eigensolvers and losses need at least float32.
+    """
+    if isinstance(dtype, str):
+        t = getattr(torch, dtype.replace("torch.", ""), None)
+        if not isinstance(t, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use 'float32' or 'float64'")
+        dtype = t
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        raise ValueError(f"an operator dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    real = real_dtype_of(dtype)
+    if real not in (torch.float32, torch.float64):
+        raise ValueError(f"an operator dtype must be torch.float32 or torch.float64 (complex64/complex128), got "
+                         f"{dtype_name(dtype)}: half precision is not supported (FFTs and eigensolvers need ≥ 32 "
+                         f"bits); build in float32 and cast the result if needed")
+    return real
+
+
+# ---------------------------------------------------------------------------------------- randomness
+def make_generator(seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Generator:
+    """A CPU ``torch.Generator`` from ``seed`` (int) or an existing generator (used as is).
+
+    With neither, a fresh generator seeded from torch's global RNG (so ``torch.manual_seed`` makes
+    the result reproducible too).
+    """
+    if generator is not None:
+        if seed is not None:
+            raise ValueError("pass either seed= or generator=, not both")
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return generator
+    g = torch.Generator(device="cpu")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    g.manual_seed(check_int(seed, "seed", 0))
+    return g
+
+
+def resolve_seed(seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> int:
+    """An int seed: ``seed`` itself, else one drawn from ``generator`` (or from torch's global RNG).
+
+    Objects keep this int (it goes into ``config()``) and draw their random parts from a fresh
+    generator seeded with it, so the config alone rebuilds the same object.
+    """
+    if seed is not None and generator is None:
+        return check_int(seed, "seed", 0)
+    return int(torch.randint(0, 2**62, (1,), generator=make_generator(seed, generator)).item())
+
+
+# ---------------------------------------------------------------------------------------- validation
+def check_int(v: Any, name: str, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """``v`` as an int in [low, high]; bools, floats (also 3.0) and strings are refused with a clear error."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point() and not v.is_complex():
+            v = int(v.item())
+        else:
+            rng = f" ≥ {low}" if low is not None else ""
+            raise ValueError(f"{name} must be an int{rng}, got {v!r}")
+    if (low is not None and v < low) or (high is not None and v > high):
+        bounds = " and ".join(s for s in ((f"≥ {low}" if low is not None else ""),
+                                          (f"≤ {high}" if high is not None else "")) if s)
+        raise ValueError(f"{name} must be an int {bounds}, got {v}")
+    return int(v)
+
+
+def check_number(v: Any, name: str, low: Optional[float] = None, strict: bool = False,
+                 high: Optional[float] = None) -> float:
+    """``v`` as a finite float with v ≥ low (v > low when ``strict``) and v ≤ high; clear errors otherwise."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v}")
+    if low is not None and (v < low or (strict and v == low)):
+        raise ValueError(f"{name} must be {'>' if strict else '≥'} {low:g}, got {v:g}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be ≤ {high:g}, got {v:g}")
+    return v
+
+
+def as_shape(shape: Union[int, Sequence[int]], name: str = "shape") -> Shape:
+    """An int or a sequence of positive ints as a shape tuple (strings and floats are refused)."""
+    if isinstance(shape, (str, bytes)) or isinstance(shape, bool):
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {shape!r}")
+    if isinstance(shape, int):
+        return (check_int(shape, name, 1),)
+    try:
+        items = list(shape)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {shape!r}") from None
+    if not items:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(check_int(s, name, 1) for s in items)
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def mean_se(values: torch.Tensor, dim: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard error (sample SD/√R, R the size of ``dim``) in float64.
+
+    The one rule of the library: with fewer than two samples the standard error is NaN (unknown), never 0.
+    """
+    v = values.to(torch.float64)
+    mean = v.mean(dim=dim)
+    r = v.shape[dim]
+    if r < 2:
+        return mean, torch.full_like(mean, float("nan"))
+    return mean, v.std(dim=dim, unbiased=True) / math.sqrt(r)
+
+
+# ---------------------------------------------------------------------------------------- JSON
+def to_jsonable(obj: Any) -> Any:
+    """A strict-JSON copy of ``obj``: tensors → nested lists (complex → ``{"real": …, "imag": …}``),
+    dtypes/devices/paths → strings, NaN → ``None`` (``null``), ±inf → ``"inf"``/``"-inf"`` (lossless and
+    strict JSON; :func:`from_json_float` reads all three back), numpy scalars → numbers,
+    anything else unknown → its ``repr``."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        return obj if math.isfinite(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu")
+        if t.is_complex():
+            return {"real": to_jsonable(t.real), "imag": to_jsonable(t.imag)}
+        return to_jsonable(t.tolist())
+    if isinstance(obj, torch.dtype):
+        return dtype_name(obj)
+    if isinstance(obj, (torch.device, Path)):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        try:
+            return to_jsonable(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return repr(obj)
+
+
+def from_json_float(v: Any) -> float:
+    """Inverse of :func:`to_jsonable` for one number: ``null`` → NaN, ``"inf"``/``"-inf"``/``"nan"`` → floats."""
+    if v is None:
+        return float("nan")
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            raise ValueError(f"expected a number, null, 'inf' or '-inf' in the JSON file, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"expected a number in the JSON file, got {v!r}")
+    return float(v)
