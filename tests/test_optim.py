@@ -40,19 +40,21 @@ def test_constant_and_schedule_rules():
     d = torch.ones(2, 3, dtype=F64)
     active = torch.tensor([True, False])
     rule = optim.Constant(0.3)
-    rule.reset(scale)
-    alpha, x_new, _, _ = rule(1, x, None, -d, d, None, active)
+    assert rule.init_state(x) == {}                       # stateless: nothing to carry
+    alpha, x_new, _, _ = rule({}, 1, scale, x, None, -d, d, None, active)
     assert torch.allclose(alpha, torch.tensor([0.15, 0.0], dtype=F64))
     assert torch.allclose(x_new[0], torch.full((3,), 0.15, dtype=F64)) and torch.equal(x_new[1], x[1])
+    alpha, _, _, _ = rule({}, 1, scale, x, None, -d, d, None, active, mu=0.6)   # μ passed at call time (lr)
+    assert torch.allclose(alpha, torch.tensor([0.3, 0.0], dtype=F64))
+    assert optim.wf_ramp(1, 330, 0.2) == pytest.approx(1 - math.exp(-1 / 330)) and optim.wf_ramp(10_000, 330, 0.2) == 0.2
     ramp = optim.WFRamp(tau0=330, mu_max=0.2)
-    assert ramp.mu(1) == pytest.approx(1 - math.exp(-1 / 330))
-    assert ramp.mu(10_000) == 0.2
+    alpha, _, _, _ = ramp({}, 10_000, scale, x, None, -d, d, None, torch.tensor([True, True]))
+    assert torch.allclose(alpha, 0.2 * scale)
     sched = optim.Schedule(lambda t: 1.0 / t)
-    sched.reset(scale)
-    alpha, _, _, _ = sched(4, x, None, -d, d, None, torch.tensor([True, True]))
+    alpha, _, _, _ = sched({}, 4, scale, x, None, -d, d, None, torch.tensor([True, True]))
     assert torch.allclose(alpha, 0.25 * scale)
     with pytest.raises(ValueError, match="≥ 0"):
-        optim.Schedule(lambda t: -1.0).mu(1)
+        optim.Schedule(lambda t: -1.0).factor(1)
 
 
 def test_make_step_rule():
@@ -263,21 +265,20 @@ def test_hio_optimizer_keeps_truth_and_respects_constraints():
 def test_lbfgs_two_loop_fast_path_equals_masked_path(dtype, stored):
     """When every sample holds the same pairs, the unmasked real-view recursion gives the masked
     per-sample one (and −∇f with an empty memory); both are the L-BFGS direction −H∇f."""
-    from phasetorch.optim.lbfgs import LBFGSCore
+    from phasetorch.tensors import dot
     g = torch.Generator().manual_seed(stored)
-    core = LBFGSCore(memory=10)
-    core.start(torch.ones(3, dtype=F64))
+    alg = optim.LBFGSAlgorithm(memory=10)
     x = torch.randn(3, 2, 5, generator=g, dtype=F64).to(dtype)
-    core._init_memory(x)
+    st = alg.init_state(x, torch.ones(3, dtype=F64))
     active = torch.ones(3, dtype=torch.bool)
     for _ in range(stored):                     # pairs with ⟨s, y⟩ > 0 (y = s + small noise), ring wraps past 10
         s = torch.randn(x.shape, generator=g, dtype=F64).to(dtype)
-        core._push(s, s + 0.1 * torch.randn(x.shape, generator=g, dtype=F64).to(dtype), active)
-    assert int(core.count[0]) == min(stored, 10) and bool((core.count == core.count[0]).all())
+        alg.push(st, s, s + 0.1 * torch.randn(x.shape, generator=g, dtype=F64).to(dtype), active)
+    assert int(st["count"][0]) == min(stored, 10) and bool((st["count"] == st["count"][0]).all())
     grad = torch.randn(x.shape, generator=g, dtype=F64).to(dtype)
-    fast, masked = core.direction(grad), core._direction_general(grad)
+    fast, masked = alg.direction(st, grad), alg.direction_general(st, grad)
     torch.testing.assert_close(fast, masked, rtol=1e-12, atol=1e-12)
     if stored == 0:
         torch.testing.assert_close(fast, -grad, rtol=0, atol=0)
     else:
-        assert (optim.base.dot(fast, grad) < 0).all()          # a descent direction
+        assert (dot(fast, grad) < 0).all()          # a descent direction

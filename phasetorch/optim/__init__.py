@@ -1,41 +1,32 @@
-r"""Optimizers for phase retrieval (``torch.optim.Optimizer`` subclasses) and the algorithm registry.
+r"""The optimization engine: algorithms as tensor-state step functions, their presets, torch.optim adapters.
 
-* :class:`GradientDescent` and its named variants :class:`WirtingerFlow`,
-  :class:`TruncatedWirtingerFlow`, :class:`ReshapedWirtingerFlow`, :class:`AmplitudeFlow`,
-  :class:`TruncatedAmplitudeFlow`, :class:`ReweightedAmplitudeFlow` — pair them with the matching
-  loss of :mod:`phasetorch.losses`;
-* :class:`LBFGS` — batched L-BFGS (per-sample memory and line search);
-* :class:`GerchbergSaxton`, :class:`HybridInputOutput` — projection algorithms (need ``op``, ``y``);
-* step rules :class:`Constant`, :class:`Schedule`, :class:`WFRamp`, :class:`Armijo`,
-  :class:`BarzilaiBorwein` (:mod:`phasetorch.optim.steps`);
-* :data:`PRESETS` — the named algorithms of :func:`phasetorch.reconstruct`.
-
-All act on one tensor with ``batch_dims`` leading batch dimensions and keep every step size and
-memory per sample. Usage in a plain torch loop::
-
-    x = x0.clone().requires_grad_(True)
-    loss = phasetorch.losses.IntensityLoss(op)
-    opt = phasetorch.optim.WirtingerFlow([x], batch_dims=1)
-    for _ in range(500):
-        def closure():
-            opt.zero_grad()
-            f = loss(x, y)
-            f.sum().backward()
-            return f
-        opt.step(closure)
+* :mod:`~phasetorch.optim.engine` — the :class:`Algorithm` protocol (``init_state`` / ``step``
+  over a dict of tensors), :class:`StepContext`, :class:`StepResult`;
+* algorithms — :class:`GradientAlgorithm` (any :mod:`~phasetorch.optim.steps` rule: :class:`Constant`,
+  :class:`Schedule`, :class:`WFRamp`, :class:`Armijo`, :class:`BarzilaiBorwein`),
+  :class:`LBFGSAlgorithm`, :class:`ErrorReduction`, :class:`HybridInputOutputAlgorithm`;
+* :data:`PRESETS` — the named algorithms of :func:`phasetorch.reconstruct`, the one place for defaults;
+* ``torch.optim.Optimizer`` adapters (:mod:`~phasetorch.optim.adapter`) for your own loops:
+  :class:`GradientDescent`, :class:`WirtingerFlow`, :class:`TruncatedWirtingerFlow`,
+  :class:`ReshapedWirtingerFlow`, :class:`AmplitudeFlow`, :class:`TruncatedAmplitudeFlow`,
+  :class:`ReweightedAmplitudeFlow`, :class:`LBFGS`, :class:`GerchbergSaxton`, :class:`HybridInputOutput`
+  (μ is ``param_groups[0]["lr"]``; state is tensors; schedulers work).
 """
 
-from .amplitude import AmplitudeFlow, ReshapedWirtingerFlow, ReweightedAmplitudeFlow, TruncatedAmplitudeFlow
-from .base import PhaseOptimizer, backtracking
-from .gradient import GradientDescent
-from .lbfgs import LBFGS
+from .adapter import (LBFGS, AmplitudeFlow, GerchbergSaxton, GradientDescent, HybridInputOutput, PhaseOptimizer,
+                      ReshapedWirtingerFlow, ReweightedAmplitudeFlow, TruncatedAmplitudeFlow, TruncatedWirtingerFlow,
+                      WirtingerFlow)
+from .base import backtracking
+from .engine import Algorithm, StepContext, StepResult
+from .gradient import GradientAlgorithm
+from .lbfgs import LBFGSAlgorithm
 from .presets import PRESETS, Preset, get_preset, rwf_truncation
-from .projections import GerchbergSaxton, HybridInputOutput, tight_frame_constant
-from .steps import Armijo, BarzilaiBorwein, Constant, Schedule, StepRule, WFRamp, make_step_rule
-from .wirtinger import TruncatedWirtingerFlow, WirtingerFlow
+from .projections import Constraint, ErrorReduction, HybridInputOutputAlgorithm, tight_frame_constant
+from .steps import Armijo, BarzilaiBorwein, Constant, Schedule, StepRule, WFRamp, make_step_rule, wf_ramp
 
-__all__ = ["PhaseOptimizer", "GradientDescent", "WirtingerFlow", "TruncatedWirtingerFlow", "AmplitudeFlow",
-           "ReshapedWirtingerFlow", "TruncatedAmplitudeFlow", "ReweightedAmplitudeFlow", "LBFGS",
-           "GerchbergSaxton", "HybridInputOutput", "StepRule", "Constant", "Schedule", "WFRamp", "Armijo",
-           "BarzilaiBorwein", "make_step_rule", "PRESETS", "Preset", "get_preset", "rwf_truncation",
-           "backtracking", "tight_frame_constant"]
+__all__ = ["Algorithm", "StepContext", "StepResult", "GradientAlgorithm", "LBFGSAlgorithm", "ErrorReduction",
+           "HybridInputOutputAlgorithm", "Constraint", "PhaseOptimizer", "GradientDescent", "WirtingerFlow",
+           "TruncatedWirtingerFlow", "AmplitudeFlow", "ReshapedWirtingerFlow", "TruncatedAmplitudeFlow",
+           "ReweightedAmplitudeFlow", "LBFGS", "GerchbergSaxton", "HybridInputOutput", "StepRule", "Constant",
+           "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "make_step_rule", "wf_ramp", "PRESETS", "Preset",
+           "get_preset", "rwf_truncation", "backtracking", "tight_frame_constant"]

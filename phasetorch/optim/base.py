@@ -1,4 +1,4 @@
-r"""Shared machinery of phasetorch's optimizers: per-sample algebra, backtracking, the Optimizer base.
+r"""Per-sample Armijo backtracking, the line search shared by the step rules and L-BFGS.
 
 All optimizers act on one tensor x of shape ``(*batch, *signal)``; internally it is viewed as
 ``(B, *signal)`` with B = prod(batch). Every scalar of an algorithm — step size, line-search
@@ -13,11 +13,9 @@ f'(x; d) = Re⟨∇f, d⟩ for real and complex x alike.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Tuple
 
 import torch
-from torch.optim import Optimizer
 
 from ..tensors import bview, dot, where_sample
 
@@ -63,94 +61,4 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
     return alpha, x_new, f_new, cache_new
 
 
-class PhaseOptimizer(Optimizer):
-    r"""Base of phasetorch's ``torch.optim.Optimizer`` subclasses (one parameter tensor, per-sample state).
-
-    Parameters
-    ----------
-    params : an iterable holding exactly one tensor x of shape ``(*batch, *signal)`` (or a
-        single param group with one tensor).
-    defaults : the optimizer's hyper-parameters (torch convention).
-    batch_dims : how many leading dimensions of x are batch dimensions (default 0: x is one
-        signal). Step sizes, line searches and curvature memories are per sample.
-
-    **Closures.** ``step(closure)`` follows the torch convention (``closure()`` re-evaluates the
-    loss and fills ``x.grad``), with one extension: for per-sample step rules the closure should
-    return the per-sample losses, shape ``x.shape[:batch_dims]``, and call ``backward`` on their
-    sum::
-
-        def closure():
-            opt.zero_grad()
-            f = loss(x, y)          # phasetorch.losses: one value per sample
-            f.sum().backward()
-            return f
-
-    A scalar return value is accepted when ``batch_dims = 0``.
-    """
-
-    def __init__(self, params, defaults: dict, batch_dims: int = 0) -> None:
-        super().__init__(params, defaults)
-        ps = [p for g in self.param_groups for p in g["params"]]
-        if len(ps) != 1:
-            raise ValueError(f"{type(self).__name__} optimizes exactly one tensor (a signal or a batch of signals), "
-                             f"got {len(ps)}; stack the signals into one tensor with leading batch dimensions")
-        if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or not 0 <= batch_dims <= ps[0].dim():
-            raise ValueError(f"batch_dims must be an int between 0 and x.dim() = {ps[0].dim()}, got {batch_dims!r}")
-        if not (ps[0].is_floating_point() or ps[0].is_complex()):
-            raise ValueError(f"the optimized tensor must be floating-point or complex, got {ps[0].dtype}")
-        self.batch_dims = int(batch_dims)
-
-    # ------------------------------------------------------------------ helpers
-    @property
-    def param(self) -> torch.Tensor:
-        return self.param_groups[0]["params"][0]
-
-    @property
-    def batch_shape(self) -> Tuple[int, ...]:
-        return tuple(self.param.shape[: self.batch_dims])
-
-    def _flat(self, t: torch.Tensor) -> torch.Tensor:
-        B = math.prod(self.batch_shape)
-        return t.reshape(B, *self.param.shape[self.batch_dims:])
-
-    def _per_sample(self, loss) -> torch.Tensor:
-        B = math.prod(self.batch_shape)
-        t = torch.as_tensor(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-        if t.is_complex():
-            raise ValueError("the closure must return a real loss")
-        if t.numel() == B:
-            return t.reshape(B).to(self.param.real.dtype if self.param.is_complex() else self.param.dtype)
-        raise ValueError(f"{type(self).__name__}: the closure must return one loss per sample, shape "
-                         f"{self.batch_shape} (batch_dims={self.batch_dims}), got shape {tuple(t.shape)}; return "
-                         f"the per-sample values (e.g. phasetorch.losses.IntensityLoss(op)(x, y)) and call "
-                         f".sum().backward() on them")
-
-    def _closure_evaluate(self, closure) -> Evaluate:
-        p = self.param
-
-        def evaluate(x_flat: torch.Tensor):
-            with torch.no_grad():
-                p.copy_(x_flat.reshape(p.shape))
-            with torch.enable_grad():
-                loss = closure()
-            if p.grad is None:
-                raise ValueError("the closure did not compute x.grad; call .backward() on the (summed) loss")
-            return self._per_sample(loss), self._flat(p.grad.detach()).clone()
-
-        return evaluate
-
-    def _gradient_now(self, closure):
-        """(f or None, grad, evaluate or None) at the current point."""
-        p = self.param
-        if closure is None:
-            if p.grad is None:
-                raise ValueError(f"{type(self).__name__}.step() needs x.grad (call loss.backward() first) "
-                                 f"or a closure")
-            return None, self._flat(p.grad.detach()).clone(), None
-        evaluate = self._closure_evaluate(closure)
-        x0 = self._flat(p.detach()).clone()
-        f, g = evaluate(x0)
-        return f, g, evaluate
-
-
-__all__ = ["PhaseOptimizer", "backtracking"]
+__all__ = ["backtracking", "Evaluate", "Project"]

@@ -20,41 +20,39 @@ name      loss / update                                default step             
 
 References: WF — Candès, Li & Soltanolkotabi, IEEE Trans. Inf. Theory 61 (2015); TWF — Chen &
 Candès, Comm. Pure Appl. Math. 70 (2017); RWF — Zhang & Liang, NeurIPS 2016; TAF/AF — Wang,
-Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018) (μ = 0.6 is the paper's step for real data; at the
-solution the complex amplitude loss has about half the real one's curvature — only the part of
-a_iᴴh in phase with a_iᴴx counts — so complex data take μ = 1, solvephase's value: 80–88 iterations to 1e-6 at n = 256, m = 8n against 137–148 with 0.6, four seeds,
-and 251–298 against 423–500 at m = 4n); RAF — Wang, Giannakis, Saad & Chen, IEEE
-Trans. Signal Process. 66 (2018) (β = 10 as in the paper for real data, β = 5 for complex data as in
-PhasePack; near the solution the weights are 1/(1+β), so the effective step is μ/(1+β) ≈ 0.55 (real)
-and 0.67 (complex, the value solvephase uses), comparable to TAF's 0.6 — with μ = 2 the effective
-step 0.18 makes RAF three times slower than TAF); GS — Gerchberg &
-Saxton, Optik 35 (1972), with the spectral start of Netrapalli, Jain & Sanghavi (NeurIPS 2013);
-HIO — Fienup, Appl. Opt. 21 (1982); L-BFGS — Liu & Nocedal, Math. Program. 45 (1989), on the
-amplitude loss (chosen over the intensity loss: 22 instead of 35 iterations to 1e-6 at n = 256,
-m = 8n), started from the Mondelli–Montanari ``mm`` spectral estimate (Mondelli & Montanari, Found.
-Comput. Math. 19, 2019): cosine ≈ 0.88 at m = 8n for about 20 products with D, where the ``optimal``
-T (Luo, Alghamdi & Lu, IEEE Trans. Signal Process. 67, 2019; cosine 0.96) needs about 6× as many
-Lanczos products because its D has a wide negative spectrum — and L-BFGS then needs the same
-number of iterations from either start. For the same reason the ``lbfgs`` preset stops Lanczos at
-a residual of 10⁻¹·θ: at n = 1024, m = 8n that is 3 products with D instead of 8 (10⁻³) or 16
-(10⁻⁶), and the early-stopped Krylov vector is no worse a start (cosine with x 0.896 against 0.886
-for the converged eigenvector, three seeds); L-BFGS needs the same number of iterations from it
-(complex Gaussian n = 256, m/n = 3, 4, 8, six seeds each, and CDP 96×96, L = 8, three seeds: equal
-or fewer iterations and never a failure). Every other preset uses spectral_init's default 10⁻⁶
-(``wf`` in particular, whose spectral start the DMFT theory describes). ``spectral_options``
-overrides either.
+Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018) (μ = 0.6 for real data; the complex amplitude
+loss has about half the real one's curvature at the solution — only the part of a_iᴴh in phase
+with a_iᴴx counts — hence μ = 1 for complex data); RAF — Wang, Giannakis, Saad & Chen, IEEE Trans.
+Signal Process. 66 (2018) (β = 10 real, 5 complex as in PhasePack; near the solution the weights are
+1/(1+β), so the effective step is μ/(1+β)); GS — Gerchberg & Saxton, Optik 35 (1972), with the
+spectral start of Netrapalli, Jain & Sanghavi (NeurIPS 2013); HIO — Fienup, Appl. Opt. 21 (1982);
+L-BFGS — Liu & Nocedal, Math. Program. 45 (1989), on the amplitude loss, started from the
+Mondelli–Montanari ``mm`` spectral estimate (Found. Comput. Math. 19, 2019) with Lanczos stopped at
+a residual of 10⁻¹·θ. Measured iteration counts and timings are in ``results/`` and the benchmark.
+
+A preset is the ONLY place where an algorithm's defaults live: its loss, its algorithm builder,
+its hyper-parameters (``options``/``options_complex``), its default step μ and its spectral
+start. :func:`phasetorch.reconstruct` and the ``torch.optim`` adapters of
+:mod:`phasetorch.optim.adapter` both read them. Adding an algorithm is one :class:`Preset` here
+(and, if its update is new, one :class:`~phasetorch.optim.engine.Algorithm` class).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
 from .. import losses as L
+from ..physics.base import MeasurementOperator
+from .engine import Algorithm
+from .gradient import GradientAlgorithm
+from .lbfgs import LBFGSAlgorithm
+from .projections import Constraint, ErrorReduction, HybridInputOutputAlgorithm, tight_frame_constant
+from .steps import WFRamp, make_step_rule
 
-__all__ = ["Preset", "PRESETS", "get_preset", "rwf_truncation"]
+__all__ = ["Preset", "PRESETS", "get_preset", "rwf_truncation", "Setting"]
 
 
 def rwf_truncation(yhat: torch.Tensor) -> torch.Tensor:
@@ -66,82 +64,128 @@ def rwf_truncation(yhat: torch.Tensor) -> torch.Tensor:
     return yhat * ((yhat > 1.0) & (yhat < 25.0)).to(yhat.dtype)
 
 
-rwf_truncation.__name__ = "rwf_truncation"
+@dataclass
+class Setting:
+    """What a builder needs to know of the problem: the operator, ψ = √max(y, 0) as ``(B, *meas)``,
+    the object constraint and whether the signal is complex."""
+
+    op: MeasurementOperator
+    psi: torch.Tensor
+    constraint: Constraint
+    complex_signal: bool
+
+
+#: builder(setting, options, mu, step, schedule) -> Algorithm
+Builder = Callable[[Setting, Dict[str, Any], float, Any, Any], Algorithm]
+
+
+def constant_gradient(setting, opts, mu, step, schedule) -> Algorithm:
+    """Gradient descent, constant step μ by default (``step=``/``schedule=`` choose another rule)."""
+    return GradientAlgorithm(make_step_rule(step, schedule, default=make_step_rule(mu), mu0=mu))
+
+
+def ramp_gradient(setting, opts, mu, step, schedule) -> Algorithm:
+    """Gradient descent with Candès's ramp μ_t = min(1 − e^{−t/τ₀}, μ_max) by default."""
+    default = WFRamp(opts["tau0"], opts["mu_max"])
+    return GradientAlgorithm(make_step_rule(step, schedule, default=default, mu0=mu))
+
+
+def lbfgs(setting, opts, mu, step, schedule) -> Algorithm:
+    """Batched L-BFGS with Armijo backtracking (first step μ₀ = μ)."""
+    return LBFGSAlgorithm(memory=opts["memory"], mu0=mu)
+
+
+def error_reduction(setting, opts, mu, step, schedule) -> Algorithm:
+    """Error reduction / Gerchberg–Saxton."""
+    return ErrorReduction(setting.op, setting.psi, setting.constraint, opts["cg_steps"],
+                          tight_frame_constant(setting.op))
+
+
+def hybrid_input_output(setting, opts, mu, step, schedule) -> Algorithm:
+    """Fienup's HIO with feedback β."""
+    return HybridInputOutputAlgorithm(setting.op, setting.psi, setting.constraint, opts["beta"], opts["cg_steps"],
+                                      tight_frame_constant(setting.op))
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One named algorithm: how to build its loss and update, and its defaults.
+    """One named algorithm: its builder, its loss and every default.
 
     ``options`` are the tunable hyper-parameters with their defaults (``options_complex``
     overrides for complex signals); :func:`phasetorch.reconstruct` accepts them as keyword arguments.
+    ``mu``/``mu_complex`` is the default step μ, or ``mu_option`` names the option that holds it.
+    ``loss_choices``: the losses the ``loss`` option may name (empty: the loss is fixed).
     """
 
     name: str
-    family: str                      # "gradient", "lbfgs", "gs", "hio"
     title: str
     reference: str
+    build: Builder
+    loss: str
     preprocessing: Union[str, Callable, None]
     init: str = "spectral"
-    loss: Optional[str] = None       # a key of phasetorch.losses.LOSSES
-    loss_options: tuple = ()         # names of options passed to the loss
-    rule: str = "constant"           # "constant", "wf_ramp", "armijo" (L-BFGS: its line search)
+    loss_options: Tuple[str, ...] = ()
+    loss_choices: Tuple[str, ...] = ()
     mu: float = 1.0
     mu_complex: Optional[float] = None
+    mu_option: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
     options_complex: Dict[str, Any] = field(default_factory=dict)
     #: default keyword arguments of spectral_init for init="spectral" (user spectral_options override)
     spectral: Dict[str, Any] = field(default_factory=dict)
 
     def defaults(self, complex_signal: bool) -> Dict[str, Any]:
+        """The hyper-parameters with their defaults for a real or complex signal."""
         out = dict(self.options)
         if complex_signal:
             out.update(self.options_complex)
         return out
 
-    def step_mu(self, complex_signal: bool) -> float:
+    def step_mu(self, complex_signal: bool, opts: Optional[Dict[str, Any]] = None) -> float:
+        """The default step μ (from ``opts`` when the preset keeps it in an option)."""
+        if self.mu_option is not None:
+            return float((opts if opts is not None else self.defaults(complex_signal))[self.mu_option])
         return self.mu_complex if (complex_signal and self.mu_complex is not None) else self.mu
 
+    def loss_class(self, opts: Dict[str, Any]) -> type:
+        """The loss class for these options (``opts["loss"]`` when the preset lets the user choose)."""
+        name = opts.get("loss", self.loss) if self.loss_choices else self.loss
+        if self.loss_choices and name not in self.loss_choices:
+            raise ValueError(f"{self.name} works on loss={' or '.join(repr(c) for c in self.loss_choices)}, "
+                             f"got {name!r}")
+        return L.LOSSES[name]
+
     def make_loss(self, op, l2: float, opts: Dict[str, Any]) -> L.PhaseRetrievalLoss:
-        name = self.loss or "amplitude"
+        """The preset's loss on ``op`` with ridge ``l2`` and the loss options among ``opts``."""
         kwargs = {k: opts[k] for k in self.loss_options if k in opts}
-        if self.family == "lbfgs":
-            name = opts.get("loss", name)
-            if name not in ("amplitude", "intensity"):
-                raise ValueError(f"lbfgs works on loss='amplitude' or loss='intensity', got {name!r}")
-        return L.LOSSES[name](op, l2=l2, **kwargs)
+        return self.loss_class(opts)(op, l2=l2, **kwargs)
 
 
 PRESETS: Dict[str, Preset] = {p.name: p for p in (
-    Preset("wf", "gradient", "Wirtinger flow",
-           "Candès, Li & Soltanolkotabi, IEEE Trans. Inf. Theory 61 (2015)", "identity",
-           loss="intensity", rule="wf_ramp", mu=0.2, options={"tau0": 330.0, "mu_max": 0.2}),
-    Preset("twf", "gradient", "Truncated Wirtinger flow",
-           "Chen & Candès, Comm. Pure Appl. Math. 70 (2017)", "trimmed",
-           loss="poisson_truncated", loss_options=("alpha_lb", "alpha_ub", "alpha_h"), mu=0.2,
-           options={"alpha_lb": 0.3, "alpha_ub": 5.0, "alpha_h": 5.0}),
-    Preset("rwf", "gradient", "Reshaped Wirtinger flow",
-           "Zhang & Liang, NeurIPS 2016", rwf_truncation, loss="amplitude", mu=0.8),
-    Preset("taf", "gradient", "Truncated amplitude flow",
-           "Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018)", "orthogonality",
-           loss="amplitude_truncated", loss_options=("gamma",), mu=0.6, mu_complex=1.0, options={"gamma": 0.7}),
-    Preset("raf", "gradient", "Reweighted amplitude flow",
-           "Wang, Giannakis, Saad & Chen, IEEE Trans. Signal Process. 66 (2018)", "weighted",
-           loss="amplitude_reweighted", loss_options=("beta",), mu=6.0, mu_complex=4.0,
+    Preset("wf", "Wirtinger flow", "Candès, Li & Soltanolkotabi, IEEE Trans. Inf. Theory 61 (2015)",
+           ramp_gradient, "intensity", "identity", mu_option="mu_max", options={"tau0": 330.0, "mu_max": 0.2}),
+    Preset("twf", "Truncated Wirtinger flow", "Chen & Candès, Comm. Pure Appl. Math. 70 (2017)",
+           constant_gradient, "poisson_truncated", "trimmed", loss_options=("alpha_lb", "alpha_ub", "alpha_h"),
+           mu=0.2, options={"alpha_lb": 0.3, "alpha_ub": 5.0, "alpha_h": 5.0}),
+    Preset("rwf", "Reshaped Wirtinger flow", "Zhang & Liang, NeurIPS 2016",
+           constant_gradient, "amplitude", rwf_truncation, mu=0.8),
+    Preset("taf", "Truncated amplitude flow", "Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018)",
+           constant_gradient, "amplitude_truncated", "orthogonality", loss_options=("gamma",), mu=0.6,
+           mu_complex=1.0, options={"gamma": 0.7}),
+    Preset("raf", "Reweighted amplitude flow", "Wang, Giannakis, Saad & Chen, IEEE Trans. Signal Process. 66 (2018)",
+           constant_gradient, "amplitude_reweighted", "weighted", loss_options=("beta",), mu=6.0, mu_complex=4.0,
            options={"beta": 10.0}, options_complex={"beta": 5.0}),
-    Preset("af", "gradient", "Amplitude flow",
-           "Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018)", "orthogonality",
-           loss="amplitude", mu=0.6, mu_complex=1.0),
-    Preset("gs", "gs", "Gerchberg–Saxton / error reduction",
-           "Gerchberg & Saxton, Optik 35 (1972); Fienup, Appl. Opt. 21 (1982)", "identity",
-           loss="amplitude", options={"cg_steps": 3}),
-    Preset("hio", "hio", "Hybrid input–output",
-           "Fienup, Appl. Opt. 21 (1982)", "identity", init="random",
-           loss="amplitude", options={"beta": 0.9, "cg_steps": 3}),
-    Preset("lbfgs", "lbfgs", "L-BFGS",
-           "Liu & Nocedal, Math. Program. 45 (1989)", "mm",
-           loss="amplitude", rule="armijo", mu=0.5, options={"memory": 10, "loss": "amplitude"},
-           spectral={"tol": 1e-1}),
+    Preset("af", "Amplitude flow", "Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018)",
+           constant_gradient, "amplitude", "orthogonality", mu=0.6, mu_complex=1.0),
+    Preset("gs", "Gerchberg–Saxton / error reduction",
+           "Gerchberg & Saxton, Optik 35 (1972); Fienup, Appl. Opt. 21 (1982)",
+           error_reduction, "amplitude", "identity", options={"cg_steps": 3}),
+    Preset("hio", "Hybrid input–output", "Fienup, Appl. Opt. 21 (1982)",
+           hybrid_input_output, "amplitude", "identity", init="random", mu_option="beta",
+           options={"beta": 0.9, "cg_steps": 3}),
+    Preset("lbfgs", "L-BFGS", "Liu & Nocedal, Math. Program. 45 (1989)",
+           lbfgs, "amplitude", "mm", loss_choices=("amplitude", "intensity"), mu=0.5,
+           options={"memory": 10, "loss": "amplitude"}, spectral={"tol": 1e-1}),
 )}
 
 

@@ -33,10 +33,10 @@ from typing import Optional
 import torch
 
 from ..physics.base import MeasurementOperator
-from ..tensors import bview, dot, norm2
-from .base import PhaseOptimizer
+from ..tensors import bview, check_int, check_number, dot, norm2
+from .engine import Algorithm, StepResult
 
-__all__ = ["GerchbergSaxton", "HybridInputOutput", "Constraint", "LeastSquares", "tight_frame_constant",
+__all__ = ["ErrorReduction", "HybridInputOutputAlgorithm", "Constraint", "LeastSquares", "tight_frame_constant",
            "phase_projection"]
 
 
@@ -142,36 +142,63 @@ class LeastSquares:
         return x
 
 
-class GSCore:
-    """Functional core of error reduction (used by :class:`GerchbergSaxton` and the solver)."""
+class ErrorReduction(Algorithm):
+    r"""Error reduction / Gerchberg–Saxton: x ← x + μ(Π_C(A⁺ P_M(Ax)) − x), μ = 1 the classic update.
 
-    def __init__(self, op, psi, constraint: Constraint, cg_steps: int = 3, tight: Optional[float] = None) -> None:
-        self.op, self.psi, self.constraint = op, psi, constraint
-        self.lsq = LeastSquares(op, constraint, cg_steps, tight)
+    μ ≠ 1 is the relaxed projection (over-relaxation for 1 < μ < 2). ``psi`` = √max(y, 0) per sample,
+    shape ``(B, *measurement_shape)``; ``constraint`` the object constraint. The cache of the step
+    context, when given, is r = Ax/√e (e = ``op.entry_energy``), so Ax is not recomputed. No state.
+    """
 
-    def step(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x_new = Π_C(A⁺ P_M(z)), z = Ax."""
-        b = phase_projection(z, self.psi)
-        return self.constraint(self.lsq.solve(b, x, z))
+    name = "gs"
+    uses_gradient = False
+    takes_l2 = False
 
-
-class HIOCore:
-    """Functional core of hybrid input–output (state: the in-range part x and u ∈ ℂ^m)."""
-
-    def __init__(self, op, psi, constraint: Constraint, beta: float = 0.9, cg_steps: int = 3,
+    def __init__(self, op: MeasurementOperator, psi: torch.Tensor, constraint: Constraint, cg_steps: int = 3,
                  tight: Optional[float] = None) -> None:
-        if not (math.isfinite(float(beta)) and 0 < float(beta) <= 2):
+        self.op, self.psi, self.constraint = op, psi, constraint
+        self.lsq = LeastSquares(op, constraint, check_int(cg_steps, "cg_steps", 1), tight)
+
+    def step(self, state, t, x, f, grad, ctx, mu=None):
+        z = self.op.linear(x) if ctx.cache is None else ctx.cache * math.sqrt(self.op.entry_energy)
+        x_new = self.constraint(self.lsq.solve(phase_projection(z, self.psi), x, z))
+        if x_new.is_complex() and not x.is_complex():
+            x_new = x_new.real
+        if mu is not None and mu != 1.0:
+            x_new = x + check_number(mu, "the relaxation μ", low=0.0, strict=True) * (x_new - x)
+        return StepResult(torch.full((x.shape[0],), float("nan"), dtype=x.real.dtype, device=x.device), x_new)
+
+
+class HybridInputOutputAlgorithm(Algorithm):
+    """Fienup's hybrid input–output (module docstring); μ = β, the feedback parameter (0.9).
+
+    State: ``hio_x`` (the in-range part), ``hio_u`` (the field in measurement space), ``hio_v``
+    (the last least-squares image A⁺P_M(u)). The iterate reported is Π_C(v).
+    """
+
+    name = "hio"
+    uses_gradient = False
+    takes_l2 = False
+
+    def __init__(self, op: MeasurementOperator, psi: torch.Tensor, constraint: Constraint, beta: float = 0.9,
+                 cg_steps: int = 3, tight: Optional[float] = None) -> None:
+        self.mu = self.check_beta(beta)
+        self.op, self.psi, self.constraint = op, psi, constraint
+        self.lsq = LeastSquares(op, Constraint(), check_int(cg_steps, "cg_steps", 1), tight)
+
+    @staticmethod
+    def check_beta(beta) -> float:
+        beta = check_number(beta, "the HIO feedback beta", low=0.0, strict=True)
+        if beta > 2:
             raise ValueError(f"the HIO feedback beta must be in (0, 2], got {beta}")
-        self.op, self.psi, self.constraint, self.beta = op, psi, constraint, float(beta)
-        self.lsq = LeastSquares(op, Constraint(), cg_steps, tight)
-        self.x = self.u = self.v = None
+        return beta
 
-    def start(self, x0: torch.Tensor) -> None:
-        self.x = x0.to(self.op.signal_dtype) if self.op.is_complex else x0
-        self.u = self.op.linear(self.x)
-        self.v = self.x
+    def init_state(self, x, scale):
+        x = x.to(self.op.signal_dtype) if self.op.is_complex else x
+        return {"scale": scale, "hio_x": x, "hio_u": self.op.linear(x), "hio_v": x}
 
-    def _good(self, comp: torch.Tensor, imaginary: bool) -> torch.Tensor:
+    def good(self, comp: torch.Tensor, imaginary: bool) -> torch.Tensor:
+        """Where a real component of v satisfies the object constraint."""
         c = self.constraint
         good = torch.ones_like(comp, dtype=torch.bool)
         if imaginary and c.real:
@@ -182,104 +209,20 @@ class HIOCore:
             good = good & (comp >= 0)
         return good
 
-    def step(self) -> torch.Tensor:
-        """One HIO iteration; returns the estimate Π_C(v)."""
-        w = phase_projection(self.u, self.psi)
-        v = self.lsq.solve(w, self.v)
-        b = self.beta
+    def step(self, state, t, x, f, grad, ctx, mu=None):
+        b = self.mu if mu is None else self.check_beta(mu)
+        hx, u = state["hio_x"], state["hio_u"]
+        w = phase_projection(u, self.psi)
+        v = self.lsq.solve(w, state["hio_v"])
         if v.is_complex():
-            xr, xi = self.x.real, self.x.imag
-            re = torch.where(self._good(v.real, False), v.real, xr - b * v.real)
-            im = torch.where(self._good(v.imag, True), v.imag, xi - b * v.imag)
+            re = torch.where(self.good(v.real, False), v.real, hx.real - b * v.real)
+            im = torch.where(self.good(v.imag, True), v.imag, hx.imag - b * v.imag)
             x_new = torch.complex(re, im)
         else:
-            x_new = torch.where(self._good(v, False), v, self.x - b * v)
-        self.u = self.u - b * w + self.op.linear(x_new + b * v - self.x)
-        self.x, self.v = x_new, v
-        return self.constraint(v)
-
-
-class _ProjectionOptimizer(PhaseOptimizer):
-    def __init__(self, params, op, y, support, nonnegative, real_signal, defaults):
-        if not isinstance(op, MeasurementOperator):
-            raise ValueError(f"op must be a phasetorch MeasurementOperator, got {type(op).__name__}")
-        ps = list(params) if not isinstance(params, torch.Tensor) else [params]
-        x = ps[0] if isinstance(ps[0], torch.Tensor) else ps[0]["params"][0]
-        op.check_signal(x.detach())
-        batch_dims = x.dim() - len(op.signal_shape)
-        super().__init__(ps, defaults, batch_dims)
-        from ..losses import check_intensities
-        check_intensities(op, y)
-        B = math.prod(self.batch_shape)
-        yb = y.expand(*self.batch_shape, *op.measurement_shape) if y.dim() == len(op.measurement_shape) else y
-        if tuple(yb.shape[: yb.dim() - len(op.measurement_shape)]) != self.batch_shape:
-            raise ValueError(f"y has batch shape {tuple(yb.shape[:yb.dim() - len(op.measurement_shape)])} but x has "
-                             f"{self.batch_shape}")
-        self.op = op
-        self.psi = yb.reshape(B, *op.measurement_shape).clamp_min(0).sqrt()
-        if real_signal is None:
-            real_signal = not x.is_complex()
-        sup = None
-        if support is not None:
-            sup = torch.as_tensor(support, device=x.device).to(torch.bool)
-            sup = sup.expand(*self.batch_shape, *op.signal_shape).reshape(B, *op.signal_shape)
-        self.constraint = Constraint(real_signal, sup, nonnegative)
-
-
-class GerchbergSaxton(_ProjectionOptimizer):
-    r"""Error reduction (Gerchberg–Saxton) as an optimizer: each ``step()`` sets x ← Π_C(A⁺ P_M(Ax)).
-
-    Parameters
-    ----------
-    params : one tensor x of shape ``(*batch, *op.signal_shape)`` (the starting point).
-    op, y : the operator and the intensities (``y`` of shape ``(*batch, *measurement_shape)`` or
-        unbatched).
-    support : optional boolean mask (``signal_shape`` or ``(*batch, *signal_shape)``).
-    nonnegative : clamp x ≥ 0 (implies a real object).
-    real_signal : keep x real (default: whether x is real).
-    cg_steps : CG steps of the least-squares inverse for operators that are not tight frames (3).
-
-    No closure is needed (``step()`` returns ``None``).
-    """
-
-    def __init__(self, params, op, y, support=None, nonnegative: bool = False, real_signal: Optional[bool] = None,
-                 cg_steps: int = 3) -> None:
-        super().__init__(params, op, y, support, nonnegative, real_signal, {"cg_steps": cg_steps})
-        self.core = GSCore(op, self.psi, self.constraint, cg_steps, tight_frame_constant(op))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        p = self.param
-        x = self._flat(p.detach()).clone()
-        x_new = self.core.step(x, self.op.linear(x))
-        if x_new.is_complex() and not p.is_complex():
-            x_new = x_new.real
-        p.copy_(x_new.reshape(p.shape))
-        return None
-
-
-class HybridInputOutput(_ProjectionOptimizer):
-    r"""Fienup's hybrid input–output as an optimizer (see the module docstring); β = 0.9.
-
-    The HIO state (the measurement-space field u) is kept in the optimizer; after each ``step()``
-    the parameter holds the current estimate Π_C(A⁺ P_M(u)). Parameters as for
-    :class:`GerchbergSaxton` plus ``beta``.
-    """
-
-    def __init__(self, params, op, y, support=None, nonnegative: bool = False, real_signal: Optional[bool] = None,
-                 beta: float = 0.9, cg_steps: int = 3) -> None:
-        super().__init__(params, op, y, support, nonnegative, real_signal, {"beta": beta, "cg_steps": cg_steps})
-        self.core = HIOCore(op, self.psi, self.constraint, beta, cg_steps, tight_frame_constant(op))
-        self._started = False
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        p = self.param
-        if not self._started:
-            self.core.start(self._flat(p.detach()).clone())
-            self._started = True
-        est = self.core.step()
-        if est.is_complex() and not p.is_complex():
+            x_new = torch.where(self.good(v, False), v, hx - b * v)
+        state["hio_u"] = u - b * w + self.op.linear(x_new + b * v - hx)
+        state["hio_x"], state["hio_v"] = x_new, v
+        est = self.constraint(v)
+        if est.is_complex() and not x.is_complex():
             est = est.real
-        p.copy_(est.reshape(p.shape))
-        return None
+        return StepResult(torch.full((x.shape[0],), float("nan"), dtype=x.real.dtype, device=x.device), est)

@@ -1,65 +1,75 @@
-r"""Step-size rules shared by every gradient-type algorithm and loss.
+r"""Step-size rules shared by every gradient-type algorithm: stateless objects, per-sample tensor state.
 
 A rule returns a per-sample step α_t (shape ``(B,)``) for the update x_t = P(x_{t−1} + α_t d_t),
 d_t the search direction (−∇f for gradient descent) and P an optional projection. Every rule
 multiplies its dimensionless μ by the loss's per-sample scale s (:meth:`phasetorch.losses.
-PhaseRetrievalLoss.step_scale`: 1/‖x₀‖² for the intensity loss, 1 otherwise), so that
-``step=μ`` means the same thing for images of any brightness and on every operator.
+PhaseRetrievalLoss.step_scale`: 1/‖x₀‖² for the intensity loss, 1 otherwise), so that ``step=μ``
+means the same thing for images of any brightness and on every operator. μ is passed at every call
+(``mu=``): the torch adapters pass ``param_groups[i]["lr"]``, so learning-rate schedulers act on it.
+
+A rule keeps no Python state: what it carries from one iteration to the next lives in a dict of
+tensors (:meth:`StepRule.init_state`), which the algorithm's state holds and ``state_dict`` saves.
 
 =====================  ==========================================================================
 rule                   α_t
 =====================  ==========================================================================
 :class:`Constant`      μ·s
-:class:`Schedule`      μ_t·s with μ_t = schedule(t), t = 1, 2, … (t is the index of the new iterate)
-:class:`WFRamp`        μ_t = min(1 − e^{−t/τ₀}, μ_max), τ₀ = 330, μ_max = 0.2 (Candès, Li &
-                       Soltanolkotabi 2015, §4: their released Gaussian code uses 0.2, the CDP code 0.4)
-:class:`Armijo`        backtracking from min(2α_{t−1}, α_max) (first: μ₀·s) until f decreases by
-                       c·Re⟨∇f, x_t − x_{t−1}⟩, c = 10⁻⁴ (Armijo 1966)
+:class:`Schedule`      μ·schedule(t)·s, t = 1, 2, … (t is the index of the new iterate; μ = 1 unless given)
+:class:`WFRamp`        min(1 − e^{−t/τ₀}, μ)·s, τ₀ = 330, μ = μ_max = 0.2 (Candès, Li & Soltanolkotabi,
+                       IEEE Trans. Inf. Theory 61, 2015, §4)
+:class:`Armijo`        backtracking from min(2α_{t−1}, 10⁴μs) (first: μ·s) until f decreases by
+                       c·Re⟨∇f, x_t − x_{t−1}⟩, c = 10⁻⁴ (Armijo, Pacific J. Math. 16, 1966)
 :class:`BarzilaiBorwein` ⟨s,s⟩/⟨s,g⟩ (``bb1``) or ⟨s,g⟩/⟨g,g⟩ (``bb2``), s = x_{t−1} − x_{t−2},
-                       g = ∇f(x_{t−1}) − ∇f(x_{t−2}) per sample, safeguarded to [10⁻⁴, 10⁴]·μ₀·s;
-                       first step μ₀·s (Barzilai & Borwein, IMA J. Numer. Anal. 8, 1988)
+                       g = ∇f(x_{t−1}) − ∇f(x_{t−2}) per sample, safeguarded to [10⁻⁴, 10⁴]·μ·s;
+                       first step μ·s (Barzilai & Borwein, IMA J. Numer. Anal. 8, 1988)
 =====================  ==========================================================================
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
-from ..tensors import bview, dot, norm2
+from ..tensors import bview, check_number, dot, norm2
 from .base import backtracking
 
 __all__ = ["StepRule", "Constant", "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "make_step_rule",
-           "RULE_NAMES"]
+           "RULE_NAMES", "wf_ramp"]
+
+State = Dict[str, torch.Tensor]
 
 
-def _check_mu(mu, who: str) -> float:
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(float(mu)) or float(mu) <= 0:
-        raise ValueError(f"{who}: the step μ must be a finite number > 0, got {mu!r}")
-    return float(mu)
+def wf_ramp(t: int, tau0: float, mu_max: float) -> float:
+    """Candès, Li & Soltanolkotabi's step heuristic μ_t = min(1 − e^{−t/τ₀}, μ_max) (WF paper, §4)."""
+    return min(1.0 - math.exp(-t / tau0), mu_max)
+
+
+def check_mu(mu, who: str) -> float:
+    """A step μ: a finite number > 0."""
+    return check_number(mu, f"{who}: the step μ", low=0.0, strict=True)
 
 
 class StepRule:
-    """Base class. Subclasses implement :meth:`__call__`; :meth:`reset` is called at the start of a run."""
+    """Base class. ``mu`` is the rule's default μ (the torch adapters' ``lr``)."""
 
     name = "rule"
     #: whether the rule evaluates the objective at trial points
     needs_values = False
+    mu: float = 1.0
 
-    def __init__(self) -> None:
-        self.scale: Optional[torch.Tensor] = None
+    def init_state(self, x: torch.Tensor) -> State:
+        """Per-sample tensors the rule carries between iterations (x: the flat batch ``(B, ...)``)."""
+        return {}
 
-    def reset(self, scale: torch.Tensor) -> None:
-        """Start a run; ``scale`` is the per-sample factor s (shape ``(B,)``)."""
-        self.scale = scale
-
-    def __call__(self, t: int, x, f, grad, direction, evaluate, active, cache0=None, project=None):
-        """Return ``(alpha, x_new, f_new or None, cache or None)``."""
+    def __call__(self, state: State, t: int, scale, x, f, grad, direction, evaluate, active, cache0=None,
+                 project=None, mu: Optional[float] = None):
+        """Return ``(alpha, x_new, f_new or None, cache or None)``; updates ``state`` in place."""
         raise NotImplementedError  # abstract
 
-    def _apply(self, alpha, x, direction, active, project):
+    @staticmethod
+    def _apply(alpha, x, direction, active, project):
         alpha = torch.where(active, alpha, torch.zeros_like(alpha))
         x_new = x + bview(alpha, x).to(x.dtype) * direction
         if project is not None:
@@ -74,6 +84,10 @@ class StepRule:
         """The step parameter in force, for error messages ("reduce step (currently …)")."""
         return str(self.describe())
 
+    def smaller(self) -> Optional[float]:
+        """A smaller μ to suggest after a divergence (None when the rule has no single μ)."""
+        return self.mu / 2
+
 
 class Constant(StepRule):
     """α_t = μ·s for every t."""
@@ -81,11 +95,11 @@ class Constant(StepRule):
     name = "constant"
 
     def __init__(self, mu: float) -> None:
-        super().__init__()
-        self.mu = _check_mu(mu, "Constant")
+        self.mu = check_mu(mu, "Constant")
 
-    def __call__(self, t, x, f, grad, direction, evaluate, active, cache0=None, project=None):
-        return self._apply(self.mu * self.scale, x, direction, active, project)
+    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
+                 mu=None):
+        return self._apply((self.mu if mu is None else mu) * scale, x, direction, active, project)
 
     def describe(self):
         return self.mu
@@ -95,136 +109,160 @@ class Constant(StepRule):
 
 
 class Schedule(StepRule):
-    """α_t = schedule(t)·s; ``schedule`` maps the iteration t = 1, 2, … to μ_t ≥ 0."""
+    """α_t = μ·schedule(t)·s; ``schedule`` maps the iteration t = 1, 2, … to a factor ≥ 0 (μ = 1 by default)."""
 
     name = "schedule"
 
-    def __init__(self, schedule: Callable[[int], float]) -> None:
-        super().__init__()
+    def __init__(self, schedule: Callable[[int], float], mu: float = 1.0) -> None:
         if not callable(schedule):
             raise ValueError(f"schedule must be a callable t ↦ μ_t, got {type(schedule).__name__}")
         self.schedule = schedule
+        self.mu = check_mu(mu, "Schedule")
 
-    def mu(self, t: int) -> float:
-        mu = self.schedule(int(t))
-        if isinstance(mu, torch.Tensor):
-            mu = mu.item()
-        mu = float(mu)
-        if not math.isfinite(mu) or mu < 0:
-            raise ValueError(f"schedule({t}) returned {mu}; a step size must be finite and ≥ 0")
-        return mu
+    def factor(self, t: int) -> float:
+        """schedule(t), checked finite and ≥ 0."""
+        v = self.schedule(int(t))
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        v = float(v)
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"schedule({t}) returned {v}; a step size must be finite and ≥ 0")
+        return v
 
-    def __call__(self, t, x, f, grad, direction, evaluate, active, cache0=None, project=None):
-        return self._apply(self.mu(t) * self.scale, x, direction, active, project)
+    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
+                 mu=None):
+        return self._apply((self.mu if mu is None else mu) * self.factor(t) * scale, x, direction, active, project)
 
     def describe(self):
         return {"schedule": getattr(self.schedule, "__name__", repr(self.schedule))}
 
     def current(self, t=None):
-        return f"schedule value {self.mu(t):g} at iteration {t}" if t is not None else "the schedule"
+        return f"schedule value {self.factor(t):g} at iteration {t}" if t is not None else "the schedule"
+
+    def smaller(self):
+        return None
 
 
-class WFRamp(Schedule):
-    r"""Candès, Li & Soltanolkotabi's step heuristic μ_t = min(1 − e^{−t/τ₀}, μ_max) (WF paper §4).
-
-    Defaults τ₀ = 330 and μ_max = 0.2 (their Gaussian experiments; 0.4 for coded diffraction).
-    """
+class WFRamp(StepRule):
+    r"""μ_t = min(1 − e^{−t/τ₀}, μ) with μ = μ_max (WF paper §4: τ₀ = 330, μ_max = 0.2)."""
 
     name = "wf_ramp"
 
     def __init__(self, tau0: float = 330.0, mu_max: float = 0.2) -> None:
-        self.tau0 = _check_mu(tau0, "WFRamp tau0")
-        self.mu_max = _check_mu(mu_max, "WFRamp mu_max")
-        super().__init__(lambda t: min(1.0 - math.exp(-t / self.tau0), self.mu_max))
+        self.tau0 = check_mu(tau0, "WFRamp tau0")
+        self.mu = check_mu(mu_max, "WFRamp mu_max")
+
+    @property
+    def mu_max(self) -> float:
+        return self.mu
+
+    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
+                 mu=None):
+        return self._apply(wf_ramp(t, self.tau0, self.mu if mu is None else mu) * scale, x, direction, active,
+                           project)
 
     def describe(self):
-        return {"rule": "wf_ramp", "tau0": self.tau0, "mu_max": self.mu_max}
+        return {"rule": "wf_ramp", "tau0": self.tau0, "mu_max": self.mu}
 
     def current(self, t=None):
-        return f"mu_max={self.mu_max:g}"
+        return f"mu_max={self.mu:g}"
 
 
 class Armijo(StepRule):
-    """Per-sample Armijo backtracking (see the module table). ``mu0`` is the first trial μ."""
+    """Per-sample Armijo backtracking (see the module table); μ is the first trial step.
+
+    State: ``armijo_alpha`` (B,), the last accepted step (NaN before the first).
+    """
 
     name = "armijo"
     needs_values = True
 
     def __init__(self, mu0: float = 1.0, c: float = 1e-4, shrink: float = 0.5, grow: float = 2.0,
                  max_backtracks: int = 40, max_mu: Optional[float] = None) -> None:
-        super().__init__()
-        self.mu0 = _check_mu(mu0, "Armijo mu0")
+        self.mu = check_mu(mu0, "Armijo mu0")
         if not 0 < c < 1 or not 0 < shrink < 1 or grow < 1:
             raise ValueError("Armijo needs 0 < c < 1, 0 < shrink < 1 and grow ≥ 1")
         self.c, self.shrink, self.grow = float(c), float(shrink), float(grow)
         self.max_backtracks = int(max_backtracks)
-        self.max_mu = None if max_mu is None else _check_mu(max_mu, "Armijo max_mu")
-        self.alpha: Optional[torch.Tensor] = None
+        self.max_mu = None if max_mu is None else check_mu(max_mu, "Armijo max_mu")
 
-    def reset(self, scale):
-        super().reset(scale)
-        self.alpha = None
+    @property
+    def mu0(self) -> float:
+        return self.mu
 
-    def __call__(self, t, x, f, grad, direction, evaluate, active, cache0=None, project=None):
+    def init_state(self, x):
+        rdt = x.real.dtype if x.is_complex() else x.dtype
+        return {"armijo_alpha": torch.full((x.shape[0],), float("nan"), dtype=rdt, device=x.device)}
+
+    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
+                 mu=None):
         if f is None:
             raise ValueError("the Armijo rule needs loss values: pass a closure that returns the per-sample loss")
-        base = self.mu0 * self.scale
-        a0 = base if self.alpha is None else self.alpha * self.grow
-        cap = (self.max_mu if self.max_mu is not None else 1e4 * self.mu0) * self.scale
-        a0 = torch.minimum(a0, cap)
+        mu = self.mu if mu is None else mu
+        prev = state["armijo_alpha"]
+        first = torch.isnan(prev)
+        a0 = torch.where(first, mu * scale, prev * self.grow)
+        a0 = torch.minimum(a0, (self.max_mu if self.max_mu is not None else 1e4 * mu) * scale)
         alpha, x_new, f_new, cache = backtracking(x, f, grad, direction, a0, evaluate, active, cache0, project,
                                                   self.c, self.shrink, self.max_backtracks)
-        moved = alpha > 0
-        self.alpha = torch.where(moved, alpha, a0 if self.alpha is None else self.alpha)
+        state["armijo_alpha"] = torch.where(alpha > 0, alpha, torch.where(first, a0, prev))
         return alpha, x_new, f_new, cache
 
     def describe(self):
-        return {"rule": "armijo", "mu0": self.mu0, "c": self.c, "shrink": self.shrink, "grow": self.grow}
+        return {"rule": "armijo", "mu0": self.mu, "c": self.c, "shrink": self.shrink, "grow": self.grow}
 
     def current(self, t=None):
-        return f"armijo from mu0={self.mu0:g}"
+        return f"armijo from mu0={self.mu:g}"
 
 
 class BarzilaiBorwein(StepRule):
-    """Per-sample Barzilai–Borwein steps (see the module table); ``variant`` bb1, bb2 or alternate."""
+    """Per-sample Barzilai–Borwein steps (see the module table); ``variant`` bb1, bb2 or alternate.
+
+    State: ``bb_x``, ``bb_g`` (the previous iterate and gradient), ``bb_alpha`` (B,), ``bb_has`` (B,) bool.
+    """
 
     name = "bb"
 
     def __init__(self, mu0: float = 1.0, variant: str = "bb2", bounds=(1e-4, 1e4)) -> None:
-        super().__init__()
-        self.mu0 = _check_mu(mu0, "BarzilaiBorwein mu0")
+        self.mu = check_mu(mu0, "BarzilaiBorwein mu0")
         if variant not in ("bb1", "bb2", "alternate"):
             raise ValueError(f"variant must be 'bb1', 'bb2' or 'alternate', got {variant!r}")
         self.variant = variant
         self.bounds = (float(bounds[0]), float(bounds[1]))
-        self.prev = None
 
-    def reset(self, scale):
-        super().reset(scale)
-        self.prev = None
+    @property
+    def mu0(self) -> float:
+        return self.mu
 
-    def __call__(self, t, x, f, grad, direction, evaluate, active, cache0=None, project=None):
-        base = self.mu0 * self.scale
-        alpha = base
-        if self.prev is not None:
-            x_prev, g_prev, a_prev = self.prev
-            s, yv = x - x_prev, grad - g_prev
-            sy, ss, yy = dot(s, yv), norm2(s), norm2(yv)
-            long_step = self.variant == "bb1" or (self.variant == "alternate" and t % 2 == 1)
-            tiny = torch.finfo(sy.dtype).tiny
-            cand = ss / sy.clamp_min(tiny) if long_step else sy / yy.clamp_min(tiny)
-            ok = (sy > 0) & torch.isfinite(cand) & (ss > 0)
-            alpha = torch.where(ok, cand, a_prev)
-            alpha = torch.minimum(torch.maximum(alpha, base * self.bounds[0]), base * self.bounds[1])
+    def init_state(self, x):
+        rdt = x.real.dtype if x.is_complex() else x.dtype
+        B = x.shape[0]
+        return {"bb_x": torch.zeros_like(x), "bb_g": torch.zeros_like(x),
+                "bb_alpha": torch.zeros(B, dtype=rdt, device=x.device),
+                "bb_has": torch.zeros(B, dtype=torch.bool, device=x.device)}
+
+    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
+                 mu=None):
+        base = (self.mu if mu is None else mu) * scale
+        s, yv = x - state["bb_x"], grad - state["bb_g"]
+        sy, ss, yy = dot(s, yv), norm2(s), norm2(yv)
+        long_step = self.variant == "bb1" or (self.variant == "alternate" and t % 2 == 1)
+        tiny = torch.finfo(sy.dtype).tiny
+        cand = ss / sy.clamp_min(tiny) if long_step else sy / yy.clamp_min(tiny)
+        ok = (sy > 0) & torch.isfinite(cand) & (ss > 0)
+        alpha = torch.where(ok, cand, state["bb_alpha"])
+        alpha = torch.minimum(torch.maximum(alpha, base * self.bounds[0]), base * self.bounds[1])
+        alpha = torch.where(state["bb_has"], alpha, base)
         out = self._apply(alpha, x, direction, active, project)
-        self.prev = (x, grad, torch.where(active, alpha, base))
+        state.update(bb_x=x, bb_g=grad, bb_alpha=torch.where(active, alpha, base),
+                     bb_has=torch.ones_like(state["bb_has"]))
         return out
 
     def describe(self):
-        return {"rule": "bb", "mu0": self.mu0, "variant": self.variant}
+        return {"rule": "bb", "mu0": self.mu, "variant": self.variant}
 
     def current(self, t=None):
-        return f"bb from mu0={self.mu0:g}"
+        return f"bb from mu0={self.mu:g}"
 
 
 RULE_NAMES = ("constant", "armijo", "bb", "bb1", "bb2")
@@ -259,6 +297,4 @@ def make_step_rule(step=None, schedule=None, default: Optional[StepRule] = None,
             return BarzilaiBorwein(mu0, "bb1")
         raise ValueError(f"unknown step rule {step!r}; use a number μ, one of {', '.join(RULE_NAMES)}, "
                          f"a StepRule, or schedule=callable")
-    if isinstance(step, torch.Tensor) and step.numel() == 1:
-        step = step.item()
-    return Constant(_check_mu(step, "step"))
+    return Constant(check_mu(step, "step"))
