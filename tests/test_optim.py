@@ -41,17 +41,17 @@ def test_constant_and_schedule_rules():
     active = torch.tensor([True, False])
     rule = optim.Constant(0.3)
     assert rule.init_state(x) == {}                       # stateless: nothing to carry
-    alpha, x_new, _, _ = rule({}, 1, scale, x, None, -d, d, None, active)
+    alpha, x_new, _, _ = rule({}, 1, scale, x, None, -d, d, optim.StepContext(active=active))
     assert torch.allclose(alpha, torch.tensor([0.15, 0.0], dtype=F64))
     assert torch.allclose(x_new[0], torch.full((3,), 0.15, dtype=F64)) and torch.equal(x_new[1], x[1])
-    alpha, _, _, _ = rule({}, 1, scale, x, None, -d, d, None, active, mu=0.6)   # μ passed at call time (lr)
+    alpha, _, _, _ = rule({}, 1, scale, x, None, -d, d, optim.StepContext(active=active), mu=0.6)   # μ passed at call time (lr)
     assert torch.allclose(alpha, torch.tensor([0.3, 0.0], dtype=F64))
     assert optim.wf_ramp(1, 330, 0.2) == pytest.approx(1 - math.exp(-1 / 330)) and optim.wf_ramp(10_000, 330, 0.2) == 0.2
     ramp = optim.WFRamp(tau0=330, mu_max=0.2)
-    alpha, _, _, _ = ramp({}, 10_000, scale, x, None, -d, d, None, torch.tensor([True, True]))
+    alpha, _, _, _ = ramp({}, 10_000, scale, x, None, -d, d, optim.StepContext(active=torch.tensor([True, True])))
     assert torch.allclose(alpha, 0.2 * scale)
     sched = optim.Schedule(lambda t: 1.0 / t)
-    alpha, _, _, _ = sched({}, 4, scale, x, None, -d, d, None, torch.tensor([True, True]))
+    alpha, _, _, _ = sched({}, 4, scale, x, None, -d, d, optim.StepContext(active=torch.tensor([True, True])))
     assert torch.allclose(alpha, 0.25 * scale)
     with pytest.raises(ValueError, match="≥ 0"):
         optim.Schedule(lambda t: -1.0).factor(1)

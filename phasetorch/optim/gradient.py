@@ -33,8 +33,7 @@ class GradientAlgorithm(Algorithm):
     def step(self, state, t, x, f, grad, ctx, mu=None):
         if self.needs_values and ctx.evaluate is None:
             raise ValueError(f"the {self.rule.name} rule evaluates the loss at trial points: pass a closure")
-        alpha, x_new, f_new, cache = self.rule(state, t, state["scale"], x, f, grad, -grad, ctx.evaluate,
-                                               ctx.active, ctx.cache, ctx.project, mu)
+        alpha, x_new, f_new, cache = self.rule(state, t, state["scale"], x, f, grad, -grad, ctx, mu)
         return StepResult(alpha, x_new, f_new, cache)
 
     def describe(self):

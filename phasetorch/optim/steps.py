@@ -63,13 +63,18 @@ class StepRule:
         """Per-sample tensors the rule carries between iterations (x: the flat batch ``(B, ...)``)."""
         return {}
 
-    def __call__(self, state: State, t: int, scale, x, f, grad, direction, evaluate, active, cache0=None,
-                 project=None, mu: Optional[float] = None):
-        """Return ``(alpha, x_new, f_new or None, cache or None)``; updates ``state`` in place."""
+    def __call__(self, state: State, t: int, scale, x, f, grad, direction, ctx, mu: Optional[float] = None):
+        """Return ``(alpha, x_new, f_new or None, cache or None)``; updates ``state`` in place.
+
+        ``ctx`` is the :class:`~phasetorch.optim.engine.StepContext` (trial evaluation, active samples,
+        cache at x, projection); ``mu`` overrides the rule's μ.
+        """
         raise NotImplementedError  # abstract
 
     @staticmethod
-    def _apply(alpha, x, direction, active, project):
+    def apply(alpha, x, direction, ctx):
+        """x + α d (α = 0 for inactive samples), projected."""
+        active, project = ctx.active, ctx.project
         alpha = torch.where(active, alpha, torch.zeros_like(alpha))
         x_new = x + bview(alpha, x).to(x.dtype) * direction
         if project is not None:
@@ -97,9 +102,8 @@ class Constant(StepRule):
     def __init__(self, mu: float) -> None:
         self.mu = check_mu(mu, "Constant")
 
-    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
-                 mu=None):
-        return self._apply((self.mu if mu is None else mu) * scale, x, direction, active, project)
+    def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
+        return self.apply((self.mu if mu is None else mu) * scale, x, direction, ctx)
 
     def describe(self):
         return self.mu
@@ -129,9 +133,8 @@ class Schedule(StepRule):
             raise ValueError(f"schedule({t}) returned {v}; a step size must be finite and ≥ 0")
         return v
 
-    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
-                 mu=None):
-        return self._apply((self.mu if mu is None else mu) * self.factor(t) * scale, x, direction, active, project)
+    def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
+        return self.apply((self.mu if mu is None else mu) * self.factor(t) * scale, x, direction, ctx)
 
     def describe(self):
         return {"schedule": getattr(self.schedule, "__name__", repr(self.schedule))}
@@ -156,10 +159,8 @@ class WFRamp(StepRule):
     def mu_max(self) -> float:
         return self.mu
 
-    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
-                 mu=None):
-        return self._apply(wf_ramp(t, self.tau0, self.mu if mu is None else mu) * scale, x, direction, active,
-                           project)
+    def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
+        return self.apply(wf_ramp(t, self.tau0, self.mu if mu is None else mu) * scale, x, direction, ctx)
 
     def describe(self):
         return {"rule": "wf_ramp", "tau0": self.tau0, "mu_max": self.mu}
@@ -194,8 +195,7 @@ class Armijo(StepRule):
         rdt = x.real.dtype if x.is_complex() else x.dtype
         return {"armijo_alpha": torch.full((x.shape[0],), float("nan"), dtype=rdt, device=x.device)}
 
-    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
-                 mu=None):
+    def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         if f is None:
             raise ValueError("the Armijo rule needs loss values: pass a closure that returns the per-sample loss")
         mu = self.mu if mu is None else mu
@@ -203,8 +203,8 @@ class Armijo(StepRule):
         first = torch.isnan(prev)
         a0 = torch.where(first, mu * scale, prev * self.grow)
         a0 = torch.minimum(a0, (self.max_mu if self.max_mu is not None else 1e4 * mu) * scale)
-        alpha, x_new, f_new, cache = backtracking(x, f, grad, direction, a0, evaluate, active, cache0, project,
-                                                  self.c, self.shrink, self.max_backtracks)
+        alpha, x_new, f_new, cache = backtracking(x, f, grad, direction, a0, ctx.evaluate, ctx.active, ctx.cache,
+                                                  ctx.project, self.c, self.shrink, self.max_backtracks)
         state["armijo_alpha"] = torch.where(alpha > 0, alpha, torch.where(first, a0, prev))
         return alpha, x_new, f_new, cache
 
@@ -241,8 +241,7 @@ class BarzilaiBorwein(StepRule):
                 "bb_alpha": torch.zeros(B, dtype=rdt, device=x.device),
                 "bb_has": torch.zeros(B, dtype=torch.bool, device=x.device)}
 
-    def __call__(self, state, t, scale, x, f, grad, direction, evaluate, active, cache0=None, project=None,
-                 mu=None):
+    def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         base = (self.mu if mu is None else mu) * scale
         s, yv = x - state["bb_x"], grad - state["bb_g"]
         sy, ss, yy = dot(s, yv), norm2(s), norm2(yv)
@@ -253,8 +252,8 @@ class BarzilaiBorwein(StepRule):
         alpha = torch.where(ok, cand, state["bb_alpha"])
         alpha = torch.minimum(torch.maximum(alpha, base * self.bounds[0]), base * self.bounds[1])
         alpha = torch.where(state["bb_has"], alpha, base)
-        out = self._apply(alpha, x, direction, active, project)
-        state.update(bb_x=x, bb_g=grad, bb_alpha=torch.where(active, alpha, base),
+        out = self.apply(alpha, x, direction, ctx)
+        state.update(bb_x=x, bb_g=grad, bb_alpha=torch.where(ctx.active, alpha, base),
                      bb_has=torch.ones_like(state["bb_has"]))
         return out
 
