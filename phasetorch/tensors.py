@@ -26,7 +26,7 @@ Shape = Tuple[int, ...]
 
 __all__ = ["Shape", "abs2", "sum_dims", "mean_dims", "inner", "dot", "norm2", "bview", "where_sample",
            "real_dtype_of", "complex_dtype_of", "dtype_name", "parse_dtype", "make_generator", "resolve_seed",
-           "as_shape", "check_int", "check_number", "mean_se", "to_jsonable", "from_json_float"]
+           "as_shape", "check_int", "check_number", "mean_se", "to_jsonable", "from_json_float", "floats_from_json"]
 
 
 # ---------------------------------------------------------------------------------------- algebra
@@ -253,3 +253,10 @@ def from_json_float(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"expected a number in the JSON file, got {v!r}")
     return float(v)
+
+
+def floats_from_json(obj: Any) -> Any:
+    """Nested lists of numbers written by :func:`to_jsonable` back to floats (null → NaN, "inf" → inf)."""
+    if isinstance(obj, list):
+        return [floats_from_json(v) for v in obj]
+    return from_json_float(obj)

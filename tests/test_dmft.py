@@ -1,4 +1,4 @@
-"""Tests of the DMFT solver for spectral-initialised gradient descent (phasetorch.theory.dmft).
+"""Tests of the DMFT solver (phasetorch.theory.solver; public entry point phasetorch.theory.dmft).
 
 Reference values: theory.md §7 case A (δ = 4, ``optimal``, λ = 0.1, η = 0.1) — a DMFT computed
 independently (2 seeds × N = 2e5) and finite-d simulations; the long-time fixed point of §5.
@@ -14,7 +14,8 @@ import warnings
 import pytest
 import torch
 
-from phasetorch.theory.dmft import dmft, linear_regression, solve_dmft
+from phasetorch.theory.model import linear_regression
+from phasetorch.theory.solver import dmft, solve_dmft
 from phasetorch.theory.prediction import Prediction
 
 DELTA_A, L2_A, STEP_A = 4.0, 0.1, 0.1

@@ -8,8 +8,9 @@ import torch
 from phasetorch.logs import TrainingLog
 from phasetorch.physics import GaussianMeasurement, load_operator, save_operator
 from phasetorch.physics.ensemble import GaussianEnsemble
+from phasetorch.tensors import mean_se
 from phasetorch.theory import compare, dmft, overlay, simulate, spectral_overlap
-from phasetorch.theory.compare import failed_seeds
+from phasetorch.theory.compare import NOT_ENOUGH_DATA, failed_seeds
 
 
 # ------------------------------------------------------------------------------ GaussianEnsemble
@@ -148,11 +149,32 @@ def test_compare_agree_disagree_bimodal(small_prediction):
         compare(pred, _synthetic_log(pred, [0.0] * 4), steps=[50])
 
 
+def test_overlay_with_one_seed_draws_no_error_bar(small_prediction):
+    fig = overlay(small_prediction, _synthetic_log(small_prediction, [0.0]), quantities=("overlap",),
+                  fixed_point=False)
+    ax = fig.axes[0]
+    (container,) = ax.containers
+    assert container.has_yerr is False and len(container.lines[0].get_xdata()) == len(small_prediction)
+
+
+def test_compare_needs_two_seeds_and_two_replicates(small_prediction):
+    """One seed or one theory replicate: no standard error (NaN, tensors.mean_se), so no verdict on
+    agreement — even for a large gap — while the gaps themselves are still reported."""
+    one_seed = compare(small_prediction, _synthetic_log(small_prediction, [0.0]), quantities=("overlap",))
+    assert one_seed.verdict == NOT_ENOUGH_DATA == "not enough data to judge"
+    assert math.isnan(one_seed.max_z["overlap"]) and bool(torch.isnan(one_seed.se["overlap"]).all())
+    assert math.isfinite(one_seed.sup_gap["overlap"]) and not one_seed.agree["overlap"]
+    far = compare(small_prediction, _synthetic_log(small_prediction, [0.3]), quantities=("overlap",))
+    assert far.verdict == NOT_ENOUGH_DATA and "no standard error" in str(far)
+    single = dmft(4.0, step=0.1, l2=0.1, steps=8, samples=2000, replicates=1, seed=0, progress=False)
+    res = compare(single, _synthetic_log(single, [0.0] * 8), quantities=("overlap", "loss"))
+    assert res.verdict == NOT_ENOUGH_DATA and res.seeds == 8
+    # a bimodal ensemble is still recognised: it is a statement about the seeds
+    bimodal = compare(single, _synthetic_log(single, [0.0] * 6 + [-0.6, -0.65]), quantities=("overlap",))
+    assert bimodal.verdict == "bimodal"
+
+
 # ------------------------------------------------------------------------------ slow: against the theory
-
-def _mean_se(v):
-    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(v.numel()))
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preprocessing,field", [("optimal", "real"), ("trimmed", "real"), ("optimal", "complex")])
@@ -160,7 +182,7 @@ def test_empirical_spectral_cosine_matches_theory(preprocessing, field):
     # steps=0: the log's only record is the spectral start (float32 halves the Lanczos cost)
     log = simulate(4.0, dim=1500, seeds=8, step=0.1, steps=0, preprocessing=preprocessing, field=field,
                    progress=False, seed=1, dtype=torch.float32)
-    mean, se = _mean_se(log["overlap"][0])
+    mean, se = (float(v) for v in mean_se(log["overlap"][0]))
     rho = spectral_overlap(4.0, preprocessing, field)
     assert abs(mean - rho) <= 3 * se, (mean, se, rho)
 

@@ -9,12 +9,16 @@ Chen & Shen 2025, arXiv 2509.23527; Lu & Li 2017; Mondelli & Montanari 2018; Luo
 * :func:`fixed_point` — its long-time limit;
 * :func:`simulate` — finite-d simulations (many seeds in one batch) to check it against;
 * :func:`overlay` (figure) and :func:`compare` (gaps, z-scores, success rate, verdict).
+
+The DMFT is split into :mod:`.model` (single-index models, the start's law), :mod:`.fields`
+(Gaussian fields and their basis), :mod:`.responses` (exact pathwise responses) and :mod:`.solver`
+(the time-stepping solver, :func:`~phasetorch.theory.solver.solve_dmft` and :func:`dmft`).
 """
 
 from .spectral import SpectralLimits, spectral_limits, spectral_overlap, spectral_threshold, rank_threshold
 from .fixed_point import FixedPoint, fixed_point
 from .prediction import Prediction
-from .dmft import dmft
+from .solver import dmft
 from .simulate import simulate
 from .compare import Comparison, compare
 from .overlay import overlay

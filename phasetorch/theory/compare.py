@@ -17,23 +17,32 @@ that is wider than max(0.05, 6 robust SDs of the seeds above it) (two clusters),
 relative error grew (by > 0.05) while the ensemble's median decreased. With failed seeds the
 verdict is ``"bimodal"`` and ``success_rate`` is the figure to report; the gaps of the successful
 seeds are still computed (``*_successful``) but not called agreement.
+
+Standard errors follow :func:`phasetorch.tensors.mean_se` (NaN below two samples). With fewer than
+two simulation seeds or fewer than two theory replicates there is no error bar to judge a gap by:
+the verdict is ``"not enough data to judge"`` (:data:`NOT_ENOUGH_DATA`) instead of agree/disagree.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 
-__all__ = ["Comparison", "compare", "simulation_columns", "failed_seeds"]
+from ..tensors import mean_se
+
+__all__ = ["Comparison", "compare", "simulation_columns", "failed_seeds", "as_logs", "NOT_ENOUGH_DATA"]
+
+NOT_ENOUGH_DATA = "not enough data to judge"
 
 _LOG_NAME = {"m": "inner", "inner": "inner", "q": "norm"}
 _F64 = torch.float64
 
 
-def _as_logs(logs) -> list:
+def as_logs(logs) -> list:
+    """``logs`` (one TrainingLog or a sequence) as a non-empty list of TrainingLogs (ValueError otherwise)."""
     if isinstance(logs, (list, tuple)):
         out = list(logs)
     else:
@@ -52,7 +61,7 @@ def simulation_columns(logs, quantity: str):
     Logs are joined on the iterations they all recorded; their seeds are concatenated. Theory names
     map to log columns: ``m`` → ``inner``, ``q`` → ``norm``².
     """
-    logs = _as_logs(logs)
+    logs = as_logs(logs)
     col = _LOG_NAME.get(quantity, quantity)
     its = None
     for lg in logs:
@@ -71,13 +80,6 @@ def simulation_columns(logs, quantity: str):
         v = lg[col][[pos[i] for i in its]]
         blocks.append(v.square() if quantity == "q" else v)
     return torch.tensor(its, dtype=torch.int64), torch.cat(blocks, 1).to(_F64)
-
-
-def _mean_se(v: torch.Tensor):
-    k = v.shape[1]
-    mean = v.mean(1)
-    se = v.std(1, unbiased=True) / math.sqrt(k) if k > 1 else torch.zeros_like(mean)
-    return mean, se
 
 
 def failed_seeds(logs) -> torch.Tensor:
@@ -139,8 +141,9 @@ class Comparison:
         lines = [f"verdict: {self.verdict} (seeds {self.seeds}, success rate {self.success_rate:.2f}, "
                  f"steps {int(self.steps[0])}..{int(self.steps[-1])})"]
         for q in self.quantities:
-            lines.append(f"  {q:>10}: sup gap {self.sup_gap[q]:.3g}, max |z| {self.max_z[q]:.2f}"
-                         f"{'' if self.agree[q] else '  (disagrees)'}")
+            flag = "" if self.agree[q] else ("  (no standard error)" if self.verdict == NOT_ENOUGH_DATA
+                                             else "  (disagrees)")
+            lines.append(f"  {q:>10}: sup gap {self.sup_gap[q]:.3g}, max |z| {self.max_z[q]:.2f}{flag}")
         return "\n".join(lines)
 
 
@@ -150,12 +153,12 @@ def _gaps(pred, its, vals, quantity):
     rows = [ppos[int(i)] for i in its]
     th = pred[quantity][rows].to(_F64)
     th_se = pred[quantity + "_se"][rows].to(_F64)
-    th_se = torch.where(torch.isfinite(th_se), th_se, torch.zeros_like(th_se))
-    mean, se = _mean_se(vals)
+    mean, se = mean_se(vals, dim=1)
     gap = mean - th
-    tot = (se.square() + th_se.square()).sqrt()
+    tot = (se.square() + th_se.square()).sqrt()                   # NaN when either SE is unknown
     z = torch.where(tot > 0, gap / tot.clamp_min(1e-300), torch.where(gap == 0, torch.zeros_like(gap),
                                                                       torch.full_like(gap, math.inf)))
+    z = torch.where(torch.isnan(tot), torch.full_like(z, math.nan), z)
     return gap, z, tot
 
 
@@ -174,9 +177,10 @@ def compare(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error
     z_tol, gap_tol : agreement thresholds (see the module docstring).
 
     Returns a :class:`Comparison` with verdict ``"agree"``, ``"disagree"``, ``"bimodal"`` (some seeds
-    failed or stalled: report ``success_rate``) or ``"diverged"`` (every run non-finite).
+    failed or stalled: report ``success_rate``), ``"diverged"`` (every run non-finite) or
+    ``"not enough data to judge"`` (fewer than two seeds or theory replicates: no standard error).
     """
-    logs = _as_logs(logs)
+    logs = as_logs(logs)
     quantities = tuple(quantities)
     if not quantities:
         raise ValueError("quantities is empty")
@@ -220,6 +224,8 @@ def compare(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error
         verdict = "bimodal"
     else:
         verdict = "agree" if all(agree.values()) else "disagree"
+    if verdict in ("agree", "disagree") and (B < 2 or int(prediction.replicates) < 2):
+        verdict = NOT_ENOUGH_DATA
     return Comparison(quantities=quantities, steps=torch.tensor(common, dtype=torch.int64), sup_gap=sup_gap,
                       max_z=max_z, agree=agree, success_rate=1 - n_failed / B,
                       failed=[int(i) for i in torch.nonzero(failed).flatten().tolist()], seeds=B, verdict=verdict,

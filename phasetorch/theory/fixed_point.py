@@ -24,8 +24,9 @@ near U = 0, e.g. below the spectral threshold or for δ < 1).
 
 Checks: E[r g] = −λq (stationarity ⟨x, ∇L⟩ = 0; reported as ``stationarity`` = E[rg] + λq, exactly 0
 only when no probability sits on the prox's jump line, see :attr:`FixedPoint.consistent`);
-λ = 0, noiseless, δ > 1: exact recovery m = q = 1 with δκ E[2S²/(1 + 2κS²)] = 1 (κ = 0.26469 at δ = 4). Case A (δ = 4, λ = 0.1): m = 0.95286,
-q = 0.91202, training loss 0.04771, κ = 0.24258. Only the real field is derived.
+λ = 0, noiseless, δ > 1: exact recovery m = q = 1 with δκ E[2S²/(1 + 2κS²)] = 1 (κ = 0.26469 at δ = 4).
+Case A (δ = 4, λ = 0.1; theory.md §7): m = 0.95286, q = 0.91202, training loss 0.04771, κ = 0.24258.
+Only the real field is derived.
 """
 
 from __future__ import annotations
@@ -194,21 +195,9 @@ def fixed_point(delta: float, *, l2: float, noise: float = 0.0,
     m0 = m
     qd = _Quadrature(int(nodes), noise, int(noise_nodes), int(z_panels))
 
-    def moments(m: float, q: float, kappa: float) -> dict:
-        S, Z, Y, W = qd.grid(m, math.sqrt(max(q - m * m, 0.0)))
-        r = prox_quartic(m * S + math.sqrt(max(q - m * m, 0.0)) * Z, Y, kappa)
-        g = (r * r - Y) * r
-        gp = 3 * r * r - Y
-
-        def E(v):
-            return float((W * v).sum())
-
-        return {"chi": E(gp / (1 + kappa * gp)), "Sg": E(S * g), "g2": E(g * g), "rg": E(r * g),
-                "ell": E((r * r - Y) ** 2 / 4)}
-
     def G(x: torch.Tensor):
         m, q, kappa = (float(v) for v in x)
-        mo = moments(m, q, kappa)
+        mo = _moments(qd, m, q, kappa)
         chi = mo["chi"]
         if not math.isfinite(chi) or lam + chi <= 0:
             return None
@@ -217,9 +206,42 @@ def fixed_point(delta: float, *, l2: float, noise: float = 0.0,
         q_new = m_new * m_new + delta * k_new * k_new * mo["g2"]
         return torch.tensor([m_new, q_new, k_new], dtype=_F64)
 
-    # Anderson-accelerated damped iteration (type II, memory 3; Walker & Ni 2011), safeguarded:
-    # a proposal outside {q ≥ m², κ > 0} or a residual growth restarts from a plain damped step.
-    x = torch.tensor([m, q, kappa], dtype=_F64)
+    x, converged, residual, it = _anderson(G, torch.tensor([m, q, kappa], dtype=_F64), damping, memory, tol,
+                                           max_iter)
+    m, q, kappa = (float(v) for v in x)
+    q = max(q, m * m)
+    mo = _moments(qd, m, q, kappa)
+    chi = mo["chi"]
+    loss = mo["ell"] + 0.5 * lam * q
+    stat = mo["rg"] + lam * q
+    return FixedPoint(m=abs(m), q=q, kappa=kappa, chi_g=chi, loss=loss, overlap=abs(m) / math.sqrt(q) if q > 0 else 0.0,
+                      rel_error=math.sqrt(max(q - 2 * abs(m) + 1, 0.0)), converged=converged, iterations=it,
+                      residual=residual, stationarity=stat, delta=delta, l2=lam, noise=noise, field=field,
+                      preprocessing=preprocessing, start=m0)
+
+
+def _moments(qd: _Quadrature, m: float, q: float, kappa: float) -> dict:
+    """χ_g = E[g'/(1 + κg')], E[Sg], E[g²], E[rg], E ℓ at r = prox_{κℓ}(mS + √(q − m²) Z)."""
+    S, Z, Y, W = qd.grid(m, math.sqrt(max(q - m * m, 0.0)))
+    r = prox_quartic(m * S + math.sqrt(max(q - m * m, 0.0)) * Z, Y, kappa)
+    g = (r * r - Y) * r
+    gp = 3 * r * r - Y
+
+    def E(v):
+        return float((W * v).sum())
+
+    return {"chi": E(gp / (1 + kappa * gp)), "Sg": E(S * g), "g2": E(g * g), "rg": E(r * g),
+            "ell": E((r * r - Y) ** 2 / 4)}
+
+
+def _anderson(G: Callable[[torch.Tensor], Optional[torch.Tensor]], x: torch.Tensor, damping: float, memory: int,
+              tol: float, max_iter: int):
+    """Fixed point of G on (m, q, κ): (x, converged, last residual, iterations).
+
+    Anderson-accelerated damped iteration (type II; Walker & Ni 2011), safeguarded: a proposal
+    outside {q ≥ m², κ > 0} or a residual growth restarts from a plain damped step; G returning
+    None (no stable fixed point) stops the iteration unconverged.
+    """
     hist_x, hist_f = [], []
     converged = False
     residual = math.inf
@@ -253,13 +275,4 @@ def fixed_point(delta: float, *, l2: float, noise: float = 0.0,
         step[1] = max(float(step[1]), float(step[0]) ** 2)
         step[2] = max(float(step[2]), 1e-12)
         x = step
-    m, q, kappa = (float(v) for v in x)
-    q = max(q, m * m)
-    mo = moments(m, q, kappa)
-    chi = mo["chi"]
-    loss = mo["ell"] + 0.5 * lam * q
-    stat = mo["rg"] + lam * q
-    return FixedPoint(m=abs(m), q=q, kappa=kappa, chi_g=chi, loss=loss, overlap=abs(m) / math.sqrt(q) if q > 0 else 0.0,
-                      rel_error=math.sqrt(max(q - 2 * abs(m) + 1, 0.0)), converged=converged, iterations=it,
-                      residual=residual, stationarity=stat, delta=delta, l2=lam, noise=noise, field=field,
-                      preprocessing=preprocessing, start=m0)
+    return x, converged, residual, it

@@ -17,7 +17,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .compare import _as_logs, simulation_columns
+from ..tensors import mean_se
+from .compare import as_logs, simulation_columns
+from .fixed_point import fixed_point as solve_fixed_point
 
 __all__ = ["overlay"]
 
@@ -27,10 +29,8 @@ _LABELS = {"overlap": r"overlap $|\langle x,x^*\rangle|/\|x\|$", "rel_error": "r
 
 
 def _fixed_point_values(params: dict) -> Optional[dict]:
-    from .fixed_point import fixed_point
-
     try:
-        fp = fixed_point(float(params["delta"]), l2=float(params.get("l2") or 0.0),
+        fp = solve_fixed_point(float(params["delta"]), l2=float(params.get("l2") or 0.0),
                          noise=float(params.get("noise") or 0.0),
                          preprocessing=params.get("preprocessing") if isinstance(params.get("preprocessing"), str)
                          else "optimal", field=params.get("field") or "real")
@@ -68,7 +68,7 @@ def overlay(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error
     """
     from matplotlib.figure import Figure
 
-    logs = _as_logs(logs)
+    logs = as_logs(logs)
     quantities = tuple(quantities)
     if not quantities:
         raise ValueError("quantities is empty")
@@ -91,9 +91,9 @@ def overlay(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error
             a.fill_between(pit.numpy(), (th - 2 * se).numpy(), (th + 2 * se).numpy(), color="C0", alpha=0.25,
                            lw=0, label="DMFT ± 2 SE")
         its, vals = simulation_columns(logs, q)
-        mean = vals.mean(1)
-        sse = vals.std(1, unbiased=True) / math.sqrt(vals.shape[1]) if vals.shape[1] > 1 else torch.zeros_like(mean)
-        a.errorbar(its.to(torch.float64).numpy(), mean.numpy(), yerr=sse.numpy(), fmt="o", ms=3, color="C3",
+        mean, sse = mean_se(vals, dim=1)
+        yerr = sse.numpy() if bool(torch.isfinite(sse).all()) else None          # one seed: no error bar
+        a.errorbar(its.to(torch.float64).numpy(), mean.numpy(), yerr=yerr, fmt="o", ms=3, color="C3",
                    ecolor="C3", elinewidth=1, capsize=2, label=f"simulation ({vals.shape[1]} seeds, mean ± SE)")
         if fp is not None and q in fp:
             a.axhline(fp[q], ls="--", color="0.35", lw=1, label="fixed point (t → ∞)")

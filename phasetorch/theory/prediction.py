@@ -35,25 +35,17 @@ covariance Σ_W/δ of (W★, W_0, W_1, …), ★ first).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from ..tensors import floats_from_json, mean_se, to_jsonable
+
 COLUMNS: Tuple[str, ...] = ("iteration", "loss", "grad_norm", "step", "norm", "rel_error", "overlap",
                             "inner", "m", "q", "grad_signal", "grad_iterate")
 _VALUE_COLUMNS: Tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("iteration", "step", "inner"))
 KERNELS: Tuple[str, ...] = ("C", "R_x", "R_g", "R_g_star", "mu", "a", "b", "K", "c_V", "C_g")
-
-
-def _mean_se(values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard error (sample SD/√R) over the leading replicate dimension."""
-    values = values.to(torch.float64)
-    mean = values.mean(dim=0)
-    if values.shape[0] < 2:
-        return mean, torch.full_like(mean, float("nan"))
-    return mean, values.std(dim=0, unbiased=True) / math.sqrt(values.shape[0])
 
 
 @dataclass
@@ -96,7 +88,7 @@ class Prediction:
         kern = {k: v.to(torch.float64).mean(dim=0) for k, v in kernels.items()}
         chk = {}
         for k, v in (checks or {}).items():
-            mean, se = _mean_se(v.reshape(v.shape[0], 1))
+            mean, se = mean_se(v.reshape(v.shape[0], 1))
             chk[k] = (float(mean[0]), float(se[0]))
         return cls(iteration=iteration.to(torch.long).cpu(), per_replicate={k: v.cpu() for k, v in per.items()},
                    step=step.to(torch.float64).cpu(), kernels={k: v.cpu() for k, v in kern.items()},
@@ -124,9 +116,9 @@ class Prediction:
         if name in ("inner", "inner_se"):
             name = name.replace("inner", "m")
         if name in self.per_replicate:
-            return _mean_se(self.per_replicate[name])[0]
+            return mean_se(self.per_replicate[name])[0]
         if name.endswith("_se") and name[:-3] in self.per_replicate:
-            return _mean_se(self.per_replicate[name[:-3]])[1]
+            return mean_se(self.per_replicate[name[:-3]])[1]
         if name in self.kernels:
             return self.kernels[name]
         raise KeyError(f"unknown column {name!r}; columns are {', '.join(COLUMNS)} (each with '_se'), "
@@ -171,7 +163,7 @@ class Prediction:
     def from_dict(cls, data: Dict[str, Any]) -> "Prediction":
         if not str(data.get("format", "")).startswith("phasetorch.theory.Prediction"):
             raise ValueError("not a phasetorch Prediction (missing 'format'); was it written by Prediction.to_json?")
-        f64 = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+        f64 = lambda x: torch.tensor(floats_from_json(x), dtype=torch.float64)  # noqa: E731
         return cls(iteration=torch.tensor(data["iteration"], dtype=torch.long), step=f64(data["step"]),
                    per_replicate={k: f64(v) for k, v in data["per_replicate"].items()},
                    kernels={k: f64(v) for k, v in data["kernels"].items()}, params=dict(data["params"]),
@@ -180,7 +172,7 @@ class Prediction:
     def to_json(self, path) -> None:
         """Write the prediction (columns per replicate, kernels, parameters) as JSON."""
         with open(path, "w") as fh:
-            json.dump(self.to_dict(), fh)
+            json.dump(to_jsonable(self.to_dict()), fh, allow_nan=False)   # strict JSON: NaN → null
 
     @classmethod
     def from_json(cls, path) -> "Prediction":

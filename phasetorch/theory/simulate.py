@@ -23,8 +23,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..tensors import make_generator
+from ..init.spectral import spectral_init
 from ..physics.ensemble import GaussianEnsemble
+from ..physics.noise import GaussianNoise
+from ..solve import reconstruct
+from ..tensors import make_generator
 
 __all__ = ["simulate", "derived_seed"]
 
@@ -66,6 +69,26 @@ def _unit_signals(seeds: list, dim: int, is_complex: bool, dtype: torch.dtype) -
     return x.to(torch.complex128 if is_complex else torch.float64)
 
 
+def _spectral_starts(op: GaussianEnsemble, y: torch.Tensor, x_star: torch.Tensor, seeds: list, preprocessing):
+    """x₀ = √(mean y)·v̂ per problem, sign / global phase aligned with x* (oracle), and λ₁(D) per problem.
+
+    One problem at a time (the eigensolver drops converged samples from its batch, which an ensemble
+    operator cannot follow); each member shares the ensemble's storage.
+    """
+    x0s, eigs = [], []
+    for k, s in enumerate(seeds):
+        x0, info = spectral_init(op.member(k), y[k], preprocessing=preprocessing,
+                                 seed=derived_seed(s, "spectral"), return_info=True)
+        c = torch.sum(x_star[k].conj() * x0) if op.is_complex else torch.dot(x_star[k], x0)
+        if op.is_complex:
+            x0 = x0 * (c.conj() / c.abs().clamp_min(torch.finfo(op.real_dtype).tiny))
+        elif float(c) < 0:
+            x0 = -x0
+        x0s.append(x0)
+        eigs.append(float(info.eigenvalue))
+    return torch.stack(x0s), eigs
+
+
 def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: Optional[float], l2: float = 0.0,
              steps: int, preprocessing="optimal", noise: float = 0.0, field: str = "real",
              schedule: Optional[Callable[[int], float]] = None, seed: int = 0,
@@ -92,12 +115,9 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
     ``dim``, ``m``, ``step`` (μ), ``step_rule``, ``l2``, ``preprocessing``, ``noise``, ``field``,
     ``seeds``, ``seed`` and ``spectral_eigenvalue`` (top eigenvalue of D per seed).
 
-    Memory: len(seeds)·m·dim matrix entries (0.5 GB for 8 seeds at dim = 1500, δ = 4, float64).
+    Memory: len(seeds)·m·dim matrix entries.
     Raises :class:`phasetorch.errors.DivergenceError` if a run diverges (step too large).
     """
-    from ..solve import reconstruct
-    from ..init.spectral import spectral_init
-
     delta = float(delta)
     if not math.isfinite(delta) or delta <= 0:
         raise ValueError(f"delta must be positive, got {delta}")
@@ -121,26 +141,11 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
     op = GaussianEnsemble(dim, m, count, complex=is_complex, seeds=seed_list, dtype=dtype).to(dev)
     x_star = _unit_signals(seed_list, dim, is_complex, dtype).to(device=dev, dtype=op.signal_dtype)
     y = op(x_star)
-    if noise > 0:
-        eps = torch.stack([torch.randn(m, generator=make_generator(derived_seed(s, "noise")), dtype=torch.float64)
-                           for s in seed_list])
-        y = y + noise * eps.to(device=dev, dtype=y.dtype)
+    if noise > 0:           # one noise stream per problem: a batch equals single runs
+        y = torch.stack([GaussianNoise(noise, seed=derived_seed(s, "noise"), event_dims=1)(y[k])
+                         for k, s in enumerate(seed_list)])
 
-    # spectral start, one problem at a time (the eigensolver drops converged samples from its batch,
-    # which an ensemble operator cannot follow); each member shares the ensemble's storage
-    x0s, eigs = [], []
-    for k, s in enumerate(seed_list):
-        x0, info = spectral_init(op.member(k), y[k], preprocessing=preprocessing,
-                                 seed=derived_seed(s, "spectral"), return_info=True)
-        c = torch.sum(x_star[k].conj() * x0) if is_complex else torch.dot(x_star[k], x0)
-        if is_complex:
-            x0 = x0 * (c.conj() / c.abs().clamp_min(torch.finfo(op.real_dtype).tiny))
-        elif float(c) < 0:
-            x0 = -x0
-        x0s.append(x0)
-        eigs.append(float(info.eigenvalue))
-    x0 = torch.stack(x0s)
-
+    x0, eigs = _spectral_starts(op, y, x_star, seed_list, preprocessing)
     rec = reconstruct(op, y, algorithm="wf", init=x0, step=step, schedule=schedule, l2=l2, max_iter=steps,
                       tol=0, x_true=x_star, progress=progress)
     log = rec.log

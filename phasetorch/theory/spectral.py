@@ -37,8 +37,8 @@ Preprocessing T (names of :mod:`phasetorch.init.preprocessing`, acting on ŷ): `
 ``orthogonality`` (top ⌈m/6⌉ of ŷ) becomes, in the limit, the indicator 1{ŷ ≥ t} with t the
 population quantile P(Y ≥ t) = 1/6 (computed by root finding on the same quadrature). ``identity``
 (T = ŷ) and ``weighted`` (T = ŷ^{1/4} on the top 3/13) are unbounded: Lu–Li needs sup T < ∞; for
-unbounded T the top eigenvector of D localises on the largest-T rows as n → ∞ and ρ → 0 (slowly:
-ρ² 0.34 → 0.19 for n 250 → 2000 at δ = 4 for identity), so they are refused with a ValueError.
+unbounded T the top eigenvector of D localises on the largest-T rows as n → ∞ and ρ → 0 (slowly in n;
+theory.md §2), so they are refused with a ValueError.
 A callable T(ŷ) is accepted when it is bounded above.
 
 The library's ``optimal`` floors ŷ at 10⁻³ (T ≥ −999), so its limits differ slightly from those of
@@ -56,7 +56,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..init import preprocessing as _pp
+from ..init import preprocessing as pp
 from .quadrature import brentq, composite_legendre, find_bracket
 
 __all__ = ["SpectralLimits", "spectral_limits", "spectral_overlap", "spectral_threshold", "rank_threshold",
@@ -250,8 +250,8 @@ def _evaluate(T: Callable, y: torch.Tensor) -> torch.Tensor:
 
 def _prep(preprocessing, delta: float, field: str, noise: float) -> _Prep:
     if isinstance(preprocessing, str):
-        if preprocessing not in _pp.NAMES:
-            raise ValueError(f"unknown preprocessing {preprocessing!r}; choose one of {', '.join(_pp.NAMES)} "
+        if preprocessing not in pp.NAMES:
+            raise ValueError(f"unknown preprocessing {preprocessing!r}; choose one of {', '.join(pp.NAMES)} "
                              f"or pass a callable T(ŷ)")
         if preprocessing == "identity":
             raise ValueError(
@@ -265,22 +265,22 @@ def _prep(preprocessing, delta: float, field: str, noise: float) -> _Prep:
                 "does not apply (the eigenvector localises as n → ∞, though very slowly). Use 'orthogonality' or "
                 "a bounded callable, e.g. lambda y: y.clamp(0, c)**0.25 * (y >= rank_threshold(3/13))")
         if preprocessing == "orthogonality":
-            t = rank_threshold(_pp.ORTHOGONALITY_FRACTION, field, noise)
+            t = rank_threshold(pp.ORTHOGONALITY_FRACTION, field, noise)
             return _Prep(lambda y, t=t: (y >= t).to(y.dtype), 1.0, (t,), False)
-        T = _pp.elementwise(preprocessing, delta)
+        T = pp.elementwise(preprocessing, delta)
         if preprocessing == "optimal":
-            return _Prep(T, 1.0, (_pp.OPTIMAL_FLOOR,), False)
+            return _Prep(T, 1.0, (pp.OPTIMAL_FLOOR,), False)
         if preprocessing == "trimmed":
-            return _Prep(T, _pp.TRIM_ALPHA ** 2, (_pp.TRIM_ALPHA ** 2,), False)
+            return _Prep(T, pp.TRIM_ALPHA ** 2, (pp.TRIM_ALPHA ** 2,), False)
         if preprocessing == "clipped":
-            return _Prep(T, _pp.CLIP_LEVEL, (_pp.CLIP_LEVEL,), False)
+            return _Prep(T, pp.CLIP_LEVEL, (pp.CLIP_LEVEL,), False)
         if preprocessing == "mm":
             s = math.sqrt(delta)
             breaks = (0.0,) if s >= 1 else (0.0, 1 - s + 1e-3)
             return _Prep(T, 1.0, breaks, True)
         raise ValueError(f"preprocessing {preprocessing!r} has no asymptotic theory here")  # pragma: no cover
     if not callable(preprocessing):
-        raise ValueError(f"preprocessing must be a name ({', '.join(_pp.NAMES)}) or a callable T(ŷ), "
+        raise ValueError(f"preprocessing must be a name ({', '.join(pp.NAMES)}) or a callable T(ŷ), "
                          f"got {type(preprocessing).__name__}")
     T = preprocessing
     law = signal_law(field, noise)

@@ -1,0 +1,594 @@
+r"""Dynamical mean-field theory (DMFT) of spectral-initialised gradient descent: the time-stepping solver.
+
+Chen & Shen, "Learning single index model with gradient descent: spectral initialization and
+precise asymptotics" (arXiv 2509.23527, 2025); equations as derived and checked in phasetorch's
+theory notes (theory.md §4). Proportional limit n, d → ∞ with δ = n/d (library: δ = m/n, m
+measurements of n unknowns), rows a_i ~ N(0, I_d), ‖x*‖ = 1, s_i = ⟨a_i, x*⟩, y_i = f(s_i, ε_i).
+
+Gradient descent on L(x) = (1/n) Σ ℓ(⟨a_i,x⟩; y_i) + (λ/2)‖x‖²,  x_{t+1} = x_t − η_t ∇L(x_t),
+from the spectral start x₀ = c₀ v̂ (v̂ the top eigenvector of D = (1/n) Σ T(ŷ_i) a_i a_iᵀ) is
+described by two scalar processes coupled through kernels:
+
+**Sample side** (one per data point; the start's law in :mod:`~phasetorch.theory.model`):
+
+    r_t = U_t + Σ_{s<t} R_x(t,s) g(r_s; Y) + R_x(t,★) τ(Y) P,        r₀ = c₀(1 + τ(Y)) P,
+
+with the Gaussian fields U_t of :mod:`~phasetorch.theory.fields` and the responses
+R_g(t,s) = E g'(r_t) ∂r_t/∂U_s (:mod:`~phasetorch.theory.responses`), R_g(t,★) = E g'(r_t) ∂r_t/∂P,
+μ(t) = E ∂g(r_t)/∂S|_Y (Stein form, or pathwise with ``mu="pathwise"``).
+
+**Parameter side** (closed form, the update is linear in x): X_t = a_t X* + b_t W★ + Σ_{s<t} K(t,s) W_s,
+Σ_W = δ C_g, C_g(s,s') = E g_s g_s', C_g(★,s) = E τ P g_s, C_g(★,★) = (1 − ρ²)/δ (used exactly, so
+that E V̂² = E P² = 1; its Monte-Carlo value is ``checks["v_norm"]``), and
+
+    a_{t+1} = (1−η_tλ) a_t − η_t [Σ_{s≤t} R_g(t,s) a_s + ρ R_g(t,★) + μ(t)],    a₀ = c₀ρ,
+    b_{t+1} = (1−η_tλ) b_t − η_t [Σ_{s≤t} R_g(t,s) b_s + R_g(t,★)],              b₀ = c₀,
+    K(t+1,s') = (1−η_tλ) K(t,s') − η_t [Σ_{s≤t} R_g(t,s) K(s,s') + 1{s'=t}/δ],
+
+with R_x(t,s) = K(t,s), R_x(t,★) = b_t, m(t) = a_t.
+
+**Solver.** One causal forward pass over t (no damped global iteration): draw U_t, form r_t and the
+forward-propagated Jacobian columns ∂r_t/∂P, ∂r_t/∂S, compute the responses (exact pathwise,
+O(N t²) per step), Σ_W(·, t), the observables, then a, b, K at t + 1 and the next field. All T×T
+algebra is float64; per-sample arrays use ``dtype``. Independent Monte-Carlo populations
+("replicates") run as a batch dimension; means and standard errors are over replicates.
+
+**Cost.** N = ``samples`` per replicate, R = ``replicates``: time ≈ R·N·T³/6 multiply-adds for the
+responses plus O(R·N·T²); memory ≈ 28·R·N·T bytes (float32, pathwise μ; 24 with Stein).
+
+The same machinery runs a data-independent warm start (``init="warm"``: x₀ = c(ρ₀x* + √(1−ρ₀²)w),
+w independent, i.e. τ ≡ 0 and Var W★ = 1 − ρ₀²) and a normalised power-iteration pre-phase
+(``init="power"``: K steps x_{k+1} ∝ (D + cI) x_k from a warm start, then GD, whose gradient is
+g = T(Y) r) — the independent cross-check of the closed-form spectral terms (theory.md §4).
+Complex fields are not derived: ``field="complex"`` raises.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DivergenceError
+from ..init.preprocessing import elementwise
+from ..optim.presets import get_preset
+from ..optim.steps import wf_ramp
+from ..tensors import make_generator
+from .fields import coefficient_norm2, extend_basis, two_time_covariance
+from .model import SingleIndexModel, StartLaw, phase_retrieval, start_law
+from .prediction import Prediction
+from .responses import response_row, stein_mu
+from .spectral import spectral_limits
+
+Tensor = torch.Tensor
+
+__all__ = ["dmft", "solve_dmft", "step_sizes", "replicate_seeds", "chunk_length", "STABILITY_SIGMAS",
+           "SMOOTH_PREPROCESSING"]
+
+STABILITY_SIGMAS = 5.0
+SMOOTH_PREPROCESSING = ("optimal", "mm", "clipped")     # Lipschitz T: pathwise μ is valid
+INITS = ("spectral", "warm", "power")
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+# ---------------------------------------------------------------------------------------------
+def step_sizes(step: Optional[float], schedule: Optional[Callable[[int], float]], steps: int) -> Tensor:
+    """μ_t for t = 0..steps: μ_t is the step of the update x_{t−1} → x_t (μ_0 = 0), float64.
+
+    The library's convention (:mod:`phasetorch.optim.steps`): ``schedule(t)`` is called with the
+    index t = 1, 2, … of the new iterate; neither ``step`` nor ``schedule``: the ``wf`` preset's
+    Candès ramp μ_t = min(1 − e^{−t/τ₀}, μ_max).
+    """
+    if step is not None and schedule is not None:
+        raise ValueError("pass either step= (constant μ) or schedule= (callable t ↦ μ_t), not both")
+    mus = torch.zeros(steps + 1, dtype=torch.float64)
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(float(step)) \
+                or float(step) <= 0:
+            raise ValueError(f"step must be a finite number μ > 0 (got {step!r}); it is μ in units of 1/‖x₀‖²")
+        mus[1:] = float(step)
+        return mus
+    if schedule is None:
+        opts = get_preset("wf").defaults(complex_signal=False)
+        tau0, mu_max = float(opts["tau0"]), float(opts["mu_max"])
+        schedule = lambda t: wf_ramp(t, tau0, mu_max)  # noqa: E731
+    if not callable(schedule):
+        raise ValueError(f"schedule must be a callable t ↦ μ_t, got {type(schedule).__name__}")
+    for t in range(1, steps + 1):
+        mu = schedule(t)
+        mu = float(mu.item() if isinstance(mu, torch.Tensor) else mu)
+        if not math.isfinite(mu) or mu < 0:
+            raise ValueError(f"schedule({t}) returned {mu}; a step size must be finite and ≥ 0")
+        mus[t] = mu
+    return mus
+
+
+def replicate_seeds(seed: int, replicates: int) -> List[int]:
+    """One seed per Monte-Carlo replicate, drawn from ``seed``."""
+    g = make_generator(int(seed))
+    return [int(s) for s in torch.randint(0, 2 ** 62, (replicates,), generator=g)]
+
+
+def chunk_length(samples: int, replicates: int, length: int, device: torch.device,
+                 chunk_size: Optional[int] = None) -> int:
+    """Samples per chunk of the response back-substitution: ``chunk_size`` (default: all on CUDA; on
+    CPU as many as keep its (replicates, length, chunk) buffer under 2²⁶ numbers), made equal."""
+    if chunk_size is None:
+        chunk_size = samples if device.type == "cuda" else max(4096, (1 << 26) // (replicates * length))
+    chunk_size = max(1, min(int(chunk_size), samples))
+    return -(-samples // (-(-samples // chunk_size)))
+
+
+def _check_arguments(delta, steps, init: str, mu: str, dtype, samples, replicates) -> Tuple[float, int, str, int, int]:
+    delta = float(delta)
+    if not (delta > 0 and math.isfinite(delta)):
+        raise ValueError(f"delta must be a positive number (got {delta})")
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be ≥ 0 (got {steps})")
+    if init not in INITS:
+        raise ValueError(f"init must be 'spectral', 'warm' or 'power' (got {init!r})")
+    if mu not in ("stein", "pathwise", "auto"):
+        raise ValueError(f"mu must be 'stein', 'pathwise' or 'auto' (got {mu!r})")
+    if mu == "auto":                              # T is not differentiated in a warm start
+        mu = "pathwise" if init == "warm" else "stein"
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError("dtype must be torch.float32 or torch.float64")
+    samples, replicates = int(samples), int(replicates)
+    if samples < 2 or replicates < 1:
+        raise ValueError("need samples ≥ 2 and replicates ≥ 1")
+    return delta, steps, mu, samples, replicates
+
+
+def _start_overlap(init: str, model: SingleIndexModel, rho, lam_star, T, init_overlap,
+                   power_steps: int) -> Tuple[float, int]:
+    """(ρ of the start, number of power steps K₀), validated."""
+    if init == "spectral":
+        if lam_star is None or rho is None or T is None:
+            raise ValueError("init='spectral' needs lam_star, rho and T (see phasetorch.theory.spectral_limits)")
+        rho_p = float(rho)
+        if not 0 < rho_p <= 1:
+            raise ValueError(f"the spectral overlap rho must be in (0, 1] (got {rho_p}); rho = 0 means δ is "
+                             "below the spectral threshold and the spectral start carries no information")
+    else:
+        rho_p = init_overlap if init_overlap is not None else (0.5 if init == "power" else None)
+        if rho_p is None:
+            raise ValueError("init='warm' needs init_overlap=ρ₀ (the overlap of x₀ with x*)")
+        rho_p = float(rho_p)
+        if not 0 <= rho_p <= 1:
+            raise ValueError(f"init_overlap must be in [0, 1] (got {rho_p})")
+        if init == "power":
+            if T is None:
+                raise ValueError("init='power' needs the preprocessing T")
+            if rho_p == 0:
+                raise ValueError("a power iteration from a start with zero overlap keeps zero overlap in the "
+                                 "proportional limit; give init_overlap > 0")
+    if init in ("spectral", "power") and model.mean_y <= 0:
+        raise ValueError(f"model {model.name!r} has E y = {model.mean_y} ≤ 0: no spectral start; use init='warm'")
+    K0 = int(power_steps) if init == "power" else 0
+    if init == "power" and K0 < 1:
+        raise ValueError("init='power' needs power_steps ≥ 1")
+    return rho_p, K0
+
+
+@contextmanager
+def _cpu_threads(threads: Optional[int], device) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads (restored afterwards); a no-op on CUDA or for None."""
+    if threads is None or (device is not None and torch.device(device).type != "cpu"):
+        yield
+        return
+    if int(threads) < 1:
+        raise ValueError(f"threads must be a positive integer or None (got {threads})")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _Draws:
+    """Standard normal (R, N) draws, one CPU generator per replicate (float64, then ``dtype`` on ``device``)."""
+
+    def __init__(self, seeds: Sequence[int], samples: int, device: torch.device, dtype: torch.dtype):
+        self.gens = [make_generator(int(s)) for s in seeds]
+        self.N, self.device, self.dtype = samples, device, dtype
+
+    def __call__(self) -> Tensor:
+        return torch.stack([torch.randn(self.N, generator=g, dtype=torch.float64) for g in self.gens]).to(
+            device=self.device, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Validated constants of one solve."""
+
+    delta: float
+    steps: int
+    K0: int                       # power-iteration steps before GD
+    rho: float                    # overlap of the start
+    c0: float                     # ‖x₀‖
+    l2: float
+    pathwise: bool                # μ pathwise (else Stein)
+    power_shift: float
+    mus: Tensor                   # μ_t, t = 0..steps
+    eta_safe: float
+    R: int
+    N: int
+    chunk: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def TT(self) -> int:          # total time steps of the combined (power + GD) process
+        return self.K0 + self.steps
+
+    @property
+    def etas(self) -> Tensor:     # η_t = μ_t / ‖x₀‖²
+        return self.mus / self.c0 ** 2
+
+
+def _safe_step(model: SingleIndexModel, law: StartLaw, delta: float, c0: float, l2: float, mus: Tensor,
+               steps: int, check: bool) -> float:
+    """Largest stable η (theory.md §4: r_max ≈ 5 c₀ max(1 + τ) must stay below √(2δ/η)); warns above it."""
+    r_max = STABILITY_SIGMAS * c0 * float((1 + law.tau).abs().max())
+    eta_safe = model.safe_step(delta, r_max, l2)
+    if check and steps > 0 and float((mus / c0 ** 2).max()) > eta_safe:
+        warnings.warn(
+            f"step μ = {float(mus.max()):.4g} exceeds the stability limit of the explicit gradient step: "
+            f"residuals up to r_max ≈ {r_max:.3g} diverge once (η/δ) r² ≳ 2; the largest safe step is about "
+            f"{eta_safe * c0 ** 2:.4g}. Simulations with this step are expected to blow up, and so may the DMFT.",
+            RuntimeWarning, stacklevel=5)
+    return eta_safe
+
+
+# ---------------------------------------------------------------------------------------------
+# the causal forward pass
+# ---------------------------------------------------------------------------------------------
+class _Pass:
+    """State of the forward pass over t = 0..TT (array layout of :mod:`~phasetorch.theory.fields`)."""
+
+    def __init__(self, setup: _Setup, model: SingleIndexModel, law: StartLaw, draw: _Draws):
+        s = setup
+        R, N, TT, dtype, dev = s.R, s.N, s.TT, s.dtype, s.device
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.s, self.model, self.law, self.draw = s, model, law, draw
+        self.B = torch.empty(R, TT + 2, N, dtype=dtype, device=dev)        # basis S, G, ξ_1..ξ_TT
+        self.B[:, 0], self.B[:, 1] = law.S, law.G
+        # histories: g(r_s) also in float64 (its Gram matrix is Σ_W, which must stay positive semi-definite
+        # to ~1e-16 for the degenerate factorisation), g'(r_s), and the channels the memory sums need:
+        self.nh = 3 if s.pathwise else 2         # H channels: g, g'·∂r/∂P, [g'·∂r/∂S + ∂_y g·f_S]
+        self.Gh = torch.zeros(R, TT + 1, N, **f64)
+        self.GPh = torch.zeros(R, TT + 1, N, dtype=dtype, device=dev)
+        self.H = torch.zeros(R, TT + 1, self.nh, N, dtype=dtype, device=dev)
+        self.tauP = law.tau_P
+        self.tauP64 = self.tauP.to(torch.float64)
+        self.xbuf = torch.empty(R, TT + 1, s.chunk, dtype=dtype, device=dev)   # back-substitution buffer
+        self.a, self.b = torch.zeros(R, TT + 2, **f64), torch.zeros(R, TT + 2, **f64)
+        self.K = torch.zeros(R, TT + 2, TT + 1, **f64)        # K(t, s), s < t
+        self.SW = torch.zeros(R, TT + 2, TT + 2, **f64)       # Σ_W, index 0 = ★, s + 1 = W_s
+        self.L = torch.zeros(R, TT + 1, TT + 2, **f64)        # U_t = L[t] · basis
+        self.Rg = torch.zeros(R, TT + 1, TT + 1, **f64)
+        self.Rgs = torch.zeros(R, TT + 1, **f64)              # R_g(t, ★)
+        self.mu = torch.zeros(R, TT + 1, **f64)
+        self.q = torch.zeros(R, TT + 1, **f64)
+        self.loss = torch.zeros(R, TT + 1, **f64)
+        self.gnorm = torch.zeros(R, TT + 1, **f64)            # ‖∇L(x_t)‖
+        self.gsig = torch.zeros(R, TT + 1, **f64)             # ⟨∇L(x_t), x*⟩
+        self.giter = torch.zeros(R, TT + 1, **f64)            # ⟨∇L(x_t), x_t⟩
+        self.dropped = torch.zeros(R, TT + 1, dtype=torch.bool, device=dev)
+        self.worst = torch.zeros(R, **f64)                    # largest relative negative innovation
+        self.sq = math.sqrt(max(1.0 - s.rho ** 2, 0.0))
+        self.a[:, 0], self.b[:, 0] = s.c0 * s.rho, s.c0
+        self.L[:, 0, 0], self.L[:, 0, 1] = s.c0 * s.rho, s.c0 * self.sq
+        # Var W★ = δE[τ²P²] = 1 − ρ² (spectral; theory.md §4) and 1 − ρ₀² (warm), exactly
+        self.SW[:, 0, 0] = 1.0 - s.rho ** 2
+        self.checks: Dict[str, Tensor] = {}
+
+    def gradient(self, t: int):
+        """(g, g', ∂_y g) as functions of r at step t: power phase g = T(Y) r, then the model's loss."""
+        law, model = self.law, self.model
+        if t < self.s.K0:
+            return (lambda r: law.T * r), (lambda r: law.T), (lambda r: law.dT * r if law.dT is not None else None)
+        Y = law.Y
+        return (lambda r: model.g(r, Y)), (lambda r: model.g_r(r, Y)), (lambda r: model.g_y(r, Y))
+
+    def sample_side(self, t: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """r_t, g(r_t), g'(r_t), and the histories' rows t (forward-propagated Jacobian columns)."""
+        R, N, nh, law = self.s.R, self.s.N, self.nh, self.law
+        gfn, gpfn, gyfn = self.gradient(t)
+        bt = self.b[:, t:t + 1].to(self.s.dtype)
+        U = torch.bmm(self.L[:, t:t + 1, :t + 2].to(self.s.dtype), self.B[:, :t + 2]).squeeze(1)
+        r = U.addcmul_(bt, self.tauP)
+        JP = bt * law.tau
+        if t > 0:
+            mem = torch.bmm(self.K[:, t:t + 1, :t].to(self.s.dtype), self.H[:, :t].reshape(R, t, nh * N)).view(R, nh, N)
+            r += mem[:, 0]
+            JP += mem[:, 1]
+        gt, gpt = gfn(r), gpfn(r)
+        self.Gh[:, t], self.GPh[:, t] = gt, gpt
+        self.H[:, t, 0] = gt
+        self.H[:, t, 1] = gpt * JP
+        if self.s.pathwise:
+            JS = bt * law.dtau * law.f_S * law.P
+            if t > 0:
+                JS += mem[:, 2]
+            gy = gyfn(r)
+            self.H[:, t, 2] = gpt * JS + (gy * law.f_S if gy is not None else 0)
+        return r, gt, gpt
+
+    def kernels(self, t: int, r: Tensor, gt: Tensor, gpt: Tensor) -> Tensor:
+        """R_g(t,★), R_g(t,·), μ(t), Σ_W(·,t); returns the sample averages (E ∂g/∂P, E Sg, E ℓ, E rg)."""
+        s, law = self.s, self.law
+        # float32 cascade sums are accurate to ~1e-7, far below Monte-Carlo error
+        avg = torch.stack([self.H[:, t, 1], law.S * gt, self.model.loss(r, law.Y), r * gt], dim=1).mean(dim=2)
+        avg = avg.to(torch.float64)
+        self.Rgs[:, t] = avg[:, 0]
+        if s.K0 > 0 and t == s.K0:          # Rayleigh quotient x_Kᵀ D x_K/‖x_K‖² of the last power iterate
+            self.checks["rayleigh"] = (law.T * r * r).mean(dim=1).to(torch.float64) / s.c0 ** 2
+        self.Rg[:, t, :t + 1] = response_row(self.K, self.GPh, gpt, t, self.xbuf)
+        if s.pathwise:
+            self.mu[:, t] = self.H[:, t, 2].mean(dim=1).to(torch.float64)
+        else:
+            self.mu[:, t] = stein_mu(avg[:, 1], s.rho, self.Rgs[:, t], self.L[:, :t + 1, 0], self.Rg[:, t, :t + 1])
+        g64, SW, c = self.Gh[:, t], self.SW, s.delta / s.N
+        SW[:, 0, t + 1] = c * (self.tauP64 * g64).sum(dim=1)
+        SW[:, 1:t + 2, t + 1] = c * torch.bmm(self.Gh[:, :t + 1], g64[:, :, None]).squeeze(2)
+        SW[:, t + 1, :t + 2] = SW[:, :t + 2, t + 1]
+        return avg
+
+    def observables(self, t: int, avg: Tensor) -> None:
+        l2 = self.s.l2
+        self.q[:, t] = coefficient_norm2(self.SW, self.a[:, t], self.b[:, t], self.K[:, t], t)
+        self.loss[:, t] = avg[:, 2] + 0.5 * l2 * self.q[:, t]
+        self.gsig[:, t] = avg[:, 1] + l2 * self.a[:, t]
+        self.giter[:, t] = avg[:, 3] + l2 * self.q[:, t]
+
+    def parameter_side(self, t: int) -> None:
+        """a, b, K at t + 1 from Γ_t = Σ_s R_g(t,s) X_s + R_g(t,★) V̂ + μ(t) X* + W_t/δ (and ‖∇L(x_t)‖)."""
+        s, a, b, K = self.s, self.a, self.b, self.K
+        w = self.Rg[:, t, :t + 1]
+        ga = (w * a[:, :t + 1]).sum(1) + s.rho * self.Rgs[:, t] + self.mu[:, t]
+        gb = (w * b[:, :t + 1]).sum(1) + self.Rgs[:, t]
+        gK = torch.bmm(w[:, None], K[:, :t + 1, :t + 1]).squeeze(1)
+        gK[:, t] += 1.0 / s.delta
+        if t < s.K0:                                                     # power step x ← (D + cI)x / ‖·‖
+            na = s.power_shift * a[:, t] + ga
+            nbv = s.power_shift * b[:, t] + gb
+            nK = s.power_shift * K[:, t, :t + 1] + gK
+            scale = s.c0 / coefficient_norm2(self.SW, na, nbv, nK, t + 1).clamp(min=1e-300).sqrt()
+            a[:, t + 1], b[:, t + 1], K[:, t + 1, :t + 1] = na * scale, nbv * scale, nK * scale[:, None]
+            return
+        Ga = s.l2 * a[:, t] + ga
+        Gb = s.l2 * b[:, t] + gb
+        GK = s.l2 * K[:, t, :t + 1] + gK
+        self.gnorm[:, t] = coefficient_norm2(self.SW, Ga, Gb, GK, t + 1).clamp(min=0).sqrt()
+        eta = float(s.etas[t - s.K0 + 1]) if t < s.TT else 0.0      # the last row only needs ∇L(x_T)
+        a[:, t + 1] = a[:, t] - eta * Ga
+        b[:, t + 1] = b[:, t] - eta * Gb
+        K[:, t + 1, :t + 1] = K[:, t, :t + 1] - eta * GK
+
+    def divergence(self, t: int) -> Optional[DivergenceError]:
+        """A DivergenceError naming the step when step t produced non-finite values, else None."""
+        finite = bool(torch.isfinite(self.q[:, t]).all() and torch.isfinite(self.loss[:, t]).all()
+                      and torch.isfinite(self.a[:, t + 1]).all() and torch.isfinite(self.Rg[:, t, :t + 1]).all())
+        if finite:
+            return None
+        s = self.s
+        it = t - s.K0
+        mu_max = float(s.mus.max())
+        where = f"GD iteration {it}" if it >= 0 else f"power-iteration step {t}"
+        msg = (f"the DMFT produced non-finite values at {where}: the step is unstable"
+               + (f" (μ = {mu_max:.4g}; the stability rule suggests μ ≤ {s.eta_safe * s.c0 ** 2:.4g})"
+                  if it >= 0 else ""))
+        return DivergenceError(msg, algorithm="dmft", iteration=it, step=mu_max)
+
+    def next_field(self, t: int) -> None:
+        """Coefficients of U_{t+1} (pivoted triangular solve) and a fresh basis direction ξ_{t+1}."""
+        defect = extend_basis(self.L, self.a, self.b, self.K, self.SW, self.dropped, t, self.s.rho, self.sq)
+        self.worst = torch.maximum(self.worst, defect)
+        self.B[:, t + 2] = self.draw()
+
+    def run(self, progress: bool) -> None:
+        TT = self.s.TT
+        bar = tqdm(total=TT + 1, desc="DMFT", disable=not progress, leave=False)
+        for t in range(TT + 1):
+            r, gt, gpt = self.sample_side(t)
+            self.observables(t, self.kernels(t, r, gt, gpt))
+            self.parameter_side(t)
+            err = self.divergence(t)
+            if err is not None:
+                bar.close()
+                raise err
+            if t == TT:
+                break
+            self.next_field(t)
+            bar.update(1)
+        bar.update(1)
+        bar.close()
+
+    def prediction(self, params: dict, extra: Optional[dict] = None) -> Prediction:
+        """The GD phase (t = K₀..TT) as a :class:`Prediction`; ``extra`` entries override ``params``."""
+        s = self.s
+        sl = slice(s.K0, s.TT + 1)
+        C, cV = two_time_covariance(self.a, self.b, self.K, self.SW, s.rho, s.TT + 1)
+        gd_idx = torch.tensor([0] + list(range(s.K0 + 1, s.TT + 2)), device=s.device)      # ★, W_K0..W_TT
+        Km = self.K
+        kernels = {
+            "C": C[:, sl, sl], "R_x": Km[:, sl, sl], "K": Km[:, sl, sl], "R_g": self.Rg[:, sl, sl],
+            "R_g_star": self.Rgs[:, sl], "mu": self.mu[:, sl], "a": self.a[:, sl], "b": self.b[:, sl],
+            "c_V": cV[:, sl], "C_g": self.SW[:, gd_idx][:, :, gd_idx] / s.delta,
+        }
+        params = dict(params, dropped_directions=int(self.dropped.sum()), factorisation_defect=float(self.worst.max()))
+        params.update(extra or {})
+        return Prediction.from_replicates(
+            iteration=torch.arange(s.steps + 1), step=s.etas, m=self.a[:, sl], q=self.q[:, sl],
+            loss=self.loss[:, sl], grad_norm=self.gnorm[:, sl], grad_signal=self.gsig[:, sl],
+            grad_iterate=self.giter[:, sl], kernels=kernels, params=params, checks=self.checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------------------------
+def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = None,
+               lam_star: Optional[float] = None, rho: Optional[float] = None,
+               T: Optional[Callable[[Tensor], Tensor]] = None,
+               step: Optional[float] = None, schedule: Optional[Callable[[int], float]] = None, l2: float = 0.0,
+               init: str = "spectral", init_overlap: Optional[float] = None, init_norm: float = 1.0,
+               power_steps: int = 50, power_shift: float = 0.0, mu: str = "auto",
+               samples: int = 100_000, replicates: int = 8, seed: int = 0, seeds: Optional[Sequence[int]] = None,
+               device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
+               chunk_size: Optional[int] = None, progress: bool = True, params: Optional[dict] = None,
+               check_stability: bool = True, threads: Optional[int] = 1) -> Prediction:
+    r"""Solve the discrete-time DMFT of gradient descent by one causal Monte-Carlo pass (module docstring).
+
+    The lower-level entry point of :func:`dmft`: the model and the spectral quantities are explicit.
+
+    Args:
+        delta, steps: δ = m/n; GD iterations T (the prediction covers t = 0..T).
+        model: a :class:`~phasetorch.theory.model.SingleIndexModel` (default ``phase_retrieval()``).
+        lam_star, rho, T: λ* of δE[(S² − 1)τ] = 1, the spectral overlap ρ (theory.md §2) and the
+            preprocessing T(ŷ) on tensors; ``"spectral"`` needs all three, ``"power"`` needs T.
+        step / schedule / l2: constant μ (library units μ/‖x₀‖², so η = μ/c₀²), a callable t ↦ μ_t for
+            x_{t−1} → x_t (t = 1, 2, …), or neither (the ``wf`` preset's ramp); λ of (λ/2)‖x‖².
+        init: ``"spectral"`` (x₀ = c₀ v̂), ``"warm"`` (x₀ = c(ρ₀ x* + √(1−ρ₀²) w)) or ``"power"``
+            (``power_steps`` of x ← (D + c I)x/‖·‖, c = ``power_shift``, from the warm start, then GD).
+        init_overlap, init_norm: ρ₀ of the warm start (default 0.5 for power); c₀ = ‖x₀‖.
+        mu: ``"stein"`` (valid for non-smooth T), ``"pathwise"`` (needs T and the link Lipschitz) or
+            ``"auto"`` (pathwise for the warm start, else Stein).
+        samples, replicates: N per replicate; independent populations.
+        seed / seeds: ``seed`` derives one seed per replicate; ``seeds`` gives them (replicate r of a
+            batch equals a one-replicate run with ``seeds=[seeds[r]]``).
+        device, dtype: where and in which precision the populations live (random numbers are drawn on
+            CPU, so CPU and CUDA see the same samples); kernels are float64.
+        chunk_size: samples per chunk of the back-substitution (:func:`chunk_length`).
+        progress, params, check_stability: tqdm bar; extra entries of ``Prediction.params``; warn
+            above the stability rule. threads: CPU threads for the solve (restored afterwards; None
+            keeps torch's setting).
+    """
+    with _cpu_threads(threads, device):
+        model = model if model is not None else phase_retrieval()
+        delta, steps, mu, samples, replicates = _check_arguments(delta, steps, init, mu, dtype, samples, replicates)
+        l2, c0 = float(l2), float(init_norm)
+        if not c0 > 0:
+            raise ValueError("init_norm must be positive")
+        rho_p, K0 = _start_overlap(init, model, rho, lam_star, T, init_overlap, power_steps)
+        mus = step_sizes(step, schedule, steps)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        seeds = [int(s) for s in (replicate_seeds(seed, replicates) if seeds is None else seeds)]
+        R, N = len(seeds), samples
+        draw = _Draws(seeds, N, dev, dtype)
+        S, G, eps = draw(), draw(), draw()
+        law = start_law(model, S, G, eps, rho_p, T=T if init != "warm" else None,
+                        lam_star=lam_star if init == "spectral" else None, pathwise=mu == "pathwise")
+        eta_safe = _safe_step(model, law, delta, c0, l2, mus, steps, check_stability)
+        setup = _Setup(delta=delta, steps=steps, K0=K0, rho=rho_p, c0=c0, l2=l2, pathwise=mu == "pathwise",
+                       power_shift=float(power_shift), mus=mus, eta_safe=eta_safe, R=R, N=N,
+                       chunk=chunk_length(N, R, K0 + steps + 1, dev, chunk_size), dtype=dtype, device=dev)
+        run = _Pass(setup, model, law, draw)
+        if init == "spectral":
+            run.checks.update(law.anchors(delta, rho_p))
+        run.run(progress)
+        info = dict(delta=delta, step=(float(step) if step is not None else None),
+                    schedule=(None if schedule is None and step is not None else
+                              ("wf_ramp" if schedule is None else getattr(schedule, "__name__", "callable"))),
+                    l2=l2, noise=model.noise, model=model.name, samples=N, replicates=R, seed=int(seed), seeds=seeds,
+                    rho=(float(rho) if rho is not None else None),
+                    lam_star=(float(lam_star) if lam_star is not None else None),
+                    init=init, init_overlap=(rho_p if init != "spectral" else None), init_norm=c0,
+                    power_steps=K0, power_shift=float(power_shift) if init == "power" else None, mu=mu,
+                    dtype=str(dtype).replace("torch.", ""), safe_step=eta_safe * c0 ** 2)
+        return run.prediction(info, params)
+
+
+def _spectral_inputs(delta: float, preprocessing, noise: float, init: str, name: str):
+    """(λ*, ρ, λ₁(D) limit, elementwise T) of the spectral estimator; all None for a warm start."""
+    if init == "warm":
+        return None, None, None, None
+    lim = spectral_limits(delta, preprocessing=preprocessing, field="real", noise=noise)
+    rho, lam_star = float(lim.rho), float(lim.lam_star)
+    eigenvalue = float(lim.eigenvalue) if getattr(lim, "eigenvalue", None) is not None else None
+    T = getattr(lim, "T", None)
+    if T is None:
+        T = elementwise(preprocessing, delta)
+    if T is None:
+        raise ValueError(f"preprocessing {name!r} is rank-based and has no elementwise T(ŷ) for the DMFT; "
+                         "use 'optimal', 'mm', 'trimmed', 'clipped' or a callable")
+    if init == "spectral" and not rho > 0:
+        raise ValueError(f"δ = {delta} is below the spectral weak-recovery threshold of preprocessing {name!r}: the "
+                         "spectral estimator has asymptotic overlap ρ = 0, so the two-stage (spectral start + GD) "
+                         "theory does not apply. Increase δ (see phasetorch.theory.spectral_threshold) or use "
+                         "init='warm' with a given overlap.")
+    return lam_star, rho, eigenvalue, T
+
+
+def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Callable[[int], float]] = None,
+         l2: float = 0.0, steps: int, preprocessing="optimal", noise: float = 0.0, field: str = "real",
+         samples: int = 100_000, replicates: int = 8, seed: int = 0,
+         device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
+         progress: bool = True, init: str = "spectral", init_overlap: Optional[float] = None,
+         power_steps: int = 50, power_shift: float = 0.0, mu: str = "auto",
+         chunk_size: Optional[int] = None, threads: Optional[int] = 1) -> Prediction:
+    r"""DMFT prediction of spectral-initialised (regularised) Wirtinger flow on real Gaussian phase retrieval.
+
+    Predicts ``reconstruct(op, y, algorithm="wf", init="spectral", preprocessing=preprocessing,
+    step=step, l2=l2)`` on a real ``GaussianMeasurement`` with m = δn measurements of ‖x*‖ = 1 and
+    intensities y = |Ax*|² + σε (``noise`` = σ), as n → ∞ (theory.md §4; Chen & Shen, arXiv
+    2509.23527): GD on L(x) = (1/4m) Σ (⟨a_i,x⟩² − y_i)² + (λ/2)‖x‖² (λ = ``l2``) from
+    x₀ = √(mean y) v̂.
+
+    Args:
+        delta: δ = m/n. steps: GD iterations T (prediction for t = 0..T).
+        step / schedule: constant μ in library units μ/‖x₀‖² (= the theory's η since ‖x₀‖ → 1), or a
+            callable t ↦ μ_t for x_{t−1} → x_t, t = 1, 2, … (:mod:`phasetorch.optim.steps`); neither:
+            the ``wf`` preset's Candès ramp μ_t = min(1 − e^{−t/330}, 0.2). l2: λ of the ridge term.
+        preprocessing: a name of :mod:`phasetorch.init.preprocessing` or a callable T(ŷ); ``"identity"``
+            is refused (no outlier eigenvalue in the proportional limit); rank-based names need an
+            elementwise form from ``spectral_limits``. noise: σ. field: ``"real"`` only.
+        samples, replicates: Monte-Carlo samples N per replicate; populations (SEs over them; ≥ 8).
+        seed, device, dtype, progress: replicate seeds; where / in which precision the populations
+            live (kernels are float64); tqdm bar.
+        init, init_overlap, power_steps, power_shift: ``"spectral"`` (default), ``"warm"`` (overlap
+            ``init_overlap``) or ``"power"`` (power iteration on D + ``power_shift``·I from a warm start
+            with overlap ``init_overlap`` (default 0.5), then GD). The shift must make λ₁(D) + c dominate
+            both bulk edges (``mm`` at δ = 4: bulk [−1.1, 0.24], λ₁ = 0.437, c = 0.43 converges like
+            0.77^{2K}); for ``optimal`` the bulk reaches T ≥ −999 and power iteration is impractical.
+        mu: ``"pathwise"``, ``"stein"`` or ``"auto"``: pathwise for ``optimal``, ``mm``, ``clipped`` and
+            the warm start, Stein otherwise. chunk_size, threads: see :func:`solve_dmft`.
+
+    Returns:
+        :class:`~phasetorch.theory.prediction.Prediction` (columns iteration, loss, grad_norm, step,
+        norm, rel_error, overlap, inner (= m), q, each with a standard error).
+
+    Warns: RuntimeWarning when the step exceeds r_max < √(2δ/η), r_max ≈ 5 c₀ max(1 + τ).
+    Raises: ValueError for the complex field, ``"identity"``, δ below the spectral threshold, bad
+    arguments; :class:`phasetorch.errors.DivergenceError` (naming the step) on non-finite values.
+    """
+    if field != "real":
+        if field == "complex":
+            raise ValueError("the complex-field DMFT (holomorphic and antiholomorphic responses) is not available; "
+                             "phasetorch.theory.spectral_limits does support field='complex' for the spectral start")
+        raise ValueError(f"field must be 'real' (got {field!r})")
+    if isinstance(preprocessing, str) and preprocessing == "identity":
+        raise ValueError("preprocessing 'identity' (Candès WF, T(y) = y) has no outlier eigenvalue in the "
+                         "proportional limit: T is unbounded, the top eigenvector localises and its overlap ρ → 0 as "
+                         "n grows, so the spectral start and this DMFT do not apply. Use 'optimal', 'mm', 'trimmed' "
+                         "or 'clipped'.")
+    name = preprocessing if isinstance(preprocessing, str) else getattr(preprocessing, "__name__", "callable")
+    lam_star, rho, eigenvalue, T = _spectral_inputs(delta, preprocessing, noise, init, name)
+    if mu == "auto":
+        smooth = init == "warm" or (isinstance(preprocessing, str) and preprocessing in SMOOTH_PREPROCESSING)
+        mu = "pathwise" if smooth else "stein"
+    return solve_dmft(delta, steps=steps, model=phase_retrieval(noise), lam_star=lam_star, rho=rho, T=T,
+                      step=step, schedule=schedule, l2=l2, init=init, init_overlap=init_overlap,
+                      power_steps=power_steps, power_shift=power_shift, mu=mu, samples=samples,
+                      replicates=replicates, seed=seed, device=device, dtype=dtype, chunk_size=chunk_size,
+                      threads=threads, progress=progress,
+                      params=dict(preprocessing=(name if init != "warm" else None), field=field,
+                                  eigenvalue=eigenvalue))

@@ -1,0 +1,75 @@
+"""phasetorch.tensors: the one implementation of the small conventions."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from phasetorch import tensors as T
+from phasetorch.theory import Prediction
+
+
+def test_abs2_inner_dot_norm2():
+    z = torch.tensor([[1 + 2j, 3 - 1j], [0j, 2j]], dtype=torch.complex128)
+    assert torch.equal(T.abs2(z), torch.tensor([[5.0, 10.0], [0.0, 4.0]], dtype=torch.float64))   # exact: no sqrt
+    w = torch.tensor([[2 - 1j, 1j], [1 + 0j, 1 + 1j]], dtype=torch.complex128)
+    torch.testing.assert_close(T.inner(z, w, 1), (z.conj() * w).sum(-1))
+    torch.testing.assert_close(T.dot(z, w), (z.conj() * w).sum(-1).real)
+    torch.testing.assert_close(T.norm2(z), z.abs().square().sum(-1))
+    img = torch.randn(2, 3, 4, dtype=torch.float64)
+    assert T.inner(img, img, 2).shape == (2,) and T.sum_dims(img, 2).shape == (2,)
+
+
+def test_validators_refuse_what_would_go_wrong_silently():
+    with pytest.raises(ValueError, match="shape must be an int or a sequence"):
+        T.as_shape("34")
+    with pytest.raises(ValueError, match="int"):
+        T.check_int(2.7, "m", 1)
+    with pytest.raises(ValueError, match="int"):
+        T.check_int(True, "m", 1)
+    with pytest.raises(ValueError, match="≥ 1"):
+        T.check_int(0, "block_rows", 1)
+    assert T.check_int(torch.tensor(3), "k", 1) == 3
+    with pytest.raises(ValueError, match="finite"):
+        T.check_number(float("nan"), "l2", low=0.0)
+    with pytest.raises(ValueError, match="≥ 0"):
+        T.check_number(-1, "l2", low=0.0)
+    with pytest.raises(ValueError, match="> 0"):
+        T.check_number(0, "step", low=0.0, strict=True)
+    for half in (torch.float16, torch.bfloat16, "float16"):
+        with pytest.raises(ValueError, match="half precision"):
+            T.parse_dtype(half)
+    assert T.parse_dtype(torch.complex128) == torch.float64 and T.parse_dtype("float32") == torch.float32
+
+
+def test_mean_se_one_rule():
+    m, se = T.mean_se(torch.tensor([1.0, 3.0]))
+    assert float(m) == 2.0 and float(se) == pytest.approx(1.0)
+    m, se = T.mean_se(torch.tensor([5.0]))
+    assert float(m) == 5.0 and math.isnan(float(se))          # unknown, never 0
+    m, se = T.mean_se(torch.ones(4, 3), dim=0)
+    assert m.shape == (3,) and torch.equal(se, torch.zeros(3, dtype=torch.float64))
+
+
+def test_json_round_trip_is_strict_and_lossless():
+    obj = {"a": torch.tensor([1.0, float("nan"), float("inf"), -float("inf")]), "d": torch.float32, "z": 1 + 0j}
+    text = json.dumps(T.to_jsonable(obj), allow_nan=False)
+    back = json.loads(text)
+    assert back["a"] == [1.0, None, "inf", "-inf"] and back["d"] == "float32"
+    vals = T.floats_from_json(back["a"])
+    assert vals[0] == 1.0 and math.isnan(vals[1]) and vals[2] == math.inf and vals[3] == -math.inf
+    with pytest.raises(ValueError, match="expected a number"):
+        T.from_json_float("abc")
+
+
+def test_prediction_with_nan_is_strict_json(tmp_path):
+    pred = Prediction(iteration=torch.arange(2), step=torch.zeros(2, dtype=torch.float64),
+                      per_replicate={"overlap": torch.tensor([[0.5, float("nan")]], dtype=torch.float64)},
+                      kernels={}, params={"delta": 4.0})
+    path = tmp_path / "p.json"
+    pred.to_json(path)
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    back = Prediction.from_json(path)
+    assert torch.equal(back.per_replicate["overlap"].isnan(), pred.per_replicate["overlap"].isnan())
+    assert float(back.per_replicate["overlap"][0, 0]) == 0.5
