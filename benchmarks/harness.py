@@ -46,8 +46,15 @@ Methodology notes (also written into the JSON):
   (its CuPy backend, float64; contenders named ``<method>@gpu``), and the best of both counts.
 * **Contention**: the machine description includes the load average before and after every row;
   on a shared machine absolute times inflate, ratios much less.
-* Rows whose library pieces are missing report ``status: "unavailable"`` with the reason (the
-  ImportError / AttributeError) instead of crashing; any other failure is ``status: "error"``.
+* A row whose optional peer (solvephase, deepinv; CuPy for solvephase on the GPU) is absent says so
+  (``status: "unavailable"`` with the install hint) and still reports the phasetorch side. A failure
+  of phasetorch itself is never "unavailable": the row is ``status: "error"`` with the traceback in
+  the JSON (and the test suite fails). A phasetorch run that *diverges* is a result, not a failure:
+  ``reconstruct`` freezes a diverged sample and reports it in ``rec.status``; in the time-to-accuracy
+  rows such a contender reads "diverged", in the success-rate row the trial counts as a failure.
+* Row 6 compares with the 30 s budget only at the goal size (T = 100, N = 10⁵), which only the full
+  benchmark runs; ``--quick`` and ``--dry-run`` report the times they measured, at the sizes they
+  measured, and no ratio (no extrapolation from small sizes).
 """
 
 from __future__ import annotations
@@ -55,12 +62,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
-import json
+import importlib.metadata
 import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -69,17 +77,22 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from phasetorch.tensors import to_jsonable
+from phasetorch import io as pio
+from phasetorch.app.jobs import ALGORITHMS, SUPPORT_ALGORITHMS
+from phasetorch.errors import DivergenceError
+from phasetorch.init.spectral import count_matvecs, spectral_init
+from phasetorch.metrics import relative_error
+from phasetorch.physics import CodedDiffraction, GaussianEnsemble, GaussianMeasurement
+from phasetorch.solve import Status, reconstruct
+from phasetorch.tensors import check_int
+from phasetorch.theory import dmft
 
 PEER_HINT = "not installed (pip install -e '.[bench]')"
+CUPY_HINT = "CuPy not installed (pip install cupy-cuda12x)"
 PEERS = ("solvephase", "deepinv")
 SOLVEPHASE_METHODS = ("wf", "twf", "taf", "raf", "lbfgs")
 #: solvephase's documented iterations to relative error 1e-6, complex Gaussian n=256, m=8n.
 PUBLISHED_ITERATIONS = {"wf": 700, "twf": 135, "taf": 80, "raf": 125, "lbfgs": 25}
-#: The algorithm names of the conventions; used when phasetorch.solve does not list its presets.
-CONVENTION_ALGORITHMS = ("wf", "twf", "rwf", "taf", "raf", "af", "gs", "hio", "lbfgs")
-#: Presets that need a support/object-domain constraint and do not apply to a Gaussian model.
-SUPPORT_ALGORITHMS = ("hio",)
 DMFT_BUDGET_S = 30.0
 
 ROWS = {
@@ -137,7 +150,7 @@ DEFAULT_REPEATS = {"full": 5, "quick": 5, "dry": 1}
 
 
 class Unavailable(Exception):
-    """A row (or a part of it) cannot run here; the message is the reason printed in the table."""
+    """An optional peer (solvephase, deepinv) is absent; the message is the reason printed in the table."""
 
 
 # ============================================================================ context and timing
@@ -153,9 +166,7 @@ class Context:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was requested but torch.cuda.is_available() is False; use --device cpu")
-        self.repeats = int(repeats) if repeats is not None else DEFAULT_REPEATS[mode]
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be ≥ 1, got {self.repeats}")
+        self.repeats = check_int(repeats, "repeats", 1) if repeats is not None else DEFAULT_REPEATS[mode]
         self.warmup = mode != "dry"
         self.allow_peers = bool(peers)
         self.seed = int(seed)
@@ -204,9 +215,7 @@ def set_threads(threads: int) -> int:
     can slow down several-fold; one thread per contender gives steadier side-by-side ratios.
     """
     global _THREAD_LIMITER
-    threads = int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be ≥ 1, got {threads}")
+    threads = check_int(threads, "threads", 1)
     torch.set_num_threads(threads)
     for var in ("AOCORE_FFT_WORKERS", "AOCORE_BLAS_THREADS"):
         os.environ[var] = str(threads)
@@ -282,8 +291,7 @@ def _mem_total_gib() -> Optional[float]:
 
 def _version(module: str) -> Optional[str]:
     try:
-        from importlib import metadata
-        return metadata.version(module)
+        return importlib.metadata.version(module)
     except Exception:  # not installed (PackageNotFoundError) or broken metadata
         return None
 
@@ -324,27 +332,7 @@ def machine_info(device: torch.device) -> dict:
 
 
 # ============================================================================ phasetorch pieces
-def _reconstruct():
-    """phasetorch's ``reconstruct`` (ImportError/AttributeError if it has not landed)."""
-    import phasetorch
-    fn = getattr(phasetorch, "reconstruct", None)
-    if fn is None:
-        from phasetorch.solve import reconstruct as fn
-    return fn
-
-
-def pt_presets() -> List[str]:
-    """The algorithm presets of ``phasetorch.reconstruct`` (its own list when it exports one)."""
-    try:
-        from phasetorch.optim.presets import PRESETS
-    except ImportError:
-        from phasetorch import solve
-        PRESETS = getattr(solve, "PRESETS", None) or getattr(solve, "ALGORITHMS", None) or CONVENTION_ALGORITHMS
-    return [str(n) for n in PRESETS]
-
-
 def _rel_error(x_hat: torch.Tensor, x: torch.Tensor) -> float:
-    from phasetorch.metrics import relative_error
     return float(relative_error(x_hat.reshape(-1), x.reshape(-1)))
 
 
@@ -361,12 +349,17 @@ class Contender:
 
     ``probe(cap)`` is the untimed counting run: returns (k*, info) with k* None if the target was
     not reached. ``timed(k)`` is what is timed: the library's normal call limited to k iterations,
-    returning the estimate; ``error(x)`` (outside the clock) its relative error.
+    returning the estimate; ``error(x)`` (outside the clock) its relative error. ``outcomes`` are the
+    exceptions that are a *result* of this contender (recorded as its ``status`` ``outcome_status``)
+    rather than a failure of the benchmark: for phasetorch only a divergence
+    (:class:`~phasetorch.errors.DivergenceError`), for a peer anything it raises.
     """
 
     def __init__(self, library: str, name: str, probe: Callable[[int], Tuple[Optional[int], dict]],
-                 timed: Callable[[int], Any], error: Callable[[Any], float]) -> None:
+                 timed: Callable[[int], Any], error: Callable[[Any], float],
+                 outcomes: Tuple[type, ...], outcome_status: str) -> None:
         self.library, self.name, self.probe, self.timed, self.error = library, name, probe, timed, error
+        self.outcomes, self.outcome_status = outcomes, outcome_status
 
     @property
     def label(self) -> str:
@@ -374,16 +367,14 @@ class Contender:
 
 
 def _pt_contender(ctx: Context, op, y: torch.Tensor, x: torch.Tensor, algorithm: str, target: float) -> Contender:
-    reconstruct = _reconstruct()
-
     def stop(t, xt, info):
         return _rel_error(xt, x) <= target
 
     def probe(cap: int):
         rec = reconstruct(op, y, algorithm=algorithm, max_iter=cap, progress=False, seed=ctx.seed, callback=stop)
-        k = int(torch.as_tensor(rec.iterations).max())
+        k = int(rec.iterations.max())
         err = _rel_error(rec.x, x)
-        info = {"iterations_run": k, "final_rel_error": err}
+        info = {"iterations_run": k, "final_rel_error": err, "run_status": rec.status_names()}
         if err > target:
             info["reason"] = f"did not reach {target:g} in {k} iterations (final error {err:.2e}" + \
                              (", stopped by its own test)" if k < cap else ")")
@@ -393,7 +384,8 @@ def _pt_contender(ctx: Context, op, y: torch.Tensor, x: torch.Tensor, algorithm:
     def timed(k: int):
         return reconstruct(op, y, algorithm=algorithm, max_iter=max(k, 1), progress=False, seed=ctx.seed).x
 
-    return Contender("phasetorch", algorithm, probe, timed, lambda xh: _rel_error(xh, x))
+    return Contender("phasetorch", algorithm, probe, timed, lambda xh: _rel_error(xh, x),
+                     outcomes=(DivergenceError,), outcome_status="diverged")
 
 
 def _sp_contender(ctx: Context, sp_op, y_np, x_np, method: str, target: float, suffix: str = "") -> Contender:
@@ -412,7 +404,8 @@ def _sp_contender(ctx: Context, sp_op, y_np, x_np, method: str, target: float, s
     def timed(k: int):
         return wirtinger(sp_op, y_np, method=method, iterations=max(k, 1), seed=ctx.seed).x
 
-    return Contender("solvephase", method + suffix, probe, timed, lambda xh: float(relative_error(xh, x_np)))
+    return Contender("solvephase", method + suffix, probe, timed, lambda xh: float(relative_error(xh, x_np)),
+                     outcomes=(Exception,), outcome_status="error")
 
 
 def _time_to_target(ctx: Context, contenders: List[Contender], target: float, cap: int, top_k: int) -> List[dict]:
@@ -423,12 +416,10 @@ def _time_to_target(ctx: Context, contenders: List[Contender], target: float, ca
         e = {"contender": c.label, "library": c.library, "algorithm": c.name}
         try:
             t_probe, (k, info) = ctx.clock(lambda: c.probe(cap))
-        except (ImportError, AttributeError):
-            raise
-        except Exception as err:  # a preset that does not apply here, a divergence, …
-            e.update(status="error", reason=_short_error(err))
+        except c.outcomes as err:  # phasetorch: a divergence; a peer: whatever it raises
+            e.update(status=c.outcome_status, reason=_short_error(err))
             entries.append(e)
-            ctx.log(f"    {c.label:<22} error: {e['reason']}")
+            ctx.log(f"    {c.label:<22} {c.outcome_status}: {e['reason']}")
             continue
         e.update(info)
         e["counting_run_s"] = t_probe
@@ -459,16 +450,14 @@ def _time_to_target(ctx: Context, contenders: List[Contender], target: float, ca
                 continue
             try:
                 t, xh = ctx.clock(lambda: c.timed(e["iterations"]))
-            except (ImportError, AttributeError):
-                raise
-            except Exception as err:
+            except c.outcomes as err:
                 failed[c.label] = _short_error(err)
                 continue
             times[c.label].append(t)
             errors[c.label] = c.error(xh)
     for c, e in selected:
         if c.label in failed:
-            e.update(status="error", verified=False, reason=f"timed run failed: {failed[c.label]}")
+            e.update(status=c.outcome_status, verified=False, reason=f"timed run failed: {failed[c.label]}")
             ctx.log(f"    {c.label:<22} {e['reason']}")
             continue
         e["seconds"] = _median(times[c.label])
@@ -495,8 +484,6 @@ def _short_error(err: BaseException) -> str:
 # ============================================================================ row 1: roofline
 def row_roofline(ctx: Context) -> dict:
     cfg = ctx.settings(1)
-    from phasetorch.physics import CodedDiffraction, GaussianMeasurement
-
     n, m = cfg["n"], cfg["n"] * cfg["delta"]
     dev = ctx.device
     comparisons, entries = [], []
@@ -571,7 +558,6 @@ def row_roofline(ctx: Context) -> dict:
 
 # ============================================================================ row 2: Gaussian time to 1e-6
 def _gaussian_problem(ctx: Context, n: int, delta: int, seed: int):
-    from phasetorch.physics import GaussianMeasurement
     op = GaussianMeasurement(n, n * delta, complex=True, seed=seed, dtype=torch.float64).to(ctx.device)
     x = _complex_signal(n, seed + 1).to(ctx.device)
     y = op(x)
@@ -594,16 +580,23 @@ def _sp_data(sp_op, y: torch.Tensor):
     return be.asarray(y_np, dtype="real") if be is not None and getattr(be, "is_gpu", False) else y_np
 
 
-def _sp_gpu_backend(ctx: Context):
-    """solvephase's CuPy backend in float64 when phasetorch runs on CUDA and CuPy sees the GPU, else None
-    (then solvephase runs on the CPU only). Its contenders are named ``<method>@gpu``."""
+def _sp_gpu_backend(ctx: Context) -> Tuple[Any, Optional[str]]:
+    """(solvephase's CuPy backend in float64, None) when phasetorch runs on CUDA and CuPy sees the GPU,
+    else (None, why not) — then solvephase runs on the CPU only. Its GPU contenders are named
+    ``<method>@gpu``. CuPy is an optional peer: its absence is a reason, never an error."""
     if ctx.device.type != "cuda":
-        return None
+        return None, None
+    try:
+        importlib.import_module("cupy")
+    except ImportError:
+        return None, CUPY_HINT
     try:
         from solvephase.backend import get_backend, gpu_available
-        return get_backend("gpu", "double") if gpu_available() else None
-    except Exception:                                          # an old solvephase or a broken CuPy
-        return None
+        if not gpu_available():
+            return None, "CuPy sees no GPU"
+        return get_backend("gpu", "double"), None
+    except Exception as err:                                   # an old solvephase or a broken CuPy
+        return None, f"solvephase's GPU backend is unusable ({_short_error(err)})"
 
 
 def _sp_contenders(ctx: Context, make_problem, methods: List[str], target: float, notes: List[str]) -> list:
@@ -611,29 +604,18 @@ def _sp_contenders(ctx: Context, make_problem, methods: List[str], target: float
     ``make_problem(backend)`` returns (solvephase operator, y on its device, x on the host)."""
     sp_op, y_sp, x_np = make_problem(None)
     out = [_sp_contender(ctx, sp_op, y_sp, x_np, m_, target) for m_ in methods]
-    gpu = _sp_gpu_backend(ctx)
+    gpu, why_not = _sp_gpu_backend(ctx)
+    if why_not is not None:
+        notes.append(f"solvephase on the GPU unavailable: {why_not}; solvephase ran on the CPU only.")
     if gpu is not None:
         try:
             sp_op, y_sp, x_np = make_problem(gpu)
         except Exception as err:                               # CuPy present but unusable
             notes.append(f"solvephase on the GPU skipped: {_short_error(err)}")
             return out
-        for m_ in methods:
-            c = _sp_contender(ctx, sp_op, y_sp, x_np, m_, target, suffix="@gpu")
-            c.probe, c.timed = _peer_failure_is_a_result(c.probe), _peer_failure_is_a_result(c.timed)
-            out.append(c)
+        out += [_sp_contender(ctx, sp_op, y_sp, x_np, m_, target, suffix="@gpu") for m_ in methods]
         notes.append("solvephase also on the GPU (its CuPy backend, float64): methods named <method>@gpu.")
     return out
-
-
-def _peer_failure_is_a_result(fn):
-    """An ImportError/AttributeError inside a peer's optional backend fails that contender, not the row."""
-    def wrapped(*args):
-        try:
-            return fn(*args)
-        except (ImportError, AttributeError) as err:
-            raise RuntimeError(f"{type(err).__name__}: {err}") from err
-    return wrapped
 
 
 def _sp_methods(cfg: dict) -> List[str]:
@@ -641,18 +623,24 @@ def _sp_methods(cfg: dict) -> List[str]:
     return [m_ for m_ in SOLVEPHASE_METHODS if m_ in subset] if subset else list(SOLVEPHASE_METHODS)
 
 
-def _presets_for(model: str, cfg: Optional[dict] = None) -> List[str]:
-    """Every preset that applies to the model (no support constraint), or the row's own subset."""
-    names = [p for p in pt_presets() if p not in SUPPORT_ALGORITHMS]
+def _presets_for(cfg: Optional[dict] = None) -> List[str]:
+    """Every preset that applies without a support constraint (Gaussian and CDP models), or the row's subset."""
+    names = [p for p in ALGORITHMS if p not in SUPPORT_ALGORITHMS]
     subset = (cfg or {}).get("presets")
-    return [p for p in names if p in subset] if subset else names
+    if not subset:
+        return names
+    unknown = [p for p in subset if p not in names]
+    if unknown:
+        raise ValueError(f"the row's settings name {', '.join(unknown)}, not among phasetorch's presets for a "
+                         f"model without support ({', '.join(names)}); update SETTINGS")
+    return [p for p in names if p in subset]
 
 
 def row_gaussian_time(ctx: Context) -> dict:
     cfg = ctx.settings(2)
     n, delta, target = cfg["n"], cfg["delta"], cfg["target"]
     op, x, y = _gaussian_problem(ctx, n, delta, ctx.seed)
-    presets = _presets_for("gaussian", cfg)
+    presets = _presets_for(cfg)
     contenders = [_pt_contender(ctx, op, y, x, p, target) for p in presets]
     notes, peer_reason = [], None
     try:
@@ -725,10 +713,8 @@ def _iteration_counts(ctx: Context, n: int, delta: int, target: float, cap: int,
     for c in contenders:
         try:
             k, info = c.probe(cap)
-        except (ImportError, AttributeError):
-            raise
-        except Exception as err:
-            out[c.label] = _short_error(err)
+        except c.outcomes as err:
+            out[c.label] = f"{c.outcome_status}: {_short_error(err)}"
             continue
         out[c.label] = k if k is not None else info.get("reason", "not reached")
         ctx.log(f"      {c.label:<22} {out[c.label]}")
@@ -744,19 +730,13 @@ def _count_table(counts: dict, n: int) -> dict:
 # ============================================================================ row 3: CDP time to 1e-5
 def row_cdp_time(ctx: Context) -> dict:
     cfg = ctx.settings(3)
-    from phasetorch.physics import CodedDiffraction
     shape, L, target = tuple(cfg["shape"]), cfg["masks"], cfg["target"]
     op = CodedDiffraction(shape, L, seed=ctx.seed, dtype=torch.float64).to(ctx.device)
     x = _complex_signal(math.prod(shape), ctx.seed + 1, shape=shape).to(ctx.device)
     y = op(x)
     notes, peer_reason = [], None
-    presets = _presets_for("cdp", cfg)
-
-    def pt(p):
-        c = _pt_contender(ctx, op, y, x, p, target)
-        return c
-
-    contenders = [pt(p) for p in presets]
+    presets = _presets_for(cfg)
+    contenders = [_pt_contender(ctx, op, y, x, p, target) for p in presets]
     try:
         ctx.peer("solvephase")
         import numpy as np
@@ -809,9 +789,6 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def row_spectral(ctx: Context) -> dict:
     cfg = ctx.settings(4)
-    from phasetorch.physics import GaussianMeasurement
-    from phasetorch.init.spectral import count_matvecs, spectral_init
-
     n, m = cfg["n"], cfg["n"] * cfg["delta"]
     op = GaussianMeasurement(n, m, complex=True, seed=ctx.seed).to(ctx.device)     # complex64, deepinv's cfloat
     x = _complex_signal(n, ctx.seed + 1, dtype=torch.complex64).to(ctx.device)
@@ -921,15 +898,6 @@ def row_spectral(ctx: Context) -> dict:
 
 
 # ============================================================================ row 5: batching
-def _gaussian_ensemble():
-    """phasetorch's GaussianEnsemble class (ImportError if it does not exist)."""
-    try:
-        from phasetorch.physics import GaussianEnsemble
-    except ImportError:
-        from phasetorch.physics.ensemble import GaussianEnsemble
-    return GaussianEnsemble
-
-
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -954,10 +922,8 @@ def row_batching(ctx: Context) -> dict:
     to reuse, so on a CPU batching only removes per-call overhead.
     """
     cfg = ctx.settings(5)
-    from phasetorch.physics import GaussianMeasurement
-    reconstruct = _reconstruct()
     B, iters = cfg["batch"], cfg["iters"]
-    algorithm = "raf" if "raf" in pt_presets() else pt_presets()[0]
+    algorithm = "raf"
     comparisons, entries = [], []
 
     def run(op, y):
@@ -976,30 +942,19 @@ def row_batching(ctx: Context) -> dict:
                   n1, m1, lambda: run(op1, Y1), lambda: [run(op1, Y1[k]) for k in range(B)], _thread_settings(ctx),
                   "≥ 5"))
     ne, me = cfg["ensemble_n"], cfg["ensemble_n"] * cfg["delta"]
-    try:
-        Xe = signals(ne)
-        ens = _gaussian_ensemble()(ne, me, B, complex=True, seeds=[ctx.seed + k for k in range(B)]).to(ctx.device)
-        Ye = ens(Xe)
-        members = [ens.member(k) for k in range(B)]
-        cases.append((f"{B} independent problems (GaussianEnsemble, one matrix each, n={ne}, m={me}) vs "
-                      f"{B} sequential runs", ne, me, lambda: run(ens, Ye),
-                      lambda: [run(members[k], Ye[k]) for k in range(B)], [torch.get_num_threads()],
-                      "reported"))          # no data shared between the problems: nothing for a batch to reuse
-    except (ImportError, AttributeError, TypeError) as err:
-        entries.append({"case": "independent matrices (GaussianEnsemble)", "status": "unavailable",
-                        "reason": _short_error(err)})
+    Xe = signals(ne)
+    ens = GaussianEnsemble(ne, me, B, complex=True, seeds=[ctx.seed + k for k in range(B)]).to(ctx.device)
+    Ye = ens(Xe)
+    members = [ens.member(k) for k in range(B)]
+    cases.append((f"{B} independent problems (GaussianEnsemble, one matrix each, n={ne}, m={me}) vs "
+                  f"{B} sequential runs", ne, me, lambda: run(ens, Ye),
+                  lambda: [run(members[k], Ye[k]) for k in range(B)], [torch.get_num_threads()],
+                  "reported"))          # no data shared between the problems: nothing for a batch to reuse
     threads_before = torch.get_num_threads()
     try:
         for label, n, m, batched, sequential, settings, goal in cases:
             ctx.log(f"    {label}: {algorithm}, {iters} iterations each (tol=0), complex64, threads {settings}")
-            try:
-                xb = batched().x                      # also the warm-up; a batch must equal single runs
-            except (ImportError, AttributeError):
-                raise
-            except Exception as err:
-                entries.append({"case": label, "status": "error", "reason": _short_error(err)})
-                ctx.log(f"      error: {_short_error(err)}")
-                continue
+            xb = batched().x                          # also the warm-up; a batch must equal single runs
             xs = torch.stack([r.x for r in sequential()])
             diff = float((xb - xs).abs().max() / xs.abs().max())
             per_threads = {}
@@ -1033,9 +988,6 @@ def row_batching(ctx: Context) -> dict:
     finally:
         if ctx.device.type == "cpu" and torch.get_num_threads() != threads_before:
             set_threads(threads_before)
-    if not comparisons:
-        return {"status": "error", "reason": "; ".join(e["reason"] for e in entries), "ratio": None, "met": None,
-                "entries": entries, "config": cfg}
     head = comparisons[0]
     return {"ratio": head["ratio"], "met": head["met"], "goal": "≥ 5", "comparisons": comparisons,
             "entries": entries, "config": cfg,
@@ -1046,9 +998,6 @@ def row_batching(ctx: Context) -> dict:
 # ============================================================================ row 6: DMFT scaling
 def row_dmft(ctx: Context) -> dict:
     cfg = ctx.settings(6)
-    from phasetorch.theory import dmft
-    if not callable(dmft):            # the submodule, when the package does not re-export the function
-        dmft = dmft.dmft
     Ts = list(cfg["T"])
     Ns = list(cfg["N_cuda"] if ctx.device.type == "cuda" else cfg["N"])
     grid = []
@@ -1070,21 +1019,30 @@ def row_dmft(ctx: Context) -> dict:
             grid.append({"T": T, "N": N, "seconds": sec, "samples_s": samples,
                          "final_overlap": float(torch.as_tensor(pred["overlap"]).reshape(-1)[-1])})
             ctx.log(f"    T={T:<4} N={N:<8} {sec:.2f} s")
-    a, b, c = _fit_power_law(grid)
+    a, b, _ = _fit_power_law(grid)
     goal_T, goal_N = cfg["goal_T"], cfg["goal_N"]
+    row = {"goal": "≤ 1", "ratio_meaning": f"time(T={goal_T}, N={goal_N:g}) / {DMFT_BUDGET_S:g} s budget",
+           "exponents": {"T": a, "N": b}, "grid": grid, "config": cfg,
+           "notes": [f"dmft(δ={cfg['delta']}, step={cfg['step']}, preprocessing='optimal', samples=N, replicates=1); "
+                     f"fit log t = a log T + b log N + c by least squares: a = {a:.2f}, b = {b:.2f}."]}
     measured = next((e["seconds"] for e in grid if e["T"] == goal_T and e["N"] == goal_N), None)
-    extrapolated = measured is None
-    t_goal = measured if measured is not None else math.exp(c) * goal_T ** a * goal_N ** b
-    ratio = t_goal / DMFT_BUDGET_S
-    label = f"dmft T={goal_T}, N={goal_N:g}" + (" (extrapolated from the fit)" if extrapolated else "")
-    return {"ratio": ratio, "met": (ratio <= 1.0) if not extrapolated else None, "goal": "≤ 1",
-            "ratio_meaning": f"time(T={goal_T}, N={goal_N:g}) / {DMFT_BUDGET_S:g} s budget",
-            "exponents": {"T": a, "N": b}, "grid": grid, "config": cfg,
-            "comparisons": [{"label": label, "phasetorch_s": t_goal, "reference": "30 s budget (2-core CPU)",
-                             "reference_s": DMFT_BUDGET_S, "ratio": ratio, "goal": "≤ 1",
-                             "met": (ratio <= 1.0) if not extrapolated else None}],
-            "notes": [f"dmft(δ={cfg['delta']}, step={cfg['step']}, preprocessing='optimal', samples=N, replicates=1); "
-                      f"fit log t = a log T + b log N + c by least squares: a = {a:.2f}, b = {b:.2f}."]}
+    if measured is not None:
+        ratio = measured / DMFT_BUDGET_S
+        row.update(ratio=ratio, met=ratio <= 1.0, comparisons=[{
+            "label": f"dmft T={goal_T}, N={goal_N:g}", "phasetorch_s": measured,
+            "reference": "30 s budget (2-core CPU)", "reference_s": DMFT_BUDGET_S, "ratio": ratio, "goal": "≤ 1",
+            "met": ratio <= 1.0}])
+        return row
+    # The goal size is not on this mode's grid: report the largest solve measured, at its size, and no ratio
+    # (a power law fitted on small solves, dominated by fixed costs, says nothing about the goal size).
+    largest = max(grid, key=lambda e: (e["T"] * e["N"], e["T"]))
+    where = f"T={largest['T']}, N={largest['N']:g}"
+    row.update(ratio=None, met=None, status="unavailable",
+               reason=f"the goal size T={goal_T}, N={goal_N:g} is timed by the full benchmark only; this "
+                      f"{ctx.mode} run measured up to {where} ({largest['seconds']:.3g} s)",
+               comparisons=[{"label": f"dmft {where} (measured; not the goal size)", "phasetorch_s": largest["seconds"],
+                             "reference": None, "reference_s": None, "ratio": None, "goal": "≤ 1", "met": None}])
+    return row
 
 
 def _fit_power_law(grid: List[dict]) -> Tuple[float, float, float]:
@@ -1120,10 +1078,8 @@ def _delta50(deltas: Sequence[float], rates: Sequence[float]) -> Optional[float]
 
 def row_success(ctx: Context) -> dict:
     cfg = ctx.settings(7)
-    GaussianEnsemble = _gaussian_ensemble()
-    reconstruct = _reconstruct()
     n, trials, deltas, max_iter, thr = cfg["n"], cfg["trials"], list(cfg["deltas"]), cfg["max_iter"], cfg["success"]
-    presets = _presets_for("gaussian", cfg)
+    presets = _presets_for(cfg)
     sp_methods = _sp_methods(cfg)
     sp_reason = None
     try:
@@ -1136,8 +1092,7 @@ def row_success(ctx: Context) -> dict:
     rates: Dict[str, List[Optional[float]]] = {f"phasetorch {p}": [] for p in presets}
     if sp_reason is None:
         rates.update({f"solvephase {m_}": [] for m_ in sp_methods})
-    errors: Dict[str, str] = {}
-    paths: Dict[str, Dict[str, str]] = {}
+    diverged: Dict[str, List[int]] = {f"phasetorch {p}": [] for p in presets}
     spent = {"phasetorch": 0.0, "solvephase": 0.0}
     for d in deltas:
         m = int(round(d * n))
@@ -1149,21 +1104,10 @@ def row_success(ctx: Context) -> dict:
         Y = ens(X)
         for p in presets:
             key = f"phasetorch {p}"
-            if key in errors:
-                rates[key].append(None)
-                continue
-            try:
-                t_run, (ok, path) = ctx.clock(lambda: _pt_successes(reconstruct, ens, X, Y, p, max_iter, thr,
-                                                                     ctx.seed))
-                spent["phasetorch"] += t_run
-                if path != "batched":
-                    paths.setdefault(key, {})[f"m/n={d}"] = path
-                rates[key].append(sum(ok) / trials)
-            except (ImportError, AttributeError):
-                raise
-            except Exception as err:
-                errors[key] = _short_error(err)
-                rates[key].append(None)
+            t_run, (ok, bad) = ctx.clock(lambda: _pt_successes(ens, X, Y, p, max_iter, thr, ctx.seed))
+            spent["phasetorch"] += t_run
+            rates[key].append(sum(ok) / trials)
+            diverged[key].append(bad)
         if sp_reason is None:
             mats = ens.matrices().cpu().numpy()
             for m_ in sp_methods:
@@ -1181,22 +1125,24 @@ def row_success(ctx: Context) -> dict:
                 rates[f"solvephase {m_}"].append(sum(ok) / trials)
         ctx.log(f"    m/n={d:<4} " + ", ".join(f"{k.split()[-1]}{'(sp)' if k.startswith('solvephase') else ''}="
                                                f"{v[-1]:.2f}" for k, v in rates.items() if v[-1] is not None))
-    d50 = {k: _delta50(deltas, [r if r is not None else 0.0 for r in v]) for k, v in rates.items() if k not in errors}
+    d50 = {k: _delta50(deltas, v) for k, v in rates.items()}
 
     def best(lib):
         vals = [(v, k) for k, v in d50.items() if k.startswith(lib) and v is not None]
         return min(vals) if vals else None
 
     bp, bs = best("phasetorch"), best("solvephase")
-    row = {"rates": rates, "deltas": deltas, "delta50": d50, "errors": errors, "config": cfg, "goal": "reported",
+    row = {"rates": rates, "deltas": deltas, "delta50": d50, "diverged": diverged, "config": cfg,
+           "goal": "reported",
            "ratio_meaning": "δ₅₀(best solvephase) / δ₅₀(best phasetorch): > 1 means phasetorch succeeds "
                             "with fewer measurements",
-           "batch_paths": paths, "seconds_by_library": spent,
+           "seconds_by_library": spent,
            "notes": [f"success: relative error ≤ {thr:g} after at most {max_iter} iterations (each library's "
                      f"default init and stopping rule), float64; {trials} trials per m/n, each with its own "
                      "Gaussian matrix and signal, the same problems for both libraries. phasetorch solves the "
-                     "trials as one batch through a GaussianEnsemble; solvephase runs them one by one."]
-           + [f"{k} at {where}: {how}" for k, v in paths.items() for where, how in v.items()]}
+                     "trials as one batch through a GaussianEnsemble (a diverged trial is frozen by "
+                     "reconstruct and counts as a failure; the diverged counts per m/n are in 'diverged'); "
+                     "solvephase runs them one by one (a run that raises is a failure)."]}
     if bp is None:
         row.update(ratio=None, met=None, status="unavailable",
                    reason="no phasetorch preset reached 50 % success on the m/n grid")
@@ -1216,76 +1162,23 @@ def row_success(ctx: Context) -> dict:
     return row
 
 
-def _pt_successes(reconstruct, ens, X, Y, algorithm, max_iter, thr, seed) -> Tuple[List[bool], str]:
-    """Per-trial success of ``algorithm`` on the problems of a GaussianEnsemble, and how it was run.
+def _pt_successes(ens, X, Y, algorithm: str, max_iter: int, thr: float, seed: int) -> Tuple[List[bool], int]:
+    """(per-trial success, number of diverged trials) of ``algorithm`` on the problems of a GaussianEnsemble.
 
-    One batched ``reconstruct`` (the normal path). A trial whose run diverges (DivergenceError names
-    the sample) is a failure; it is removed and the rest of the batch is rerun. If the ensemble is
-    refused by a library piece (a ValueError), the preset runs with its default spectral
-    initialisation computed per member and the iterations batched (identical results); failing
-    that, member by member.
+    One batched :func:`phasetorch.reconstruct`. A trial that diverges is frozen by ``reconstruct``
+    and reported in ``rec.status`` (:attr:`~phasetorch.solve.Status.DIVERGED`): it is a failure
+    whatever its error. ``reconstruct`` raises :class:`~phasetorch.errors.DivergenceError` only when
+    every trial diverged: then they all failed.
     """
-    from phasetorch.errors import DivergenceError
-    from phasetorch.optim.presets import get_preset
-    from phasetorch.init.spectral import spectral_init
-    kw = dict(algorithm=algorithm, max_iter=max_iter, progress=False, seed=seed)
     count = X.shape[0]
-    success = [False] * count
-    notes: List[str] = []
-
-    def members(active):
-        if len(active) == count:
-            return ens
-        return type(ens)(ens.n, ens.m, len(active), complex=ens.is_complex, seeds=[ens.seeds[t] for t in active],
-                         dtype=ens.real_dtype).to(ens.device)
-
-    def one_by_one(active):
-        for t in active:
-            try:
-                rec = reconstruct(ens.member(t), Y[t], **kw)
-                success[t] = _rel_error(rec.x, X[t]) <= thr
-            except DivergenceError:
-                success[t] = False
-
-    active = list(range(count))
-    mode = "batched"
-    while active:
-        sub, Ys, Xs = members(active), Y[active], X[active]
-        try:
-            if mode == "batched":
-                rec = reconstruct(sub, Ys, **kw)
-            else:
-                pre = get_preset(algorithm).preprocessing
-                x0 = torch.stack([spectral_init(sub.member(k), Ys[k], preprocessing=pre, seed=seed)
-                                  for k in range(len(active))])
-                rec = reconstruct(sub, Ys, init=x0, **kw)
-        except DivergenceError as err:
-            b = getattr(err, "sample", None)
-            if not isinstance(b, int) or not 0 <= b < len(active):
-                one_by_one(active)
-                notes.append("one by one after a divergence")
-                break
-            notes.append(f"trial {active[b]} diverged (failure), the rest rerun as a batch")
-            del active[b]
-            continue
-        except ValueError as err:
-            if mode == "batched" and get_preset(algorithm).init == "spectral":
-                mode = "per-member spectral init"
-                notes.append(f"batched reconstruct refused ({_short_error(err)}): spectral init per member, "
-                             "iterations batched")
-                continue
-            notes.append(f"one by one (batched run refused: {_short_error(err)})")
-            one_by_one(active)
-            break
-        for t, e in zip(active, _per_sample_rel_error(rec.x, Xs)):
-            success[t] = e <= thr
-        break
-    return success, ("batched" if not notes else "; ".join(notes))
-
-
-def _per_sample_rel_error(x_hat: torch.Tensor, x: torch.Tensor) -> List[float]:
-    from phasetorch.metrics import relative_error
-    return relative_error(x_hat.reshape(x.shape), x).reshape(-1).tolist()
+    try:
+        rec = reconstruct(ens, Y, algorithm=algorithm, max_iter=max_iter, progress=False, seed=seed)
+    except DivergenceError:
+        return [False] * count, count
+    diverged = (rec.status == Status.DIVERGED).reshape(-1)
+    err = relative_error(rec.x.reshape(X.shape), X).reshape(-1)
+    ok = (err <= thr) & ~diverged
+    return ok.tolist(), int(diverged.sum())
 
 
 # ============================================================================ running rows
@@ -1305,12 +1198,9 @@ def run_row(ctx: Context, number: int) -> dict:
         body = ROW_FUNCTIONS[number](ctx)
         status = body.pop("status", "ok")
         row = {**head, "status": status, "reason": body.pop("reason", None), **body}
-    except (ImportError, AttributeError) as err:
-        row = {**head, "status": "unavailable", "reason": f"unavailable: {_short_error(err)}", "ratio": None,
-               "met": None}
-    except Unavailable as err:
+    except Unavailable as err:                  # an absent optional peer, nothing else
         row = {**head, "status": "unavailable", "reason": str(err), "ratio": None, "met": None}
-    except Exception as err:  # keep the other rows running; the traceback goes into the JSON
+    except Exception as err:  # a phasetorch failure: the row fails, the other rows still run; traceback in the JSON
         row = {**head, "status": "error", "reason": _short_error(err), "ratio": None, "met": None,
                "traceback": traceback.format_exc(limit=6)}
     row["goal"] = row.get("goal") or goal
@@ -1362,11 +1252,8 @@ def run(rows: Optional[Sequence[int]] = None, quick: bool = False, dry_run: bool
 
 
 def write_json(result: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """The results as JSON (atomically, through :func:`phasetorch.io.save_json`)."""
+    pio.save_json(result, path)
 
 
 # ============================================================================ tables
@@ -1531,9 +1418,14 @@ def _md_row_details(row: dict) -> List[str]:
             cells = ["—" if r is None else f"{r:.2f}" for r in v]
             d50 = (row.get("delta50") or {}).get(k)
             out.append(f"| {k} | " + " | ".join(cells) + f" | {'—' if d50 is None else f'{d50:.2f}'} |")
-        for k, v in (row.get("errors") or {}).items():
+        for k, v in (row.get("errors") or {}).items():          # results files written before per-sample status
             out.append(f"| {k} | error: {_md_escape(v)} |" + " |" * len(deltas))
         out.append("")
+        bad = {k: v for k, v in (row.get("diverged") or {}).items() if any(v)}
+        if bad:
+            out.append("Diverged trials (failures) per m/n: " + "; ".join(
+                f"{k}: {', '.join(map(str, v))}" for k, v in bad.items()))
+            out.append("")
     for note in row.get("notes") or []:
         out.append(f"- {note}")
     if row.get("notes"):
@@ -1568,8 +1460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a ≈1-minute subset (smaller sizes)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, one repeat (tests; the times mean nothing)")
     p.add_argument("--json", metavar="PATH", default=None,
-                   help="where to write the JSON (default results/benchmark.json; results/benchmark_quick.json "
-                        "with --quick, results/benchmark_dry.json with --dry-run)")
+                   help="where to write the JSON (default results/benchmark.json; with --quick or --dry-run a "
+                        "fresh temporary directory, so that a trial run never overwrites the checkout's results)")
     p.add_argument("--markdown", metavar="PATH", default=None, help="also write the table as Markdown")
     p.add_argument("--from-json", metavar="PATH", default=None,
                    help="do not run: read a results JSON and print (and with --markdown write) its table")
@@ -1585,15 +1477,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_json_path(quick: bool, dry_run: bool) -> str:
-    if dry_run:
-        return "results/benchmark_dry.json"
-    return "results/benchmark_quick.json" if quick else "results/benchmark.json"
+    """``results/benchmark.json`` for the full benchmark; for ``--quick``/``--dry-run`` a file in a new
+    temporary directory (their sizes are not the benchmark's, so they never land in ``results/``)."""
+    if not (quick or dry_run):
+        return "results/benchmark.json"
+    name = "benchmark_dry.json" if dry_run else "benchmark_quick.json"
+    return str(Path(tempfile.mkdtemp(prefix="phasetorch-bench-")) / name)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.from_json:
-        result = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        result = pio.load_json(args.from_json)
         print("\n".join(summary_lines(result)))
         if args.markdown:
             write_markdown(result, args.markdown)

@@ -22,6 +22,9 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import io as pio
+from .tensors import as_shape
+
 # (A, a, b, x0, y0, phi in degrees) — Toft's modified Shepp–Logan table.
 MODIFIED_SHEPP_LOGAN: Tuple[Tuple[float, float, float, float, float, float], ...] = (
     (1.0, 0.6900, 0.9200, 0.00, 0.0000, 0.0),
@@ -48,15 +51,12 @@ def shepp_logan(size: Union[int, Sequence[int]] = 256, dtype: torch.dtype = torc
 
     ``size`` is an int (square) or ``(H, W)``. Deterministic: no randomness.
     """
-    if isinstance(size, int) and not isinstance(size, bool):
-        h = w = size
-    else:
-        try:
-            h, w = (int(s) for s in size)
-        except (TypeError, ValueError):
-            raise ValueError(f"shepp_logan: size must be an int or (H, W), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"shepp_logan: size must be positive, got {(h, w)}")
+    shape = as_shape(size, "shepp_logan: size")
+    if len(shape) == 1:
+        shape = shape * 2
+    if len(shape) != 2:
+        raise ValueError(f"shepp_logan: size must be an int or (H, W), got {size!r}")
+    h, w = shape
     y = -_grid_axis(h)[:, None]
     x = _grid_axis(w)[None, :]
     img = torch.zeros(h, w, dtype=torch.float64)
@@ -97,8 +97,6 @@ def make_bundled_data(out_dir: Union[str, Path], hopper_jpg: Optional[Union[str,
       amplitude 0.2 + 0.8·(Shepp–Logan), phase π·(Grace Hopper) — both at ``object_size``. The amplitude
       floor 0.2 keeps the phase defined everywhere.
     """
-    from . import io as pio  # local import: io imports this module too
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if hopper_jpg is None:

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 try:
     import phasetorch  # noqa: F401  (installed, or the checkout below)
-except ImportError:
+except ModuleNotFoundError as exc:
+    if exc.name != "phasetorch":       # phasetorch is there but broken: show that error
+        raise
     sys.path.insert(1, str(ROOT))
 
 from harness import main  # noqa: E402

@@ -16,7 +16,7 @@ Example (about 10 minutes on 2 CPU cores with the defaults):
 import argparse
 import sys
 
-from phasetorch.app.cli import Echo, resolve_device
+from phasetorch.app.common import Echo, resolve_device
 from phasetorch.app.demo import theory_comparison
 
 

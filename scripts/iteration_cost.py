@@ -14,7 +14,6 @@ Times are the minimum of ``--repeats`` runs after a warm-up (the accelerator syn
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,14 +22,19 @@ import torch
 
 try:
     import phasetorch  # noqa: F401
-except ImportError:  # a source checkout that is not installed
+except ModuleNotFoundError as exc:  # a source checkout that is not installed
+    if exc.name != "phasetorch":
+        raise
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from phasetorch import reconstruct
-from phasetorch.physics import GaussianMeasurement
-from phasetorch.init.spectral import spectral_init
+from phasetorch import io as pio  # noqa: E402
+from phasetorch.app.jobs import ALGORITHMS, SUPPORT_ALGORITHMS  # noqa: E402
+from phasetorch.init.spectral import spectral_init  # noqa: E402
+from phasetorch.physics import GaussianMeasurement  # noqa: E402
+from phasetorch.solve import reconstruct  # noqa: E402
 
-PRESETS = ("wf", "twf", "rwf", "taf", "raf", "af", "gs", "lbfgs")
+#: Every preset that applies to a Gaussian model (those needing a support are left out).
+PRESETS = tuple(a for a in ALGORITHMS if a not in SUPPORT_ALGORITHMS)
 
 
 def _best(fn, device, repeats):
@@ -83,8 +87,8 @@ def main(argv=None) -> int:
     print(f"  spectral_init (Lanczos, tol 1e-6): {ts * 1e3:.2f} ms, {products} products "
           f"({ts / max(products, 1) * 1e6:.1f} µs per product)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": str(dev), "n": a.n, "m": a.delta * a.n, "batch": a.batch,
-                                            "dtype": a.dtype, "torch": torch.__version__, "rows": rows}, indent=1))
+        pio.save_json({"device": str(dev), "n": a.n, "m": a.delta * a.n, "batch": a.batch, "dtype": a.dtype,
+                       "torch": torch.__version__, "rows": rows}, a.json)
     return 0
 
 

@@ -120,14 +120,54 @@ def test_peer_import_failure_is_unavailable(monkeypatch):
             ctx.peer(name)
 
 
-def test_missing_library_piece_is_unavailable_not_a_crash(monkeypatch):
+def test_a_phasetorch_failure_fails_the_row(monkeypatch):
+    # Only absent optional peers read "unavailable"; phasetorch's own failures (an ImportError included)
+    # make the row an error, with the traceback, so that the dry-run test above fails on them.
     def boom(ctx):
         raise ImportError("cannot import name 'reconstruct' from 'phasetorch'")
 
     monkeypatch.setitem(bench.ROW_FUNCTIONS, 5, boom)
     row = bench.run_row(bench.Context(mode="dry", peers=False, log=lambda s: None), 5)
-    assert row["status"] == "unavailable" and row["reason"].startswith("unavailable: ImportError")
-    assert row["ratio"] is None
+    assert row["status"] == "error" and row["reason"].startswith("ImportError: cannot import name 'reconstruct'")
+    assert row["ratio"] is None and "Traceback" in row["traceback"]
+
+
+def test_dmft_row_reports_what_it_measured_without_extrapolating(dry_no_peers):
+    result, _, _ = dry_no_peers
+    row = {r["row"]: r for r in result["rows"]}[6]
+    largest = max(row["grid"], key=lambda e: e["T"] * e["N"])
+    assert row["status"] == "unavailable" and row["ratio"] is None and "full benchmark" in row["reason"]
+    (c,) = row["comparisons"]
+    assert c["ratio"] is None and c["phasetorch_s"] == largest["seconds"]
+    assert f"T={largest['T']}, N={largest['N']:g}" in c["label"] and "N=100000" not in c["label"]
+
+
+def test_success_rate_counts_a_diverged_trial_as_a_failure(monkeypatch):
+    # Three trials through one operator; trial 1 starts at 1 % of its norm, so WF's step μ/‖x₀‖² is 10⁴×
+    # too large and it diverges: reconstruct freezes it (status DIVERGED) and the other two still succeed.
+    from phasetorch.physics import GaussianMeasurement
+
+    op = GaussianMeasurement(16, 160, complex=True, seed=0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(10)
+    X = torch.view_as_complex(torch.randn(3, 16, 2, generator=g, dtype=torch.float64)) / math.sqrt(2)
+    x0 = X + 0.2 * torch.view_as_complex(torch.randn(3, 16, 2, generator=g, dtype=torch.float64)) / math.sqrt(2)
+    x0[1] = 0.01 * x0[1]
+    real = bench.reconstruct
+    monkeypatch.setattr(bench, "reconstruct", lambda op_, y_, **kw: real(op_, y_, init=x0, step=0.2, **kw))
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        ok, diverged = bench._pt_successes(op, X, op(X), "wf", 3000, 1e-5, 0)
+    assert ok == [True, False, True] and diverged == 1
+    # every trial diverged: reconstruct raises, and they all count as failures
+    monkeypatch.setattr(bench, "reconstruct", lambda op_, y_, **kw: real(op_, y_, init=x0[1:2], step=0.2, **kw))
+    assert bench._pt_successes(op, X[1:2], op(X[1:2]), "wf", 3000, 1e-5, 0) == ([False], 1)
+
+
+def test_quick_and_dry_runs_do_not_write_into_the_checkout():
+    assert bench.default_json_path(False, False) == "results/benchmark.json"
+    for quick, dry in ((True, False), (False, True), (True, True)):
+        path = Path(bench.default_json_path(quick, dry))
+        assert path.is_absolute() and path.parent.is_dir() and REPO not in path.parents
+        path.parent.rmdir()
 
 
 def test_script_entry_point_dry_run(tmp_path, monkeypatch, capsys):

@@ -21,8 +21,8 @@ so that the whole demo runs in seconds (the test suite uses it). About 25 s of w
 start-up) single-threaded on a 2-core CPU.
 
 :func:`theory_comparison` (used by ``scripts/compare_theory.py``) repeats part 2 over a grid of δ
-and λ and draws :func:`comparison_figure`: overlap, estimation error and training loss versus
-iteration, theory over simulation.
+and λ and draws :func:`phasetorch.app.figures.comparison_figure`: overlap, estimation error and
+training loss versus iteration, theory over simulation. The jobs are those of :mod:`phasetorch.app.jobs`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .. import io as pio
+from ..phantoms import shepp_logan
+from .common import Echo
+from .figures import comparison_figure
+from .jobs import comparison_dict, reconstruction_job, simulate_problem, sup_gap_lines, theory_job, train_job
 
 FULL = {"size": 96, "masks": 6, "photons": 2e7, "algorithm": "raf", "iters": 100,
         "delta": 4.0, "dim": 500, "seeds": 8, "steps": 30, "l2": 0.1, "step": 0.1, "preprocessing": "optimal",
@@ -50,8 +54,6 @@ def demo_image(out: Path, image: Optional[str], echo) -> Tuple[str, str]:
     try:
         return str(pio.bundled("grace_hopper")), "bundled Grace Hopper photo (data/grace_hopper.png)"
     except FileNotFoundError:
-        from ..phantoms import shepp_logan
-
         path = pio.save_image(shepp_logan(256), out / "shepp_logan.png", normalise=False)
         echo("data/ is not present in this installation: using a generated Shepp–Logan phantom")
         return str(path), "generated Shepp–Logan phantom"
@@ -60,8 +62,6 @@ def demo_image(out: Path, image: Optional[str], echo) -> Tuple[str, str]:
 def run_demo(out="demo_output", quick: bool = False, device: torch.device = torch.device("cpu"), seed: int = 0,
              image: Optional[str] = None, echo=None) -> Dict[str, Any]:
     """Run both parts of the demo into ``out`` (see the module docstring); returns the summary dict."""
-    from .cli import Echo, reconstruction_job, simulate_problem, sup_gap_lines, theory_job, train_job, _comparison_dict
-
     echo = echo or Echo()
     cfg = QUICK if quick else FULL
     outp = Path(out)
@@ -102,7 +102,7 @@ def run_demo(out="demo_output", quick: bool = False, device: torch.device = torc
     summary = {"settings": dict(cfg, quick=bool(quick), seed=int(seed), device=str(device), image=description),
                "reconstruction": {k: rec[k] for k in ("rel_error", "psnr", "overlap", "iterations", "seconds")
                                   if k in rec},
-               "theory": {"comparison": _comparison_dict(th["comparison"]), "seconds": t_theory},
+               "theory": {"comparison": comparison_dict(th["comparison"]), "seconds": t_theory},
                "seconds": time.perf_counter() - t_start}
     pio.save_json(summary, outp / "summary.json")
     echo.result(f"demo finished in {summary['seconds']:.1f} s; results in {outp}/:")
@@ -125,8 +125,6 @@ def theory_comparison(out, deltas: Sequence[float] = (3.0, 4.0, 6.0), l2s: Seque
     """Part 2 of the demo for every (δ, λ) of a grid, each into ``out/delta{δ}_lambda{λ}/``, plus
     ``out/comparison.png`` (:func:`comparison_figure`) and ``out/comparison.json`` (sup gaps per run).
     """
-    from .cli import Echo, _comparison_dict, sup_gap_lines, theory_job, train_job
-
     echo = echo or Echo()
     outp = Path(out)
     runs: List[Tuple[str, Any, Any]] = []
@@ -144,7 +142,7 @@ def theory_comparison(out, deltas: Sequence[float] = (3.0, 4.0, 6.0), l2s: Seque
             for line in sup_gap_lines(th["comparison"]):
                 echo.result(f"{label}: {line}")
             runs.append((label, th["prediction"], log))
-            gaps[label] = _comparison_dict(th["comparison"])
+            gaps[label] = comparison_dict(th["comparison"])
     fig_path = pio.save_figure(comparison_figure(runs), outp / "comparison.png")
     pio.save_json({"settings": {"deltas": list(deltas), "l2s": list(l2s), "dim": dim, "seeds": seeds,
                                 "steps": steps, "step": step, "preprocessing": preprocessing, "samples": samples,
@@ -152,38 +150,4 @@ def theory_comparison(out, deltas: Sequence[float] = (3.0, 4.0, 6.0), l2s: Seque
     return {"figure": str(fig_path), "runs": runs, "gaps": gaps}
 
 
-PANELS = (("overlap", "overlap |⟨x_t, x*⟩| / ‖x_t‖"), ("rel_error", "estimation error ‖x_t − x*‖"),
-          ("loss", "training loss"))
-
-
-def comparison_figure(runs: Sequence[Tuple[str, Any, Any]]):
-    """Overlap, estimation error and loss vs iteration: DMFT lines over simulation mean ± 2 SE markers.
-
-    ``runs`` is a list of (label, :class:`~phasetorch.theory.Prediction`, :class:`~phasetorch.logs.TrainingLog`).
-    """
-    pio.use_agg()
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.0 * len(PANELS), 3.8))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, pred, log) in enumerate(runs):
-        c = colors[i % len(colors)]
-        for ax, (col, title) in zip(axes, PANELS):
-            t_th = pred["iteration"].to(torch.float64)
-            ax.plot(t_th.tolist(), pred[col].to(torch.float64).tolist(), color=c, lw=1.6, label=label)
-            if col in log:
-                t_s = log["iteration"].to(torch.float64)
-                mean, se = log.mean(col), torch.nan_to_num(log.stderr(col), nan=0.0)
-                ax.errorbar(t_s.tolist(), mean.tolist(), yerr=(2 * se).tolist(), fmt="o", ms=2.5, color=c,
-                            elinewidth=0.8, capsize=0, alpha=0.8)
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("iteration t")
-    axes[-1].set_yscale("log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, title="lines: DMFT · dots: simulation ± 2 SE", title_fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-__all__ = ["run_demo", "theory_comparison", "comparison_figure", "FULL", "QUICK"]
+__all__ = ["run_demo", "theory_comparison", "demo_image", "FULL", "QUICK"]

@@ -36,8 +36,15 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from ..io import load_json, save_figure, save_json
+from ..errors import DivergenceError
+from ..io import load_json, save_figure, save_json, use_agg
+from ..metrics import relative_error
+from ..physics import GaussianMeasurement
+from ..solve import reconstruct
+from ..tensors import check_int, check_number, complex_dtype_of, make_generator, parse_dtype
+from ..theory import spectral_threshold
 
 RESULTS_NAME = "results.json"
 FIGURE_NAME = "phase_transition.png"
@@ -58,9 +65,9 @@ def parse_grid(spec: str) -> List[float]:
             parts = [float(p) for p in text.split(":")]
             if len(parts) != 3:
                 raise ValueError
-            start, stop, step = parts
-            if step <= 0 or stop < start:
-                raise ValueError
+            start, stop, step = (check_number(v, "a grid bound") for v in parts)
+            check_number(step, "the grid step", 0.0, strict=True)
+            check_number(stop, "the grid stop", start)
             count = int(math.floor((stop - start) / step + 1e-9)) + 1
             values = [round(start + k * step, 10) for k in range(count)]
         else:
@@ -68,8 +75,13 @@ def parse_grid(spec: str) -> List[float]:
     except ValueError:
         raise ValueError(f"bad grid {spec!r}: use start:stop:step (e.g. 1:8:0.25, stop included) or a comma list "
                          f"(e.g. 2,3,4)") from None
-    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise ValueError(f"bad grid {spec!r}: the values must be positive numbers")
+    try:
+        if not values:
+            raise ValueError
+        for v in values:
+            check_number(v, "δ", 0.0, strict=True)
+    except ValueError:
+        raise ValueError(f"bad grid {spec!r}: the values must be positive numbers") from None
     return sorted(set(values))
 
 
@@ -162,23 +174,17 @@ class SweepResults:
 # ---------------------------------------------------------------------------------------- trials
 def random_signal(dim: int, field: str, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """x* with i.i.d. N(0, 1) (real) or (g₁ + i g₂)/√2 (complex) entries, drawn from ``seed``."""
-    g = torch.Generator().manual_seed(int(seed) + 1)
+    g = make_generator(int(seed) + 1)
     if field == "complex":
         z = torch.randn(dim, 2, generator=g, dtype=torch.float64) * math.sqrt(0.5)
-        cd = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return torch.view_as_complex(z).to(cd)
+        return torch.view_as_complex(z).to(complex_dtype_of(dtype))
     return torch.randn(dim, generator=g, dtype=torch.float64).to(dtype)
 
 
 def run_cell(algorithm: str, delta: float, settings: Dict, device: str = "cpu") -> Dict:
     """Run the ``settings["trials"]`` trials of one cell and return its record (see :class:`SweepResults`)."""
-    from ..errors import DivergenceError
-    from ..metrics import relative_error
-    from ..physics import GaussianMeasurement
-    from ..solve import reconstruct
-
     dim, field = int(settings["dim"]), settings["field"]
-    dtype = {"float32": torch.float32, "float64": torch.float64}[settings["dtype"]]
+    dtype = parse_dtype(settings["dtype"])
     m = max(1, int(round(float(delta) * dim)))
     errors, iterations = [], []
     t0 = time.perf_counter()
@@ -213,11 +219,10 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
     """Run (or resume) a sweep into ``out_dir``; returns the results (also in ``out_dir/results.json``)."""
     if field not in ("real", "complex"):
         raise ValueError(f"field must be 'real' or 'complex', got {field!r}")
-    if int(trials) < 1 or int(dim) < 1 or int(max_iter) < 1:
-        raise ValueError("trials, dim and max_iter must be positive integers")
-    if not (tol > 0):
-        raise ValueError(f"tol must be positive, got {tol}")
-    if dtype not in ("float32", "float64"):
+    for name, value in (("trials", trials), ("dim", dim), ("max_iter", max_iter)):
+        check_int(value, f"{name} (a positive integer)", 1)
+    check_number(tol, "tol (a positive success threshold)", 0.0, strict=True)
+    if dtype not in ("float32", "float64"):      # stored by name in results.json
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     algorithms = [a.strip() for a in algorithms if a.strip()]
     if not algorithms:
@@ -230,8 +235,6 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
     skipped = len(algorithms) * len(deltas) - len(todo)
     if log is not None and skipped:
         log(f"resuming: {skipped} finished cell(s) in {results.path} skipped, {len(todo)} to run")
-    from tqdm.auto import tqdm
-
     bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, leave=False)
     for algorithm, delta in bar:
         bar.set_postfix_str(cell_key(algorithm, delta))
@@ -243,8 +246,6 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
 # ---------------------------------------------------------------------------------------- figure
 def reference_lines(field: str, preprocessing: Optional[str] = None) -> Dict[str, float]:
     """{label: δ} of the theory lines drawn on the plot (spectral threshold, injectivity)."""
-    from ..theory import spectral_threshold
-
     name = preprocessing or "optimal"
     lines = {}
     try:
@@ -259,8 +260,6 @@ def reference_lines(field: str, preprocessing: Optional[str] = None) -> Dict[str
 
 def plot_sweep(results: SweepResults, lines: Optional[Dict[str, float]] = None):
     """Success rate vs δ, one curve per algorithm, with vertical theory lines; returns the Figure."""
-    from ..io import use_agg
-
     use_agg()
     import matplotlib.pyplot as plt
 

@@ -115,6 +115,8 @@ class Preset:
     overrides for complex signals); :func:`phasetorch.reconstruct` accepts them as keyword arguments.
     ``mu``/``mu_complex`` is the default step μ, or ``mu_option`` names the option that holds it.
     ``loss_choices``: the losses the ``loss`` option may name (empty: the loss is fixed).
+    ``projection``: a projection method (object constraint + measurement projection; no step, no ridge).
+    ``needs_support``: meaningful only with an object support (HIO's feedback acts outside it).
     """
 
     name: str
@@ -133,6 +135,8 @@ class Preset:
     options_complex: Dict[str, Any] = field(default_factory=dict)
     #: default keyword arguments of spectral_init for init="spectral" (user spectral_options override)
     spectral: Dict[str, Any] = field(default_factory=dict)
+    projection: bool = False
+    needs_support: bool = False
 
     def defaults(self, complex_signal: bool) -> Dict[str, Any]:
         """The hyper-parameters with their defaults for a real or complex signal."""
@@ -179,10 +183,10 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            constant_gradient, "amplitude", "orthogonality", mu=0.6, mu_complex=1.0),
     Preset("gs", "Gerchberg–Saxton / error reduction",
            "Gerchberg & Saxton, Optik 35 (1972); Fienup, Appl. Opt. 21 (1982)",
-           error_reduction, "amplitude", "identity", options={"cg_steps": 3}),
+           error_reduction, "amplitude", "identity", options={"cg_steps": 3}, projection=True),
     Preset("hio", "Hybrid input–output", "Fienup, Appl. Opt. 21 (1982)",
            hybrid_input_output, "amplitude", "identity", init="random", mu_option="beta",
-           options={"beta": 0.9, "cg_steps": 3}),
+           options={"beta": 0.9, "cg_steps": 3}, projection=True, needs_support=True),
     Preset("lbfgs", "L-BFGS", "Liu & Nocedal, Math. Program. 45 (1989)",
            lbfgs, "amplitude", "mm", loss_choices=("amplitude", "intensity"), mu=0.5,
            options={"memory": 10, "loss": "amplitude"}, spectral={"tol": 1e-1}),
