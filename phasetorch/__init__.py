@@ -8,19 +8,20 @@ modulo the global phase (sign for real signals). See the README's "Conventions" 
 """
 
 from .physics import (MeasurementOperator, GaussianMeasurement, GaussianEnsemble, MatrixMeasurement,
-                        CodedDiffraction, StructuredRandom, OversampledFourier, LinkMeasurement,
-                        save_operator, load_operator)
+                        CodedDiffraction, StructuredRandom, OversampledFourier, LinkMeasurement, MeasurementModel,
+                        resolve_model, save_operator, load_operator)
 from .physics.noise import PoissonNoise, GaussianNoise
 from .init.spectral import spectral_init, SpectralInfo
 from .errors import DivergenceError
 from .logs import TrainingLog
-from .solve import reconstruct, Reconstruction
+from .solve import reconstruct, Reconstruction, Status
 from . import physics, init, metrics, losses, optim, logs, io, phantoms, theory
 
 __version__ = "0.1.0"
 
 __all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement",
-           "CodedDiffraction", "StructuredRandom", "OversampledFourier", "LinkMeasurement", "save_operator",
+           "CodedDiffraction", "StructuredRandom", "OversampledFourier", "LinkMeasurement", "MeasurementModel",
+           "resolve_model", "save_operator",
            "load_operator", "PoissonNoise", "GaussianNoise", "spectral_init", "SpectralInfo", "DivergenceError",
-           "TrainingLog", "reconstruct", "Reconstruction", "physics", "init", "metrics", "losses", "optim", "logs",
+           "TrainingLog", "reconstruct", "Reconstruction", "Status", "physics", "init", "metrics", "losses", "optim", "logs",
            "io", "phantoms", "theory"]

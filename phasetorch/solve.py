@@ -48,6 +48,7 @@ from .errors import DivergenceError
 from .init.spectral import spectral_init
 from .logs import TrainingLog
 from .losses import check_intensities
+from .physics import MeasurementModel, resolve_model
 from .physics.base import MeasurementOperator
 from .optim.engine import Algorithm, StepContext
 from .optim.presets import Preset, Setting, get_preset
@@ -257,6 +258,16 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
     return start
 
 
+def measured_intensities(model: MeasurementModel, y: torch.Tensor):
+    """(linear operator, intensities) of a model's observations ``y`` (validated)."""
+    if not model.link.modulus:
+        raise ValueError(f"reconstruct solves phase retrieval, y = f(|Ax|); the link {model.link.name!r} is not a "
+                         f"function of |Ax|. Fit such a single-index model with a loss of your own and a "
+                         f"phasetorch.optim optimizer (see the README's 'your own loop'), or use phasetorch.theory")
+    check_intensities(model.operator, y, who="y (the observations)")
+    return model.operator, model.link.intensity_of(y)
+
+
 def pre_name(preset: Preset, preprocessing) -> Any:
     p = preset.preprocessing if preprocessing is None else preprocessing
     return p if isinstance(p, str) else getattr(p, "__name__", repr(p))
@@ -275,9 +286,13 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
 
     Parameters
     ----------
-    op : a :class:`~phasetorch.physics.MeasurementOperator`.
-    y : intensities, shape ``(*batch, *op.measurement_shape)``, real, finite, same dtype/device as
-        ``op``. Negative values (noise) are allowed; each loss documents how it treats them.
+    op : a :class:`~phasetorch.physics.MeasurementOperator`, or a
+        :class:`~phasetorch.physics.MeasurementModel` whose link is a function of |Ax| (intensity,
+        amplitude, noisy intensity; any noise): its observations are mapped to intensities with
+        ``model.link.intensity_of`` and the algorithm runs on ``model.operator``.
+    y : observations (intensities for an operator), shape ``(*batch, *op.measurement_shape)``, real,
+        finite, same dtype/device as ``op``. Negative values (noise) are allowed; each loss documents
+        how it treats them.
     algorithm : a preset name: ``wf``, ``twf``, ``rwf``, ``taf``, ``raf`` (default), ``af``, ``gs``,
         ``hio``, ``lbfgs`` (:mod:`phasetorch.optim.presets` lists losses, steps, inits, papers).
     init : ``"spectral"`` (:func:`phasetorch.init.spectral_init` with the preset's
@@ -324,10 +339,9 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
     :class:`Reconstruction` with ``x``, ``log``, ``status``, ``converged``, ``iterations``, ``x0``.
     """
     t_start = time.perf_counter()
-    if not isinstance(op, MeasurementOperator):
-        raise ValueError(f"op must be a phasetorch MeasurementOperator, got {type(op).__name__}")
+    model = None if isinstance(op, MeasurementOperator) else resolve_model(op)
+    op, y = measured_intensities(resolve_model(op) if model is None else model, y)
     preset = get_preset(algorithm)
-    check_intensities(op, y)
     max_iter = check_int(max_iter, "max_iter", 0)
     log_every = check_int(log_every, "log_every", 1)
     if tol is not None:
@@ -363,7 +377,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
     loss = preset.make_loss(op, l2, opts)
     config = {
         "algorithm": preset.name, "title": preset.title, "reference": preset.reference,
-        "operator": op_config(op), "n": op.n, "m": op.m, "delta": op.delta,
+        "operator": op_config(op), "model": None if model is None else op_config(model), "n": op.n, "m": op.m, "delta": op.delta,
         "dtype": str(op.real_dtype).replace("torch.", ""), "batch_shape": list(batch),
         "init": start.name, "preprocessing": pre_name(preset, preprocessing) if start.name == "spectral" else None,
         "step": alg.describe(), "step_scale": "1/|x0|^2" if loss.scale_power == 2 else "1",

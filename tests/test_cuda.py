@@ -106,7 +106,7 @@ def test_device_mismatch_is_a_clear_error():
 def test_noise_on_cuda_equals_cpu_with_the_same_seed():
     op = GaussianMeasurement(16, 96, seed=1, dtype=F64)
     y = op(_cn((2, 16), 3))
-    for make in (lambda: PoissonNoise(50.0, seed=4), lambda: GaussianNoise(0.3, seed=4)):
+    for make in (lambda: PoissonNoise(50.0, seed=4, event_dims=1), lambda: GaussianNoise(0.3, seed=4)):
         _close(make()(y.to(CUDA)), make()(y), tol=0)
 
 

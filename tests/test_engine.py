@@ -319,7 +319,8 @@ def _resolve(module: str, is_pkg: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-ALLOWED_LOCAL_IMPORTS = ("matplotlib",)
+#: heavy imports kept lazy: matplotlib, and torchvision (1.2–1.7 s on top of torch; only image I/O needs it)
+ALLOWED_LOCAL_IMPORTS = ("matplotlib", "torchvision")
 
 
 def test_no_cycles_no_private_imports_no_function_level_imports():
@@ -387,3 +388,36 @@ def test_layers_import_downwards_only():
                     if order[target[1]] > layer:
                         bad.append(f"{module} imports {'.'.join(target)}")
     assert not bad, "\n".join(bad)
+
+
+def test_preset_capability_flags_match_their_algorithms():
+    op = GaussianMeasurement(8, 64, seed=0, dtype=F64)
+    setting = P.Setting(op, op(torch.zeros(1, 8, dtype=torch.complex128)).sqrt(), optim.Constraint(), True)
+    for name, preset in P.PRESETS.items():
+        opts = preset.defaults(True)
+        alg = preset.build(setting, opts, preset.step_mu(True, opts), None, None)
+        assert isinstance(alg, optim.Algorithm)
+        assert preset.projection == (not alg.uses_gradient) == (not alg.takes_l2), name
+        assert alg.mu == preset.step_mu(True, opts), name          # the preset's μ is the algorithm's default
+
+
+# ---------------------------------------------------------------------------- composed physics through the solver
+def test_models_with_other_links_and_noise_go_through_reconstruct():
+    op, xs, y, _ = _problem(n=16, m=160)
+    amp = pt.MeasurementModel(op, link="amplitude")
+    a = amp(xs)                                              # observations |Ax|
+    assert torch.allclose(a.square(), y)
+    rec_a = pt.reconstruct(amp, a, "raf", max_iter=400, progress=False, seed=0)
+    rec_i = pt.reconstruct(op, a.square(), "raf", max_iter=400, progress=False, seed=0)
+    torch.testing.assert_close(rec_a.x, rec_i.x, rtol=0, atol=1e-12)   # the same problem, solved the same way
+    assert rec_a.converged.all() and rec_a.log.config["model"]["link"]["name"] == "amplitude"
+    x0a = pt.spectral_init(amp, a, seed=0)
+    torch.testing.assert_close(x0a, pt.spectral_init(op, a.square(), seed=0), rtol=0, atol=0)
+    # a noise model: photon-limited data through the whole pipeline, every sample finishes finite
+    noisy = pt.MeasurementModel(op, noise=pt.PoissonNoise(1e5, seed=1))
+    yn = noisy(xs)
+    rec = pt.reconstruct(noisy, yn, "raf", max_iter=400, progress=False, seed=0)
+    assert torch.isfinite(rec.x).all() and (pt.metrics.relative_error(rec.x, xs) < 0.1).all()
+    relu = pt.MeasurementModel(GaussianMeasurement(8, 64, complex=False, seed=0, dtype=F64), link="relu")
+    with pytest.raises(ValueError, match="not a function of \\|Ax\\|"):
+        pt.reconstruct(relu, relu(torch.randn(8, dtype=F64)), progress=False)

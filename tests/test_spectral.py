@@ -493,3 +493,124 @@ def test_fused_products_give_the_same_start_and_counts(solver, monkeypatch):
     torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-9)
     assert (fused_count.linear_calls, fused_count.adjoint_vectors) == (plain_count.linear_calls,
                                                                        plain_count.adjoint_vectors)
+
+
+# ---------------------------------------------------------------------------- measurement models
+def test_spectral_init_on_an_amplitude_model_equals_the_intensity_problem():
+    """Modulus links: observations are mapped to intensity equivalents, the linear operator does the rest."""
+    from phasetorch.physics import LinkMeasurement, MeasurementModel
+    from phasetorch.physics.noise import GaussianNoise
+    op, x, y = problem(n=30, m=180, seed=5, batch=(2,))
+    amp = MeasurementModel(op, link="amplitude")
+    a = amp(x)                                            # |Ax|
+    ref, ref_info = spectral_init(op, a.square(), seed=2, return_info=True)
+    x0, info = spectral_init(amp, a, seed=2, return_info=True)
+    assert torch.equal(x0, ref) and torch.equal(info.eigenvalue, ref_info.eigenvalue)
+    assert torch.equal(spectral_init(LinkMeasurement(op, "amplitude"), a, seed=2), ref)
+    assert torch.equal(spectral_matrix(amp, a), spectral_matrix(op, a.square()))
+    # a noisy model goes through: negative noisy amplitudes are signed squares, never NaN
+    noisy = MeasurementModel(op, link="amplitude", noise=GaussianNoise(0.5, seed=1))
+    yn = noisy(x)
+    assert (yn < 0).any()
+    xn = spectral_init(noisy, yn, seed=2)
+    assert torch.equal(xn, spectral_init(op, yn * yn.abs(), seed=2)) and torch.isfinite(xn).all()
+    assert (cosine(xn, x) > 0.5).all()
+    with count_matvecs(amp) as c:
+        spectral_init(amp, a, seed=2)
+    assert c.linear_calls > 0 and "linear" not in op.__dict__
+
+
+def test_spectral_init_on_a_non_modulus_link_uses_the_observations_as_given():
+    from phasetorch.physics import MeasurementModel
+    op, x, _ = problem(n=20, m=160, cplx=False, seed=6, batch=(2,))
+    relu = MeasurementModel(op, link="relu")
+    y = relu(x)
+    assert torch.equal(spectral_init(relu, y, "identity", seed=0), spectral_init(op, y, "identity", seed=0))
+    with pytest.raises(ValueError, match="MeasurementModel"):
+        spectral_init(relu.link, y)
+
+
+def test_whitening_default_is_a_class_attribute():
+    from phasetorch.physics import CodedDiffraction, MeasurementModel
+    assert CodedDiffraction.spectral_whitening and not MeasurementOperator.spectral_whitening
+    assert not GaussianMeasurement.spectral_whitening
+
+    class Unwhitened(CodedDiffraction):                   # the name does not matter, the attribute does
+        spectral_whitening = False
+
+    cdp, plain = CodedDiffraction((5, 4), 3, seed=1, dtype=F64), Unwhitened((5, 4), 3, seed=1, dtype=F64)
+    y = cdp(signal(20, True, 3, (2,)).reshape(2, 5, 4))
+    assert spectral_init(cdp, y, seed=0, return_info=True)[1].whitened
+    assert not spectral_init(plain, y, seed=0, return_info=True)[1].whitened
+    assert spectral_init(MeasurementModel(cdp), y, seed=0, return_info=True)[1].whitened
+
+
+# ---------------------------------------------------------------------------- Lanczos, piece by piece
+def _symmetric(N, seed):
+    A = torch.randn(N, N, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return (A + A.T) / 2
+
+
+def test_lanczos_sizes_defaults_and_errors():
+    from phasetorch.init.eigensolvers import lanczos_sizes
+    s = lanczos_sizes(1000, 64)
+    assert (s.basis, s.keep, s.keep_low, s.kept) == (64, 16, 32, 48)
+    assert lanczos_sizes(10, 64).basis == 10                  # capped at N
+    small = lanczos_sizes(8, 5)
+    assert (small.keep, small.keep_low) == (1, 2)             # p//2 would leave no room: p − 2 − keep
+    with pytest.raises(ValueError, match="≥ 3"):
+        lanczos_sizes(100, 2)
+    with pytest.raises(ValueError, match="keep"):
+        lanczos_sizes(100, 8, keep=4, keep_low=4)
+    with pytest.raises(ValueError, match="krylov_dim"):
+        lanczos_sizes(100, 8.0)
+
+
+def test_lanczos_steps_build_an_orthonormal_basis_and_the_projected_matrix():
+    from phasetorch.init.eigensolvers import lanczos_expand, lanczos_extend, lanczos_start, thick_restart, \
+        lanczos_sizes, ritz_test
+    N, p = 30, 8
+    D = torch.stack([_symmetric(N, 1), _symmetric(N, 2)])
+
+    def matvec(v, idx):
+        return torch.einsum("bij,bj->bi", D[idx], v)
+
+    v0 = torch.randn(2, N, generator=torch.Generator().manual_seed(3), dtype=F64)
+    state = lanczos_start(v0 / v0.norm(dim=-1, keepdim=True), p)
+    for _ in range(p - 1):
+        lanczos_expand(state, matvec)
+        lanczos_extend(state)
+    lanczos_expand(state, matvec)
+    V = state.V
+    eye = torch.eye(p, dtype=F64).expand(2, p, p)
+    torch.testing.assert_close(V @ V.mT, eye, atol=1e-12, rtol=0)
+    torch.testing.assert_close(state.H, V @ D @ V.mT, atol=1e-12, rtol=0)       # tridiagonal Vᵀ D V
+    # the Ritz test: Ritz values of H, residual β|s_j| = ‖D u − θ u‖
+    test = ritz_test(state.H, state.beta, torch.arange(2), state.j, tol=1e-6)
+    torch.testing.assert_close(test.values, torch.linalg.eigvalsh(state.H), atol=1e-12, rtol=0)
+    u = torch.einsum("bk,bkn->bn", test.vector, V)
+    true_res = (torch.einsum("bij,bj->bi", D, u) - test.top.unsqueeze(-1) * u).norm(dim=-1)
+    torch.testing.assert_close(test.residual, true_res, atol=1e-10, rtol=1e-8)
+    # a thick restart keeps an orthonormal basis whose projected matrix is diag(θ_kept) plus an arrow
+    sizes = lanczos_sizes(N, p)
+    thick_restart(state, sizes)
+    k = sizes.kept
+    W = state.V[:, : k + 1]
+    torch.testing.assert_close(W @ W.mT, torch.eye(k + 1, dtype=F64).expand(2, -1, -1), atol=1e-12, rtol=0)
+    proj = W @ D @ W.mT
+    torch.testing.assert_close(state.H[:, :k, : k + 1], proj[:, :k], atol=1e-10, rtol=0)
+    assert state.j == k and torch.count_nonzero(state.H[:, :k, :k] - torch.diag_embed(
+        torch.diagonal(state.H[:, :k, :k], dim1=-2, dim2=-1))) == 0
+
+
+def test_next_test_steps_schedule():
+    from phasetorch.init.eigensolvers import next_test_steps
+    nan = float("nan")
+    res = torch.tensor([1e-2, 1e-2, 1e-2, 1e-9], dtype=F64)
+    target = torch.full((4,), 1e-6, dtype=F64)
+    last_q = torch.tensor([nan, math.log(1e4) + 2 * 0.5, math.log(1e4), 1.0], dtype=F64)
+    last_test = torch.tensor([0, 8, 8, 8])
+    nxt, q = next_test_steps(res, target, 10, last_q, last_test)
+    torch.testing.assert_close(q, torch.tensor([math.log(1e4)] * 3 + [0.0], dtype=F64))
+    # first test: 1 ahead; decay 0.5/step: ⌊clamp(q/(2·0.5), 1, 8)⌋ = 8; no decay: 4; converged (q = 0): 1
+    assert nxt.tolist() == [11, 18, 14, 11]

@@ -20,10 +20,8 @@ to floating-point summation order.
   σ_b, stopped on the Rayleigh-quotient residual ‖D x − θ x‖ ≤ tol · |θ|, θ = xᴴ D x.
 
 Residuals are those of the computed operator: with float32 products the *true* residual of the
-exact D cannot fall much below ε₃₂‖D‖ (≈ 3e-4 |θ| for the ``optimal`` preprocessing, whose D has
-eigenvalues near −150 beside a top eigenvalue near 1/δ), although the eigenvector itself is then
-still accurate to ε₃₂‖D‖/gap (complex Gaussian, n = 1024, δ = 8, float32: 1 − cos = 6e-10 against
-the float64 eigenvector). Use a float64 operator for more digits.
+exact D cannot fall much below ε₃₂‖D‖, although the eigenvector itself is still accurate to
+ε₃₂‖D‖/gap. Use a float64 operator for more digits.
 """
 
 from __future__ import annotations
@@ -32,6 +30,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from tqdm.auto import tqdm
+
+from ..tensors import check_int, check_number, inner
 
 MatVec = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,11 +58,6 @@ class EigResult:
     shift: torch.Tensor
 
 
-def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batched ⟨a, b⟩ = Σ conj(a) b over the last dimension."""
-    return (a.conj() * b).sum(-1) if a.is_complex() else (a * b).sum(-1)
-
-
 def _norm(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v, dim=-1)
 
@@ -73,6 +69,10 @@ def _check_start(v0: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(nrm).all() or (nrm == 0).any():
         raise ValueError("start vectors must be finite and nonzero")
     return v0 / nrm.unsqueeze(-1)
+
+
+def _real_dtype(t: torch.Tensor) -> torch.dtype:
+    return t.real.dtype if t.is_complex() else t.dtype
 
 
 def _project(Vb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ def _top_vector(H: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor) -> to
 
     Two steps of inverse iteration with the shift θ' = θ + 100·ε·‖H‖ (> λ_max, so θ'I − H is
     positive definite and Cholesky applies); each step damps the other directions by
-    (θ' − θ)/(θ' − θ₂) ≈ 1e-14/gap. Cheaper and steadier than a full ``eigh`` at every test.
+    (θ' − θ)/(θ' − θ₂) ≈ 100·ε·‖H‖/gap.
     """
     k = H.shape[-1]
     eye = torch.eye(k, dtype=H.dtype, device=H.device)
@@ -109,9 +109,253 @@ def _top_vector(H: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor) -> to
 def _progress_bar(progress, total: int, desc: str):
     if not progress:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, leave=False)
+
+
+# ---------------------------------------------------------------------------- thick-restart Lanczos, in pieces
+@dataclass
+class LanczosSizes:
+    """Basis size p of a thick-restart Lanczos run and the Ritz vectors kept at a restart:
+    ``keep`` top ones and ``keep_low`` bottom ones (``kept`` = keep + keep_low ≤ p − 2)."""
+
+    basis: int
+    keep: int
+    keep_low: int
+
+    @property
+    def kept(self) -> int:
+        return self.keep + self.keep_low
+
+
+def lanczos_sizes(N: int, krylov_dim: int, keep: Optional[int] = None, keep_low: Optional[int] = None) -> LanczosSizes:
+    """p = min(krylov_dim, N); defaults keep = max(1, p//4), keep_low = max(0, min(p//2, p − 2 − keep))."""
+    p = min(check_int(krylov_dim, "krylov_dim"), N)
+    if p < 1:
+        raise ValueError("krylov_dim must be ≥ 1")
+    if p < N and p < 3:
+        raise ValueError(f"krylov_dim must be ≥ 3 (got {krylov_dim}) unless it covers the whole space (N={N})")
+    kt = check_int(keep, "keep") if keep is not None else max(1, p // 4)
+    kl = check_int(keep_low, "keep_low") if keep_low is not None else max(0, min(p // 2, p - 2 - kt))
+    if p < N and (kt < 1 or kl < 0 or kt + kl > p - 2):
+        raise ValueError(f"need keep ≥ 1, keep_low ≥ 0 and keep + keep_low ≤ krylov_dim − 2 = {p - 2}; "
+                         f"got keep={kt}, keep_low={kl}")
+    return LanczosSizes(p, kt, kl)
+
+
+@dataclass
+class LanczosState:
+    """The samples still running in a batched Lanczos iteration; row r of every tensor is one sample.
+
+    On v0's device: ``V`` (b, p, N) orthonormal basis [v_1 … v_p] in the vector dtype, ``w`` the
+    residual direction of the last step and ``beta_dev`` = ‖w‖, ``ids_dev`` the original sample
+    indices. On the host (float64 / int64): ``H`` (b, p, p) the projected matrix Vᴴ D V (tridiagonal,
+    plus an arrow after a restart), ``hmax`` the running max |H_ij| (scale of the breakdown test),
+    ``beta`` = ‖w‖, ``ids``, and the test schedule ``next_test`` (step of the next Ritz test),
+    ``last_test`` and ``last_q`` = log(residual/target) at the last test (NaN before the first).
+    ``j`` is the index of the basis vector expanded by the last step (basis size j + 1).
+    """
+
+    ids: torch.Tensor
+    ids_dev: torch.Tensor
+    V: torch.Tensor
+    H: torch.Tensor
+    hmax: torch.Tensor
+    next_test: torch.Tensor
+    last_test: torch.Tensor
+    last_q: torch.Tensor
+    j: int = 0
+    w: Optional[torch.Tensor] = None
+    beta_dev: Optional[torch.Tensor] = None
+    beta: Optional[torch.Tensor] = None
+
+    HOST = ("ids", "H", "hmax", "beta", "next_test", "last_test", "last_q")
+    DEVICE = ("ids_dev", "V", "w", "beta_dev")
+
+    def basis(self) -> torch.Tensor:
+        """V_{j+1} = [v_1 … v_{j+1}], shape (b, j + 1, N)."""
+        return self.V[:, : self.j + 1]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the state rows ``rows`` (a host LongTensor), dropping finished samples."""
+        rows_dev = rows.to(self.V.device)
+        for name in self.HOST:
+            setattr(self, name, getattr(self, name)[rows])
+        for name in self.DEVICE:
+            setattr(self, name, getattr(self, name)[rows_dev])
+
+
+def lanczos_start(v0: torch.Tensor, p: int) -> LanczosState:
+    """The state before the first step: V = [v0, 0, …] (v0 of unit norm per row), H = 0."""
+    B, N = v0.shape
+    host = torch.device("cpu")
+    f64 = dict(dtype=torch.float64, device=host)
+    ids = torch.arange(B)
+    V = torch.zeros(B, p, N, dtype=v0.dtype, device=v0.device)
+    V[:, 0] = v0
+    return LanczosState(ids=ids, ids_dev=ids.to(v0.device), V=V, H=torch.zeros(B, p, p, **f64),
+                        hmax=torch.zeros(B, **f64), next_test=torch.ones(B, dtype=torch.int64),
+                        last_test=torch.zeros(B, dtype=torch.int64), last_q=torch.full((B,), float("nan"), **f64))
+
+
+def lanczos_expand(state: LanczosState, matvec: MatVec) -> None:
+    """One Lanczos step on v = v_{j+1}: w = D v, w ← (I − V Vᴴ)² w (CGS2), α = Re⟨v, D v⟩ (the two
+    projection coefficients on v summed), β = ‖w‖; sets H_jj = α, ``hmax``, ``w``, ``beta``.
+
+    The only read-back to the host of the step: α and β of all rows, in one transfer.
+    """
+    j, V = state.j, state.V
+    w = matvec(V[:, j], state.ids_dev)
+    if w.dtype != V.dtype:
+        w = w.to(V.dtype)
+    Vb = state.basis()
+    c = _project(Vb, w)
+    w = w - torch.bmm(c.unsqueeze(1), Vb).squeeze(1)
+    c2 = _project(Vb, w)
+    w = w - torch.bmm(c2.unsqueeze(1), Vb).squeeze(1)
+    beta_dev = _norm(w)
+    ab = torch.stack([(c[:, j] + c2[:, j]).real.to(torch.float64), beta_dev.to(torch.float64)]).to(state.H.device)
+    alpha, beta = ab[0], ab[1]
+    state.H[:, j, j] = alpha
+    state.hmax = torch.maximum(state.hmax, torch.maximum(alpha.abs(), beta))
+    state.w, state.beta_dev, state.beta = w, beta_dev, beta
+
+
+@dataclass
+class RitzTest:
+    """Top Ritz pairs of the state rows ``rows``: ``values`` all Ritz values (ascending, float64),
+    ``top`` = θ the largest, ``vector`` = s its unit eigenvector of H_{j+1} (u = V s), ``residual``
+    = ‖D u − θ u‖ = β_j |s_j|, ``target`` = tol·|θ|."""
+
+    rows: torch.Tensor
+    values: torch.Tensor
+    top: torch.Tensor
+    vector: torch.Tensor
+    residual: torch.Tensor
+    target: torch.Tensor
+
+
+def ritz_test(H: torch.Tensor, beta: torch.Tensor, rows: torch.Tensor, j: int, tol: float) -> RitzTest:
+    """Ritz values of H[rows, :j+1, :j+1] (``eigvalsh``), the top Ritz vector (:func:`_top_vector`)
+    and its residual β_j|s_j| (Lanczos relation D V = V H + β v_{j+2} e_{j+1}ᵀ)."""
+    Hj = H[rows, : j + 1, : j + 1]
+    values = torch.linalg.eigvalsh(Hj)
+    top = values[:, -1]
+    s = _top_vector(Hj, top, values.abs().amax(-1))
+    return RitzTest(rows, values, top, s, beta[rows] * s[:, j].abs(), tol * top.abs())
+
+
+def next_test_steps(residual: torch.Tensor, target: torch.Tensor, it: int, last_q: torch.Tensor,
+                    last_test: torch.Tensor):
+    """(next test step, q) per sample, q = log(max(residual/target, 1)).
+
+    From the observed decay rate r = (q_last − q)/(it − it_last) of a sample's own residual, the
+    next test is ⌊clamp(q/(2r), 1, 8)⌋ steps ahead (half the predicted distance to convergence),
+    4 steps without a decay, 1 step after a first test.
+    """
+    lq = torch.log((residual / target.clamp_min(torch.finfo(torch.float64).tiny)).clamp_min(1.0))
+    rate = (last_q - lq) / (it - last_test).clamp_min(1).to(torch.float64)
+    pred = torch.where(rate > 0, (0.5 * lq / rate.clamp_min(1e-300)).clamp(1, 8), torch.full_like(lq, 4.0))
+    pred = torch.where(torch.isnan(last_q), torch.ones_like(lq), pred)
+    return it + pred.floor().to(torch.int64), lq
+
+
+@dataclass
+class LanczosOutputs:
+    """Per-sample results, filled as samples finish: the unit Ritz vector (device), θ, the second
+    Ritz value, the relative residual, the step count and the convergence flag (host)."""
+
+    vector: torch.Tensor
+    eigenvalue: torch.Tensor
+    second: torch.Tensor
+    residual: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+
+    @classmethod
+    def empty(cls, B: int, N: int, dtype: torch.dtype, device: torch.device) -> "LanczosOutputs":
+        nan = dict(fill_value=float("nan"), dtype=torch.float64)
+        return cls(torch.zeros(B, N, dtype=dtype, device=device), torch.full((B,), **nan), torch.full((B,), **nan),
+                   torch.full((B,), **nan), torch.zeros(B, dtype=torch.int64), torch.zeros(B, dtype=torch.bool))
+
+    def result(self) -> EigResult:
+        dev = self.vector.device
+        it = self.iterations.to(dev)
+        return EigResult(self.vector, self.eigenvalue.to(dev), self.second.to(dev), self.residual.to(dev), it,
+                         it.clone(), self.converged.to(dev), torch.zeros(it.shape[0], dtype=torch.float64, device=dev))
+
+
+def record_finished(out: LanczosOutputs, state: LanczosState, test: RitzTest, d: torch.Tensor,
+                    breakdown: torch.Tensor, conv: torch.Tensor, it: int) -> None:
+    """Write the results of the tested rows ``test.rows[d]``: u = V s / ‖V s‖, θ, second Ritz value
+    (from a basis of two vectors on), residual/|θ| (0 after a breakdown), steps, convergence."""
+    r = test.rows[d]
+    o = state.ids[r]
+    Vb = state.basis()
+    u = torch.bmm(test.vector[d].to(device=Vb.device, dtype=Vb.dtype).unsqueeze(1), Vb[r.to(Vb.device)]).squeeze(1)
+    out.vector[o.to(Vb.device)] = u / _norm(u).unsqueeze(-1)
+    out.eigenvalue[o] = test.top[d]
+    if state.j >= 1:
+        out.second[o] = test.values[d, -2]
+    res = test.residual[d]
+    out.residual[o] = torch.where(breakdown[r], torch.zeros_like(res), res) / test.top[d].abs()
+    out.iterations[o] = it
+    out.converged[o] = conv[d]
+
+
+def lanczos_extend(state: LanczosState) -> None:
+    """v_{j+2} = w/β, H_{j,j+1} = H_{j+1,j} = β, j ← j + 1."""
+    j = state.j
+    state.V[:, j + 1] = state.w / state.beta_dev.to(_real_dtype(state.V)).unsqueeze(-1)
+    state.H[:, j, j + 1] = state.beta
+    state.H[:, j + 1, j] = state.beta
+    state.j = j + 1
+
+
+def thick_restart(state: LanczosState, sizes: LanczosSizes) -> None:
+    """Compress a full basis (j = p − 1; Wu & Simon 2000): with H = S diag(θ) Sᴴ (``eigh``) and S_k
+    the ``keep_low`` bottom and ``keep`` top columns, V ← [V S_k, w/β] and
+    H ← [[diag(θ_k), β S_k[j, :]ᵀ], [β S_k[j, :], 0]] (an arrow); j ← kept."""
+    p, kl, kk, j = sizes.basis, sizes.keep_low, sizes.kept, state.j
+    theta_all, S = torch.linalg.eigh(state.H)
+    sel = torch.cat([torch.arange(kl), torch.arange(p - sizes.keep, p)])
+    Sk = S[:, :, sel]                               # (b, p, kk), ascending order
+    newV = torch.bmm(Sk.mT.to(device=state.V.device, dtype=state.V.dtype), state.basis())
+    V = torch.zeros_like(state.V)
+    V[:, :kk] = newV
+    V[:, kk] = state.w / state.beta_dev.to(_real_dtype(V)).unsqueeze(-1)
+    H = torch.zeros_like(state.H)
+    idx = torch.arange(kk)
+    H[:, idx, idx] = theta_all[:, sel]
+    arrow = state.beta.unsqueeze(-1) * Sk[:, j, :]
+    H[:, :kk, kk] = arrow
+    H[:, kk, :kk] = arrow
+    state.V, state.H, state.j = V, H, kk
+
+
+def _test_and_retire(state: LanczosState, out: LanczosOutputs, rows: torch.Tensor, breakdown: torch.Tensor,
+                     it: int, tol: float, last_step: bool, bar) -> bool:
+    """Ritz-test the state rows ``rows``, schedule their next tests, record and drop the finished
+    samples (converged, broken down, or at the last step). Returns whether no sample is left."""
+    test = ritz_test(state.H, state.beta, rows, state.j, tol)
+    conv = (test.residual <= test.target) | breakdown[rows]
+    done = conv | last_step
+    if bar is not None:
+        bar.update(it - bar.n)
+        bar.set_postfix(active=int(state.ids.numel()), worst=float((test.residual / test.top.abs()).max()))
+    nxt, lq = next_test_steps(test.residual, test.target, it, state.last_q[rows], state.last_test[rows])
+    state.next_test[rows] = nxt
+    state.last_test[rows] = it
+    state.last_q[rows] = lq
+    if not bool(done.any()):
+        return False
+    d = done.nonzero().squeeze(-1)
+    record_finished(out, state, test, d, breakdown, conv, it)
+    alive = torch.ones(state.ids.numel(), dtype=torch.bool)
+    alive[rows[d]] = False
+    if not bool(alive.any()):
+        return True
+    state.keep_rows(alive.nonzero().squeeze(-1))
+    return False
 
 
 def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int = 1000,
@@ -130,159 +374,53 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
     krylov_dim : largest basis size p (capped at N); at p the basis is compressed to the ``keep``
         top and ``keep_low`` bottom Ritz vectors plus the residual direction (thick restart).
     keep, keep_low : numbers of top and of bottom Ritz vectors kept at a restart (defaults p//4
-        and p//2). Keeping the bottom ones locks the far end of the spectrum into the basis: the
-        ``optimal`` preprocessing gives D a cluster of large negative eigenvalues (≈ −150 beside
-        λ₁ ≈ 1/δ) that a restart would otherwise have to rediscover (complex Gaussian, n = 1024,
-        δ = 8, p = 64: ≈105 products to tol 1e-6 instead of ≈140 with the top p//2 kept; ≈100
-        without any restart).
+        and p//2, :func:`lanczos_sizes`). Keeping the bottom ones locks the far end of the spectrum
+        into the basis (the ``optimal`` preprocessing gives D a cluster of large negative
+        eigenvalues that a restart would otherwise have to rediscover).
 
     Method (per sample; Wu & Simon 2000): with orthonormal V_j = [v_1..v_j] and projected matrix
     H_j = V_jᴴ D V_j (real symmetric: tridiagonal, plus an arrow row/column after a restart),
-    D V_j = V_j H_j + f e_jᵀ, f ⟂ V_j. Each step computes w = D v_j, removes its components on
-    V_j twice (CGS2), sets α_j = Re⟨v_j, w⟩, β_j = ‖w‖, v_{j+1} = w/β_j. Ritz pairs come from
-    H_j in float64 (``eigvalsh`` and inverse iteration for the top vector); the top one (θ, s) has
-    residual β_j|s_j|. At j = p the basis becomes [V_p S_keep, v_{p+1}] with
-    H = [[diag(θ_keep), β_p S_keep[p,:]ᵀ], [·, ·]] (``eigh`` of H_p) and the iteration goes on.
-    The Ritz values are only computed at steps predicted from the observed decay of the residual
-    (at most 8 steps apart), at restarts, and at the last step.
-    The basis reaching N (exact invariant subspace) or β_j ≤ 10 ε ‖H‖ also ends a sample (converged).
+    D V_j = V_j H_j + f e_jᵀ, f ⟂ V_j. Each step (:func:`lanczos_expand`) computes w = D v_j,
+    removes its components on V_j twice (CGS2), sets α_j = Re⟨v_j, w⟩, β_j = ‖w‖, v_{j+1} = w/β_j
+    (:func:`lanczos_extend`). Ritz pairs come from H_j in float64 (:func:`ritz_test`); the top one
+    (θ, s) has residual β_j|s_j|. At j = p the basis is compressed (:func:`thick_restart`). The
+    Ritz values are only computed at steps predicted from the observed decay of the residual
+    (:func:`next_test_steps`, at most 8 steps apart), at restarts, and at the last step. The basis
+    reaching N (exact invariant subspace) or β_j ≤ 10 ε ‖H‖ also ends a sample (converged).
+
+    The basis and the products live on v0's device; H and the per-sample bookkeeping live on the
+    host (float64), with one read-back per step (α_j and β_j).
     """
     v0 = _check_start(v0)
     B, N = v0.shape
-    dev, vdtype = v0.device, v0.dtype
-    rdt = v0.real.dtype if v0.is_complex() else v0.dtype
-    eps = torch.finfo(rdt).eps
-    p = int(min(krylov_dim, N))
-    if p < 1:
-        raise ValueError("krylov_dim must be ≥ 1")
-    if p < N and p < 3:
-        raise ValueError(f"krylov_dim must be ≥ 3 (got {krylov_dim}) unless it covers the whole space (N={N})")
-    kt = int(keep) if keep is not None else max(1, p // 4)
-    kl = int(keep_low) if keep_low is not None else max(0, min(p // 2, p - 2 - kt))
-    kk = kt + kl
-    if p < N and (kt < 1 or kl < 0 or kk > p - 2):
-        raise ValueError(f"need keep ≥ 1, keep_low ≥ 0 and keep + keep_low ≤ krylov_dim − 2 = {p - 2}; "
-                         f"got keep={kt}, keep_low={kl}")
-    max_iter = int(max_iter)
-    if max_iter < 1:
-        raise ValueError("max_iter must be ≥ 1")
-
-    # The basis V, the products and the Ritz vectors live on v0's device; the small projected
-    # matrices H and the per-sample bookkeeping live on the host (float64), where eigvalsh/Cholesky
-    # of a p×p matrix costs microseconds instead of an accelerator launch each. One host read per
-    # step carries α_j and β_j over.
-    host = torch.device("cpu")
-    out_vec = torch.zeros(B, N, dtype=vdtype, device=dev)
-    f64 = dict(dtype=torch.float64, device=host)
-    out_theta = torch.full((B,), float("nan"), **f64)
-    out_second = torch.full((B,), float("nan"), **f64)
-    out_res = torch.full((B,), float("nan"), **f64)
-    out_iter = torch.zeros(B, dtype=torch.int64)
-    out_conv = torch.zeros(B, dtype=torch.bool)
-
-    ids = torch.arange(B)                                  # original sample of each state row (host)
-    ids_dev = ids.to(dev)
-    V = torch.zeros(B, p, N, dtype=vdtype, device=dev)
-    V[:, 0] = v0
-    H = torch.zeros(B, p, p, **f64)
-    hmax = torch.zeros(B, **f64)                           # running max |H_ij|: scale of the breakdown test
-    j = 0          # index of the basis vector being expanded (basis size j + 1 after this step)
+    eps = torch.finfo(_real_dtype(v0)).eps
+    sizes = lanczos_sizes(N, krylov_dim, keep, keep_low)
+    p = sizes.basis
+    max_iter = check_int(max_iter, "max_iter", 1)
+    tol = check_number(tol, "tol", 0.0)
+    state = lanczos_start(v0, p)
+    out = LanczosOutputs.empty(B, N, v0.dtype, v0.device)
     it = 0
-    nextc = torch.ones(B, dtype=torch.int64)               # per-sample step of the next Ritz test
-    lastc = torch.zeros(B, dtype=torch.int64)
-    lastq = torch.full((B,), float("nan"), **f64)          # log(residual / target) at the last test
     bar = _progress_bar(progress, max_iter, "lanczos")
-    while ids.numel() > 0 and it < max_iter:
+    while state.ids.numel() > 0 and it < max_iter:
         it += 1
-        w = matvec(V[:, j], ids_dev)
-        if w.dtype != vdtype:
-            w = w.to(vdtype)
-        Vb = V[:, : j + 1]
-        # CGS2: w ← (I − V Vᴴ)² w, coefficients summed into α_j
-        c = _project(Vb, w)
-        w = w - torch.bmm(c.unsqueeze(1), Vb).squeeze(1)
-        c2 = _project(Vb, w)
-        w = w - torch.bmm(c2.unsqueeze(1), Vb).squeeze(1)
-        beta_dev = _norm(w)
-        ab = torch.stack([(c[:, j] + c2[:, j]).real.to(torch.float64), beta_dev.to(torch.float64)]).to(host)
-        alpha, beta = ab[0], ab[1]
-        H[:, j, j] = alpha
-        hmax = torch.maximum(hmax, torch.maximum(alpha.abs(), beta))
-        breakdown = (beta <= 10 * eps * hmax) | (j + 1 >= N)
+        lanczos_expand(state, matvec)
+        breakdown = (state.beta <= 10 * eps * state.hmax) | (state.j + 1 >= N)
         # Ritz values only where needed: a predicted convergence (per sample), a restart (all),
         # the last step (all), a breakdown.
-        due = (nextc <= it) | breakdown
-        if j + 1 >= p or it >= max_iter:
+        due = (state.next_test <= it) | breakdown
+        if state.j + 1 >= p or it >= max_iter:
             due[:] = True
-        if bool(due.any()):
-            r = due.nonzero().squeeze(-1)
-            Hj = H[r, : j + 1, : j + 1]
-            theta_all = torch.linalg.eigvalsh(Hj)
-            theta = theta_all[:, -1]
-            s = _top_vector(Hj, theta, theta_all.abs().amax(-1))
-            res = beta[r] * s[:, j].abs()
-            target = tol * theta.abs()
-            conv = (res <= target) | breakdown[r]
-            done = conv | (it >= max_iter)
-            if bar is not None:
-                bar.update(it - bar.n)
-                bar.set_postfix(active=int(ids.numel()), worst=float((res / theta.abs()).max()))
-            # Schedule each sample's next test from the observed decay of its residual (a function
-            # of its own computed values only): half the predicted distance, 1 to 8 steps ahead.
-            lq = torch.log((res / target.clamp_min(torch.finfo(torch.float64).tiny)).clamp_min(1.0))
-            prev = lastq[r]
-            rate = (prev - lq) / (it - lastc[r]).clamp_min(1).to(torch.float64)
-            pred = torch.where(rate > 0, (0.5 * lq / rate.clamp_min(1e-300)).clamp(1, 8), torch.full_like(lq, 4.0))
-            pred = torch.where(torch.isnan(prev), torch.ones_like(lq), pred)
-            nextc[r] = it + pred.floor().to(torch.int64)
-            lastc[r] = it
-            lastq[r] = lq
-            if bool(done.any()):
-                d = done.nonzero().squeeze(-1)
-                o = ids[r[d]]
-                rd_dev = r[d].to(dev)
-                u = torch.bmm(s[d].to(device=dev, dtype=vdtype).unsqueeze(1), Vb[rd_dev]).squeeze(1)
-                out_vec[o.to(dev)] = u / _norm(u).unsqueeze(-1)
-                out_theta[o] = theta[d]
-                if j >= 1:
-                    out_second[o] = theta_all[d, -2]
-                out_res[o] = torch.where(breakdown[r[d]], torch.zeros_like(res[d]), res[d]) / theta[d].abs()
-                out_iter[o] = it
-                out_conv[o] = conv[d]
-                alive = torch.ones(ids.numel(), dtype=torch.bool)
-                alive[r[d]] = False
-                if not bool(alive.any()):
-                    break
-                rows = alive.nonzero().squeeze(-1)
-                rows_dev = rows.to(dev)
-                ids, H, hmax, beta, nextc, lastc, lastq = (t[rows] for t in (ids, H, hmax, beta, nextc, lastc, lastq))
-                ids_dev, V, w, beta_dev = (t[rows_dev] for t in (ids_dev, V, w, beta_dev))
-                Vb = V[:, : j + 1]
-        if j + 1 < p:
-            V[:, j + 1] = w / beta_dev.to(rdt).unsqueeze(-1)
-            H[:, j, j + 1] = beta
-            H[:, j + 1, j] = beta
-            j += 1
-        else:  # thick restart: keep kl bottom and kt top Ritz vectors and the residual direction
-            theta_all, S = torch.linalg.eigh(H)
-            sel = torch.cat([torch.arange(kl), torch.arange(p - kt, p)])
-            Sk = S[:, :, sel]                               # (b, p, kk), ascending order
-            newV = torch.bmm(Sk.mT.to(device=dev, dtype=vdtype), Vb)
-            V = torch.zeros_like(V)
-            V[:, :kk] = newV
-            V[:, kk] = w / beta_dev.to(rdt).unsqueeze(-1)
-            H = torch.zeros_like(H)
-            idx = torch.arange(kk)
-            H[:, idx, idx] = theta_all[:, sel]
-            arrow = beta.unsqueeze(-1) * Sk[:, j, :]
-            H[:, :kk, kk] = arrow
-            H[:, kk, :kk] = arrow
-            j = kk
+        if bool(due.any()) and _test_and_retire(state, out, due.nonzero().squeeze(-1), breakdown, it, tol,
+                                                it >= max_iter, bar):
+            break
+        if state.j + 1 < p:
+            lanczos_extend(state)
+        else:
+            thick_restart(state, sizes)
     if bar is not None:
         bar.close()
-    out_iter = out_iter.to(dev)
-    return EigResult(out_vec, out_theta.to(dev), out_second.to(dev), out_res.to(dev), out_iter, out_iter.clone(),
-                     out_conv.to(dev), torch.zeros(B, dtype=torch.float64, device=dev))
+    return out.result()
 
 
 def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int = 10000,
@@ -311,10 +449,9 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
     B, N = x.shape
     dev, vdtype = x.device, x.dtype
     f64 = dict(dtype=torch.float64, device=dev)
-    max_iter = int(max_iter)
-    if max_iter < 1:
-        raise ValueError("max_iter must be ≥ 1")
-    rdt = x.real.dtype if x.is_complex() else x.dtype
+    max_iter = check_int(max_iter, "max_iter", 1)
+    tol = check_number(tol, "tol", 0.0)
+    rdt = _real_dtype(x)
     matvecs = torch.zeros(B, dtype=torch.int64, device=dev)
     all_ids = torch.arange(B, device=dev)
     if shift is None:
@@ -323,7 +460,7 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
         for _ in range(int(probe)):
             dz = matvec(z, all_ids).to(vdtype)
             matvecs += 1
-            mu = _inner(z, dz).real.to(torch.float64)
+            mu = inner(z, dz, 1).real.to(torch.float64)
             nz = _norm(dz)
             z = dz / nz.clamp_min(torch.finfo(rdt).tiny).unsqueeze(-1)
         sigma = torch.where(mu < 0, -1.05 * mu, torch.zeros_like(mu))
@@ -351,7 +488,7 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
     while ids.numel() > 0 and it < max_iter:
         it += 1
         dx = matvec(x, ids).to(vdtype)
-        theta = _inner(x, dx).real.to(torch.float64)
+        theta = inner(x, dx, 1).real.to(torch.float64)
         r = dx - theta.to(rdt).unsqueeze(-1) * x
         res = _norm(r).to(torch.float64)
         rel = res / theta.abs().clamp_min(torch.finfo(torch.float64).tiny)

@@ -20,6 +20,13 @@ single runs give (deepinv's ``spectral_methods`` normalises over the whole batch
 
 The global phase (sign for real signals) is not identifiable from |Ax|²; phasetorch returns the
 eigenvector rotated so that its largest-modulus coordinate is real and positive.
+
+Measurement models (:class:`~phasetorch.physics.MeasurementModel`, ``LinkMeasurement``) are
+accepted wherever an operator is: with a modulus link (intensity, amplitude, noisy intensity) the
+observations are first mapped to intensity-equivalents ``link.intensity_of(y)`` (amplitudes:
+sign(y)·y²) and the method runs on the linear operator; with a non-modulus link (relu) T is applied
+to the observations as given, y/mean(y), on the linear operator, and the returned norm follows the
+same rule ‖x₀‖² = mean(y)/e, which is then not ‖x‖² (rescale x₀ with the link's own moment).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import torch
 
 from .eigensolvers import lanczos_top, power_top
 from ..physics.base import MeasurementOperator
-from ..tensors import make_generator
+from ..physics.model import MeasurementModel, resolve_model
+from ..tensors import check_int, check_number, make_generator
 from .preprocessing import Preprocessing, preprocess
 
 SOLVERS = ("lanczos", "power")
@@ -102,8 +110,10 @@ def count_matvecs(op: MeasurementOperator):
     ...     x0 = spectral_init(op, y)
     >>> c.linear_vectors, c.adjoint_calls
 
-    Wraps the two methods on this instance only and restores them on exit.
+    Wraps the methods on this instance only (on the operator of a measurement model) and restores
+    them on exit.
     """
+    op = resolve_model(op).operator
     counter = MatvecCounter()
     lin, adj = op.linear, op.adjoint
     k_sig, k_meas = len(op.signal_shape), len(op.measurement_shape)
@@ -136,9 +146,24 @@ def count_matvecs(op: MeasurementOperator):
 
 
 # ---------------------------------------------------------------------------- checks and pieces
+def _linear_problem(op, y: torch.Tensor):
+    """(B, y') for an operator or a measurement model: the linear operator and intensity-equivalents.
+
+    Modulus links: y' = ``link.intensity_of(y)``; other links: y' = y (see the module docstring).
+    """
+    model = resolve_model(op)
+    _check_inputs(model.operator, y)
+    if model.link.modulus:
+        mapped = model.link.intensity_of(y)
+        if mapped is not y and not torch.isfinite(mapped).all():
+            raise ValueError("the intensity-equivalents of y overflow (inf); rescale the observations")
+        y = mapped
+    return model.operator, y
+
+
 def _check_inputs(op, y: torch.Tensor) -> None:
     if not isinstance(op, MeasurementOperator):
-        raise ValueError(f"op must be a phasetorch MeasurementOperator, got {type(op).__name__}")
+        raise ValueError(f"op must be a phasetorch MeasurementOperator or MeasurementModel, got {type(op).__name__}")
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"y must be a torch.Tensor of intensities, got {type(y).__name__}")
     if y.is_complex():
@@ -152,10 +177,7 @@ def _whitening(op, whiten: Optional[bool]) -> Optional[torch.Tensor]:
     """W^{-1/2} as a flat (n,) real tensor, or None. W = diag(AᴴA)/(m·e) (≈ 1 on average)."""
     has_diag = callable(getattr(op, "gram_diagonal", None))
     if whiten is None:
-        flag = getattr(op, "spectral_whitening", None)
-        if flag is None:
-            flag = any(c.__name__ == "CodedDiffraction" for c in type(op).__mro__)
-        whiten = bool(flag) and has_diag
+        whiten = bool(op.spectral_whitening) and has_diag
     if not whiten:
         return None
     if not has_diag:
@@ -183,13 +205,15 @@ def _fix_phase(x: torch.Tensor) -> torch.Tensor:
     return x * torch.where(pivot < 0, -torch.ones_like(pivot), torch.ones_like(pivot))
 
 
-def spectral_matrix(op: MeasurementOperator, y: torch.Tensor, preprocessing: Preprocessing = "optimal") -> torch.Tensor:
+def spectral_matrix(op: Union[MeasurementOperator, MeasurementModel], y: torch.Tensor,
+                    preprocessing: Preprocessing = "optimal") -> torch.Tensor:
     """Dense D = (1/(m·e)) Aᴴ diag(T(ŷ)) A, shape ``(*batch, n, n)`` (for tests and small problems only).
 
     Built column by column from ``op.linear``/``op.adjoint`` applied to the identity, so it costs n
-    products; :func:`spectral_init` never forms it.
+    products; :func:`spectral_init` never forms it. A measurement model is resolved as by
+    :func:`spectral_init`.
     """
-    _check_inputs(op, y)
+    op, y = _linear_problem(op, y)
     k = len(op.measurement_shape)
     batch = tuple(y.shape[: y.dim() - k])
     T = preprocess(y, preprocessing, delta=op.delta, event_dims=k)
@@ -202,7 +226,7 @@ def spectral_matrix(op: MeasurementOperator, y: torch.Tensor, preprocessing: Pre
 
 
 # ---------------------------------------------------------------------------- main entry point
-def spectral_init(op: MeasurementOperator, y: torch.Tensor, preprocessing: Preprocessing = "optimal",
+def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Tensor, preprocessing: Preprocessing = "optimal",
                   solver: str = "lanczos", max_iter: Optional[int] = None, tol: float = 1e-6,
                   whiten: Optional[bool] = None, shift: Optional[Union[float, torch.Tensor]] = None,
                   seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
@@ -219,9 +243,13 @@ def spectral_init(op: MeasurementOperator, y: torch.Tensor, preprocessing: Prepr
 
     Parameters
     ----------
-    op : a :class:`~phasetorch.physics.MeasurementOperator`.
-    y : intensities of shape ``(*batch, *op.measurement_shape)``, real, finite, on the operator's
-        device and dtype. Negative (noisy) values are allowed where T is defined for them.
+    op : a :class:`~phasetorch.physics.MeasurementOperator`, or a
+        :class:`~phasetorch.physics.MeasurementModel` / ``LinkMeasurement``: a modulus link's
+        observations are mapped to ``op.link.intensity_of(y)`` and a non-modulus link's are used
+        as given, on ``op.operator`` (module docstring).
+    y : intensities (observations of the model) of shape ``(*batch, *op.measurement_shape)``, real,
+        finite, on the operator's device and dtype. Negative (noisy) values are allowed where T is
+        defined for them.
     preprocessing : a name of :data:`phasetorch.init.preprocessing.NAMES` or a callable T(ŷ).
     solver : ``"lanczos"`` (thick-restart Lanczos, full reorthogonalisation; default) or ``"power"``
         (shifted power method). See :mod:`phasetorch.init.eigensolvers`.
@@ -230,9 +258,8 @@ def spectral_init(op: MeasurementOperator, y: torch.Tensor, preprocessing: Prepr
     whiten : solve the eigenproblem of W^{-1/2} D W^{-1/2}, W = diag(AᴴA)/(m·e), and return
         x₀ ∝ W^{-1/2} v (v its top eigenvector), rescaled to ‖x₀‖² = mean(y)/e. This equalises the
         coordinates' sensitivities when the rows of A do not cover them evenly (coded diffraction
-        masks). ``None``: on when the operator asks for it (attribute ``spectral_whitening``; if
-        absent, for :class:`~phasetorch.physics.CodedDiffraction` and its subclasses) and offers
-        ``gram_diagonal()``; ``True`` requires ``op.gram_diagonal()`` (shape ``signal_shape``).
+        masks). ``None``: on when the operator asks for it (class attribute ``spectral_whitening``,
+        True for :class:`~phasetorch.physics.CodedDiffraction`) and offers ``gram_diagonal()``; ``True`` requires ``op.gram_diagonal()`` (shape ``signal_shape``).
         Coordinates with zero diagonal get 0.
     shift : power method only: per-sample shift σ (scalar or ``batch``-shaped); ``None`` estimates it
         from the data per sample (see :func:`phasetorch.init.eigensolvers.power_top`).
@@ -256,7 +283,7 @@ def spectral_init(op: MeasurementOperator, y: torch.Tensor, preprocessing: Prepr
     samples still running; converged samples leave the batch. Runs under ``torch.no_grad()``.
     The phase is fixed by making the largest-modulus coordinate real positive. With float32
     operators the attainable accuracy of the *exact* D's eigenvector is limited by ε₃₂‖D‖/gap
-    (``optimal`` has ‖D‖ ≈ 150·λ₁); the Lanczos stopping test uses the recurrence residual of the
+    (``optimal`` reaches T = 1 − 1/ε = −999 at small ŷ, so ‖D‖ ≫ λ₁); the Lanczos stopping test uses the recurrence residual of the
     computed operator.
     """
     with torch.no_grad():
@@ -266,19 +293,14 @@ def spectral_init(op: MeasurementOperator, y: torch.Tensor, preprocessing: Prepr
 
 def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator, return_info,
                    progress, real_signal, krylov_dim):
-    _check_inputs(op, y)
+    op, y = _linear_problem(op, y)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    tol = float(tol)
-    if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number ≥ 0, got {tol}")
-    if max_iter is None:
-        max_iter = DEFAULT_MAX_ITER[solver]
-    if int(max_iter) < 1:
-        raise ValueError(f"max_iter must be ≥ 1, got {max_iter}")
+    tol = check_number(tol, "tol", 0.0)
+    max_iter = DEFAULT_MAX_ITER[solver] if max_iter is None else check_int(max_iter, "max_iter", 1)
     if shift is not None and solver != "power":
         raise ValueError("shift= applies to solver='power' only")
-    kdim = default_krylov_dim(op.n) if krylov_dim is None else int(krylov_dim)
+    kdim = default_krylov_dim(op.n) if krylov_dim is None else check_int(krylov_dim, "krylov_dim", 1)
 
     k = len(op.measurement_shape)
     batch = tuple(y.shape[: y.dim() - k])

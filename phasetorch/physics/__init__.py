@@ -11,21 +11,25 @@ operator                    model                                           entr
 ``OversampledFourier``      |F pad(x)|² (classic CDI)                       1/N (N padded size)
 ==========================  ==============================================  ====================
 
-``save_operator`` / ``load_operator`` persist any of them; :mod:`.links` has link functions
-y = f(Ax) beyond the intensity.
+A :class:`MeasurementModel` composes an operator B with a link f (:mod:`.links`) and a noise
+(:mod:`.noise`): y = noise(f(Bx)), per sample; :func:`resolve_model` makes one of any operator.
+``save_operator`` / ``load_operator`` persist operators and models; every class registers itself
+for loading with ``@register_operator`` (:mod:`.registry`).
 """
 
+from .registry import register_operator
 from .base import MeasurementOperator
 from .gaussian import GaussianMeasurement
 from .matrix import MatrixMeasurement
 from .coded_diffraction import CodedDiffraction
 from .structured import StructuredRandom
 from .fourier import OversampledFourier
-from .links import Link, LinkMeasurement
-from .io import save_operator, load_operator, register_operator
 from .ensemble import GaussianEnsemble
 from .noise import PoissonNoise, GaussianNoise
+from .links import Link
+from .model import LinkMeasurement, MeasurementModel, resolve_model
+from .io import save_operator, load_operator
 
 __all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement", "CodedDiffraction",
-           "StructuredRandom", "OversampledFourier", "Link", "LinkMeasurement", "save_operator",
-           "load_operator", "register_operator", "PoissonNoise", "GaussianNoise"]
+           "StructuredRandom", "OversampledFourier", "Link", "LinkMeasurement", "MeasurementModel", "resolve_model",
+           "save_operator", "load_operator", "register_operator", "PoissonNoise", "GaussianNoise"]

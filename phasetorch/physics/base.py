@@ -19,7 +19,7 @@ keep them complex (plain ``nn.Module.to`` would drop imaginary parts of complex 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ class MeasurementOperator(nn.Module):
     signal_shape: Shape
     measurement_shape: Shape
     is_complex: bool
+    #: whether :func:`phasetorch.init.spectral.spectral_init` whitens the spectral matrix by default
+    #: (W = diag(AᴴA)/(m·e), needs ``gram_diagonal()``); True for coded diffraction masks
+    spectral_whitening: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,13 +53,19 @@ class MeasurementOperator(nn.Module):
 
         ``op.to(torch.complex64)`` (also through a parent module) therefore acts as
         ``op.to(torch.float32)``: plain ``nn.Module`` would turn the real views of complex buffers
-        (and the dtype probe) into complex tensors and break the operator.
+        (and the dtype probe) into complex tensors and break the operator. A conversion to half
+        precision (``.half()``, ``.to(torch.bfloat16)``) is refused before anything is converted.
         """
         def keep_real(t):
             out = fn(t)
             if isinstance(out, torch.Tensor) and out.is_complex() and not t.is_complex():
                 out = t.to(device=out.device, dtype=real_dtype_of(out.dtype))
             return out
+        probe = self._buffers.get("_dtype_probe")
+        if probe is not None:
+            moved = keep_real(probe)
+            if isinstance(moved, torch.Tensor) and moved.dtype != probe.dtype:
+                parse_dtype(moved.dtype)                  # ValueError for float16 / bfloat16
         return super()._apply(keep_real, recurse)
 
     def to(self, *args, **kwargs):

@@ -13,8 +13,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from ..tensors import check_int, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .fourier import fft_dims, fft_shape
+from .registry import register_operator
 
 MASKS = ("octanary", "binary", "uniform", "gaussian")
 
@@ -46,6 +47,7 @@ def draw_masks(kind: str, shape: Sequence[int], generator: torch.Generator) -> t
     raise ValueError(f"unknown mask family {kind!r}; choose one of {', '.join(MASKS)}")
 
 
+@register_operator
 class CodedDiffraction(MeasurementOperator):
     r"""y_{l,k} = |(F D_l x)_k|², l = 1..L: L coded diffraction patterns (Candès, Li, Soltanolkotabi 2015).
 
@@ -62,23 +64,26 @@ class CodedDiffraction(MeasurementOperator):
 
     Always complex: real signals are promoted to complex. The masks are a buffer (``op.masks()``)
     drawn in float64 from ``seed``/``generator`` (so float32 and float64 operators share them).
+
+    The pixels are not covered evenly (Σ_l |d_l|² varies), so :func:`phasetorch.spectral_init`
+    whitens the spectral matrix by default (``spectral_whitening = True``, :meth:`gram_diagonal`).
     """
+
+    spectral_whitening = True
 
     def __init__(self, shape: Union[int, Sequence[int]], n_masks: int, mask: str = "octanary",
                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.signal_shape = fft_shape(shape, "CodedDiffraction")
-        if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
-            raise ValueError(f"CodedDiffraction: n_masks must be an int ≥ 1 (the number L of patterns), got {n_masks!r}")
+        self.n_masks = check_int(n_masks, "CodedDiffraction n_masks (the number L of patterns)", 1)
         if mask not in MASKS:
             raise ValueError(f"CodedDiffraction: unknown mask family {mask!r}; choose one of {', '.join(MASKS)}")
-        self.n_masks = int(n_masks)
         self.mask = mask
         self.measurement_shape = (self.n_masks, *self.signal_shape)
         self.is_complex = True
-        self.seed = resolve_seed(seed, generator)
         dtype = parse_dtype(dtype)
+        self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         self.register_random("D", draw_masks(mask, self.measurement_shape, g).to(complex_dtype_of(dtype)))
@@ -104,7 +109,7 @@ class CodedDiffraction(MeasurementOperator):
         """(D/√n, conj(D)/√n), cached until the mask buffer changes (dtype, device, in-place edits).
 
         Folding the unitary FFT's 1/√n into the masks saves two scaling passes per product and the
-        conjugation of the masks in the adjoint (≈15% of a forward+adjoint pair on CPU).
+        conjugation of the masks in the adjoint.
         """
         raw = self.D
         key = (raw.data_ptr(), raw._version, raw.dtype, raw.device)

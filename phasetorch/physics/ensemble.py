@@ -7,9 +7,9 @@ from typing import Optional, Sequence
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import dtype_name, make_generator, parse_dtype
+from ..tensors import check_int, dtype_name, make_generator, parse_dtype
 from .gaussian import GaussianMeasurement
-from .io import register_operator
+from .registry import register_operator
 
 
 @register_operator
@@ -42,14 +42,15 @@ class GaussianEnsemble(MeasurementOperator):
                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None, block_rows: int = 4096,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if not isinstance(n, int) or not isinstance(m, int) or n < 1 or m < 1:
-            raise ValueError(f"GaussianEnsemble needs integers n ≥ 1 and m ≥ 1, got n={n!r}, m={m!r}")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"count (number of matrices) must be a positive integer, got {count!r}")
+        n = check_int(n, "GaussianEnsemble n (unknowns per problem)", 1)
+        m = check_int(m, "GaussianEnsemble m (measurements per problem)", 1)
+        count = check_int(count, "count (number of matrices)", 1)
+        block_rows = check_int(block_rows, "GaussianEnsemble block_rows", 1)
+        dtype = parse_dtype(dtype)
         if seeds is not None:
             if seed is not None or generator is not None:
                 raise ValueError("pass seeds= (one per matrix) or seed=/generator=, not both")
-            seeds = [int(s) for s in seeds]
+            seeds = [check_int(s, "seeds[k]", 0) for s in seeds]
             if len(seeds) != count:
                 raise ValueError(f"seeds has {len(seeds)} entries but count = {count}; give one seed per matrix")
         else:
@@ -60,8 +61,7 @@ class GaussianEnsemble(MeasurementOperator):
         self.count = count
         self.seeds = seeds
         self.is_complex = bool(complex)
-        self.block_rows = int(block_rows)
-        dtype = parse_dtype(dtype)
+        self.block_rows = block_rows
         self._dtype_probe = self._dtype_probe.to(dtype)
         mats = [self._member_matrix(k, dtype) for k in range(count)]
         self.register_random("A", torch.stack(mats, 0))

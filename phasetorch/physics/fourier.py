@@ -12,6 +12,7 @@ import torch
 
 from .base import MeasurementOperator
 from ..tensors import Shape, as_shape, dtype_name, parse_dtype
+from .registry import register_operator
 
 Oversampling = Union[int, Sequence[int]]
 
@@ -69,6 +70,7 @@ def zero_pad(x: torch.Tensor, padded_shape: Shape) -> torch.Tensor:
     return torch.nn.functional.pad(x, pads)
 
 
+@register_operator
 class OversampledFourier(MeasurementOperator):
     r"""Far-field (Fraunhofer) diffraction intensities y = |F(pad x)|² — classic CDI.
 

@@ -7,8 +7,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import as_shape, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from ..tensors import as_shape, check_int, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_dense_pass, row_blocks
+from .registry import register_operator
 
 
 def _gaussian_block(rows: int, n: int, is_complex: bool, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -20,6 +21,7 @@ def _gaussian_block(rows: int, n: int, is_complex: bool, seed: int, dtype: torch
     return torch.randn(rows, n, generator=g, dtype=torch.float64).to(dtype)
 
 
+@register_operator
 class GaussianMeasurement(MeasurementOperator):
     r"""y = |Ax|² with A ∈ ℂ^{m×n} (or ℝ^{m×n}) i.i.d. Gaussian, E|A_ij|² = 1.
 
@@ -33,7 +35,7 @@ class GaussianMeasurement(MeasurementOperator):
     n : int or shape
         Number of unknowns, or the signal shape (an image shape is flattened internally).
     m : int
-        Number of measurements.
+        Number of measurements (an int ≥ 1; floats such as 2.7 are refused).
     complex : bool
         Complex (default) or real Gaussian entries.
     seed, generator : reproducibility (one of them). The matrix is drawn in row blocks, each from
@@ -41,26 +43,25 @@ class GaussianMeasurement(MeasurementOperator):
     streamed : bool
         Do not store A: regenerate each block of ``block_rows`` rows from its seed at every
         application (for m·n too large to hold in memory; costs one RNG pass per product).
-    dtype : real dtype of the operator (float32 default); ``op.to(torch.float64)`` also works.
+    block_rows : int ≥ 1, rows per block of the seed schedule (and of a streamed product).
+    dtype : real dtype of the operator, float32 (default) or float64; ``op.to(torch.float64)`` also works.
 
     Only A is stored (no Aᴴ copy, no pseudo-inverse). ``linear`` computes ``x @ Aᵀ`` and
-    ``adjoint`` computes ``(z̄ @ A)̄``, the fastest pair of BLAS calls for row-major batches
-    (the naive ``A.mH @ z`` materialises a conjugate transpose: up to 10× slower on CPU).
+    ``adjoint`` computes ``(z̄ @ A)̄``: one BLAS call each on the row-major A, with lazy
+    conjugation (``A.mH @ z`` would materialise a conjugate transpose).
     """
 
     def __init__(self, n: Union[int, Sequence[int]], m: int, complex: bool = True, seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, streamed: bool = False, block_rows: int = 4096,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.signal_shape = as_shape(n)
-        self.measurement_shape = (int(m),)
+        self.signal_shape = as_shape(n, "GaussianMeasurement n (unknowns, or the signal shape)")
+        self.measurement_shape = (check_int(m, "GaussianMeasurement m (measurements)", 1),)
         self.is_complex = bool(complex)
         self.streamed = bool(streamed)
-        self.block_rows = int(block_rows)
-        if self.n < 1 or m < 1:
-            raise ValueError(f"GaussianMeasurement needs n ≥ 1 and m ≥ 1, got n={self.n}, m={m}")
-        self.seed = resolve_seed(seed, generator)
+        self.block_rows = check_int(block_rows, "GaussianMeasurement block_rows", 1)
         dtype = parse_dtype(dtype)
+        self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
         if not self.streamed:
             self.register_random("A", self._matrix(dtype))

@@ -2,7 +2,8 @@
 
 The file holds ``{"format": "phasetorch-operator", "version": 1, "config": op.config(),
 "state_dict": op.state_dict()}``. Loading rebuilds the operator from its config with the class
-registered under ``config["type"]`` and then loads the stored random parts, so a saved operator
+registered under ``config["type"]`` (:mod:`.registry`; every class registers itself with
+``@register_operator`` at its definition) and then loads the stored random parts, so a saved operator
 is reproduced bit for bit (also when its seed was drawn from a generator). Files are read with
 ``torch.load(weights_only=True)``: no pickled code is executed.
 """
@@ -10,51 +11,16 @@ is reproduced bit for bit (also when its seed was drawn from a generator). Files
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from .base import MeasurementOperator
-from .coded_diffraction import CodedDiffraction
-from .fourier import OversampledFourier
-from .gaussian import GaussianMeasurement
-from .links import LinkMeasurement
-from .matrix import MatrixMeasurement
-from .structured import StructuredRandom
+from .registry import REGISTRY, operator_from_config, register_operator
 
 FORMAT = "phasetorch-operator"
 VERSION = 1
-
-REGISTRY: Dict[str, type] = {cls.__name__: cls for cls in (
-    GaussianMeasurement, CodedDiffraction, StructuredRandom, OversampledFourier, MatrixMeasurement,
-    LinkMeasurement)}
-
-
-def register_operator(cls: type) -> type:
-    """Register a user operator class (with ``config()`` and ``from_config``) for :func:`load_operator`.
-
-    Usable as a class decorator; the key is the class name, which ``config()["type"]`` must give.
-    """
-    if not isinstance(cls, type) or not hasattr(cls, "from_config"):
-        raise ValueError("register_operator needs a class with a from_config classmethod "
-                         "(subclass MeasurementOperator)")
-    REGISTRY[cls.__name__] = cls
-    return cls
-
-
-def operator_from_config(config: dict) -> nn.Module:
-    """Build an operator (without its stored state) from ``op.config()``."""
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"an operator config is a dict with a 'type' key, got {config!r}")
-    cls = REGISTRY.get(config["type"])
-    if cls is None:
-        raise ValueError(f"unknown operator type {config['type']!r}; known types: {', '.join(sorted(REGISTRY))} "
-                         f"(register custom classes with phasetorch.physics.register_operator)")
-    try:
-        return cls.from_config(config)
-    except TypeError as err:
-        raise ValueError(f"config does not match {cls.__name__}'s constructor: {err}") from err
 
 
 def save_operator(op: Union[MeasurementOperator, nn.Module], path: Union[str, os.PathLike]) -> None:

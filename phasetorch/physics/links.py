@@ -2,31 +2,47 @@ r"""Single-index link functions y = f(z), z = a_iᴴx, beyond the intensity |z|�
 
 Phase retrieval is the generalised linear model y_i = f(⟨a_i, x⟩) with f(z) = |z|²; the
 asymptotic theory (:mod:`phasetorch.theory`) and simulations also use other links. Each
-:class:`Link` evaluates f elementwise (``link(z)``) and, for the theory's real model, its
-derivative f'(z) where it is cheap.
+:class:`Link` evaluates f elementwise (``link(z)``, or ``link.fn(z)`` without noise), its
+derivative f'(z) for real z, and — for links that are functions of |z| (``modulus``) — maps
+observations back to intensity-equivalents |z|² (:meth:`Link.intensity_of`), so that every
+intensity algorithm applies to them.
 
-==========================  ======================  ===========  =========================================
-link                        f(z)                    f'(z), real  notes
-==========================  ======================  ===========  =========================================
-``intensity``               |z|²                    2z           phase retrieval (``op(x)``)
-``amplitude``               |z|                     sign(z)      amplitude-flow model (Wang et al. 2017)
-``relu``                    max(Re z, 0)            1{z > 0}     sign *is* identifiable (not symmetric)
-``noisy_intensity(σ)``      |z|² + σ ε, ε ~ N(0,1)  2z           additive Gaussian noise after squaring
-==========================  ======================  ===========  =========================================
+==========================  ======================  ===========  =======  ======================  ===========================
+link                        f(z)                    f'(z), real  modulus  intensity_of(y)         notes
+==========================  ======================  ===========  =======  ======================  ===========================
+``intensity``               |z|²                    2z           yes      y                       phase retrieval (``op(x)``)
+``amplitude``               |z|                     sign(z)      yes      sign(y)·y²              amplitude flow (Wang et al. 2017)
+``relu``                    max(Re z, 0)            1{z > 0}     no       (ValueError)            sign *is* identifiable
+``noisy_intensity(σ)``      |z|² + σ ε, ε ~ N(0,1)  2z           yes      y                       Gaussian noise after squaring
+==========================  ======================  ===========  =======  ======================  ===========================
 
-``symmetric`` marks links with f(−z) = f(z) (f(e^{iφ}z) = f(z) for complex z): x is identifiable
-only up to a global sign/phase, which is what :mod:`phasetorch.metrics` factors out.
+``intensity_of`` of the amplitude link is sign(y)·y² = y·|y|: noisy amplitudes may be negative and
+map to negative intensity-equivalents (as noisy intensities may be), never to a spurious positive
+square. ``symmetric`` marks links with f(−z) = f(z) (f(e^{iφ}z) = f(z) for complex z): x is
+identifiable only up to a global sign/phase, which is what :mod:`phasetorch.metrics` factors out.
+
+The noise of ``noisy_intensity`` is drawn by :func:`phasetorch.physics.noise.add_gaussian`, the
+draw of :class:`~phasetorch.physics.noise.GaussianNoise` (one implementation of noise). Composed
+with an operator in a :class:`~phasetorch.physics.MeasurementModel`, a noisy link becomes the
+noiseless f followed by ``GaussianNoise(σ)``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Union
 
 import torch
-from torch import nn
 
-from ..tensors import abs2, make_generator
+from ..tensors import abs2, check_number
+from .noise import GaussianNoise, add_gaussian
+
+
+def _identity(y: torch.Tensor) -> torch.Tensor:
+    return y
+
+
+def _signed_square(y: torch.Tensor) -> torch.Tensor:
+    return y * y.abs()
 
 
 class Link:
@@ -37,21 +53,26 @@ class Link:
     name : registry name (``config()`` / :func:`get_link` use it).
     fn : the noiseless f, a function of a (real or complex) tensor.
     derivative : f'(z) for real z, or None when not provided.
-    sigma : standard deviation of the additive noise (0: noiseless).
+    sigma : standard deviation of the additive noise (0: noiseless), in the units of y.
     symmetric : f(−z) = f(z) (global sign/phase ambiguity).
+    modulus : f is a function of |z| (then ``intensity`` must map y to |z|², see :meth:`intensity_of`).
+    intensity : the map y ↦ |z|²-equivalent of a modulus link.
     """
 
     def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor],
                  derivative: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 sigma: float = 0.0, symmetric: bool = True) -> None:
-        sigma = float(sigma)
-        if not math.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"link noise level sigma must be a finite number ≥ 0, got {sigma}")
+                 sigma: float = 0.0, symmetric: bool = True, modulus: bool = False,
+                 intensity: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        if bool(modulus) != (intensity is not None):
+            raise ValueError(f"link {name!r}: a modulus link needs intensity= (the map y ↦ |z|²), and only a "
+                             f"modulus link has one")
         self.name = name
         self.fn = fn
         self._derivative = derivative
-        self.sigma = sigma
+        self.sigma = check_number(sigma, "link noise level sigma", 0.0)
         self.symmetric = bool(symmetric)
+        self.modulus = bool(modulus)
+        self._intensity = intensity
 
     @property
     def noisy(self) -> bool:
@@ -62,19 +83,14 @@ class Link:
         """f(z) (+ σ·eps for a noisy link).
 
         ``eps`` is the standard normal noise, shape of the output; if omitted for a noisy link it
-        is drawn (in float64 on the CPU, then cast and moved, so results do not depend on dtype or
-        device) from ``generator`` or from torch's global RNG. ``eps`` is ignored by noiseless links.
+        is drawn (in float64 on the generator's device, then cast and moved, so results do not
+        depend on dtype or device) from ``generator`` or from torch's global RNG. ``eps`` is
+        ignored by noiseless links.
         """
         y = self.fn(z)
         if not self.noisy:
             return y
-        if eps is None:
-            g = generator if generator is not None else make_generator()
-            eps = torch.randn(y.shape, generator=g, dtype=torch.float64).to(device=y.device, dtype=y.dtype)
-        elif not isinstance(eps, torch.Tensor) or eps.shape != y.shape:
-            raise ValueError(f"link {self.name}: eps must be a tensor of the output shape {tuple(y.shape)}, "
-                             f"got {getattr(eps, 'shape', type(eps).__name__)}")
-        return y + self.sigma * eps
+        return add_gaussian(y, self.sigma, generator, eps, who=f"link {self.name}")
 
     def derivative(self, z: torch.Tensor) -> torch.Tensor:
         """f'(z) of the noiseless link for real z (the theory's real single-index model)."""
@@ -86,6 +102,21 @@ class Link:
                              f"real model")
         return self._derivative(z)
 
+    def intensity_of(self, y: torch.Tensor) -> torch.Tensor:
+        """Intensity-equivalents |z|² of observations y of a modulus link (intensity: y; amplitude:
+        sign(y)·y²); a ValueError for a link that is not a function of |z| (relu)."""
+        if not self.modulus:
+            raise ValueError(f"link {self.name!r} is not a function of |z|: its observations have no intensity "
+                             f"equivalent; fit the link itself (link.fn, link.derivative; real signals)")
+        if not isinstance(y, torch.Tensor) or y.is_complex():
+            raise ValueError(f"link {self.name!r}: observations must be a real tensor, got "
+                             f"{getattr(y, 'dtype', type(y).__name__)}")
+        return self._intensity(y)
+
+    def noise(self, seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Optional[GaussianNoise]:
+        """The link's additive noise as a :class:`~phasetorch.physics.noise.GaussianNoise` (None if noiseless)."""
+        return GaussianNoise(self.sigma, seed=seed, generator=generator) if self.noisy else None
+
     def config(self) -> dict:
         """JSON form: ``{"name": ..., "sigma": ...}`` (see :func:`link_from_config`)."""
         return {"name": self.name, "sigma": self.sigma}
@@ -94,15 +125,19 @@ class Link:
         return f"Link({self.name!r}, sigma={self.sigma})" if self.noisy else f"Link({self.name!r})"
 
 
-intensity = Link("intensity", abs2, derivative=lambda z: 2 * z)
-amplitude = Link("amplitude", lambda z: z.abs(), derivative=torch.sign)
+intensity = Link("intensity", abs2, derivative=lambda z: 2 * z, modulus=True, intensity=_identity)
+amplitude = Link("amplitude", lambda z: z.abs(), derivative=torch.sign, modulus=True, intensity=_signed_square)
 relu = Link("relu", lambda z: torch.clamp(z.real if z.is_complex() else z, min=0),
             derivative=lambda z: (z > 0).to(z.dtype), symmetric=False)
 
 
 def noisy_intensity(sigma: float) -> Link:
-    """y = |z|² + σ ε with ε ~ N(0, 1) i.i.d. (outputs may be negative)."""
-    return Link("noisy_intensity", abs2, derivative=lambda z: 2 * z, sigma=sigma)
+    """y = |z|² + σ ε with ε ~ N(0, 1) i.i.d. (outputs may be negative; ``intensity_of(y) = y``).
+
+    The noise goes through :func:`phasetorch.physics.noise.add_gaussian` (GaussianNoise's draw):
+    the same generator gives the same ε as ``GaussianNoise(σ, generator=...)``.
+    """
+    return Link("noisy_intensity", abs2, derivative=lambda z: 2 * z, sigma=sigma, modulus=True, intensity=_identity)
 
 
 LINKS = {"intensity": intensity, "amplitude": amplitude, "relu": relu}
@@ -125,57 +160,9 @@ def link_from_config(config: dict) -> Link:
     if config["name"] == "noisy_intensity":
         return noisy_intensity(config.get("sigma", 0.0))
     link = get_link(config["name"])
-    if float(config.get("sigma", 0.0)) != link.sigma:
+    if check_number(config.get("sigma", 0.0), "link sigma") != link.sigma:
         raise ValueError(f"link {link.name!r} is noiseless; got sigma={config.get('sigma')}")
     return link
 
 
-class LinkMeasurement(nn.Module):
-    """y = f(Ax): a measurement operator followed by a link (``forward(x) = link(op.linear(x))``).
-
-    Exposes the wrapped operator's ``linear``, ``adjoint``, shapes and ``entry_energy``; noisy
-    links draw their noise from ``seed``/``generator`` (one stream, advancing with every call).
-    With the ``intensity`` link this is the operator itself. ``save_operator`` stores the
-    operator and the link, not the state of the noise stream.
-    """
-
-    def __init__(self, op: nn.Module, link: Union[str, Link] = "intensity", seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None) -> None:
-        super().__init__()
-        if not hasattr(op, "linear") or not hasattr(op, "adjoint"):
-            raise ValueError(f"LinkMeasurement wraps a MeasurementOperator, got {type(op).__name__}")
-        self.op = op
-        self.link = get_link(link)
-        self.generator = make_generator(seed, generator) if self.link.noisy else None
-
-    signal_shape = property(lambda self: self.op.signal_shape)
-    measurement_shape = property(lambda self: self.op.measurement_shape)
-    is_complex = property(lambda self: self.op.is_complex)
-    n = property(lambda self: self.op.n)
-    m = property(lambda self: self.op.m)
-    delta = property(lambda self: self.op.delta)
-    entry_energy = property(lambda self: self.op.entry_energy)
-
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op.linear(x)
-
-    def adjoint(self, z: torch.Tensor) -> torch.Tensor:
-        return self.op.adjoint(z)
-
-    def forward(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.link(self.op.linear(x), eps=eps, generator=self.generator)
-
-    def config(self) -> dict:
-        return {"type": "LinkMeasurement", "op": self.op.config(), "link": self.link.config()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "LinkMeasurement":
-        from .io import operator_from_config
-        return cls(operator_from_config(config["op"]), link_from_config(config["link"]))
-
-    def extra_repr(self) -> str:
-        return f"link={self.link!r}"
-
-
-__all__ = ["Link", "intensity", "amplitude", "relu", "noisy_intensity", "LINKS", "get_link",
-           "link_from_config", "LinkMeasurement"]
+__all__ = ["Link", "intensity", "amplitude", "relu", "noisy_intensity", "LINKS", "get_link", "link_from_config"]

@@ -8,6 +8,7 @@ import torch
 
 from .base import MeasurementOperator
 from ..tensors import abs2, as_shape, complex_dtype_of, dtype_name, parse_dtype, real_dtype_of
+from .registry import register_operator
 
 
 def dense_linear(xf: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -20,8 +21,8 @@ def dense_linear(xf: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
 def dense_adjoint(zf: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Aᴴz for each row z of ``zf`` (shape (B, m)) → (B, n), as (z̄ A)‾ without forming Aᴴ.
 
-    The conjugations are lazy (conj bit), so this is one BLAS call on the row-major A, the fastest
-    of the equivalent forms (``A.mH @ z`` can be several times slower on CPU).
+    The conjugations are lazy (conj bit), so this is one BLAS call on the row-major A (``A.mH @ z``
+    would materialise a conjugate transpose).
     """
     if A.is_complex():
         return (zf.conj() @ A).conj()
@@ -40,11 +41,10 @@ FUSE_BLOCK_BYTES = 2 * 2**20
 def fuse_pays(A: torch.Tensor, vectors: int) -> bool:
     """Whether a fused forward–adjoint pass over row blocks of ``A`` pays for ``vectors`` signals at once.
 
-    Measured on one CPU core (n = 1024, m = 8192, MKL): with 2 to 16 signals the fused pass takes
-    0.5–0.85× the time of the two separate products in every dtype (float32 … complex128); with a
-    single signal it is no faster (matrix–vector products are limited by MKL's kernel, not by
-    memory) and up to 1.2× slower in complex128, so single signals keep the plain products.
-    GPUs keep them too (no cache to reuse at this scale; one launch per block would cost more).
+    Rule: on the CPU, for two or more signals and a matrix of at least ``FUSE_MIN_BYTES`` bytes
+    (a block of rows is then reused from cache by the adjoint product instead of being read from
+    memory twice). Single signals (matrix–vector products are compute-bound) and GPUs (one launch
+    per block) keep the two plain products.
     """
     return (A.device.type == "cpu" and vectors >= 2
             and A.numel() * A.element_size() >= FUSE_MIN_BYTES)
@@ -95,6 +95,7 @@ def _refresh_energy_hook(module: "MatrixMeasurement", incompatible_keys) -> None
     module._refresh_energy()
 
 
+@register_operator
 class MatrixMeasurement(MeasurementOperator):
     r"""y = |Ax|² for a given matrix A ∈ ℂ^{m×n} or ℝ^{m×n} (a measured transmission matrix, …).
 
@@ -125,6 +126,10 @@ class MatrixMeasurement(MeasurementOperator):
         if not (A.is_floating_point() or A.is_complex()):
             raise ValueError(f"MatrixMeasurement: A has dtype {A.dtype}; convert it to a floating or complex "
                              f"dtype first (e.g. A.float() or A.to(torch.complex64))")
+        if real_dtype_of(A.dtype) not in (torch.float32, torch.float64):
+            raise ValueError(f"MatrixMeasurement: A has dtype {A.dtype}, but operators work in float32/float64 "
+                             f"(complex64/complex128): half precision is not supported; convert it first "
+                             f"(A.float() or A.to(torch.complex64))")
         m, n = A.shape
         if m < 1 or n < 1:
             raise ValueError(f"MatrixMeasurement: A must have at least one row and one column, got shape {tuple(A.shape)}")

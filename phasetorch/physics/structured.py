@@ -16,10 +16,12 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from ..tensors import check_int, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .fourier import Oversampling, crop, fft_dims, fft_shape, oversampling_factors
+from .registry import register_operator
 
 
+@register_operator
 class StructuredRandom(MeasurementOperator):
     r"""y = |F D_K ⋯ F D_1 pad(x)|²: K layers of random-phase diagonals and unitary DFTs.
 
@@ -44,14 +46,12 @@ class StructuredRandom(MeasurementOperator):
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.signal_shape = fft_shape(shape, "StructuredRandom")
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-            raise ValueError(f"StructuredRandom: n_layers must be an int ≥ 1, got {n_layers!r}")
-        self.n_layers = int(n_layers)
+        self.n_layers = check_int(n_layers, "StructuredRandom n_layers", 1)
         self.oversampling = oversampling_factors(oversampling, len(self.signal_shape), "StructuredRandom")
         self.measurement_shape = tuple(o * s for o, s in zip(self.oversampling, self.signal_shape))
         self.is_complex = True
-        self.seed = resolve_seed(seed, generator)
         dtype = parse_dtype(dtype)
+        self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         theta = 2 * math.pi * torch.rand(self.n_layers, *self.measurement_shape, generator=g, dtype=torch.float64)
