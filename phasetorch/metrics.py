@@ -1,10 +1,17 @@
 r"""Reconstruction metrics, modulo the global phase (complex) or sign (real) ambiguity.
 
-Every function works per sample: the trailing ``signal_dims`` dimensions form one signal
-(**default 1: vectors; pass** ``signal_dims=2`` **for images**), the leading ones are batch
-dimensions, and the batch shapes of ``x_hat`` and ``x`` broadcast — e.g. one true signal ``x``
-of shape ``(n,)`` against estimates of shape ``(B, n)``. ``signal_dims=None`` takes all
-dimensions of ``x`` as the signal (``x`` unbatched).
+Every function works per sample over the WHOLE signal: the trailing ``signal_dims`` dimensions
+form one signal (a vector: 1, an image: 2), the leading ones are batch dimensions, and the batch
+shapes of ``x_hat`` and ``x`` broadcast. The signal dimensions are, in this order:
+
+* ``op=``: ``len(op.signal_shape)`` of the operator that measured the signal (what the solver's
+  log and the CLI use);
+* ``signal_dims=k`` when given;
+* otherwise they are read off the shapes where that is unambiguous: a reference ``x`` of lower rank
+  than ``x_hat`` is one signal (all its dimensions: ``x`` of shape ``(H, W)`` against estimates
+  ``(B, H, W)``), and two vectors are vectors. Equal ranks ≥ 2 are ambiguous — a batch of vectors
+  ``(B, n)`` or one image ``(H, W)`` — and raise a ValueError asking for ``op=`` or ``signal_dims=``,
+  never a silent per-row answer.
 
 With ⟨u, v⟩ = Σ ū v (summed over the signal dimensions):
 
@@ -24,15 +31,27 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .tensors import abs2
+from .tensors import inner as inner_product
 
-def _dims(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int], who: str) -> Tuple[int, ...]:
+
+def _dims(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int], who: str, op=None) -> Tuple[int, ...]:
     for name, t in (("x_hat", x_hat), ("x", x)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{who}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not (t.is_floating_point() or t.is_complex()):
             raise ValueError(f"{who}: {name} must be a floating or complex tensor, got {t.dtype}")
-    if signal_dims is None:
-        signal_dims = x.dim()
+    if op is not None:
+        if signal_dims is not None and signal_dims != len(op.signal_shape):
+            raise ValueError(f"{who}: signal_dims={signal_dims} contradicts op (signal shape {tuple(op.signal_shape)})")
+        signal_dims = len(op.signal_shape)
+    elif signal_dims is None:
+        if x.dim() < x_hat.dim() or x.dim() == 1:
+            signal_dims = x.dim()
+        else:
+            raise ValueError(f"{who}: x_hat {tuple(x_hat.shape)} and x {tuple(x.shape)} could be a batch of vectors or "
+                             f"one image: pass op=the operator (one number per sample over its signal shape), "
+                             f"signal_dims=1 (vectors) or signal_dims={x.dim()} (one {x.dim()}-D signal)")
     if isinstance(signal_dims, bool) or not isinstance(signal_dims, int) or signal_dims < 1:
         raise ValueError(f"{who}: signal_dims must be an int ≥ 1 (1 for vectors, 2 for images), got {signal_dims!r}")
     if x.dim() < signal_dims or x_hat.dim() < signal_dims:
@@ -40,7 +59,7 @@ def _dims(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int], who:
                          f"shape {tuple(x.shape)}")
     if x_hat.shape[x_hat.dim() - signal_dims:] != x.shape[x.dim() - signal_dims:]:
         raise ValueError(f"{who}: the signal shapes differ: x_hat {tuple(x_hat.shape)} vs x {tuple(x.shape)} "
-                         f"(last {signal_dims} dims are the signal; set signal_dims=2 for images)")
+                         f"(last {signal_dims} dims are the signal)")
     try:
         torch.broadcast_shapes(x_hat.shape, x.shape)
     except RuntimeError:
@@ -49,17 +68,13 @@ def _dims(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int], who:
     return tuple(range(-signal_dims, 0))
 
 
-def _sq(t: torch.Tensor) -> torch.Tensor:
-    return t.real.square() + t.imag.square() if t.is_complex() else t.square()
-
-
 def _norm2(t: torch.Tensor, dims: Tuple[int, ...]) -> torch.Tensor:
-    return _sq(t).sum(dim=dims)
+    return abs2(t).sum(dim=dims)
 
 
 def _inner(x: torch.Tensor, x_hat: torch.Tensor, dims: Tuple[int, ...]) -> torch.Tensor:
     """⟨x, x̂⟩ = Σ x̄ x̂ per sample (complex if either is complex)."""
-    return (x.conj() * x_hat).sum(dim=dims) if x.is_complex() else (x * x_hat).sum(dim=dims)
+    return inner_product(x, x_hat, len(dims))
 
 
 def _check_nonzero(x: torch.Tensor, dims: Tuple[int, ...], who: str) -> torch.Tensor:
@@ -69,14 +84,14 @@ def _check_nonzero(x: torch.Tensor, dims: Tuple[int, ...], who: str) -> torch.Te
     return nx2
 
 
-def align_phase(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = 1) -> torch.Tensor:
+def align_phase(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = None, op=None) -> torch.Tensor:
     """x̂ e^{−iφ} with φ = arg⟨x, x̂⟩ per sample: the global phase (sign, if real) closest to x.
 
     Complex if either input is complex (a real x̂ against a complex x is rotated in ℂ), real
     otherwise. Shape: the broadcast of x_hat's and x's shapes. A sample with ⟨x, x̂⟩ = 0 is
     returned unchanged.
     """
-    dims = _dims(x_hat, x, signal_dims, "align_phase")
+    dims = _dims(x_hat, x, signal_dims, "align_phase", op)
     c = _inner(x, x_hat, dims)
     if c.is_complex():
         a = c.abs()
@@ -87,32 +102,32 @@ def align_phase(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int]
     return x_hat * rot
 
 
-def relative_error(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = 1) -> torch.Tensor:
+def relative_error(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = None, op=None) -> torch.Tensor:
     """min_φ ‖x̂ − e^{iφ} x‖ / ‖x‖ per sample (min over signs for real inputs)."""
-    dims = _dims(x_hat, x, signal_dims, "relative_error")
+    dims = _dims(x_hat, x, signal_dims, "relative_error", op)
     nx2 = _check_nonzero(x, dims, "relative_error")
     diff = align_phase(x_hat, x, signal_dims=len(dims)) - x
     return (_norm2(diff, dims) / nx2).sqrt()
 
 
-def overlap(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = 1) -> torch.Tensor:
+def overlap(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = None, op=None) -> torch.Tensor:
     """|⟨x̂, x⟩| / (‖x̂‖ ‖x‖) per sample, in [0, 1]; 0 for x̂ = 0."""
-    dims = _dims(x_hat, x, signal_dims, "overlap")
+    dims = _dims(x_hat, x, signal_dims, "overlap", op)
     nx2 = _check_nonzero(x, dims, "overlap")
     den = (_norm2(x_hat, dims) * nx2).sqrt()
     num = _inner(x, x_hat, dims).abs()
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
 
 
-def inner(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = 1) -> torch.Tensor:
+def inner(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int] = None, op=None) -> torch.Tensor:
     """|⟨x̂, x⟩| / ‖x‖² per sample (the projection of x̂ on x in units of x)."""
-    dims = _dims(x_hat, x, signal_dims, "inner")
+    dims = _dims(x_hat, x, signal_dims, "inner", op)
     nx2 = _check_nonzero(x, dims, "inner")
     return _inner(x, x_hat, dims).abs() / nx2
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: Optional[Union[float, torch.Tensor]] = None,
-         signal_dims: Optional[int] = 1, magnitude: bool = False) -> torch.Tensor:
+         signal_dims: Optional[int] = None, magnitude: bool = False, op=None) -> torch.Tensor:
     r"""Peak signal-to-noise ratio in dB, 10 log₁₀(R² / MSE), per sample, after phase alignment.
 
     MSE = mean |x̂ e^{−iφ} − x|² over the signal (φ from :func:`align_phase`; the sign for real
@@ -123,13 +138,13 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: Optional[Union[float,
     amplitude images); R then defaults to max|x| − min|x| (max|x| if constant). A perfect
     reconstruction gives +inf.
     """
-    dims = _dims(x_hat, x, signal_dims, "psnr")
+    dims = _dims(x_hat, x, signal_dims, "psnr", op)
     if magnitude:
         a, b = x_hat.abs(), x.abs()
-        mse = _sq(a - b).mean(dim=dims)
+        mse = abs2(a - b).mean(dim=dims)
         ref = b
     else:
-        mse = _sq(align_phase(x_hat, x, signal_dims=len(dims)) - x).mean(dim=dims)
+        mse = abs2(align_phase(x_hat, x, signal_dims=len(dims)) - x).mean(dim=dims)
         ref = x
     if data_range is None:
         peak = ref.abs().amax(dim=dims)

@@ -20,9 +20,10 @@ the theory comparisons use). A stopped sample is frozen (its x no longer changes
 records repeat its final values with step 0).
 
 **Status** (per sample, :class:`Status`, in ``rec.status`` and ``rec.log.config["status"]``):
-``converged`` — the stopping test above held while the iterate still moved; ``stalled`` — the
-residual stagnated because the iterate stopped moving (a failed line search, a zero gradient, a
-fixed point of a projection) without fitting the data to ``tol``; ``diverged`` — see below;
+``converged`` — the stopping test above held (the data fit to ``tol``, or the residual stagnated
+at a point that still moves or whose gradient has fallen below 10⁻⁵ of its initial norm);
+``stalled`` — the residual stagnated because the iterate stopped moving (a failed line search)
+while the gradient is still large; ``diverged`` — see below;
 ``max_iter`` — the budget (or a callback) ended the run first.
 
 **Divergence** (per sample). A running sample whose loss becomes non-finite or exceeds its initial
@@ -53,7 +54,7 @@ from .physics.base import MeasurementOperator
 from .optim.engine import Algorithm, StepContext
 from .optim.presets import Preset, Setting, get_preset
 from .optim.projections import Constraint
-from .tensors import check_int, check_number, inner, make_generator, norm2, real_dtype_of, where_sample
+from .tensors import check_int, check_number, dtype_name, inner, make_generator, norm2, real_dtype_of, where_sample
 
 __all__ = ["reconstruct", "Reconstruction", "Status", "default_tol", "truth_metrics", "DIVERGENCE_FACTOR"]
 
@@ -61,6 +62,8 @@ DIVERGENCE_FACTOR = 1e6
 DEFAULT_TOL = 1e-10
 #: a divergence within this many iterations of a spectral start also suggests a better preprocessing
 EARLY_DIVERGENCE = 5
+#: a sample that stopped moving is "stalled" (not converged) while ‖∇f‖ > this × ‖∇f(x₀)‖
+STALL_GRADIENT = 1e-5
 
 
 class Status(IntEnum):
@@ -254,6 +257,12 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
             x0 = x0 * fac.reshape(B, *([1] * len(op.signal_shape))).to(x0.dtype)
     if not torch.isfinite(x0).all():
         raise ValueError("the initial point contains NaN or inf")
+    zero = norm2(x0) == 0
+    if bool(zero.any()):
+        idx = zero.nonzero().reshape(-1).tolist()[:8]
+        raise ValueError(f"the initial point is zero for sample(s) {idx}: every loss's gradient vanishes at x = 0, so no "
+                         f"algorithm can leave it; start from init='spectral' (the default), init='random' or a non-zero "
+                         f"tensor (all-zero data y are fitted by x = 0 itself)")
     start.x0 = x0
     return start
 
@@ -356,6 +365,8 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
     k_meas = len(op.measurement_shape)
     batch = tuple(y.shape[: y.dim() - k_meas])
     B = math.prod(batch)
+    if B == 0:
+        raise ValueError(f"y has an empty batch (shape {tuple(y.shape)}): there is nothing to reconstruct")
     if nonnegative and real_signal is False:
         raise ValueError("nonnegative=True needs a real signal; drop real_signal=False")
     real_signal = bool((not op.is_complex) or bool(nonnegative) if real_signal is None else real_signal)
@@ -507,6 +518,12 @@ class Driver:
 
         ev = self.loss.evaluate(x, self.data)
         f, G, r = ev.value, ev.grad, ev.r
+        if not bool(torch.isfinite(f).all()):
+            idx = (~torch.isfinite(f)).nonzero().reshape(-1).tolist()[:8]
+            raise ValueError(f"the loss at the initial point is not finite for sample(s) {idx}: the intensities overflow "
+                             f"{dtype_name(rdt)} (max |y| = {float(self.data.y.abs().max()):.3g} in normalised units); "
+                             f"rescale y (e.g. y / y.max(), and x by its square root) or work in float64")
+        g0 = norm2(G).sqrt()
         res = self.loss.residual(ev.fields, self.data)
         scale = self.loss.step_scale(x)
         if (scale <= 0).any() or not torch.isfinite(scale).all():
@@ -549,9 +566,10 @@ class Driver:
                             "active": still.reshape(self.batch)}
                     stopped_by_cb = bool(callback(t, self.view(x), info))
                 if any_stop:
-                    moved = norm2(x - x_prev) > 0
-                    code = torch.where(fit | moved, torch.full_like(status, Status.CONVERGED),
-                                       torch.full_like(status, Status.STALLED))
+                    stuck = ~fit & ~(norm2(x - x_prev) > 0)
+                    stuck = stuck & (norm2(G).sqrt() > STALL_GRADIENT * g0) if G is not None else torch.zeros_like(fit)
+                    code = torch.where(stuck, torch.full_like(status, Status.STALLED),
+                                       torch.full_like(status, Status.CONVERGED))
                     status = torch.where(stop, code, status)
                     iterations = torch.where(stop, torch.full_like(iterations, t), iterations)
                     active = still

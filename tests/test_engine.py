@@ -234,7 +234,7 @@ def test_adding_an_algorithm_is_one_preset():
     try:
         op, xs, y, _ = _problem(n=16, m=128)
         rec = pt.reconstruct(op, y, "afbb", max_iter=200, progress=False, seed=0)
-        assert (pt.metrics.relative_error(rec.x, xs) < 1e-8).all() and rec.converged.all()
+        assert (pt.metrics.relative_error(rec.x, xs, signal_dims=1) < 1e-8).all() and rec.converged.all()
         assert rec.log.config["step"] == {"rule": "bb", "mu0": 1.0, "variant": "bb1"}
     finally:
         del P.PRESETS["afbb"]
@@ -281,16 +281,40 @@ def test_a_diverging_sample_is_frozen_and_the_others_finish():
         pt.reconstruct(op, y, "wf", on_divergence="ignore", progress=False)
 
 
+class FrozenRule(optim.StepRule):
+    """A rule whose steps are always 0: the iterate cannot move (a line search that always fails)."""
+
+    name = "frozen"
+
+    def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
+        return self.apply(torch.zeros_like(scale), x, direction, ctx)
+
+
 def test_stalled_and_max_iter_are_not_converged():
     op, xs, y, x0 = _problem(n=16, m=128, B=2)
-    start = x0.clone()
-    start[0] = 0                                            # amplitude gradient at 0 is 0: the iterate cannot move
-    rec = pt.reconstruct(op, y, "raf", init=start, max_iter=1000, progress=False)
-    assert rec.status[0] == Status.STALLED and not rec.converged[0] and rec.stalled[0]
-    assert rec.status[1] == Status.CONVERGED
+    rec = pt.reconstruct(op, y, "raf", init=x0, step=FrozenRule(), max_iter=50, progress=False)
+    assert (rec.status == Status.STALLED).all() and not rec.converged.any() and rec.stalled.all()
+    assert int(rec.iterations[0]) == 1                 # stagnation detected at the first repeat of ρ
     short = pt.reconstruct(op, y, "raf", init=x0, max_iter=3, progress=False)
     assert (short.status == Status.MAX_ITER).all() and not short.converged.any()
     assert short.log.config["status"] == ["max_iter", "max_iter"]
+    full = pt.reconstruct(op, y, "raf", init=x0, max_iter=1000, progress=False)
+    assert (full.status == Status.CONVERGED).all()
+
+
+def test_zero_start_empty_batch_and_overflow_are_clear_errors():
+    op, xs, y, x0 = _problem(n=16, m=128, B=2)
+    start = x0.clone()
+    start[1] = 0
+    for alg in ("raf", "twf", "rwf", "taf", "af", "lbfgs", "wf"):
+        with pytest.raises(ValueError, match=r"initial point is zero for sample\(s\) \[1\].*init='spectral'"):
+            pt.reconstruct(op, y, alg, init=start, progress=False)
+    with pytest.raises(ValueError, match="empty batch"):
+        pt.reconstruct(op, y[:0], progress=False)
+    op32 = GaussianMeasurement(16, 128, seed=0)
+    huge = torch.full((128,), 3e38)
+    with pytest.raises(ValueError, match="overflow float32.*rescale y"):
+        pt.reconstruct(op32, huge, "wf", init=x0[0].to(torch.complex64), progress=False)
 
 
 def test_no_warning_when_nothing_diverges():
@@ -417,7 +441,7 @@ def test_models_with_other_links_and_noise_go_through_reconstruct():
     noisy = pt.MeasurementModel(op, noise=pt.PoissonNoise(1e5, seed=1))
     yn = noisy(xs)
     rec = pt.reconstruct(noisy, yn, "raf", max_iter=400, progress=False, seed=0)
-    assert torch.isfinite(rec.x).all() and (pt.metrics.relative_error(rec.x, xs) < 0.1).all()
+    assert torch.isfinite(rec.x).all() and (pt.metrics.relative_error(rec.x, xs, signal_dims=1) < 0.1).all()
     relu = pt.MeasurementModel(GaussianMeasurement(8, 64, complex=False, seed=0, dtype=F64), link="relu")
     with pytest.raises(ValueError, match="not a function of \\|Ax\\|"):
         pt.reconstruct(relu, relu(torch.randn(8, dtype=F64)), progress=False)

@@ -23,5 +23,5 @@ def test_readme_python_blocks_run(tmp_path, capsys):
     finally:
         os.chdir(cwd)
     assert (tmp_path / "run.json").exists()
-    assert float(namespace["pt"].metrics.relative_error(namespace["rec"].x, namespace["x"]).max()) < 1e-6
+    assert float(namespace["pt"].metrics.relative_error(namespace["rec"].x, namespace["x"], signal_dims=1).max()) < 1e-6
     assert namespace["theory"].compare(namespace["pred"], namespace["logs"]).verdict == "agree"

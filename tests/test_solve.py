@@ -140,8 +140,8 @@ def test_x_true_does_not_change_the_result():
     assert "rel_error" not in a.log and {"rel_error", "overlap", "inner"} <= set(b.log.columns)
     rel = b.log["rel_error"][-1]
     assert torch.allclose(rel, _rel(b.x, xs), rtol=1e-10)
-    assert torch.allclose(b.log["overlap"][-1], pt.metrics.overlap(b.x, xs), rtol=1e-12)
-    assert torch.allclose(b.log["inner"][0], pt.metrics.inner(b.x0, xs), rtol=1e-12)
+    assert torch.allclose(b.log["overlap"][-1], pt.metrics.overlap(b.x, xs, signal_dims=1), rtol=1e-12)
+    assert torch.allclose(b.log["inner"][0], pt.metrics.inner(b.x0, xs, signal_dims=1), rtol=1e-12)
 
 
 def test_per_sample_stopping_freezes_finished_samples():
@@ -300,7 +300,7 @@ def test_an_ensemble_equals_member_runs(algorithm):
     for k in range(3):
         single = pt.reconstruct(op.member(k), y[k], algorithm=algorithm, progress=False, seed=0, max_iter=200)
         assert torch.allclose(rec.x[k], single.x, atol=1e-12)
-        assert float(pt.metrics.relative_error(rec.x[k], x[k])) < (1e-8 if algorithm == "gs" else 1e-5)
+        assert float(pt.metrics.relative_error(rec.x[k], x[k], signal_dims=1)) < (1e-8 if algorithm == "gs" else 1e-5)
 
 
 @pytest.mark.parametrize("algorithm", ["wf", "raf", "twf", "lbfgs"])

@@ -291,6 +291,22 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
                               return_info, progress, real_signal, krylov_dim)
 
 
+def preprocessing_name(preprocessing) -> str:
+    return preprocessing if isinstance(preprocessing, str) else getattr(preprocessing, "__name__", repr(preprocessing))
+
+
+def check_weights(T: torch.Tensor, preprocessing) -> None:
+    """Refuse preprocessed weights (B, m) that are non-finite or zero on every measurement of a sample:
+    the spectral matrix Aᴴ diag(T) A is then 0 (or undefined) and has no leading eigenvector."""
+    bad = ~torch.isfinite(T).all(-1) | ~(T != 0).any(-1)
+    if bool(bad.any()):
+        idx = bad.nonzero().reshape(-1).tolist()[:8]
+        raise ValueError(f"spectral_init: preprocessing {preprocessing_name(preprocessing)!r} gives T(y) that is zero on "
+                         f"every measurement (or not finite) for sample(s) {idx}: the spectral matrix has no leading "
+                         f"eigenvector (a truncation that keeps no measurement, or y with almost no non-zero entry); "
+                         f"use preprocessing='optimal' (or 'identity'), or check y")
+
+
 def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator, return_info,
                    progress, real_signal, krylov_dim):
     op, y = _linear_problem(op, y)
@@ -311,6 +327,7 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
     rdt = op.real_dtype
 
     T = preprocess(y, preprocessing, delta=op.delta, event_dims=k).reshape(B, *op.measurement_shape)
+    check_weights(T.reshape(B, -1), preprocessing)
     mean_y = y.reshape(B, op.m).mean(-1).to(torch.float64)
     norm2 = mean_y.clamp_min(torch.finfo(torch.float64).tiny) / op.entry_energy   # preprocess rejects ≤ 0
     wvec = _whitening(op, whiten)
@@ -387,6 +404,10 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
         u = u * wvec
     u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(torch.finfo(rdt).tiny)
     u = _fix_phase(u)
+    if not torch.isfinite(u).all():
+        raise ValueError(f"spectral_init: the leading eigenvector for preprocessing {preprocessing_name(preprocessing)!r} "
+                         f"is not finite (the preprocessed weights T(y) overflow or the data are degenerate); use "
+                         f"preprocessing='optimal' or check y")
     x0 = (u * norm2.sqrt().to(rdt).unsqueeze(-1)).reshape(*batch, *sig)
     if not return_info:
         return x0
