@@ -179,6 +179,17 @@ class PhaseRetrievalLoss(nn.Module):
         k = len(self.op.measurement_shape)
         return MeasurementData(yn, y_pos, psi, sum_dims(y_pos, k).sqrt())
 
+    def check_pair(self, x: torch.Tensor, d: MeasurementData) -> None:
+        """x's batch shape and y's must broadcast (a clear error instead of a size mismatch inside torch)."""
+        kx, ky = len(self.op.signal_shape), len(self.op.measurement_shape)
+        bx, by = x.shape[: x.dim() - kx], d.y.shape[: d.y.dim() - ky]
+        if bx != by:
+            try:
+                torch.broadcast_shapes(bx, by)
+            except RuntimeError:
+                raise ValueError(f"{type(self).__name__}: x has batch shape {tuple(bx)} but y has {tuple(by)}; pass one y "
+                                 f"per signal (or one y for all)") from None
+
     # ------------------------------------------------------------------ pieces
     def measure(self, x: torch.Tensor) -> torch.Tensor:
         """r = A x / √e (shape ``(*batch, *measurement_shape)``)."""
@@ -227,6 +238,7 @@ class PhaseRetrievalLoss(nn.Module):
         x and detached.
         """
         d = self.prepare(y)
+        self.check_pair(x, d)
         r = self.measure(x)
         w = self._weights(Fields(r.detach()), d, x.detach()) if weights is None else weights
         ell = self._ell(Fields(r, autograd=True), d)
@@ -255,6 +267,7 @@ class PhaseRetrievalLoss(nn.Module):
                  weights: Optional[torch.Tensor] = None, grad: bool = True) -> "Evaluation":
         """Values (and the closed-form gradient) at x, keeping |Ax| for reuse (see :class:`Evaluation`)."""
         d = self.prepare(y)
+        self.check_pair(x, d)
         with torch.no_grad():
             if r is None and grad and (weights is not None or self.separable_weights):
                 r, g, p, w = self._fused_gradient(x, d, weights)
