@@ -230,7 +230,7 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
                 raise ValueError(f"spectral_options may not set {k!r}; use reconstruct's own argument")
         if op.is_complex and real_signal:
             kw["real_signal"] = True
-        pre = preset.preprocessing if preprocessing is None else preprocessing
+        pre = default_preprocessing(preset, op) if preprocessing is None else preprocessing
         x0 = spectral_init(op, y_flat, preprocessing=pre, generator=make_generator(seed, generator), **kw)
         start = Start(x0, "spectral", spec_kw)
     else:
@@ -277,8 +277,15 @@ def measured_intensities(model: MeasurementModel, y: torch.Tensor):
     return model.operator, model.link.intensity_of(y)
 
 
-def pre_name(preset: Preset, preprocessing) -> Any:
-    p = preset.preprocessing if preprocessing is None else preprocessing
+def default_preprocessing(preset: Preset, op: MeasurementOperator):
+    """The preset's (paper's) spectral preprocessing on i.i.d. Gaussian designs, for which it was built;
+    ``optimal`` (Luo, Alghamdi & Lu 2019) on every other operator (coded diffraction, Fourier, user
+    matrices), where the papers' truncations can localise on a few large y_i and diverge."""
+    return preset.preprocessing if op.gaussian_design else "optimal"
+
+
+def pre_name(preset: Preset, preprocessing, op: MeasurementOperator) -> Any:
+    p = default_preprocessing(preset, op) if preprocessing is None else preprocessing
     return p if isinstance(p, str) else getattr(p, "__name__", repr(p))
 
 
@@ -310,7 +317,8 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
         used as given; with a real signal a complex start is rotated by its best global phase and
         its real part kept). With ``support``/``nonnegative`` the start is projected onto the
         constraint (and, unless given as a tensor, rescaled to the norm the data imply).
-    preprocessing : spectral preprocessing overriding the preset's (a name or callable T(ŷ)).
+    preprocessing : spectral preprocessing (a name or callable T(ŷ)). Default: the preset's (its paper's)
+        on i.i.d. Gaussian operators (``op.gaussian_design``), ``"optimal"`` on all others.
     max_iter : iteration budget per sample (0 returns the initial point).
     tol : stopping tolerance (default 1e-10, raised to 8ε of the dtype; 0 disables early stopping).
     step : ``None`` (the preset's published rule), a number μ (constant step μ·s, s = 1/‖x₀‖² for
@@ -390,7 +398,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
         "algorithm": preset.name, "title": preset.title, "reference": preset.reference,
         "operator": op_config(op), "model": None if model is None else op_config(model), "n": op.n, "m": op.m, "delta": op.delta,
         "dtype": str(op.real_dtype).replace("torch.", ""), "batch_shape": list(batch),
-        "init": start.name, "preprocessing": pre_name(preset, preprocessing) if start.name == "spectral" else None,
+        "init": start.name, "preprocessing": pre_name(preset, preprocessing, op) if start.name == "spectral" else None,
         "step": alg.describe(), "step_scale": "1/|x0|^2" if loss.scale_power == 2 else "1",
         "l2": l2, "loss": loss.hyperparameters(), "options": dict(opts), "tol": tol_eff, "max_iter": max_iter,
         "seed": seed, "spectral_options": start.spectral_options, "log_every": log_every,

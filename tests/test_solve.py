@@ -332,7 +332,9 @@ def test_early_divergence_from_a_poor_start_names_the_preprocessing():
     xs = torch.view_as_complex(torch.randn(128, 128, 2, generator=g, dtype=F64)) / math.sqrt(2)
     y = op(xs)
     with pytest.raises(DivergenceError, match=r"'identity' spectral start .* preprocessing='optimal'") as err:
-        reconstruct(op, y, "wf", max_iter=50, progress=False, seed=0)
+        reconstruct(op, y, "wf", preprocessing="identity", max_iter=50, progress=False, seed=0)
     assert err.value.iteration <= 5
+    auto = reconstruct(op, y, "wf", max_iter=50, progress=False, seed=0)      # not a Gaussian design: 'optimal'
+    assert auto.log.config["preprocessing"] == "optimal"
     rec = reconstruct(op, y, "wf", preprocessing="optimal", max_iter=50, progress=False, seed=0)
     assert float(_rel(rec.x, xs, 2)) < 0.3

@@ -42,6 +42,8 @@ class MeasurementOperator(nn.Module):
     #: whether :func:`phasetorch.init.spectral.spectral_init` whitens the spectral matrix by default
     #: (W = diag(AᴴA)/(m·e), needs ``gram_diagonal()``); True for coded diffraction masks
     spectral_whitening: bool = False
+    #: i.i.d. Gaussian rows (the design the papers' spectral preprocessings and step sizes assume)
+    gaussian_design: bool = False
 
     def __init__(self) -> None:
         super().__init__()

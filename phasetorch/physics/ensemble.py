@@ -35,6 +35,8 @@ class GaussianEnsemble(MeasurementOperator):
     dtype : real dtype (float32 default). Memory: count·m·n entries.
     """
 
+    gaussian_design = True
+
     #: the last batch dimension indexes the matrices: solvers must not drop or reorder batch entries
     batch_indexed = True
 

@@ -51,6 +51,8 @@ class GaussianMeasurement(MeasurementOperator):
     conjugation (``A.mH @ z`` would materialise a conjugate transpose).
     """
 
+    gaussian_design = True
+
     def __init__(self, n: Union[int, Sequence[int]], m: int, complex: bool = True, seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, streamed: bool = False, block_rows: int = 4096,
                  dtype: torch.dtype = torch.float32) -> None:
