@@ -28,7 +28,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
@@ -41,6 +44,71 @@ FORMAT = "phasetorch.TrainingLog"
 VERSION = 1
 
 Number = Union[int, float]
+
+
+# ------------------------------------------------------------------------------ files
+def write_atomic(path, write: Callable[[IO[str]], None], *, newline: Optional[str] = None) -> Path:
+    """Write a text file atomically: ``write(fh)`` fills a unique temporary file in the same folder,
+    which is flushed, fsynced and ``os.replace``-d onto ``path``. A write that fails or is killed
+    leaves the previous file (if any) intact and no partial or 0-byte file under ``path``; the
+    temporary file is removed on error. The new file gets the old file's permissions, or the
+    umask's default for a new one. Returns the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{str(p)!r} is a directory; give a file name inside it")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {str(p)!r}: the folder {str(folder)!r} does not exist; create it first")
+    try:
+        mode = p.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def read_json_file(path, what: str) -> Any:
+    """The parsed content of the JSON file ``path`` (a ``what``, e.g. ``"TrainingLog"``), with a
+    ValueError naming the file and the problem for a missing file, a directory, an unreadable or
+    non-UTF-8 file, an empty one or invalid (e.g. truncated) JSON."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{str(p)!r} is a directory, not a {what} JSON file; give the file inside it")
+    if not p.exists():
+        raise ValueError(f"{what} file {str(p)!r} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(p)!r} is not a {what} JSON file: it is not UTF-8 text") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {what} file {str(p)!r}: {err.strerror or err}") from None
+    if not text.strip():
+        raise ValueError(f"{str(p)!r} is empty, not a {what} JSON file (was its write interrupted?)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(p)!r} is not valid JSON (truncated?): {err.msg} at line {err.lineno}, "
+                         f"column {err.colno}; it is not a readable {what}") from None
+
+
+def _json_kind(obj: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(obj), "a number")
 
 
 class TrainingLog:
@@ -262,51 +330,90 @@ class TrainingLog:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingLog":
-        """Inverse of :meth:`to_dict`."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        """Inverse of :meth:`to_dict`; a ValueError saying what is wrong for anything else."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not a phasetorch TrainingLog: the JSON holds {_json_kind(d)}, expected an object "
+                             f"with 'format': {FORMAT!r} (was it written by TrainingLog.to_json?)")
+        if d.get("format") != FORMAT:
             raise ValueError("not a phasetorch TrainingLog (missing format tag); "
                              "was it written by TrainingLog.to_json?")
-        if int(d.get("version", 0)) > VERSION:
-            raise ValueError(f"TrainingLog format version {d.get('version')} is newer than this phasetorch "
+        version = d.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"TrainingLog: 'version' must be an integer, got {version!r}")
+        if version > VERSION:
+            raise ValueError(f"TrainingLog format version {version} is newer than this phasetorch "
                              f"({VERSION}); upgrade phasetorch")
-        log = cls(tuple(d["batch_shape"]), d.get("config", {}), [c for c in d["columns"] if c != "iteration"])
-        data = d["data"]
-        log._data["iteration"] = [int(v) for v in data["iteration"]]
+        for key in ("batch_shape", "columns", "data"):
+            if key not in d:
+                raise ValueError(f"TrainingLog: missing key {key!r} (the file is incomplete or was not written by "
+                                 f"TrainingLog.to_json)")
+        shape, columns, data, config = d["batch_shape"], d["columns"], d["data"], d.get("config", {})
+        if not isinstance(shape, list) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0
+                                                  for b in shape):
+            raise ValueError(f"TrainingLog: 'batch_shape' must be a list of non-negative ints, got {shape!r}")
+        if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns) \
+                or "iteration" not in columns:
+            raise ValueError(f"TrainingLog: 'columns' must be a list of column names including 'iteration', "
+                             f"got {columns!r}")
+        if not isinstance(data, dict):
+            raise ValueError(f"TrainingLog: 'data' must be an object (column → records), got {_json_kind(data)}")
+        if not isinstance(config, dict):
+            raise ValueError(f"TrainingLog: 'config' must be an object, got {_json_kind(config)}")
+        missing = [c for c in columns if c not in data]
+        if missing:
+            raise ValueError(f"TrainingLog: missing column {missing[0]!r} in 'data' (columns: {', '.join(columns)})")
+        log = cls(tuple(shape), config, [c for c in columns if c != "iteration"])
+        its = data["iteration"]
+        if not isinstance(its, list) or not all((isinstance(v, int) and not isinstance(v, bool))
+                                                or (isinstance(v, float) and v.is_integer()) for v in its):
+            raise ValueError("TrainingLog: 'iteration' must be a list of integers")
+        log._data["iteration"] = [int(v) for v in its]
         for name in log._columns[1:]:
             rows = data[name]
-            if len(rows) != len(log._data["iteration"]):
-                raise ValueError(f"column {name!r} has {len(rows)} records but 'iteration' has "
-                                 f"{len(log._data['iteration'])}")
+            if not isinstance(rows, list):
+                raise ValueError(f"TrainingLog: column {name!r} must be a list of records, got {_json_kind(rows)}")
+            if len(rows) != len(its):
+                raise ValueError(f"column {name!r} has {len(rows)} records but 'iteration' has {len(its)}")
             if name in SCALAR_COLUMNS:
                 log._data[name] = [from_json_float(v) for v in rows]
-            else:
-                log._data[name] = [torch.tensor([from_json_float(v) for v in r], dtype=torch.float64) for r in rows]
-                for r in log._data[name]:
-                    if r.numel() != log.batch_size:
-                        raise ValueError(f"column {name!r}: a record has {r.numel()} values, expected "
-                                         f"{log.batch_size}")
+                continue
+            records = []
+            for r in rows:
+                if not isinstance(r, list) or len(r) != log.batch_size:
+                    got = f"{len(r)} values" if isinstance(r, list) else _json_kind(r)
+                    raise ValueError(f"column {name!r}: a record has {got}, expected a list of {log.batch_size} "
+                                     f"values (batch shape {log.batch_shape})")
+                records.append(torch.tensor([from_json_float(v) for v in r], dtype=torch.float64))
+            log._data[name] = records
         return log
 
     def to_json(self, path) -> None:
-        """Write the log (records, columns, batch shape, config) as JSON."""
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, allow_nan=False)
+        """Write the log (records, columns, batch shape, config) as strict JSON, atomically
+        (:func:`write_atomic`: a failed write leaves the previous file intact)."""
+        d = self.to_dict()
+        write_atomic(path, lambda fh: json.dump(d, fh, allow_nan=False))
 
     @classmethod
     def from_json(cls, path) -> "TrainingLog":
-        """Read a log written by :meth:`to_json`."""
-        with open(path, "r", encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+        """Read a log written by :meth:`to_json`; ValueError naming the file and what is wrong for a
+        missing, empty, truncated or foreign file (:func:`read_json_file`)."""
+        d = read_json_file(path, "TrainingLog")
+        try:
+            return cls.from_dict(d)
+        except ValueError as err:
+            raise ValueError(f"{str(Path(path))!r}: {err}") from None
 
     def to_csv(self, path) -> None:
         """Write a long-format CSV: one row per (record, sample) with columns ``iteration, sample, ...``.
 
         Per-record columns (``time``) repeat on every sample's row; ``sample`` is the flat index
-        into the batch. Floats are written with full precision (``repr``).
+        into the batch. Floats are written with full precision (``repr``). Written atomically
+        (:func:`write_atomic`).
         """
         self._to_host()
         names = self._columns[1:]
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+
+        def write(fh) -> None:
             w = csv.writer(fh)
             w.writerow(["iteration", "sample", *names])
             for r, it in enumerate(self._data["iteration"]):
@@ -317,9 +424,11 @@ class TrainingLog:
                         row.append(repr(float(v if name in SCALAR_COLUMNS else v[b])))
                     w.writerow(row)
 
+        write_atomic(path, write, newline="")
+
     def __repr__(self) -> str:
         return (f"TrainingLog(records={len(self)}, batch_shape={self.batch_shape}, "
                 f"columns={self._columns})")
 
 
-__all__ = ["TrainingLog", "STANDARD_COLUMNS", "SCALAR_COLUMNS"]
+__all__ = ["TrainingLog", "STANDARD_COLUMNS", "SCALAR_COLUMNS", "write_atomic", "read_json_file"]

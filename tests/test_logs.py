@@ -122,3 +122,86 @@ def test_append_stacked_equals_append(tmp_path):
         b.append_stacked(3, ["nope"], torch.zeros(1, 3), 0.0)
     b.to_json(tmp_path / "b.json")
     assert torch.equal(TrainingLog.from_json(tmp_path / "b.json")["loss"], a["loss"])
+
+
+def test_from_json_names_the_file_and_what_is_wrong(tmp_path):
+    good = tmp_path / "good.json"
+    _log().to_json(good)
+    text = good.read_text()
+    d = json.loads(text)
+    cases = {
+        "empty.json": ("", "empty"),
+        "truncated.json": (text[: len(text) // 2], r"not valid JSON \(truncated\?\)"),
+        "list.json": ("[1, 2]", "not a phasetorch TrainingLog"),
+        "string.json": ('"log"', "not a phasetorch TrainingLog"),
+        "foreign.json": ('{"loss": [1, 2]}', "not a phasetorch TrainingLog"),
+        "nodata.json": (json.dumps({k: v for k, v in d.items() if k != "data"}), "missing key 'data'"),
+        "nocolumns.json": (json.dumps({k: v for k, v in d.items() if k != "columns"}), "missing key 'columns'"),
+        "nocol.json": (json.dumps(dict(d, data={k: v for k, v in d["data"].items() if k != "loss"})),
+                       "missing column 'loss'"),
+        "shortrec.json": (json.dumps(dict(d, data=dict(d["data"], loss=[r[:2] for r in d["data"]["loss"]]))),
+                          "expected a list of 4 values"),
+        "badrows.json": (json.dumps(dict(d, data=dict(d["data"], loss=7))), "list of records"),
+        "badshape.json": (json.dumps(dict(d, batch_shape="2x2")), "batch_shape"),
+        "badvalue.json": (json.dumps(dict(d, data=dict(d["data"], step=[["x"] * 4] * 4))), "expected a number"),
+    }
+    for name, (content, why) in cases.items():
+        p = tmp_path / name
+        p.write_text(content)
+        with pytest.raises(ValueError, match=why) as err:
+            TrainingLog.from_json(p)
+        assert name in str(err.value), str(err.value)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        TrainingLog.from_json(tmp_path / "run")
+    with pytest.raises(ValueError, match="does not exist"):
+        TrainingLog.from_json(tmp_path / "nothing.json")
+    (tmp_path / "binary.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    with pytest.raises(ValueError, match="UTF-8"):
+        TrainingLog.from_json(tmp_path / "binary.json")
+    assert TrainingLog.from_json(good).columns == _log().columns
+
+
+def test_writes_are_atomic_and_leave_the_previous_file(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    jpath, cpath = tmp_path / "log.json", tmp_path / "log.csv"
+    log = _log()
+    log.to_json(jpath)
+    log.to_csv(cpath)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(jpath).st_mode) == 0o666 & ~umask     # not mkstemp's private 0600
+    before_j, before_c = jpath.read_bytes(), cpath.read_bytes()
+
+    def dump_dies(obj, fh, **kw):
+        fh.write('{"format": "phasetorch.TrainingLog", "data": {"iteration": [0,')
+        raise OSError("disk full")
+
+    class DyingWriter:
+        def __init__(self, fh):
+            self.fh, self.rows = fh, 0
+
+        def writerow(self, row):
+            self.rows += 1
+            if self.rows > 3:
+                raise KeyboardInterrupt           # killed mid-write
+            self.fh.write(",".join(map(str, row)) + "\n")
+
+    monkeypatch.setattr(json, "dump", dump_dies)
+    monkeypatch.setattr(csv, "writer", DyingWriter)
+    with pytest.raises(OSError, match="disk full"):
+        log.to_json(jpath)
+    with pytest.raises(KeyboardInterrupt):
+        log.to_csv(cpath)
+    with pytest.raises(OSError, match="disk full"):
+        log.to_json(tmp_path / "fresh.json")
+    assert jpath.read_bytes() == before_j and cpath.read_bytes() == before_c
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "log.json"]   # no temporary, no 0-byte file
+    monkeypatch.undo()
+    assert torch.equal(TrainingLog.from_json(jpath)["loss"], log["loss"])
+    with pytest.raises(ValueError, match="is a directory"):
+        log.to_json(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        log.to_csv(tmp_path / "no" / "such" / "log.csv")

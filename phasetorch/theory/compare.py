@@ -18,6 +18,11 @@ relative error grew (by > 0.05) while the ensemble's median decreased. With fail
 verdict is ``"bimodal"`` and ``success_rate`` is the figure to report; the gaps of the successful
 seeds are still computed (``*_successful``) but not called agreement.
 
+Before anything is compared, :func:`check_describes` refuses logs the prediction does not describe
+(ValueError saying why): another algorithm than ``wf``, a non-Gaussian or complex operator, another
+link or noise model, or a δ, step rule, ridge λ, preprocessing, noise level or start that differs from
+the prediction's. Without that check a mismatch would read as "disagree", a false refutation.
+
 Standard errors follow :func:`phasetorch.tensors.mean_se` (NaN below two samples). With fewer than
 two simulation seeds or fewer than two theory replicates there is no error bar to judge a gap by:
 the verdict is ``"not enough data to judge"`` (:data:`NOT_ENOUGH_DATA`) instead of agree/disagree.
@@ -27,13 +32,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from ..tensors import mean_se
+from ..init.preprocessing import NAMES as PREPROCESSING_NAMES
+from ..optim.presets import get_preset
+from ..tensors import check_number, mean_se
 
-__all__ = ["Comparison", "compare", "simulation_columns", "failed_seeds", "as_logs", "NOT_ENOUGH_DATA"]
+__all__ = ["Comparison", "compare", "check_describes", "mismatches", "simulation_columns", "failed_seeds",
+           "as_logs", "NOT_ENOUGH_DATA", "GAUSSIAN_OPERATORS"]
+
+GAUSSIAN_OPERATORS = ("GaussianMeasurement", "GaussianEnsemble")     # i.i.d. N(0, 1) entries, E|A_ij|² = 1
+_INTENSITY_LINKS = ("intensity", "noisy_intensity")
 
 NOT_ENOUGH_DATA = "not enough data to judge"
 
@@ -53,6 +64,166 @@ def as_logs(logs) -> list:
         if not hasattr(lg, "__getitem__") or not hasattr(lg, "columns"):
             raise ValueError(f"logs must be phasetorch TrainingLogs, got {type(lg).__name__}")
     return out
+
+
+def _number(v) -> Optional[float]:
+    """A real number from a config value (None for anything else)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _params_of(prediction_or_params) -> dict:
+    if isinstance(prediction_or_params, dict):
+        return prediction_or_params
+    params = getattr(prediction_or_params, "params", None)
+    if isinstance(params, dict):
+        return params
+    to_dict = getattr(prediction_or_params, "to_dict", None)          # e.g. a FixedPoint
+    if callable(to_dict):
+        d = to_dict()
+        if isinstance(d, dict) and "delta" in d:
+            return d
+    raise ValueError(f"expected a phasetorch.theory.Prediction (or its params dict), got "
+                     f"{type(prediction_or_params).__name__}")
+
+
+def _log_noise(cfg: dict, problems: List[str]) -> Optional[float]:
+    """σ of the logs' additive intensity noise when the config records it (None when unknown)."""
+    if _number(cfg.get("noise")) is not None:                         # phasetorch.theory.simulate
+        return _number(cfg.get("noise"))
+    model = cfg.get("model")
+    if not isinstance(model, dict):
+        return None
+    sigma = 0.0
+    link = model.get("link")
+    if isinstance(link, dict):
+        name = link.get("name")
+        if name is not None and name not in _INTENSITY_LINKS:
+            problems.append(f"the measurements use the link {name!r}; the theory is for intensities "
+                            f"y = |Ax|² (+ σε)")
+        sigma = _number(link.get("sigma")) or 0.0
+    noise = model.get("noise")
+    if isinstance(noise, dict):
+        kind = noise.get("type")
+        if kind == "GaussianNoise" and not noise.get("relative", False):
+            sigma = _number(noise.get("sigma")) or 0.0
+        else:
+            problems.append(f"the measurements' noise is {kind or 'unknown'}"
+                            f"{' (relative)' if kind == 'GaussianNoise' else ''}; the theory covers additive "
+                            f"Gaussian intensity noise y = |Ax|² + σε only")
+            return None
+    return sigma
+
+
+def _describe_rule(rule) -> str:
+    if isinstance(rule, dict):
+        return ", ".join(f"{k}={v}" for k, v in rule.items())
+    return repr(rule)
+
+
+def _step_problem(params: dict, cfg: dict) -> Optional[str]:
+    """Why the logs' step rule is not the prediction's, or None."""
+    if "step" not in params or not ("step_rule" in cfg or "step" in cfg):
+        return None
+    rule = cfg["step_rule"] if "step_rule" in cfg else cfg.get("step")
+    mu = _number(params.get("step"))
+    if mu is not None:
+        got = _number(rule)
+        if got is None or abs(got - mu) > 1e-9 * max(1.0, abs(mu)):
+            return (f"the prediction is for a constant step μ = {mu:g}; the logs used step "
+                    f"{_describe_rule(rule)}")
+        return None
+    schedule = params.get("schedule") or "wf_ramp"                    # dmft's default: the wf preset's ramp
+    if schedule == "wf_ramp":
+        ramp = get_preset("wf").defaults(complex_signal=False)
+        ok = isinstance(rule, dict) and rule.get("rule") == "wf_ramp" and all(
+            _number(rule.get(k)) is None or abs(float(rule[k]) - float(ramp[k])) <= 1e-12 for k in ("tau0", "mu_max"))
+        if not ok:
+            return (f"the prediction is for the wf preset's step ramp (τ₀ = {ramp['tau0']:g}, μ_max = "
+                    f"{ramp['mu_max']:g}); the logs used step {_describe_rule(rule)}")
+        return None
+    if not (isinstance(rule, dict) and rule.get("schedule") == schedule):
+        return f"the prediction is for the step schedule {schedule!r}; the logs used step {_describe_rule(rule)}"
+    return None
+
+
+def mismatches(prediction_or_params, config: dict) -> List[str]:
+    """Reasons why the DMFT ``prediction_or_params`` does not describe a run with ``config`` (a
+    TrainingLog's ``config``); empty when it does, as far as the config tells. A key the config does
+    not record is not checked (hand-made logs); :func:`check_describes` raises on a non-empty list."""
+    params = _params_of(prediction_or_params)
+    cfg = config if isinstance(config, dict) else {}
+    problems: List[str] = []
+    model = params.get("model")
+    if model not in (None, "phase_retrieval") and "algorithm" in cfg:
+        problems.append(f"the prediction is for the single-index model {model!r}; the logs are phase retrieval runs")
+    alg = cfg.get("algorithm")
+    if alg is not None and alg != "wf":
+        problems.append(f"the logs ran algorithm {alg!r}; the DMFT describes gradient descent on the intensity "
+                        f"loss, algorithm 'wf'")
+    op = cfg.get("operator")
+    if isinstance(op, dict):
+        kind = op.get("type")
+        if kind is not None and kind not in GAUSSIAN_OPERATORS:
+            problems.append(f"the logs' operator is {kind}; the theory is for i.i.d. Gaussian measurements "
+                            f"({' or '.join(GAUSSIAN_OPERATORS)})")
+        if op.get("complex") is True:
+            problems.append("the logs' operator is complex; the DMFT is derived for the real field only "
+                            "(simulate(..., field='real'))")
+    if cfg.get("field") not in (None, "real") and not (isinstance(op, dict) and op.get("complex") is True):
+        problems.append(f"the logs are for field={cfg.get('field')!r}; the DMFT is derived for the real field only")
+    if params.get("field") not in (None, "real"):
+        problems.append(f"the prediction is for field={params.get('field')!r}")
+    pd, ld = _number(params.get("delta")), _number(cfg.get("delta"))
+    if pd is not None and ld is not None:
+        n = cfg.get("dim", cfg.get("n"))
+        tol = 1e-9 * max(1.0, pd) + (0.5 / n if isinstance(n, int) and n > 0 else 0.0)   # m = round(δn)
+        if abs(ld - pd) > tol:
+            problems.append(f"δ = {ld:g} in the logs, {pd:g} in the prediction")
+    why = _step_problem(params, cfg)
+    if why:
+        problems.append(why)
+    pl, ll = _number(params.get("l2")), _number(cfg.get("l2"))
+    if pl is not None and ll is not None and abs(ll - pl) > 1e-12 + 1e-9 * abs(pl):
+        problems.append(f"l2 (ridge λ) = {ll:g} in the logs, {pl:g} in the prediction")
+    pp_, lp = params.get("preprocessing"), cfg.get("preprocessing")
+    if isinstance(pp_, str) and isinstance(lp, str) and pp_ != lp and \
+            (pp_ in PREPROCESSING_NAMES or lp in PREPROCESSING_NAMES):
+        problems.append(f"preprocessing {lp!r} in the logs, {pp_!r} in the prediction")
+    init, linit = params.get("init"), cfg.get("init")
+    if init in ("spectral", "power") and linit not in (None, "spectral", "tensor"):
+        problems.append(f"the logs start from init={linit!r}; the prediction is for the spectral start")
+    if init == "warm" and linit == "spectral":
+        problems.append("the prediction is for a warm start with a given overlap; the logs start from the "
+                        "spectral estimator")
+    pn, ln = _number(params.get("noise")), _log_noise(cfg, problems)
+    if pn is not None and ln is not None and abs(ln - pn) > 1e-12 + 1e-9 * abs(pn):
+        problems.append(f"noise σ = {ln:g} in the logs, {pn:g} in the prediction")
+    return problems
+
+
+def check_describes(prediction_or_params, logs) -> None:
+    """Raise a ValueError saying why when the DMFT prediction does not describe the simulation logs.
+
+    ``prediction_or_params``: a :class:`~phasetorch.theory.prediction.Prediction` or its ``params``
+    dict (keys ``delta``, ``step`` (μ or None), ``schedule`` (None = the wf ramp), ``l2``,
+    ``preprocessing``, ``noise``, ``init``, ``field``; absent keys are not checked), so a caller can
+    check before solving the DMFT. ``logs``: one TrainingLog or a list. The DMFT describes
+    spectral-initialised Wirtinger flow (``algorithm="wf"``) on a real Gaussian operator with the
+    prediction's δ, step rule, ridge, preprocessing and noise (:func:`mismatches` lists the rules);
+    :func:`compare` calls this first.
+    """
+    logs = as_logs(logs)
+    problems = []
+    for k, lg in enumerate(logs):
+        for why in mismatches(prediction_or_params, lg.config):
+            problems.append(f"log {k}: {why}" if len(logs) > 1 else why)
+    if problems:
+        raise ValueError("the theory does not describe these simulation logs, so a comparison would be "
+                         "meaningless:\n  - " + "\n  - ".join(problems) + "\nRun the simulations with the "
+                         "prediction's settings (phasetorch.theory.simulate does), or solve the DMFT for theirs.")
 
 
 def simulation_columns(logs, quantity: str):
@@ -164,7 +335,7 @@ def _gaps(pred, its, vals, quantity):
 
 def compare(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error", "loss"),
             steps: Union[None, int, Sequence[int]] = None, *, z_tol: float = 4.0,
-            gap_tol: float = 5e-3) -> Comparison:
+            gap_tol: float = 5e-3, check: bool = True) -> Comparison:
     r"""Compare a DMFT prediction with simulation logs (one TrainingLog or a list; seeds pooled).
 
     Parameters
@@ -175,12 +346,18 @@ def compare(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error
         ``norm``, ``grad_norm``).
     steps : ``None`` (all iterations both have), an int T (iterations 0..T), or explicit iterations.
     z_tol, gap_tol : agreement thresholds (see the module docstring).
+    check : first refuse logs the prediction does not describe (:func:`check_describes`); ``False``
+        skips that (a deliberate comparison across settings, whose verdict then means little).
 
     Returns a :class:`Comparison` with verdict ``"agree"``, ``"disagree"``, ``"bimodal"`` (some seeds
     failed or stalled: report ``success_rate``), ``"diverged"`` (every run non-finite) or
     ``"not enough data to judge"`` (fewer than two seeds or theory replicates: no standard error).
     """
     logs = as_logs(logs)
+    z_tol = check_number(z_tol, "z_tol", 0.0, strict=True)
+    gap_tol = check_number(gap_tol, "gap_tol", 0.0)
+    if check:
+        check_describes(prediction, logs)
     quantities = tuple(quantities)
     if not quantities:
         raise ValueError("quantities is empty")

@@ -37,6 +37,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ..tensors import check_int, check_number
 from .quadrature import composite_legendre, gauss_hermite
 from .spectral import spectral_overlap
 
@@ -176,24 +177,24 @@ def fixed_point(delta: float, *, l2: float, noise: float = 0.0,
     Returns a :class:`FixedPoint`; ``converged`` is False when the iteration did not settle or
     λ + χ_g ≤ 0 (no stable fixed point: GD with that λ diverges or the curvature is negative).
     """
-    delta = float(delta)
-    if not math.isfinite(delta) or delta <= 0:
-        raise ValueError(f"delta = m/n must be positive, got {delta}")
-    lam = float(l2)
-    if not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"l2 (λ) must be ≥ 0, got {l2}")
-    noise = float(noise)
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise (σ) must be ≥ 0, got {noise}")
+    delta = check_number(delta, "delta (= m/n, measurements per unknown)", 0.0, strict=True)
+    lam = check_number(l2, "l2 (the ridge λ ≥ 0)", 0.0)
+    noise = check_number(noise, "noise (σ ≥ 0 of y = |Ax*|² + σε)", 0.0)
     if field != "real":
         raise ValueError("the fixed point is derived for the real field only (field='real'); the complex "
                          "DMFT (holomorphic/antiholomorphic responses) is not implemented")
-    if not 0 < damping <= 1:
-        raise ValueError(f"damping must lie in (0, 1], got {damping}")
-    m = float(spectral_overlap(delta, preprocessing, field, noise)) if start is None else float(start)
+    damping = check_number(damping, "damping (the mixing weight, in (0, 1])", 0.0, strict=True, high=1.0)
+    memory = check_int(memory, "memory (Anderson history length)", 0)
+    tol = check_number(tol, "tol", 0.0)
+    max_iter = check_int(max_iter, "max_iter", 1)
+    nodes = check_int(nodes, "nodes (Gauss–Hermite points for S)", 1)
+    noise_nodes = check_int(noise_nodes, "noise_nodes (Gauss–Hermite points for ε)", 1)
+    z_panels = check_int(z_panels, "z_panels (Gauss–Legendre panels per side of the jump line, e.g. 12)", 1)
+    m = float(spectral_overlap(delta, preprocessing, field, noise)) if start is None else \
+        check_number(start, "start (the initial overlap m)")
     q, kappa = 1.0, 0.3
     m0 = m
-    qd = _Quadrature(int(nodes), noise, int(noise_nodes), int(z_panels))
+    qd = _Quadrature(nodes, noise, noise_nodes, z_panels)
 
     def G(x: torch.Tensor):
         m, q, kappa = (float(v) for v in x)

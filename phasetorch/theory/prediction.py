@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from ..logs import read_json_file, write_atomic
 from ..tensors import floats_from_json, mean_se, to_jsonable
 
 COLUMNS: Tuple[str, ...] = ("iteration", "loss", "grad_norm", "step", "norm", "rel_error", "overlap",
@@ -161,23 +163,67 @@ class Prediction:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Prediction":
-        if not str(data.get("format", "")).startswith("phasetorch.theory.Prediction"):
-            raise ValueError("not a phasetorch Prediction (missing 'format'); was it written by Prediction.to_json?")
-        f64 = lambda x: torch.tensor(floats_from_json(x), dtype=torch.float64)  # noqa: E731
-        return cls(iteration=torch.tensor(data["iteration"], dtype=torch.long), step=f64(data["step"]),
-                   per_replicate={k: f64(v) for k, v in data["per_replicate"].items()},
-                   kernels={k: f64(v) for k, v in data["kernels"].items()}, params=dict(data["params"]),
-                   checks={k: (float(v[0]), float(v[1])) for k, v in data.get("checks", {}).items()})
+        """Inverse of :meth:`to_dict`; a ValueError saying what is wrong for anything else."""
+        if not isinstance(data, dict) or not str(data.get("format", "")).startswith("phasetorch.theory.Prediction"):
+            held = "" if isinstance(data, dict) else f" (the JSON holds {type(data).__name__}, expected an object)"
+            raise ValueError(f"not a phasetorch Prediction (missing 'format'){held}; was it written by "
+                             f"Prediction.to_json?")
+        for key in ("iteration", "step", "per_replicate", "kernels", "params"):
+            if key not in data:
+                raise ValueError(f"Prediction: missing key {key!r} (the file is incomplete or was not written by "
+                                 f"Prediction.to_json)")
+        for key in ("per_replicate", "kernels", "params"):
+            if not isinstance(data[key], dict):
+                raise ValueError(f"Prediction: {key!r} must be an object, got {type(data[key]).__name__}")
+        checks = data.get("checks", {})
+        if not isinstance(checks, dict):
+            raise ValueError(f"Prediction: 'checks' must be an object, got {type(checks).__name__}")
+
+        def f64(name, x, dim):
+            try:
+                t = torch.tensor(floats_from_json(x), dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(f"Prediction: {name} is not a (rectangular) array of numbers ({err})") from None
+            if dim is not None and t.dim() != dim:
+                raise ValueError(f"Prediction: {name} must have {dim} dimension(s), got shape {tuple(t.shape)}")
+            return t
+
+        its = data["iteration"]
+        if not isinstance(its, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in its) \
+                or not its:
+            raise ValueError("Prediction: 'iteration' must be a non-empty list of integers")
+        T1 = len(its)
+        step = f64("'step'", data["step"], 1)
+        per = {k: f64(f"per_replicate[{k!r}]", v, 2) for k, v in data["per_replicate"].items()}
+        if not per:
+            raise ValueError("Prediction: 'per_replicate' is empty")
+        shapes = {tuple(v.shape) for v in per.values()}
+        if len(shapes) != 1 or next(iter(shapes))[1] != T1 or step.shape[0] != T1:
+            raise ValueError(f"Prediction: columns of {T1} iterations expected; per_replicate shapes "
+                             f"{sorted(shapes)}, step {tuple(step.shape)}")
+        try:
+            chk = {k: (float(v[0]), float(v[1])) for k, v in checks.items()}
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise ValueError("Prediction: 'checks' must map names to [mean, standard error] pairs") from None
+        return cls(iteration=torch.tensor(its, dtype=torch.long), step=step, per_replicate=per,
+                   kernels={k: f64(f"kernels[{k!r}]", v, None) for k, v in data["kernels"].items()},
+                   params=dict(data["params"]), checks=chk)
 
     def to_json(self, path) -> None:
-        """Write the prediction (columns per replicate, kernels, parameters) as JSON."""
-        with open(path, "w") as fh:
-            json.dump(to_jsonable(self.to_dict()), fh, allow_nan=False)   # strict JSON: NaN → null
+        """Write the prediction (columns per replicate, kernels, parameters) as strict JSON (NaN → null),
+        atomically (:func:`phasetorch.logs.write_atomic`: a failed write leaves the previous file intact)."""
+        d = to_jsonable(self.to_dict())
+        write_atomic(path, lambda fh: json.dump(d, fh, allow_nan=False))
 
     @classmethod
     def from_json(cls, path) -> "Prediction":
-        with open(path) as fh:
-            return cls.from_dict(json.load(fh))
+        """Read a prediction written by :meth:`to_json`; ValueError naming the file and what is wrong
+        for a missing, empty, truncated or foreign file."""
+        d = read_json_file(path, "Prediction")
+        try:
+            return cls.from_dict(d)
+        except ValueError as err:
+            raise ValueError(f"{str(Path(path))!r}: {err}") from None
 
     def __repr__(self) -> str:
         p = self.params

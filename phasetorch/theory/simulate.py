@@ -7,7 +7,8 @@ sphere, intensities y = |Ax*|² + σε (ε ~ N(0,1), ``noise`` = σ), the spectr
 x₀ = √(mean y)·v̂ (:func:`phasetorch.init.spectral.spectral_init` with the chosen preprocessing; v̂'s sign /
 global phase is aligned with x* by the oracle — gradient descent is equivariant under x → e^{iφ}x,
 so this changes only the sign of the ``inner`` column, which then estimates the theory's m(t)),
-then ``reconstruct(op, y, algorithm="wf", init=x₀, step=step, l2=l2, max_iter=steps, tol=0)``:
+then ``reconstruct(op, y, algorithm="wf", init=x₀, step=step, l2=l2, max_iter=steps, tol=0, safeguard=False)``
+(plain gradient descent, the process the DMFT describes, without the monotone safeguard):
 x_{t+1} = x_t − (μ/‖x₀‖²) ∇f(x_t), f = (1/4m) Σ(|a_iᴴx|² − y_i)² + (λ/2)‖x‖² (regularised Wirtinger
 flow; Candès, Li & Soltanolkotabi 2015; Chen & Shen 2025 for its DMFT), without early stopping.
 
@@ -18,7 +19,6 @@ All seeds run as **one batch**: the matrices live in one
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -27,7 +27,7 @@ from ..init.spectral import spectral_init
 from ..physics.ensemble import GaussianEnsemble
 from ..physics.noise import GaussianNoise
 from ..solve import reconstruct
-from ..tensors import make_generator
+from ..tensors import check_int, check_number, make_generator
 
 __all__ = ["simulate", "derived_seed"]
 
@@ -41,14 +41,13 @@ def derived_seed(seed: int, stream: str) -> int:
 
 
 def _seed_list(seeds: Union[int, Sequence[int]], seed: int) -> list:
-    if isinstance(seeds, bool):
-        raise ValueError("seeds must be a positive int (number of seeds) or a list of int seeds")
+    if isinstance(seeds, (bool, float, str, bytes)) or not (isinstance(seeds, int) or hasattr(seeds, "__iter__")):
+        raise ValueError(f"seeds must be a positive int (number of seeds) or a list of int seeds, got {seeds!r}")
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"seeds (the number of independent problems) must be ≥ 1, got {seeds}")
+        seeds = check_int(seeds, "seeds (the number of independent problems)", 1)
         g = make_generator(int(seed))
         return [int(s) for s in torch.randint(0, 2 ** 62, (seeds,), generator=g)]
-    out = [int(s) for s in seeds]
+    out = [check_int(s, "each of seeds", 0) for s in seeds]
     if not out:
         raise ValueError("seeds is empty; give a count or a non-empty list of seeds")
     if len(set(out)) != len(out):
@@ -118,18 +117,20 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
     Memory: len(seeds)·m·dim matrix entries.
     Raises :class:`phasetorch.errors.DivergenceError` if a run diverges (step too large).
     """
-    delta = float(delta)
-    if not math.isfinite(delta) or delta <= 0:
-        raise ValueError(f"delta must be positive, got {delta}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
-        raise ValueError(f"dim (the number of unknowns n) must be an integer ≥ 2, got {dim!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer ≥ 0, got {steps!r}")
+    delta = check_number(delta, "delta (= m/n, measurements per unknown)", 0.0, strict=True)
+    dim = check_int(dim, "dim (the number of unknowns n)", 2)
+    steps = check_int(steps, "steps (the number of GD iterations)", 0)
     if field not in ("real", "complex"):
         raise ValueError(f"field must be 'real' or 'complex', got {field!r}")
-    noise = float(noise)
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise (σ) must be ≥ 0, got {noise}")
+    noise = check_number(noise, "noise (σ ≥ 0 of y = |Ax*|² + σε)", 0.0)
+    l2 = check_number(l2, "l2 (the ridge λ ≥ 0)", 0.0)
+    seed = check_int(seed, "seed", 0)
+    if step is not None:
+        step = check_number(step, "step (the constant μ, in units of 1/‖x₀‖²)", 0.0, strict=True)
+    if step is not None and schedule is not None:
+        raise ValueError("pass either step= (constant μ) or schedule= (callable t ↦ μ_t), not both")
+    if schedule is not None and not callable(schedule):
+        raise ValueError(f"schedule must be a callable t ↦ μ_t, got {type(schedule).__name__}")
     m = int(round(delta * dim))
     if m < 1:
         raise ValueError(f"round(delta·dim) = {m}: no measurements; increase dim or delta")
@@ -146,7 +147,7 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
                          for k, s in enumerate(seed_list)])
 
     x0, eigs = _spectral_starts(op, y, x_star, seed_list, preprocessing)
-    rec = reconstruct(op, y, algorithm="wf", init=x0, step=step, schedule=schedule, l2=l2, max_iter=steps,
+    rec = reconstruct(op, y, algorithm="wf", init=x0, step=step, schedule=schedule, l2=l2, max_iter=steps, safeguard=False,
                       tol=0, x_true=x_star, progress=progress)
     log = rec.log
     cfg = log.config

@@ -58,7 +58,7 @@ from ..errors import DivergenceError
 from ..init.preprocessing import elementwise
 from ..optim.presets import get_preset
 from ..optim.steps import wf_ramp
-from ..tensors import make_generator
+from ..tensors import check_int, check_number, make_generator
 from .fields import coefficient_norm2, extend_basis, two_time_covariance
 from .model import SingleIndexModel, StartLaw, phase_retrieval, start_law
 from .prediction import Prediction
@@ -87,12 +87,10 @@ def step_sizes(step: Optional[float], schedule: Optional[Callable[[int], float]]
     """
     if step is not None and schedule is not None:
         raise ValueError("pass either step= (constant μ) or schedule= (callable t ↦ μ_t), not both")
+    steps = check_int(steps, "steps (the number of GD iterations T)", 0)
     mus = torch.zeros(steps + 1, dtype=torch.float64)
     if step is not None:
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(float(step)) \
-                or float(step) <= 0:
-            raise ValueError(f"step must be a finite number μ > 0 (got {step!r}); it is μ in units of 1/‖x₀‖²")
-        mus[1:] = float(step)
+        mus[1:] = check_number(step, "step (the constant μ, in units of 1/‖x₀‖²)", 0.0, strict=True)
         return mus
     if schedule is None:
         opts = get_preset("wf").defaults(complex_signal=False)
@@ -109,6 +107,15 @@ def step_sizes(step: Optional[float], schedule: Optional[Callable[[int], float]]
     return mus
 
 
+def _check_seeds(seeds: Sequence[int]) -> List[int]:
+    if isinstance(seeds, (str, bytes, int)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a non-empty list of int seeds (one per replicate), got {seeds!r}")
+    out = [check_int(s, "each of seeds", 0) for s in seeds]
+    if not out:
+        raise ValueError("seeds is empty: give one int seed per replicate, or seeds=None")
+    return out
+
+
 def replicate_seeds(seed: int, replicates: int) -> List[int]:
     """One seed per Monte-Carlo replicate, drawn from ``seed``."""
     g = make_generator(int(seed))
@@ -121,17 +128,43 @@ def chunk_length(samples: int, replicates: int, length: int, device: torch.devic
     CPU as many as keep its (replicates, length, chunk) buffer under 2²⁶ numbers), made equal."""
     if chunk_size is None:
         chunk_size = samples if device.type == "cuda" else max(4096, (1 << 26) // (replicates * length))
-    chunk_size = max(1, min(int(chunk_size), samples))
+    chunk_size = min(_check_chunk_size(chunk_size), samples)
     return -(-samples // (-(-samples // chunk_size)))
 
 
-def _check_arguments(delta, steps, init: str, mu: str, dtype, samples, replicates) -> Tuple[float, int, str, int, int]:
-    delta = float(delta)
-    if not (delta > 0 and math.isfinite(delta)):
-        raise ValueError(f"delta must be a positive number (got {delta})")
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be ≥ 0 (got {steps})")
+def _check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
+    """``chunk_size`` (None or an int ≥ 1), validated."""
+    if chunk_size is None:
+        return None
+    return check_int(chunk_size, "chunk_size (samples per chunk of the back-substitution; None = automatic)", 1)
+
+
+def _check_threads(threads: Optional[int]) -> Optional[int]:
+    """``threads`` (None or an int ≥ 1), validated."""
+    if threads is None:
+        return None
+    return check_int(threads, "threads (CPU threads for the solve; None keeps torch's setting)", 1)
+
+
+def _check_numbers(delta, steps, l2, samples, replicates, seed, power_steps, power_shift, chunk_size,
+                  threads) -> dict:
+    """The numeric arguments shared by :func:`dmft` and :func:`solve_dmft`, validated (ValueError naming
+    the argument and its range: ints must be ints, floats finite)."""
+    return dict(
+        delta=check_number(delta, "delta (= m/n, measurements per unknown)", 0.0, strict=True),
+        steps=check_int(steps, "steps (the number of GD iterations T)", 0),
+        l2=check_number(l2, "l2 (the ridge λ ≥ 0)", 0.0),
+        samples=check_int(samples, "samples (Monte-Carlo samples per replicate)", 2),
+        replicates=check_int(replicates, "replicates (independent Monte-Carlo populations)", 1),
+        seed=check_int(seed, "seed", 0),
+        power_steps=check_int(power_steps, "power_steps", 0),
+        power_shift=check_number(power_shift, "power_shift (the shift c of D + cI)"),
+        chunk_size=_check_chunk_size(chunk_size),
+        threads=_check_threads(threads),
+    )
+
+
+def _check_modes(init: str, mu: str, dtype) -> str:
     if init not in INITS:
         raise ValueError(f"init must be 'spectral', 'warm' or 'power' (got {init!r})")
     if mu not in ("stein", "pathwise", "auto"):
@@ -140,10 +173,7 @@ def _check_arguments(delta, steps, init: str, mu: str, dtype, samples, replicate
         mu = "pathwise" if init == "warm" else "stein"
     if dtype not in (torch.float32, torch.float64):
         raise ValueError("dtype must be torch.float32 or torch.float64")
-    samples, replicates = int(samples), int(replicates)
-    if samples < 2 or replicates < 1:
-        raise ValueError("need samples ≥ 2 and replicates ≥ 1")
-    return delta, steps, mu, samples, replicates
+    return mu
 
 
 def _start_overlap(init: str, model: SingleIndexModel, rho, lam_star, T, init_overlap,
@@ -152,7 +182,8 @@ def _start_overlap(init: str, model: SingleIndexModel, rho, lam_star, T, init_ov
     if init == "spectral":
         if lam_star is None or rho is None or T is None:
             raise ValueError("init='spectral' needs lam_star, rho and T (see phasetorch.theory.spectral_limits)")
-        rho_p = float(rho)
+        rho_p = check_number(rho, "rho (the spectral overlap)")
+        check_number(lam_star, "lam_star (λ* of the spectral estimator)")
         if not 0 < rho_p <= 1:
             raise ValueError(f"the spectral overlap rho must be in (0, 1] (got {rho_p}); rho = 0 means δ is "
                              "below the spectral threshold and the spectral start carries no information")
@@ -160,7 +191,7 @@ def _start_overlap(init: str, model: SingleIndexModel, rho, lam_star, T, init_ov
         rho_p = init_overlap if init_overlap is not None else (0.5 if init == "power" else None)
         if rho_p is None:
             raise ValueError("init='warm' needs init_overlap=ρ₀ (the overlap of x₀ with x*)")
-        rho_p = float(rho_p)
+        rho_p = check_number(rho_p, "init_overlap (ρ₀ of the start)")
         if not 0 <= rho_p <= 1:
             raise ValueError(f"init_overlap must be in [0, 1] (got {rho_p})")
         if init == "power":
@@ -171,7 +202,7 @@ def _start_overlap(init: str, model: SingleIndexModel, rho, lam_star, T, init_ov
                                  "proportional limit; give init_overlap > 0")
     if init in ("spectral", "power") and model.mean_y <= 0:
         raise ValueError(f"model {model.name!r} has E y = {model.mean_y} ≤ 0: no spectral start; use init='warm'")
-    K0 = int(power_steps) if init == "power" else 0
+    K0 = check_int(power_steps, "power_steps", 0) if init == "power" else 0
     if init == "power" and K0 < 1:
         raise ValueError("init='power' needs power_steps ≥ 1")
     return rho_p, K0
@@ -180,13 +211,12 @@ def _start_overlap(init: str, model: SingleIndexModel, rho, lam_star, T, init_ov
 @contextmanager
 def _cpu_threads(threads: Optional[int], device) -> Iterator[None]:
     """Run the block with ``threads`` CPU threads (restored afterwards); a no-op on CUDA or for None."""
+    threads = _check_threads(threads)
     if threads is None or (device is not None and torch.device(device).type != "cpu"):
         yield
         return
-    if int(threads) < 1:
-        raise ValueError(f"threads must be a positive integer or None (got {threads})")
     previous = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -474,14 +504,16 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
     """
     with _cpu_threads(threads, device):
         model = model if model is not None else phase_retrieval()
-        delta, steps, mu, samples, replicates = _check_arguments(delta, steps, init, mu, dtype, samples, replicates)
-        l2, c0 = float(l2), float(init_norm)
-        if not c0 > 0:
-            raise ValueError("init_norm must be positive")
+        num = _check_numbers(delta, steps, l2, samples, replicates, seed, power_steps, power_shift, chunk_size,
+                            threads)
+        delta, steps, l2, samples, replicates = (num[k] for k in ("delta", "steps", "l2", "samples", "replicates"))
+        seed, power_shift, chunk_size = num["seed"], num["power_shift"], num["chunk_size"]
+        mu = _check_modes(init, mu, dtype)
+        c0 = check_number(init_norm, "init_norm (c₀ = ‖x₀‖)", 0.0, strict=True)
         rho_p, K0 = _start_overlap(init, model, rho, lam_star, T, init_overlap, power_steps)
         mus = step_sizes(step, schedule, steps)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        seeds = [int(s) for s in (replicate_seeds(seed, replicates) if seeds is None else seeds)]
+        seeds = replicate_seeds(seed, replicates) if seeds is None else _check_seeds(seeds)
         R, N = len(seeds), samples
         draw = _Draws(seeds, N, dev, dtype)
         S, G, eps = draw(), draw(), draw()
@@ -581,6 +613,15 @@ def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Calla
                          "n grows, so the spectral start and this DMFT do not apply. Use 'optimal', 'mm', 'trimmed' "
                          "or 'clipped'.")
     name = preprocessing if isinstance(preprocessing, str) else getattr(preprocessing, "__name__", "callable")
+    # every number is checked before any work (solve_dmft checks them again, cheaply)
+    delta = _check_numbers(delta, steps, l2, samples, replicates, seed, power_steps, power_shift, chunk_size,
+                          threads)["delta"]
+    noise = check_number(noise, "noise (σ ≥ 0 of y = |Ax*|² + σε)", 0.0)
+    if init_overlap is not None:
+        check_number(init_overlap, "init_overlap (ρ₀ of the start)", 0.0, high=1.0)
+    if step is not None:
+        check_number(step, "step (the constant μ, in units of 1/‖x₀‖²)", 0.0, strict=True)
+    _check_modes(init, mu, dtype)
     lam_star, rho, eigenvalue, T = _spectral_inputs(delta, preprocessing, noise, init, name)
     if mu == "auto":
         smooth = init == "warm" or (isinstance(preprocessing, str) and preprocessing in SMOOTH_PREPROCESSING)

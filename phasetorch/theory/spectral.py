@@ -30,7 +30,9 @@ found by a bracketed root search in δ on the formula. The complex field replace
 * complex: the same in e = |S|² with density e^{-e};
 * noise σ > 0: a composite rule in y (breaks of T exact) weighted by the density of
   Y = |S|² + σε and by E[|S|²|Y = y], both computed by an inner rule over |y − |S|²| ≤ 10σ (all the
-  expectations are affine in |S|² given Y).
+  expectations are affine in |S|² given Y). Panels scale with max(1, σ) and are graded geometrically
+  in |y|, so time and memory do not grow with σ (σ = 10⁶ takes milliseconds); as σ → ∞, Y carries no
+  information on S and ρ → 0 (exactly 0 once δ is below the noisy threshold).
 
 Preprocessing T (names of :mod:`phasetorch.init.preprocessing`, acting on ŷ): ``optimal``, ``mm``,
 ``trimmed``, ``clipped`` use :func:`phasetorch.init.preprocessing.elementwise`. The rank-based
@@ -57,6 +59,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ..init import preprocessing as pp
+from ..tensors import check_number
 from .quadrature import brentq, composite_legendre, find_bracket
 
 __all__ = ["SpectralLimits", "spectral_limits", "spectral_overlap", "spectral_threshold", "rank_threshold",
@@ -118,18 +121,24 @@ def _law_cached(field: str, noise: float, breaks: Tuple[float, ...]) -> SignalLa
 
 def _noisy_law(field: str, sigma: float, breaks: Tuple[float, ...]) -> SignalLaw:
     """Y = |S|² + σε: outer composite rule in y (breaks of T placed exactly), inner rule for the
-    density p(y) = E[δ(Y − y)] and E[|S|² 1{Y = y}] over the window |y − |S|²| ≤ 10σ."""
+    density p(y) = E[δ(Y − y)] and E[|S|² 1{Y = y}] over the window |y − |S|²| ≤ 10σ ∩ [0, |S|²_max].
+
+    The cost does not grow with σ: panels are at most 0.25·max(1, σ) wide (p varies on the scale
+    max(1, σ)), graded geometrically in |y| (ratio 2) from 1 up to 10σ (where T(y) may vary on the
+    scale |y|, e.g. 1 − 1/y), and the inner window is clipped to the support of |S|², so the node
+    count is O(1) + O(log σ) (a few thousand y-nodes even at σ = 10⁶)."""
     top = _S_MAX ** 2 if field == "real" else _E_MAX
     lo, hi = -10 * sigma, top + 10 * sigma
     pts = [lo, hi, 0.0] + [sg * sigma * k for k in (0.03, 0.1, 0.3, 1.0, 3.0) for sg in (-1, 1)]
     pts += [1e-4, 1e-3, 1e-2, 0.1, 0.3]
+    pts += [sg * 2.0 ** k for k in range(0, max(0, math.ceil(math.log2(10 * sigma))) + 1) for sg in (-1, 1)]
     for b in breaks:
         pts.append(b)
         pts.extend(_grading(b))
-    y, wy = composite_legendre([p for p in pts if lo <= p <= hi], order=16, max_width=0.25)
+    y, wy = composite_legendre([p for p in pts if lo <= p <= hi], order=16, max_width=0.25 * max(1.0, sigma))
     t, wt = composite_legendre([k / 12 for k in range(13)], order=16)
-    ua = (y - 10 * sigma).clamp(min=0)[:, None]
-    ub = (y + 10 * sigma).clamp(min=0)[:, None]
+    ua = (y - 10 * sigma).clamp(min=0, max=top)[:, None]
+    ub = (y + 10 * sigma).clamp(min=0, max=top)[:, None]
     if field == "real":  # inner variable s = |S| on [√ua, √ub]
         sa, sb = ua.sqrt(), ub.sqrt()
         s = sa + (sb - sa) * t[None, :]
@@ -161,17 +170,11 @@ def _check_field(field: str) -> str:
 
 
 def _check_noise(noise: float) -> float:
-    noise = float(noise)
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise is the standard deviation σ ≥ 0 of additive Gaussian intensity noise, got {noise}")
-    return noise
+    return check_number(noise, "noise (the standard deviation σ ≥ 0 of additive Gaussian intensity noise)", 0.0)
 
 
 def _check_delta(delta: float) -> float:
-    delta = float(delta)
-    if not math.isfinite(delta) or delta <= 0:
-        raise ValueError(f"delta = m/n must be a positive finite number, got {delta}")
-    return delta
+    return check_number(delta, "delta (= m/n, measurements per unknown)", 0.0, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +195,7 @@ def rank_threshold(fraction: float, field: str = "real", noise: float = 0.0) -> 
     The proportional limit of "the top ⌈fraction·m⌉ of ŷ" is the set {ŷ ≥ t}. Noiseless real:
     t = Φ⁻¹(1 − fraction/2)²; complex: t = −log(fraction).
     """
-    fraction = float(fraction)
+    fraction = check_number(fraction, "fraction", 0.0, strict=True, high=1.0)
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
     field = _check_field(field)
@@ -204,7 +207,7 @@ def rank_threshold(fraction: float, field: str = "real", noise: float = 0.0) -> 
         law = signal_law(field, noise, (t,))
         return law.mean((law.y >= t).to(_F64)) - fraction
 
-    hi = (_S_MAX ** 2 if field == "real" else _E_MAX) * 0.5
+    hi = (_S_MAX ** 2 if field == "real" else _E_MAX) * 0.5 + 10 * noise     # P(Y ≥ hi) ≈ 0 < fraction
     lo = -8 * noise - 1e-12
     return brentq(excess, lo, hi, xtol=1e-13)
 
@@ -436,9 +439,13 @@ def spectral_overlap(delta, preprocessing: Union[str, Callable] = "optimal", fie
 
     ``delta`` a number → float; array-like → float64 tensor of the same shape.
     """
+    field, noise = _check_field(field), _check_noise(noise)
     if isinstance(delta, (int, float)):
         return spectral_limits(delta, preprocessing, field, noise).rho
-    d = torch.as_tensor(delta, dtype=_F64)
+    try:
+        d = torch.as_tensor(delta, dtype=_F64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"delta must be a number δ = m/n > 0 or an array of them, got {delta!r}") from None
     flat = [spectral_limits(float(v), preprocessing, field, noise).rho for v in d.reshape(-1)]
     return torch.tensor(flat, dtype=_F64).reshape(d.shape)
 
@@ -454,6 +461,8 @@ def spectral_threshold(preprocessing: Union[str, Callable] = "optimal", field: s
     """
     field = _check_field(field)
     noise = _check_noise(noise)
+    delta_min = check_number(delta_min, "delta_min", 0.0, strict=True)
+    delta_max = check_number(delta_max, "delta_max", delta_min, strict=True)
     fixed = None if (isinstance(preprocessing, str) and preprocessing == "mm") else \
         _prep(preprocessing, 1.0, field, noise)
 
