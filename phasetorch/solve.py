@@ -325,7 +325,10 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
         the intensity loss of ``wf`` and 1 for the others), ``"armijo"``, ``"bb"``/``"bb1"``/``"bb2"``,
         ``"constant"`` (the preset's μ, without a ramp) or a :class:`~phasetorch.optim.steps.StepRule`.
         For ``wf`` with ``step=μ`` every iteration is exactly x_{t+1} = x_t − (μ/‖x₀‖²)∇f(x_t),
-        f = (1/4m)Σ(|a_iᴴx|² − y_i)² + (λ/2)‖x‖² — the DMFT's gradient descent.
+        f = (1/4m)Σ(|a_iᴴx|² − y_i)² + (λ/2)‖x‖² — the DMFT's gradient descent — as long as the
+        loss does not rise; the gradient presets' ``safeguard`` option (on by default) halves a
+        sample's step when it would (:class:`~phasetorch.optim.steps.Safeguarded`); pass
+        ``safeguard=False`` for the plain iteration at any cost.
     schedule : a callable t ↦ μ_t (t = 1, 2, …), used as α_t = μ_t·s (exclusive with ``step``).
     l2 : λ ≥ 0, ridge term (λ/2)‖x‖² added to the loss (gradient algorithms only).
     x_true : optional ground truth; adds ``rel_error``, ``overlap``, ``inner`` to the log and the
@@ -347,7 +350,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
         preset's own (only ``lbfgs`` has one: ``{"tol": 0.1}``).
     on_divergence : ``"freeze"`` (default: freeze a diverging sample, warn, raise only when every
         sample diverged) or ``"raise"`` (raise :class:`~phasetorch.errors.DivergenceError` at the first).
-    **options : preset hyper-parameters — ``tau0``, ``mu_max`` (wf); ``alpha_lb``, ``alpha_ub``,
+    **options : preset hyper-parameters — ``safeguard`` (every gradient preset: True); ``tau0``, ``mu_max`` (wf); ``alpha_lb``, ``alpha_ub``,
         ``alpha_h`` (twf); ``gamma`` (taf); ``beta`` (raf: reweighting; hio: feedback);
         ``cg_steps`` (gs, hio); ``memory``, ``loss`` (lbfgs: ``"amplitude"`` or ``"intensity"``).
 

@@ -197,7 +197,7 @@ def test_divergence_and_log_round_trip_on_cuda(tmp_path):
     op = GaussianMeasurement(32, 256, seed=1, dtype=F64).to(CUDA)
     y = op(_cn((2, 32), 2).to(CUDA))
     with pytest.raises(pt.DivergenceError):
-        reconstruct(op, y, "wf", step=50.0, max_iter=200, progress=False, seed=0)
+        reconstruct(op, y, "wf", step=50.0, max_iter=200, progress=False, seed=0, safeguard=False)
     rec = reconstruct(op, y, "raf", max_iter=50, progress=False, seed=0)
     rec.log.to_json(tmp_path / "log.json")
     back = pt.TrainingLog.from_json(tmp_path / "log.json")

@@ -263,20 +263,20 @@ def _mixed_start():
 def test_a_diverging_sample_is_frozen_and_the_others_finish():
     op, xs, y, x0 = _mixed_start()
     with pytest.warns(RuntimeWarning, match=r"sample 1 .*1 of 3 samples diverged.*reduce step"):
-        rec = pt.reconstruct(op, y, "wf", init=x0, step=0.2, max_iter=3000, progress=False)
+        rec = pt.reconstruct(op, y, "wf", init=x0, step=0.2, max_iter=3000, progress=False, safeguard=False)
     assert rec.status.tolist() == [Status.CONVERGED, Status.DIVERGED, Status.CONVERGED]
     assert rec.status_names() == ["converged", "diverged", "converged"]
     assert rec.log.config["status"] == ["converged", "diverged", "converged"]
     assert rec.diverged.tolist() == [False, True, False] and torch.isfinite(rec.x).all()
     for b in (0, 2):                                       # the others are exactly their single runs
-        single = pt.reconstruct(op, y[b:b + 1], "wf", init=x0[b:b + 1], step=0.2, max_iter=3000, progress=False)
+        single = pt.reconstruct(op, y[b:b + 1], "wf", init=x0[b:b + 1], step=0.2, max_iter=3000, progress=False, safeguard=False)
         torch.testing.assert_close(rec.x[b], single.x[0], rtol=0, atol=1e-12)
         assert int(single.iterations[0]) == int(rec.iterations[b])
     with pytest.raises(pt.DivergenceError, match=r"sample 1 .*reduce step \(currently 0.2\)") as err:
-        pt.reconstruct(op, y, "wf", init=x0, step=0.2, max_iter=3000, progress=False, on_divergence="raise")
+        pt.reconstruct(op, y, "wf", init=x0, step=0.2, max_iter=3000, progress=False, safeguard=False, on_divergence="raise")
     assert err.value.sample == 1 and err.value.log is not None
     with pytest.raises(pt.DivergenceError, match="reduce step"):      # every sample diverged: an error
-        pt.reconstruct(op, y[1:2], "wf", init=x0[1:2], step=0.2, max_iter=3000, progress=False)
+        pt.reconstruct(op, y[1:2], "wf", init=x0[1:2], step=0.2, max_iter=3000, progress=False, safeguard=False)
     with pytest.raises(ValueError, match="on_divergence"):
         pt.reconstruct(op, y, "wf", on_divergence="ignore", progress=False)
 

@@ -160,9 +160,14 @@ def test_per_sample_stopping_freezes_finished_samples():
 def test_divergence_raises_and_names_the_step():
     op, xs, y = _complex_gaussian(32, B=2)
     with pytest.raises(DivergenceError, match=r"reduce step \(currently 50\)") as err:
-        reconstruct(op, y, "wf", step=50.0, max_iter=200, progress=False, seed=0)
+        reconstruct(op, y, "wf", step=50.0, max_iter=200, progress=False, seed=0, safeguard=False)
     assert err.value.iteration >= 1 and err.value.log is not None and len(err.value.log) >= 1
     assert torch.isfinite(err.value.x).all()
+    # the default safeguard halves a sample's step instead: the loss never rises, nothing diverges
+    rec = reconstruct(op, y, "wf", step=50.0, max_iter=200, progress=False, seed=0)
+    loss = rec.log["loss"]
+    assert torch.isfinite(rec.x).all() and (loss[1:] <= loss[:-1] * (1 + 1e-12)).all()
+    assert (rec.status != pt.Status.DIVERGED).all()
 
 
 def test_input_validation():
@@ -332,7 +337,7 @@ def test_early_divergence_from_a_poor_start_names_the_preprocessing():
     xs = torch.view_as_complex(torch.randn(128, 128, 2, generator=g, dtype=F64)) / math.sqrt(2)
     y = op(xs)
     with pytest.raises(DivergenceError, match=r"'identity' spectral start .* preprocessing='optimal'") as err:
-        reconstruct(op, y, "wf", preprocessing="identity", max_iter=50, progress=False, seed=0)
+        reconstruct(op, y, "wf", preprocessing="identity", max_iter=50, progress=False, seed=0, safeguard=False)
     assert err.value.iteration <= 5
     auto = reconstruct(op, y, "wf", max_iter=50, progress=False, seed=0)      # not a Gaussian design: 'optimal'
     assert auto.log.config["preprocessing"] == "optimal"

@@ -25,13 +25,14 @@ Project = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor,
                  alpha0: torch.Tensor, evaluate: Evaluate, active: torch.Tensor, cache0=None,
-                 project: Project = None, c: float = 1e-4, shrink: float = 0.5, max_backtracks: int = 40):
+                 project: Project = None, c: float = 1e-4, shrink: float = 0.5, max_backtracks: int = 40,
+                 rtol: float = 0.0):
     r"""Per-sample Armijo backtracking along ``direction``.
 
     Tries α = α₀, α₀ρ, α₀ρ², … (ρ = ``shrink``) independently for every active sample and accepts
     the first with f(x_α) ≤ f(x) + c·Re⟨∇f(x), x_α − x⟩, x_α = P(x + α d) (P = ``project``, the
     identity by default — with a projection this is the projected Armijo rule of Bertsekas 1976).
-    Non-finite trial values are rejected. A sample that finds no such α within ``max_backtracks``
+    Non-finite trial values are rejected. ``rtol`` adds a slack rtol·|f(x)| to the test (rounding). A sample that finds no such α within ``max_backtracks``
     trials does not move (α = 0).
 
     ``evaluate(x)`` returns ``(f(x) per sample, cache)`` where ``cache`` is ``None`` or a tensor
@@ -48,7 +49,7 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
         if project is not None:
             x_try = project(x_try)
         f_try, cache = evaluate(x_try)
-        ok = (~done) & torch.isfinite(f_try) & (f_try <= f + c * dot(grad, x_try - x))
+        ok = (~done) & torch.isfinite(f_try) & (f_try <= f + c * dot(grad, x_try - x) + rtol * f.abs())
         x_new = where_sample(ok, x_try, x_new)
         f_new = torch.where(ok, f_try, f_new)
         if cache is not None:

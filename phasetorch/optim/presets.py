@@ -50,7 +50,7 @@ from .engine import Algorithm
 from .gradient import GradientAlgorithm
 from .lbfgs import LBFGSAlgorithm
 from .projections import Constraint, ErrorReduction, HybridInputOutputAlgorithm, tight_frame_constant
-from .steps import WFRamp, make_step_rule
+from .steps import Constant, Safeguarded, Schedule, StepRule, WFRamp, make_step_rule
 
 __all__ = ["Preset", "PRESETS", "get_preset", "rwf_truncation", "Setting"]
 
@@ -79,15 +79,23 @@ class Setting:
 Builder = Callable[[Setting, Dict[str, Any], float, Any, Any], Algorithm]
 
 
+def safeguard(rule: StepRule, opts: Dict[str, Any]) -> StepRule:
+    """``rule`` made monotone (:class:`~phasetorch.optim.steps.Safeguarded`) when ``opts["safeguard"]`` and
+    it is a fixed-step rule (constant, schedule, WF ramp; line searches and user rules are left alone)."""
+    if opts.get("safeguard", False) and isinstance(rule, (Constant, Schedule, WFRamp)):
+        return Safeguarded(rule)
+    return rule
+
+
 def constant_gradient(setting, opts, mu, step, schedule) -> Algorithm:
     """Gradient descent, constant step μ by default (``step=``/``schedule=`` choose another rule)."""
-    return GradientAlgorithm(make_step_rule(step, schedule, default=make_step_rule(mu), mu0=mu))
+    return GradientAlgorithm(safeguard(make_step_rule(step, schedule, default=make_step_rule(mu), mu0=mu), opts))
 
 
 def ramp_gradient(setting, opts, mu, step, schedule) -> Algorithm:
     """Gradient descent with Candès's ramp μ_t = min(1 − e^{−t/τ₀}, μ_max) by default."""
     default = WFRamp(opts["tau0"], opts["mu_max"])
-    return GradientAlgorithm(make_step_rule(step, schedule, default=default, mu0=mu))
+    return GradientAlgorithm(safeguard(make_step_rule(step, schedule, default=default, mu0=mu), opts))
 
 
 def lbfgs(setting, opts, mu, step, schedule) -> Algorithm:
@@ -167,20 +175,20 @@ class Preset:
 
 PRESETS: Dict[str, Preset] = {p.name: p for p in (
     Preset("wf", "Wirtinger flow", "Candès, Li & Soltanolkotabi, IEEE Trans. Inf. Theory 61 (2015)",
-           ramp_gradient, "intensity", "identity", mu_option="mu_max", options={"tau0": 330.0, "mu_max": 0.2}),
+           ramp_gradient, "intensity", "identity", mu_option="mu_max", options={"tau0": 330.0, "mu_max": 0.2, "safeguard": True}),
     Preset("twf", "Truncated Wirtinger flow", "Chen & Candès, Comm. Pure Appl. Math. 70 (2017)",
            constant_gradient, "poisson_truncated", "trimmed", loss_options=("alpha_lb", "alpha_ub", "alpha_h"),
-           mu=0.2, options={"alpha_lb": 0.3, "alpha_ub": 5.0, "alpha_h": 5.0}),
+           mu=0.2, options={"alpha_lb": 0.3, "alpha_ub": 5.0, "alpha_h": 5.0, "safeguard": True}),
     Preset("rwf", "Reshaped Wirtinger flow", "Zhang & Liang, NeurIPS 2016",
-           constant_gradient, "amplitude", rwf_truncation, mu=0.8),
+           constant_gradient, "amplitude", rwf_truncation, mu=0.8, options={"safeguard": True}),
     Preset("taf", "Truncated amplitude flow", "Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018)",
            constant_gradient, "amplitude_truncated", "orthogonality", loss_options=("gamma",), mu=0.6,
-           mu_complex=1.0, options={"gamma": 0.7}),
+           mu_complex=1.0, options={"gamma": 0.7, "safeguard": True}),
     Preset("raf", "Reweighted amplitude flow", "Wang, Giannakis, Saad & Chen, IEEE Trans. Signal Process. 66 (2018)",
            constant_gradient, "amplitude_reweighted", "weighted", loss_options=("beta",), mu=6.0, mu_complex=4.0,
-           options={"beta": 10.0}, options_complex={"beta": 5.0}),
+           options={"beta": 10.0, "safeguard": True}, options_complex={"beta": 5.0}),
     Preset("af", "Amplitude flow", "Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018)",
-           constant_gradient, "amplitude", "orthogonality", mu=0.6, mu_complex=1.0),
+           constant_gradient, "amplitude", "orthogonality", mu=0.6, mu_complex=1.0, options={"safeguard": True}),
     Preset("gs", "Gerchberg–Saxton / error reduction",
            "Gerchberg & Saxton, Optik 35 (1972); Fienup, Appl. Opt. 21 (1982)",
            error_reduction, "amplitude", "identity", options={"cg_steps": 3}, projection=True),

@@ -35,7 +35,7 @@ import torch
 from ..tensors import bview, check_number, dot, norm2
 from .base import backtracking
 
-__all__ = ["StepRule", "Constant", "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "make_step_rule",
+__all__ = ["StepRule", "Constant", "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "Safeguarded", "make_step_rule",
            "RULE_NAMES", "wf_ramp"]
 
 State = Dict[str, torch.Tensor]
@@ -81,6 +81,10 @@ class StepRule:
             x_new = project(x_new)
         return alpha, x_new, None, None
 
+    def alpha(self, t: int, scale, mu: Optional[float] = None):
+        """The step α_t of a rule that does not look at the loss (None for rules that do)."""
+        return None
+
     def describe(self) -> Union[float, str, dict]:
         """A JSON-friendly description (for logs)."""
         return self.name
@@ -102,8 +106,11 @@ class Constant(StepRule):
     def __init__(self, mu: float) -> None:
         self.mu = check_mu(mu, "Constant")
 
+    def alpha(self, t, scale, mu=None):
+        return (self.mu if mu is None else mu) * scale
+
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
-        return self.apply((self.mu if mu is None else mu) * scale, x, direction, ctx)
+        return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
 
     def describe(self):
         return self.mu
@@ -133,8 +140,11 @@ class Schedule(StepRule):
             raise ValueError(f"schedule({t}) returned {v}; a step size must be finite and ≥ 0")
         return v
 
+    def alpha(self, t, scale, mu=None):
+        return (self.mu if mu is None else mu) * self.factor(t) * scale
+
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
-        return self.apply((self.mu if mu is None else mu) * self.factor(t) * scale, x, direction, ctx)
+        return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
 
     def describe(self):
         return {"schedule": getattr(self.schedule, "__name__", repr(self.schedule))}
@@ -159,8 +169,11 @@ class WFRamp(StepRule):
     def mu_max(self) -> float:
         return self.mu
 
+    def alpha(self, t, scale, mu=None):
+        return wf_ramp(t, self.tau0, self.mu if mu is None else mu) * scale
+
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
-        return self.apply(wf_ramp(t, self.tau0, self.mu if mu is None else mu) * scale, x, direction, ctx)
+        return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
 
     def describe(self):
         return {"rule": "wf_ramp", "tau0": self.tau0, "mu_max": self.mu}
@@ -262,6 +275,59 @@ class BarzilaiBorwein(StepRule):
 
     def current(self, t=None):
         return f"bb from mu0={self.mu:g}"
+
+
+class Safeguarded(StepRule):
+    r"""A step rule made monotone: α_t = γ_t·α_t^rule with γ_t the largest of γ̄, γ̄/2, γ̄/4, … (at most
+    ``max_halvings`` trials) for which the loss does not rise, f(x_t) ≤ f(x_{t−1}) (adaptive weights
+    frozen at x_{t−1}; a rounding slack of 64ε·|f|); γ̄ = min(1, 2γ_{t−1}) lets the step recover.
+
+    While the wrapped rule's own step decreases the loss (noiseless runs, stable steps) every trial is
+    accepted at γ = 1 and the iteration is exactly the wrapped rule's. When it would rise — noisy
+    data, y ≈ 0 measurements, a step above the stability limit — the sample's step shrinks instead of
+    diverging. A sample for which no trial decreases the loss does not move (the driver reports it
+    as stalled). State: ``sg_gamma`` (B,) plus the wrapped rule's.
+    """
+
+    name = "safeguarded"
+    needs_values = True
+
+    def __init__(self, rule: StepRule, max_halvings: int = 30) -> None:
+        if not isinstance(rule, StepRule) or rule.needs_values:
+            raise ValueError("Safeguarded wraps a rule that does not evaluate the loss itself "
+                             "(Constant, Schedule, WFRamp)")
+        self.rule, self.mu = rule, rule.mu
+        self.max_halvings = int(max_halvings)
+
+    def init_state(self, x):
+        rdt = x.real.dtype if x.is_complex() else x.dtype
+        return {**self.rule.init_state(x), "sg_gamma": torch.ones(x.shape[0], dtype=rdt, device=x.device)}
+
+    def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
+        if f is None or ctx.evaluate is None:
+            raise ValueError("the safeguarded step evaluates the loss at trial points: pass a closure "
+                             "(or safeguard=False)")
+        base = self.rule.alpha(t, scale, mu)
+        gamma = state["sg_gamma"]
+        rtol = 64 * torch.finfo(f.dtype).eps
+        alpha, x_new, f_new, cache = backtracking(x, f, grad, direction, gamma * base, ctx.evaluate, ctx.active,
+                                                  ctx.cache, ctx.project, c=0.0, shrink=0.5,
+                                                  max_backtracks=self.max_halvings, rtol=rtol)
+        ratio = alpha / torch.where(base > 0, base, torch.ones_like(base))
+        state["sg_gamma"] = torch.where(alpha > 0, torch.clamp(2 * ratio, max=1.0), gamma)
+        return alpha, x_new, f_new, cache
+
+    def alpha(self, t, scale, mu=None):
+        return None
+
+    def describe(self):
+        return self.rule.describe()      # the wrapped rule's steps (logs record "safeguard" among the options)
+
+    def current(self, t=None):
+        return self.rule.current(t) + " (safeguarded)"
+
+    def smaller(self):
+        return self.rule.smaller()
 
 
 RULE_NAMES = ("constant", "armijo", "bb", "bb1", "bb2")
