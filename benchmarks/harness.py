@@ -1176,7 +1176,7 @@ def _pt_successes(ens, X, Y, algorithm: str, max_iter: int, thr: float, seed: in
     except DivergenceError:
         return [False] * count, count
     diverged = (rec.status == Status.DIVERGED).reshape(-1)
-    err = relative_error(rec.x.reshape(X.shape), X).reshape(-1)
+    err = relative_error(rec.x.reshape(X.shape), X, signal_dims=1).reshape(-1)
     ok = (err <= thr) & ~diverged
     return ok.tolist(), int(diverged.sum())
 

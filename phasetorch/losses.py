@@ -52,7 +52,7 @@ from .tensors import abs2, mean_dims, sum_dims
 
 __all__ = ["MeasurementData", "Evaluation", "Fields", "PhaseRetrievalLoss", "IntensityLoss", "AmplitudeLoss",
            "PoissonLoss", "TruncatedPoissonLoss", "TruncatedAmplitudeLoss", "ReweightedAmplitudeLoss", "LOSSES",
-           "check_intensities"]
+           "check_intensities", "VarianceWeightedLoss", "variance_law"]
 
 
 @dataclass
@@ -510,6 +510,78 @@ class ReweightedAmplitudeLoss(AmplitudeLoss):
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "beta": self.beta}
+
+
+def variance_law(mu: torch.Tensor, y: torch.Tensor, k: int, floor: float = 1e-3):
+    r"""Per-sample (a, b) of the variance law Var(y_i) ≈ a + b·μ_i fitted to the residuals y − μ.
+
+    Least squares of e_i² = (y_i − μ_i)² on (1, μ_i) over the trailing ``k`` (measurement)
+    dimensions, with a, b ≥ 0 (the boundary solution when the unconstrained one is negative):
+    additive noise gives b ≈ 0, shot noise a ≈ 0 and b ≈ 1/(photons per unit intensity). ``a`` is
+    floored at ``floor``·(a + b·mean μ) so the variance never vanishes at μ = 0 (zero counts).
+    Returns two tensors of the batch shape.
+    """
+    mu, e2 = mu.to(torch.float64), (y.to(torch.float64) - mu.to(torch.float64)).square()
+    n = float(math.prod(mu.shape[mu.dim() - k:]))
+    s1, s2 = sum_dims(mu, k), sum_dims(mu.square(), k)
+    t0, t1 = sum_dims(e2, k), sum_dims(mu * e2, k)
+    det = n * s2 - s1 * s1
+    safe = torch.where(det > 0, det, torch.ones_like(det))
+    a = torch.where(det > 0, (s2 * t0 - s1 * t1) / safe, t0 / n)
+    b = torch.where(det > 0, (n * t1 - s1 * t0) / safe, torch.zeros_like(det))
+    only_a = b < 0                                        # boundary b = 0: a = mean e²
+    a, b = torch.where(only_a, t0 / n, a), torch.where(only_a, torch.zeros_like(b), b)
+    only_b = a < 0                                        # boundary a = 0: b = Σμe² / Σμ²
+    b = torch.where(only_b, t1 / torch.where(s2 > 0, s2, torch.ones_like(s2)), b)
+    a = torch.where(only_b, torch.zeros_like(a), a)
+    a = torch.maximum(a, floor * (a + b * s1 / n))
+    tiny = torch.finfo(torch.float64).tiny
+    return a.clamp_min(tiny), b
+
+
+class VarianceWeightedLoss(PhaseRetrievalLoss):
+    r"""Gaussian quasi-likelihood of intensities with the variance law v_i = a + b·|a_iᴴx|²:
+
+        f(x) = (1/m) Σ_i [ (|a_iᴴx|² − y_i)² / (2 v_i) + ½ log v_i ] + (λ/2)‖x‖²,
+
+    the negative log-likelihood of y_i ~ N(μ_i, a + b μ_i), μ_i = |a_iᴴx|² (normalised units). b = 0 is
+    the intensity least squares (additive noise, :class:`IntensityLoss` up to the factor 2a); a = 0 the
+    Gaussian approximation of shot noise (variance ∝ mean, the quasi-likelihood of McCullagh & Nelder,
+    *Generalized Linear Models*, 1989, ch. 9). ``a`` and ``b`` are per-sample tensors (batch shape,
+    in the normalised units y/e), e.g. from :func:`variance_law`. ∇f = (1/m)Σ 2ℓ'(μ_i) a_i a_iᴴx + λx
+    with ℓ'(μ) = (μ − y)/v − b(μ − y)²/(2v²) + b/(2v). Negative y: used as is.
+    """
+
+    name = "variance_weighted"
+    scale_power = 2
+
+    def __init__(self, op: MeasurementOperator, a: torch.Tensor, b: torch.Tensor, l2: float = 0.0) -> None:
+        super().__init__(op, l2)
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()) or (a <= 0).any() or (b < 0).any():
+            raise ValueError("VarianceWeightedLoss needs finite a > 0 and b ≥ 0 (the variance law a + b·μ)")
+        self.a, self.b = a, b
+
+    def _law(self, p):
+        k = len(self.op.measurement_shape)
+        shape = tuple(self.a.shape) + (1,) * k
+        a = self.a.to(device=p.a2.device, dtype=p.a2.dtype).reshape(shape)
+        b = self.b.to(device=p.a2.device, dtype=p.a2.dtype).reshape(shape)
+        return a, b
+
+    def _ell(self, p, d):
+        a, b = self._law(p)
+        v = a + b * p.a2
+        return 0.5 * (p.a2 - d.y).square() / v + 0.5 * torch.log(v)
+
+    def _dell(self, p, d):
+        a, b = self._law(p)
+        v = a + b * p.a2
+        dev = p.a2 - d.y
+        return 2 * (dev / v - 0.5 * b * dev.square() / v.square() + 0.5 * b / v) * p.r
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "a": self.a.tolist(), "b": self.b.tolist()}
 
 
 LOSSES = {cls.name: cls for cls in (IntensityLoss, AmplitudeLoss, PoissonLoss, TruncatedPoissonLoss,

@@ -1,10 +1,10 @@
 r"""``reconstruct``: one entry point for every phase-retrieval algorithm, batched, logged, reproducible.
 
-    rec = phasetorch.reconstruct(op, y, algorithm="raf")
+    rec = phasetorch.reconstruct(op, y)            # algorithm="auto"
     rec.x, rec.log["loss"], rec.converged, rec.iterations
 
-The algorithms are the presets of :mod:`phasetorch.optim.presets` (wf, twf, rwf, taf, raf, af,
-gs, hio, lbfgs). Everything is per sample: a batch of B intensity vectors (leading dimensions of
+The algorithms are the presets of :mod:`phasetorch.optim.presets` (auto, wf, twf, rwf, taf, raf,
+af, gs, hio, lbfgs). Everything is per sample: a batch of B intensity vectors (leading dimensions of
 ``y``) is B independent problems solved together, each with its own step sizes, line searches,
 stopping test and iteration count; a batch gives what B single calls give (up to floating-point
 summation order, ~1e-12 in float64).
@@ -290,7 +290,7 @@ def pre_name(preset: Preset, preprocessing, op: MeasurementOperator) -> Any:
 
 
 # ---------------------------------------------------------------------------- the driver
-def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf",
+def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto",
                 init: Union[str, torch.Tensor] = "spectral", preprocessing=None, max_iter: int = 1000,
                 tol: Optional[float] = None, step=None, schedule: Optional[Callable[[int], float]] = None,
                 l2: float = 0.0, x_true: Optional[torch.Tensor] = None, progress: bool = True,
@@ -309,8 +309,11 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
     y : observations (intensities for an operator), shape ``(*batch, *op.measurement_shape)``, real,
         finite, same dtype/device as ``op``. Negative values (noise) are allowed; each loss documents
         how it treats them.
-    algorithm : a preset name: ``wf``, ``twf``, ``rwf``, ``taf``, ``raf`` (default), ``af``, ``gs``,
-        ``hio``, ``lbfgs`` (:mod:`phasetorch.optim.presets` lists losses, steps, inits, papers).
+    algorithm : a preset name: ``auto`` (default: L-BFGS on the amplitude loss, then — for data it does
+        not fit exactly, i.e. noisy data — L-BFGS on the quasi-likelihood whose variance law a + b·|Ax|²
+        is fitted to the first stage's residuals, so additive and shot noise are both weighted
+        right), ``wf``, ``twf``, ``rwf``, ``taf``, ``raf``, ``af``, ``gs``, ``hio``, ``lbfgs``
+        (:mod:`phasetorch.optim.presets` lists losses, steps, inits, papers).
     init : ``"spectral"`` (:func:`phasetorch.init.spectral_init` with the preset's
         preprocessing), ``"random"`` (random phases back-projected, x₀ = Aᴴ(√y₊ e^{iφ}) rescaled to
         ‖x₀‖² = mean(y₊)/e), or a tensor (shape ``signal_shape`` or ``(*batch, *signal_shape)``,
@@ -408,9 +411,44 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "raf"
         "real_signal": real_signal, "support": constraint.support is not None, "nonnegative": bool(nonnegative),
         "on_divergence": on_divergence,
     }
-    driver = Driver(op, preset.name, alg, loss, loss.prepare(y_flat), constraint, start.x0, xt, batch,
+    data = loss.prepare(y_flat)
+    driver = Driver(op, preset.name, alg, loss, data, constraint, start.x0, xt, batch,
                     config, t_start, raise_on_divergence=on_divergence == "raise")
-    return driver.run(max_iter, tol_eff, log_every, callback, progress)
+    rec = driver.run(max_iter, tol_eff, log_every, callback, progress)
+    if preset.refine is None:
+        return rec
+    return refine(preset, setting, opts, loss, data, constraint, rec, xt, batch, t_start,
+                  on_divergence == "raise", (max_iter, tol_eff, log_every, callback, progress))
+
+
+def refine(preset: Preset, setting: Setting, opts: dict, loss, data, constraint, rec: Reconstruction, xt, batch,
+           t_start, raise_on_divergence: bool, run_args) -> Reconstruction:
+    """A preset's second stage: for the samples the first stage did not fit to ``tol``, a new loss
+    from ``preset.refine(loss, data, x)`` minimised by a fresh algorithm from the first stage's x,
+    continuing the same log. Samples that fit keep their first-stage result exactly."""
+    op, B = setting.op, rec.iterations.numel()
+    x1 = rec.x.reshape(B, *op.signal_shape)
+    max_iter, tol = run_args[0], run_args[1]
+    res = loss.residual(loss.evaluate(x1, data, grad=False).fields, data)
+    todo = (rec.status.reshape(B) != Status.DIVERGED) & ~(res <= tol if tol > 0 else torch.zeros_like(res, dtype=torch.bool))
+    if max_iter == 0 or not bool(todo.any()):
+        return rec
+    loss2 = preset.refine(loss, data, x1)
+    alg2 = preset.build(setting, opts, preset.step_mu(setting.complex_signal, opts), None, None)
+    cfg = rec.log.config
+    offset = int(rec.log["iteration"][-1])
+    cfg["stages"] = [{"loss": loss.hyperparameters(), "from_iteration": 0},
+                     {"loss": loss2.hyperparameters(), "from_iteration": offset, "samples": todo.tolist()}]
+    driver = Driver(op, preset.name, alg2, loss2, data, constraint, x1, xt, batch, cfg, t_start,
+                    raise_on_divergence, log=rec.log, offset=offset)
+    rec2 = driver.run(*run_args, active=todo)
+    keep = ~todo.reshape(rec.status.shape)
+    status = torch.where(keep, rec.status, rec2.status)
+    iterations = rec.iterations + torch.where(keep, torch.zeros_like(rec2.iterations), rec2.iterations)
+    cfg["status"] = status_names(status)
+    cfg["converged"] = (status == Status.CONVERGED).reshape(-1).tolist()
+    cfg["iterations"] = iterations.reshape(-1).tolist()
+    return Reconstruction(rec2.x, rec.log, status == Status.CONVERGED, iterations, rec.x0, preset.name, status)
 
 
 def truth_metrics(x: torch.Tensor, xt: torch.Tensor):
@@ -457,7 +495,8 @@ class Driver:
     per-sample stopping, status, divergence freezing, logging and progress."""
 
     def __init__(self, op, name: str, alg: Algorithm, loss, data, constraint: Constraint, x0, xt, batch, config,
-                 t_start: float, raise_on_divergence: bool = False) -> None:
+                 t_start: float, raise_on_divergence: bool = False, log: Optional[TrainingLog] = None,
+                 offset: int = 0) -> None:
         self.op, self.name, self.alg, self.loss, self.data = op, name, alg, loss, data
         self.x0, self.xt, self.batch, self.B = x0, xt, batch, x0.shape[0]
         self.t_start, self.raise_on_divergence = t_start, raise_on_divergence
@@ -467,7 +506,8 @@ class Driver:
         if xt is not None:
             cols += ["rel_error", "overlap", "inner"]
             self.record_names += ["rel_error", "overlap", "inner"]
-        self.log = TrainingLog(batch, config, cols)
+        self.log = TrainingLog(batch, config, cols) if log is None else log
+        self.offset = offset                   # a later stage continues an earlier stage's log
         self.divergences: List[Divergence] = []
 
     # ------------------------------------------------------------------ helpers
@@ -476,7 +516,7 @@ class Driver:
         if self.xt is not None:
             vals += list(truth_metrics(x, self.xt))
         rdt = self.op.real_dtype
-        self.log.append_stacked(t, self.record_names, torch.stack([v.to(rdt) for v in vals]),
+        self.log.append_stacked(t + self.offset, self.record_names, torch.stack([v.to(rdt) for v in vals]),
                                 time.perf_counter() - self.t_start)
 
     def view(self, x):
@@ -518,12 +558,14 @@ class Driver:
         return evaluate
 
     # ------------------------------------------------------------------ main loop
-    def run(self, max_iter: int, tol: float, log_every: int, callback, progress: bool) -> Reconstruction:
+    def run(self, max_iter: int, tol: float, log_every: int, callback, progress: bool,
+            active: Optional[torch.Tensor] = None) -> Reconstruction:
+        """Iterate; ``active`` (B,) bool restricts the run to some samples (the others do not move)."""
         B, dev, rdt = self.B, self.x0.device, self.op.real_dtype
         x = self.x0
-        active = torch.ones(B, dtype=torch.bool, device=dev)
+        active = torch.ones(B, dtype=torch.bool, device=dev) if active is None else active.clone()
         status = torch.zeros(B, dtype=torch.int8, device=dev)
-        iterations = torch.full((B,), max_iter, dtype=torch.int64, device=dev)
+        iterations = torch.where(active, max_iter, 0).to(torch.int64)
         zero = torch.zeros(B, dtype=rdt, device=dev)
         grads = self.alg.uses_gradient
 
@@ -542,7 +584,8 @@ class Driver:
         state = self.alg.init_state(x, scale)
         f0 = f.clone()
         f_limit = self.divergence_limit(f0)
-        self.record(0, x, f, norm2(G).sqrt(), zero, res)
+        if self.offset == 0:
+            self.record(0, x, f, norm2(G).sqrt(), zero, res)
 
         bar = tqdm(total=max_iter, desc=self.name, leave=False, dynamic_ncols=True) if progress and max_iter else None
         t = 0

@@ -153,12 +153,12 @@ def test_success_rate_counts_a_diverged_trial_as_a_failure(monkeypatch):
     x0 = X + 0.2 * torch.view_as_complex(torch.randn(3, 16, 2, generator=g, dtype=torch.float64)) / math.sqrt(2)
     x0[1] = 0.01 * x0[1]
     real = bench.reconstruct
-    monkeypatch.setattr(bench, "reconstruct", lambda op_, y_, **kw: real(op_, y_, init=x0, step=0.2, **kw))
+    monkeypatch.setattr(bench, "reconstruct", lambda op_, y_, **kw: real(op_, y_, init=x0, step=0.2, safeguard=False, **kw))
     with pytest.warns(RuntimeWarning, match="diverged"):
         ok, diverged = bench._pt_successes(op, X, op(X), "wf", 3000, 1e-5, 0)
     assert ok == [True, False, True] and diverged == 1
     # every trial diverged: reconstruct raises, and they all count as failures
-    monkeypatch.setattr(bench, "reconstruct", lambda op_, y_, **kw: real(op_, y_, init=x0[1:2], step=0.2, **kw))
+    monkeypatch.setattr(bench, "reconstruct", lambda op_, y_, **kw: real(op_, y_, init=x0[1:2], step=0.2, safeguard=False, **kw))
     assert bench._pt_successes(op, X[1:2], op(X[1:2]), "wf", 3000, 1e-5, 0) == ([False], 1)
 
 

@@ -275,7 +275,7 @@ def test_progress_bar_runs(capsys):
 
 
 def test_every_preset_is_registered_with_a_reference():
-    assert set(PRESETS) == {"wf", "twf", "rwf", "taf", "raf", "af", "gs", "hio", "lbfgs"}
+    assert set(PRESETS) == {"auto", "wf", "twf", "rwf", "taf", "raf", "af", "gs", "hio", "lbfgs"}
     for p in PRESETS.values():
         assert p.reference and p.preprocessing is not None
 

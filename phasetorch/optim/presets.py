@@ -16,6 +16,9 @@ name      loss / update                                default step             
 ``gs``    error reduction x ← Π_C(A⁺ P_M(Ax))          —                                       ``identity``
 ``hio``   Fienup HIO, β = 0.9                          —                                       random phases
 ``lbfgs`` amplitude, batched L-BFGS (memory 10)        Armijo from 1 (first step 0.5)          ``mm`` (Lanczos tol 0.1)
+``auto``  lbfgs, then L-BFGS on the variance-weighted  as lbfgs                                 as lbfgs
+          quasi-likelihood (a + b|Ax|² fitted to the
+          residuals) for data not fitted exactly
 ========  ===========================================  ======================================  ==========================
 
 References: WF — Candès, Li & Soltanolkotabi, IEEE Trans. Inf. Theory 61 (2015); TWF — Chen &
@@ -115,6 +118,14 @@ def hybrid_input_output(setting, opts, mu, step, schedule) -> Algorithm:
                                       tight_frame_constant(setting.op))
 
 
+def variance_refinement(loss: L.PhaseRetrievalLoss, data: L.MeasurementData, x: torch.Tensor) -> L.PhaseRetrievalLoss:
+    """The quasi-likelihood second stage: :class:`~phasetorch.losses.VarianceWeightedLoss` with the
+    variance law a + b·μ fitted to the first stage's residuals at x (:func:`~phasetorch.losses.variance_law`)."""
+    ev = loss.evaluate(x, data, grad=False)
+    a, b = L.variance_law(ev.fields.a2, data.y, len(loss.op.measurement_shape))
+    return L.VarianceWeightedLoss(loss.op, a, b, l2=loss.l2)
+
+
 @dataclass(frozen=True)
 class Preset:
     """One named algorithm: its builder, its loss and every default.
@@ -145,6 +156,9 @@ class Preset:
     spectral: Dict[str, Any] = field(default_factory=dict)
     projection: bool = False
     needs_support: bool = False
+    #: an optional second stage: refine(loss, data, x) -> the loss to minimise next from x (the samples the
+    #: first stage did not fit), by a fresh algorithm from ``build``
+    refine: Optional[Callable] = None
 
     def defaults(self, complex_signal: bool) -> Dict[str, Any]:
         """The hyper-parameters with their defaults for a real or complex signal."""
@@ -198,6 +212,10 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
     Preset("lbfgs", "L-BFGS", "Liu & Nocedal, Math. Program. 45 (1989)",
            lbfgs, "amplitude", "mm", loss_choices=("amplitude", "intensity"), mu=0.5,
            options={"memory": 10, "loss": "amplitude"}, spectral={"tol": 1e-1}),
+    Preset("auto", "Noise-adaptive L-BFGS",
+           "Liu & Nocedal (1989); quasi-likelihood: McCullagh & Nelder, Generalized Linear Models (1989)",
+           lbfgs, "amplitude", "mm", mu=0.5, options={"memory": 10}, spectral={"tol": 1e-1},
+           refine=variance_refinement),
 )}
 
 
