@@ -210,7 +210,7 @@ class Start:
 
 
 def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generator, spectral_options,
-                  real_signal: bool, constraint: Constraint, batch, B) -> Start:
+                  real_signal: bool, constraint: Constraint, batch, B, progress: bool = False) -> Start:
     """x₀ from ``init`` ("spectral", "random" or a tensor), projected and scaled as documented in :func:`reconstruct`."""
     if spectral_options is not None and not isinstance(spectral_options, dict):
         raise ValueError(f"spectral_options must be a dict of spectral_init keyword arguments, got "
@@ -225,6 +225,7 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
     elif init == "spectral":
         kw = {**preset.spectral, **(spectral_options or {})}
         spec_kw = dict(kw)
+        kw.setdefault("progress", progress)
         for k in ("preprocessing", "seed", "generator", "return_info", "real_signal"):
             if k in kw:
                 raise ValueError(f"spectral_options may not set {k!r}; use reconstruct's own argument")
@@ -390,7 +391,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
     y_flat = y.reshape(B, *op.measurement_shape)
     xt = None if x_true is None else signal_tensor(x_true, op, batch, B, "x_true")
     start = initial_point(op, y_flat, preset, init, preprocessing, seed, generator, spectral_options, real_signal,
-                          constraint, batch, B)
+                          constraint, batch, B, progress)
 
     setting = Setting(op, y_flat.clamp_min(0).sqrt(), constraint, complex_signal)
     alg = preset.build(setting, opts, preset.step_mu(complex_signal, opts), step, schedule)

@@ -174,6 +174,11 @@ class HybridInputOutputAlgorithm(Algorithm):
 
     State: ``hio_x`` (the in-range part), ``hio_u`` (the field in measurement space), ``hio_v``
     (the last least-squares image A⁺P_M(u)). The iterate reported is Π_C(v).
+
+    On noisy data HIO does not converge to a point: its iteration is chaotic, so the ~1e-16
+    differences in floating-point summation order between a batched run and single runs grow to
+    O(1) differences in the iterate after some hundred iterations. A batch equals single runs only up
+    to that; every other preset keeps batch = singles to rounding.
     """
 
     name = "hio"
