@@ -1,4 +1,4 @@
-r"""Test objects: the Shepp–Logan phantom, complex test objects, and the generator of ``data/``.
+r"""Test objects: the Shepp–Logan phantom, complex test objects, and the generator of the bundled data.
 
 * :func:`shepp_logan` — the *modified* Shepp–Logan head phantom (Toft 1996, "The Radon transform:
   theory and implementation", PhD thesis, DTU, Table 3.1; the contrast-enhanced version of Shepp &
@@ -10,8 +10,9 @@ r"""Test objects: the Shepp–Logan phantom, complex test objects, and the gener
 * :func:`complex_object` — x = amplitude · exp(i · phase_range · phase), the standard way of building
   a complex test object from two real images (phase images in [0, 1] map to phases in
   [0, phase_range]).
-* :func:`make_bundled_data` — writes the files of the repository's ``data/`` folder from the
-  generator above and the Grace Hopper photograph that matplotlib ships (see ``data/README.md``).
+* :func:`make_bundled_data` — writes the image and object files of the bundled data folder
+  (``phasetorch/data/``, package data; ``data/`` in a checkout links to it) from the generator above
+  and the Grace Hopper photograph that matplotlib ships (see ``phasetorch/data/README.md``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def complex_object(amplitude: torch.Tensor, phase: torch.Tensor, phase_range: fl
 
 def make_bundled_data(out_dir: Union[str, Path], hopper_jpg: Optional[Union[str, Path]] = None,
                       size: int = 256, object_size: int = 64) -> dict:
-    """Write the repository's ``data/`` files into ``out_dir`` and return {name: path}.
+    """Write the bundled image and object files into ``out_dir`` and return {name: path} (atomically).
 
     * ``grace_hopper.png`` — the photograph matplotlib ships (``mpl-data/sample_data/grace_hopper.jpg``,
       found through ``matplotlib.cbook.get_sample_data`` unless ``hopper_jpg`` is given), converted to
@@ -98,7 +99,6 @@ def make_bundled_data(out_dir: Union[str, Path], hopper_jpg: Optional[Union[str,
       floor 0.2 keeps the phase defined everywhere.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if hopper_jpg is None:
         import matplotlib.cbook
 
@@ -112,7 +112,7 @@ def make_bundled_data(out_dir: Union[str, Path], hopper_jpg: Optional[Union[str,
     amp = 0.2 + 0.8 * pio.load_image(paths["shepp_logan"], size=object_size)
     phase = pio.load_image(paths["grace_hopper"], size=object_size)
     x = complex_object(amp, phase)
-    torch.save({"x": x.contiguous(), "description": (
+    pio.atomic_torch_save({"x": x.contiguous(), "description": (
         f"{object_size}x{object_size} complex test object: amplitude 0.2 + 0.8*shepp_logan.png, "
         f"phase pi*grace_hopper.png (both resized to {object_size}x{object_size})")}, paths["complex_object"])
     return {k: str(v) for k, v in paths.items()}

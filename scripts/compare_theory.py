@@ -4,7 +4,7 @@
 For each δ in --deltas and λ in --l2s: a multi-seed simulation on real Gaussian phase retrieval
 (`phasetorch train`) and the DMFT prediction (`phasetorch theory`), each into OUT/delta{δ}_lambda{λ}/,
 then OUT/comparison.png — overlap, estimation error and training loss versus iteration, DMFT lines
-over the simulation mean ± 2 SE — and OUT/comparison.json with the sup gaps. After Chen & Shen,
+over the simulation mean ± 1 SE — and OUT/comparison.json with the sup gaps. After Chen & Shen,
 "Learning single index model with gradient descent: spectral initialization and precise
 asymptotics", arXiv 2509.23527 (2025). All logic is in phasetorch.app.demo.theory_comparison.
 

@@ -20,7 +20,7 @@ import sys
 from phasetorch.app.cli import main, main_with_defaults
 from phasetorch.io import bundled
 
-DEFAULTS = {"--masks": "6", "--noise": "poisson:1e8", "--iters": "300", "--size": "96"}
+DEFAULTS = {"--masks": "6", "--noise": "poisson:1800", "--iters": "300", "--size": "96"}
 
 
 def run(argv):

@@ -323,7 +323,7 @@ def test_scripts_run_the_cli_with_their_defaults(capsys, tmp_path):
     rec = runpy.run_path(str(SCRIPTS / "reconstruct_image.py"), run_name="phasetorch_script")
     assert rec["run"](["--size", "12", "--iters", "5", "--out", str(tmp_path / "r"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["meta"]["image"].endswith("grace_hopper.png") and summary["meta"]["noise"] == "poisson:1e8"
+    assert summary["meta"]["image"].endswith("grace_hopper.png") and summary["meta"]["noise"] == "poisson:1800"
 
 
 @pytest.mark.parametrize("algorithm", ["wf", "twf"])

@@ -1,6 +1,7 @@
 """Tests of phasetorch.io (images, measurement files, JSON) and phasetorch.phantoms (test objects, data/)."""
 
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -183,9 +184,11 @@ def test_bundled_data_present_small_and_reproducible(tmp_path):
     total = 0
     for name in pio.BUNDLED:
         path = pio.bundled(name)
+        assert path.parent == pio.DATA_DIR and pio.bundled(path.name) == path   # by key or by file name
         total += path.stat().st_size
-    assert total < 1_000_000
-    assert (pio.DATA_DIR / "README.md").is_file()
+    assert total < 5_000_000            # the images and object are ~75 kB; the ptychography set is 3.3 MB
+    assert (pio.DATA_DIR / "README.md").is_file() and (pio.DATA_DIR / "LICENSE.tike").is_file()
+    assert pio.DATA_DIR == Path(pio.__file__).resolve().parent / "data"       # package data, not the checkout
     assert torch.equal(pio.load_image(pio.bundled("shepp_logan")),
                        pio.load_image(pio.save_image(shepp_logan(256), tmp_path / "s.png", normalise=False)))
     hopper = pio.load_image(pio.bundled("grace_hopper"))

@@ -99,10 +99,16 @@ def test_real_cells_succeed_above_and_fail_below_injectivity(tmp_path):
 
 def test_reference_lines_and_figure(tmp_path, monkeypatch):
     lines = sw.reference_lines("complex")
-    assert lines["injectivity (complex: δ = 4)"] == 4.0
-    spectral = [v for k, v in lines.items() if k.startswith("spectral threshold (optimal: δ = 1)")]
-    assert spectral and spectral[0] == pytest.approx(1.0, abs=1e-3)
-    assert sw.reference_lines("real")["injectivity (real: δ = 2)"] == 2.0
+    assert lines == {"injectivity (complex: δ = 4)": 4.0}
+    assert sw.reference_lines("real") == {"injectivity (real: δ = 2)": 2.0}
+    # each algorithm's own spectral threshold: its preset's preprocessing, or the sweep's
+    th = sw.algorithm_thresholds(["wf", "lbfgs", "taf"], "complex")
+    assert th["wf"] is None                                      # identity: no closed-form threshold
+    assert th["lbfgs"][0] == "mm" and th["lbfgs"][1] == pytest.approx(1.0, abs=1e-3)
+    assert th["taf"][0] == "orthogonality" and 1.0 < th["taf"][1] < 4.0
+    forced = sw.algorithm_thresholds(["wf", "taf"], "real", preprocessing="optimal")
+    assert forced["wf"] == forced["taf"] and forced["wf"][1] == pytest.approx(0.5, abs=1e-3)
+    assert sw.algorithm_thresholds(["taf"], "complex", init="random") == {"taf": None}
     monkeypatch.setattr(sw, "run_cell", _fake_cell([]))
     res = sw.run_sweep(tmp_path, [2.0, 4.0], ["wf"], trials=2, dim=8, progress=False)
     path = sw.write_figure(res, tmp_path, lines)

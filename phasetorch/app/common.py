@@ -2,7 +2,7 @@
 
 * :class:`CLIError` — a failure of a job the user can fix (printed by the command as one line
   ``phasetorch: error: …``, exit status 1); :class:`UsageError` — a bad option value (exit status 2).
-* :class:`Echo` — prints chatter unless quiet, and result lines always.
+* :class:`Echo` — prints chatter unless quiet, result lines always, warnings (stderr) always.
 * :func:`resolve_device` — ``cpu`` / ``cuda`` / ``cuda:N`` → :class:`torch.device`, refusing an absent GPU.
 * :func:`fmt_value` — a number, None or a per-sample list as short text (``n/a``, ``inf``, ``[a, b]``).
 """
@@ -38,6 +38,10 @@ class Echo:
 
     def result(self, msg: str) -> None:
         print(msg, file=self.stream or sys.stdout, flush=True)
+
+    def warn(self, msg: str) -> None:
+        """``warning: msg`` on stderr, quiet or not."""
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,21 +19,39 @@ atomically after each finished cell. Re-running the same sweep skips the finishe
 add algorithms or δ values, but must keep the problem settings (dim, field, trials, tol, max_iter,
 init, preprocessing, dtype, seed) — otherwise it stops with an error rather than mixing results.
 
+Concurrent sweeps into one folder are safe: each finished cell is merged into results.json under an
+exclusive lock on ``OUT/.lock`` (:func:`fcntl.flock`, held for the read–merge–write; the write goes
+through a unique temporary name, :func:`phasetorch.io.atomic_write`), so no finished cell of any
+process is lost, and a cell another process has finished is skipped.
+
+Bounded resources: a grid of more than :data:`MAX_CELLS` cells (algorithms × δ values) is refused
+before anything is built — ``1:1e9:1e-9`` would be 10¹⁸ points —, and so is a problem whose
+Gaussian matrix (m = round(δ_max n) rows) does not fit in the available memory.
+
+Success rates are drawn with Wilson score 95% intervals (:func:`wilson_interval`: for k successes
+in N trials, p̂ = k/N, z = 1.96, centre (p̂ + z²/2N)/(1 + z²/N), half-width
+z √(p̂(1−p̂)/N + z²/4N²)/(1 + z²/N); Wilson, J. Am. Stat. Assoc. 22, 1927), which stay inside [0, 1]
+and do not collapse to zero width at 0 or 1.
+
 Reference lines on the plot (the asymptotic theory, n → ∞):
 
-* spectral weak-recovery threshold δ_c of the sweep's ``preprocessing`` — of ``optimal``, the lowest
-  of all preprocessings, when the algorithms keep their own (:func:`phasetorch.theory.spectral_threshold`;
-  1/2 real, 1 complex for ``optimal`` — Mondelli & Montanari 2018, Luo, Alghamdi & Lu 2019);
+* each algorithm's own spectral weak-recovery threshold δ_c, in its colour: that of its preset's
+  preprocessing (or of the sweep's ``preprocessing`` when one is given) by
+  :func:`phasetorch.theory.spectral_threshold` (e.g. 1/2 real, 1 complex for ``optimal`` — Mondelli &
+  Montanari 2018, Luo, Alghamdi & Lu 2019; trimmed, orthogonality, mm …), none where the
+  preprocessing has no closed-form threshold (identity, weighted) or the start is not spectral;
 * injectivity: m ≥ 2n − 1 (real) and m ≥ 4n − 4 (complex) measurements determine x up to the
   global phase (Balan, Casazza & Edidin 2006; Conca, Edidin, Hering & Vinzant 2015): δ = 2 and 4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -41,20 +59,41 @@ from tqdm.auto import tqdm
 from ..errors import DivergenceError
 from ..io import load_json, save_figure, save_json, use_agg
 from ..metrics import relative_error
+from ..optim.presets import PRESETS
 from ..physics import GaussianMeasurement
 from ..solve import reconstruct
 from ..tensors import check_int, check_number, complex_dtype_of, make_generator, parse_dtype
 from ..theory import spectral_threshold
+from .jobs import check_memory, problem_bytes
+
+try:  # POSIX; without it (Windows) concurrent sweeps into one folder are not protected
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 RESULTS_NAME = "results.json"
 FIGURE_NAME = "phase_transition.png"
+LOCK_NAME = ".lock"
+#: The most cells (algorithms × δ values) a sweep may have, and so the most δ values of a grid.
+MAX_CELLS = 10_000
 INJECTIVITY = {"real": 2.0, "complex": 4.0}
 SETTINGS = ("dim", "field", "trials", "tol", "max_iter", "init", "preprocessing", "dtype", "seed")
 
 
 # ---------------------------------------------------------------------------------------- grid
+class GridTooLarge(ValueError):
+    """A grid or a sweep with more than :data:`MAX_CELLS` points or cells."""
+
+
+def _too_many(spec, count: float) -> GridTooLarge:
+    return GridTooLarge(f"grid {spec!r} has {count:.3g} points, more than the cap of {MAX_CELLS}; use a coarser "
+                        f"step or a shorter range")
+
+
 def parse_grid(spec: str) -> List[float]:
     """δ values from ``"start:stop:step"`` (stop included), ``"a,b,c"`` or a single number.
+
+    Refused (ValueError, with the count) above :data:`MAX_CELLS` values, before the list is built.
 
     >>> parse_grid("1:2:0.25")
     [1.0, 1.25, 1.5, 1.75, 2.0]
@@ -68,10 +107,16 @@ def parse_grid(spec: str) -> List[float]:
             start, stop, step = (check_number(v, "a grid bound") for v in parts)
             check_number(step, "the grid step", 0.0, strict=True)
             check_number(stop, "the grid stop", start)
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + k * step, 10) for k in range(count)]
+            ratio = (stop - start) / step
+            if not math.isfinite(ratio) or ratio + 1 > MAX_CELLS:
+                raise _too_many(spec, ratio + 1)
+            values = [round(start + k * step, 10) for k in range(int(math.floor(ratio + 1e-9)) + 1)]
         else:
             values = [float(p) for p in text.split(",") if p.strip()]
+            if len(values) > MAX_CELLS:
+                raise _too_many(spec, len(values))
+    except GridTooLarge:
+        raise
     except ValueError:
         raise ValueError(f"bad grid {spec!r}: use start:stop:step (e.g. 1:8:0.25, stop included) or a comma list "
                          f"(e.g. 2,3,4)") from None
@@ -96,6 +141,40 @@ def trial_seed(seed: int, trial: int, delta: float) -> int:
 
 
 # ---------------------------------------------------------------------------------------- storage
+@contextlib.contextmanager
+def folder_lock(folder):
+    """An exclusive :func:`fcntl.flock` on ``folder/.lock`` (created, with the folder, if absent) for
+    the duration of the block; a no-op where fcntl does not exist."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _read_cells(path: Path, settings: Dict) -> Optional[Tuple[Dict, Dict[str, Dict]]]:
+    """(settings, cells) of an existing results.json whose settings equal ``settings``; None if absent."""
+    if not path.exists():
+        return None
+    data = load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict) or "settings" not in data:
+        raise ValueError(f"{path} is not a phasetorch sweep results file; choose another --out directory")
+    old = data["settings"]
+    diff = [f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in SETTINGS if old.get(k) != settings.get(k)]
+    if diff:
+        raise ValueError(f"{path} holds a sweep with different settings: {', '.join(diff)}; "
+                         f"use the same settings to resume, or another --out directory")
+    return old, data["cells"]
+
 class SweepResults:
     """The contents of ``results.json``: the problem settings and the finished cells.
 
@@ -112,17 +191,8 @@ class SweepResults:
     def open(cls, out_dir, settings: Dict) -> "SweepResults":
         """Load ``out_dir/results.json`` if present (its settings must equal ``settings``), else start empty."""
         path = Path(out_dir) / RESULTS_NAME
-        if not path.exists():
-            return cls(settings, path=path)
-        data = load_json(path)
-        if not isinstance(data, dict) or not isinstance(data.get("cells"), dict) or "settings" not in data:
-            raise ValueError(f"{path} is not a phasetorch sweep results file; choose another --out directory")
-        old = data["settings"]
-        diff = [f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in SETTINGS if old.get(k) != settings.get(k)]
-        if diff:
-            raise ValueError(f"{path} holds a sweep with different settings: {', '.join(diff)}; "
-                             f"use the same settings to resume, or another --out directory")
-        return cls(old, data["cells"], path=path)
+        cells = _read_cells(path, settings)
+        return cls(settings if cells is None else cells[0], None if cells is None else cells[1], path=path)
 
     @classmethod
     def load(cls, path) -> "SweepResults":
@@ -138,13 +208,33 @@ class SweepResults:
     def done(self, algorithm: str, delta: float) -> bool:
         return cell_key(algorithm, delta) in self.cells
 
-    def record(self, cell: Dict) -> None:
-        self.cells[cell_key(cell["algorithm"], cell["delta"])] = cell
-        self.save()
+    def refresh(self) -> None:
+        """Merge in the cells other processes have written to results.json since it was read."""
+        if self.path is None:
+            return
+        found = _read_cells(self.path, self.settings)
+        if found is not None:
+            self.cells = {**found[1], **self.cells}
 
-    def save(self) -> Path:
+    def record(self, cell: Dict) -> None:
+        """Add a finished cell and merge it into results.json under the folder's lock (no cell of a
+        concurrent sweep into the same folder is lost)."""
         if self.path is None:
             raise ValueError("SweepResults has no path; open it with SweepResults.open(out_dir, settings)")
+        with folder_lock(self.path.parent):
+            self.refresh()
+            self.cells[cell_key(cell["algorithm"], cell["delta"])] = cell
+            self._write()
+
+    def save(self) -> Path:
+        """Write results.json (merged with what is on disk) under the folder's lock."""
+        if self.path is None:
+            raise ValueError("SweepResults has no path; open it with SweepResults.open(out_dir, settings)")
+        with folder_lock(self.path.parent):
+            self.refresh()
+            return self._write()
+
+    def _write(self) -> Path:
         return save_json({"settings": self.settings, "cells": self.cells}, self.path)
 
     def algorithms(self) -> List[str]:
@@ -203,7 +293,7 @@ def run_cell(algorithm: str, delta: float, settings: Dict, device: str = "cpu") 
             errors.append(float("inf"))
             iterations.append(int(exc.iteration) if exc.iteration is not None else int(settings["max_iter"]))
             continue
-        err = float(relative_error(rec.x, x))
+        err = float(relative_error(rec.x, x, signal_dims=len(op.signal_shape)))
         errors.append(err if math.isfinite(err) else float("inf"))
         iterations.append(int(rec.iterations))
     successes = sum(e < float(settings["tol"]) for e in errors)
@@ -227,16 +317,30 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
     algorithms = [a.strip() for a in algorithms if a.strip()]
     if not algorithms:
         raise ValueError("give at least one algorithm (e.g. --algorithms wf,raf)")
+    deltas = [float(d) for d in deltas]
+    if not deltas:
+        raise ValueError("give at least one δ value (e.g. --deltas 2,4,6)")
+    cells = len(algorithms) * len(deltas)
+    if cells > MAX_CELLS:
+        raise GridTooLarge(f"the sweep has {len(algorithms)} algorithm(s) × {len(deltas)} δ values = {cells} cells, "
+                           f"more than the cap of {MAX_CELLS}; use fewer δ values or algorithms")
+    m_max = max(1, int(round(max(deltas) * int(dim))))
+    check_memory(problem_bytes(int(dim), m_max, matrix=m_max * int(dim) * (2 if field == "complex" else 1),
+                               dtype=parse_dtype(dtype)),
+                 f"a trial at δ = {max(deltas):g} (a dense {field} Gaussian matrix of {m_max}×{int(dim)})",
+                 "use a smaller --dim or a smaller largest δ", torch.device(device))
     settings = {"dim": int(dim), "field": field, "trials": int(trials), "tol": float(tol), "max_iter": int(max_iter),
                 "init": init, "preprocessing": preprocessing, "dtype": dtype, "seed": int(seed)}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     results = SweepResults.open(out_dir, settings)
-    todo = [(a, float(d)) for a in algorithms for d in deltas if not results.done(a, d)]
-    skipped = len(algorithms) * len(deltas) - len(todo)
+    todo = [(a, d) for a in algorithms for d in deltas if not results.done(a, d)]
+    skipped = cells - len(todo)
     if log is not None and skipped:
         log(f"resuming: {skipped} finished cell(s) in {results.path} skipped, {len(todo)} to run")
     bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, leave=False)
     for algorithm, delta in bar:
+        results.refresh()                   # a concurrent sweep into the same folder may have done it
+        if results.done(algorithm, delta):
+            continue
         bar.set_postfix_str(cell_key(algorithm, delta))
         results.record(run_cell(algorithm, delta, settings, device=device))
     bar.close()
@@ -244,40 +348,99 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
 
 
 # ---------------------------------------------------------------------------------------- figure
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> Tuple[float, float]:
+    """Wilson score interval (95% for the default z) of a success probability from k of N trials.
+
+    centre c = (p̂ + z²/2N)/(1 + z²/N), half-width h = z √(p̂(1−p̂)/N + z²/4N²)/(1 + z²/N), p̂ = k/N
+    (Wilson, J. Am. Stat. Assoc. 22, 1927); (0, 1) for N = 0.
+    """
+    k, n = int(successes), int(trials)
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    den = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def reference_lines(field: str, preprocessing: Optional[str] = None) -> Dict[str, float]:
-    """{label: δ} of the theory lines drawn on the plot (spectral threshold, injectivity)."""
-    name = preprocessing or "optimal"
-    lines = {}
-    try:
-        dc = float(spectral_threshold(name, field=field))
-        lines[f"spectral threshold ({name}: δ = {dc:.3g})"] = dc
-    except ValueError:
-        # rank-based preprocessings (orthogonality, weighted) have no closed-form threshold
-        pass
-    lines[f"injectivity ({field}: δ = {INJECTIVITY[field]:g})"] = INJECTIVITY[field]
-    return lines
+    """{label: δ} of the algorithm-independent theory lines: injectivity, m ≥ 2n − 1 (real) / 4n − 4
+    (complex). The spectral thresholds are per algorithm (:func:`algorithm_thresholds`)."""
+    return {f"injectivity ({field}: δ = {INJECTIVITY[field]:g})": INJECTIVITY[field]}
+
+
+def algorithm_thresholds(algorithms: Sequence[str], field: str, preprocessing=None,
+                         init: str = "spectral") -> Dict[str, Optional[Tuple[str, float]]]:
+    """{algorithm: (preprocessing name, δ_c) or None}: the spectral weak-recovery threshold of the start
+    each algorithm runs from — its preset's preprocessing, or ``preprocessing`` when the sweep sets one —
+    by :func:`phasetorch.theory.spectral_threshold`; None without a spectral start or a closed-form
+    threshold (identity, weighted)."""
+    cache: Dict[Tuple[str, int], Optional[float]] = {}
+    out: Dict[str, Optional[Tuple[str, float]]] = {}
+    for a in algorithms:
+        pre = preprocessing if preprocessing else (PRESETS[a].preprocessing if a in PRESETS else None)
+        if init != "spectral" or pre is None:
+            out[a] = None
+            continue
+        name = pre if isinstance(pre, str) else getattr(pre, "__name__", repr(pre))
+        key = (name, id(pre))
+        if key not in cache:
+            try:
+                cache[key] = float(spectral_threshold(pre, field=field))
+            except ValueError:
+                cache[key] = None
+        out[a] = None if cache[key] is None else (name, cache[key])
+    return out
 
 
 def plot_sweep(results: SweepResults, lines: Optional[Dict[str, float]] = None):
-    """Success rate vs δ, one curve per algorithm, with vertical theory lines; returns the Figure."""
+    """Success rate vs m/n, one curve per algorithm with Wilson 95% intervals and its own spectral
+    threshold (a dotted line in its colour), plus the ``lines`` (injectivity); returns the Figure."""
     use_agg()
     import matplotlib.pyplot as plt
 
     s = results.settings
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for algorithm in results.algorithms():
-        d, r = results.curve(algorithm)
-        ax.plot(d, r, marker="o", ms=3.5, label=algorithm)
-    styles = iter([":", "--", "-."])
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    algorithms = results.algorithms()
+    thresholds = algorithm_thresholds(algorithms, s["field"], s.get("preprocessing"), s.get("init", "spectral"))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    all_d = sorted({cell["delta"] for cell in results.cells.values()})
+    spacing = min((b - a for a, b in zip(all_d, all_d[1:])), default=1.0)
+    curves, marks = [], []
+    for i, algorithm in enumerate(algorithms):
+        c = colors[i % len(colors)]
+        cells = sorted((cell for cell in results.cells.values() if cell["algorithm"] == algorithm),
+                       key=lambda cell: cell["delta"])
+        dodge = (i - (len(algorithms) - 1) / 2) * 0.04 * spacing        # keep overlapping intervals apart
+        d = [cell["delta"] + dodge for cell in cells]
+        r = [cell["success_rate"] for cell in cells]
+        ci = [wilson_interval(cell["successes"], cell["trials"]) for cell in cells]
+        lo = [max(0.0, rate - a) for rate, (a, _) in zip(r, ci)]
+        hi = [max(0.0, b - rate) for rate, (_, b) in zip(r, ci)]
+        curves.append(ax.errorbar(d, r, yerr=[lo, hi], marker="o", ms=3.5, color=c, capsize=2, elinewidth=0.8,
+                                  label=algorithm))
+        th = thresholds.get(algorithm)
+        if th is not None:
+            marks.append(ax.axvline(th[1], color=c, ls=":", lw=1.3,
+                                    label=f"{algorithm}: spectral δ_c = {th[1]:.3g} ({th[0]})"))
+    without = [a for a in algorithms if thresholds.get(a) is None]
+    if without:
+        marks.append(ax.plot([], [], " ", label=f"{', '.join(without)}: no closed-form spectral δ_c")[0])
+    styles = iter(["--", "-.", ":"])
     for label, delta in (lines or {}).items():
-        ax.axvline(delta, color="0.35", ls=next(styles, ":"), lw=1.2, label=label)
-    ax.set_xlabel("oversampling δ = m/n")
+        marks.append(ax.axvline(delta, color="0.35", ls=next(styles, "--"), lw=1.2, label=label))
+    ax.set_xlabel("m/n")
     ax.set_ylabel(f"success rate (rel. error < {s['tol']:g})")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"{s['field']} Gaussian, n = {s['dim']}, {s['trials']} trials, ≤ {s['max_iter']} iterations",
-                 fontsize=10)
+    ax.set_title(f"{s['field']} Gaussian, n = {s['dim']}, {s['trials']} trials per point (Wilson 95% intervals), "
+                 f"≤ {s['max_iter']} iterations", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    handles = curves + marks
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+              title="success rate, Wilson 95% interval", title_fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -295,4 +458,5 @@ def summary_lines(results: SweepResults, algorithms: Optional[Iterable[str]] = N
 
 
 __all__ = ["parse_grid", "cell_key", "trial_seed", "SweepResults", "random_signal", "run_cell", "run_sweep",
-           "reference_lines", "plot_sweep", "write_figure", "summary_lines", "RESULTS_NAME", "FIGURE_NAME"]
+           "reference_lines", "algorithm_thresholds", "wilson_interval", "plot_sweep", "write_figure",
+           "summary_lines", "folder_lock", "GridTooLarge", "RESULTS_NAME", "FIGURE_NAME", "LOCK_NAME", "MAX_CELLS"]

@@ -4,7 +4,7 @@
   (one ``phasetorch: error: …`` line, exit status 2) instead of printing usage and exiting;
 * option types (argparse ``type=``): :func:`positive_int`, :func:`nonneg_int`, :func:`positive_float`,
   :func:`nonneg_float` (checked by :func:`phasetorch.tensors.check_int` / :func:`~phasetorch.tensors.check_number`),
-  :func:`size`, :func:`device`;
+  :func:`size`, :func:`noise_spec`, :func:`device`;
 * :func:`common_options` — ``--quiet``, ``--debug``, ``--threads`` (every command repeats them);
 * :func:`problem_options` — the measurement model of ``simulate`` and ``reconstruct``, turned into
   :func:`phasetorch.app.jobs.simulate_problem`'s keyword arguments by :func:`problem_kwargs`.
@@ -17,10 +17,10 @@ from typing import Any, Callable, Dict, Tuple
 
 from ...tensors import check_int, check_number, parse_dtype
 from ..common import UsageError, resolve_device
-from ..jobs import DEFAULT_IMAGE_SIZE, MODELS
+from ..jobs import MODELS, NOISE_HELP, parse_noise
 
 __all__ = ["Parser", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "size", "device",
-           "common_options", "problem_options", "problem_kwargs"]
+           "noise_spec", "common_options", "problem_options", "problem_kwargs"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,6 +59,15 @@ def size(text: str) -> Tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size such as 64 or 64x48, got {text!r}") from None
     return vals
+
+
+def noise_spec(text: str) -> str:
+    """A ``--noise`` specification (checked by :func:`phasetorch.app.jobs.parse_noise`), kept as text."""
+    try:
+        parse_noise(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("bad --noise ", "")) from None
+    return text.strip()
 
 
 def device(text: str) -> str:
@@ -100,10 +109,10 @@ def problem_options() -> Parser:
                    help="structured/fourier: zero-padding factor per axis (default 2)")
     g.add_argument("--layers", type=positive_int, default=2, help="structured: number of layers (default 2)")
     g.add_argument("--delta", type=positive_float, default=6.0, help="gaussian: m/n (default 6)")
-    g.add_argument("--noise", default="none", help="none (default), poisson:PHOTONS (expected total photon count "
-                   "per pattern set, e.g. poisson:1e7) or gaussian:SIGMA (std relative to the mean intensity)")
-    g.add_argument("--size", type=size, default=None, help="resize the image: 64 (centre-crop to a square, then "
-                   f"64×64) or 64x48; default {DEFAULT_IMAGE_SIZE} for images, the stored size for .pt objects")
+    g.add_argument("--noise", type=noise_spec, default="none", help=NOISE_HELP)
+    g.add_argument("--size", type=size, default=None, help="resize the object: 64 (centre-crop to a square, then "
+                   "64×64) or 64x48 (H×W); default: the image's own size and shape (a .pt object's stored size); "
+                   "a line says what was cropped or resized")
     g.add_argument("--phase-image", action="store_true",
                    help="use the image p as the phase of a unit-amplitude object exp(iπp)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision (default float32)")

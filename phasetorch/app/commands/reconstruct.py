@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from ...optim.presets import PRESETS
 from ..common import Echo, UsageError, fmt_value, resolve_device
-from ..jobs import (ALGORITHMS, PROJECTION_ALGORITHMS, default_algorithm, load_problem, reconstruction_job,
+from ..jobs import (ALGORITHMS, INITS, PROJECTION_ALGORITHMS, default_algorithm, load_problem, reconstruction_job,
                     simulate_problem)
 from .options import positive_float, positive_int, problem_kwargs, problem_options
 
@@ -26,14 +26,17 @@ def register(sub, common) -> None:
                        description="Simulate measurements of IMAGE and reconstruct it, or reconstruct from saved "
                        "--measurements and --operator files. Writes truth.png, init.png, reconstruction.png, "
                        "error.png, grid.png, convergence.png, log.json, summary.json and prints the final "
-                       "relative error and PSNR.")
+                       "relative error and PSNR. Images keep their own size and shape unless --size is given.")
     p.add_argument("image", metavar="IMAGE", nargs="?", help="PNG/JPEG image or .pt object")
     p.add_argument("--measurements", metavar="FILE.pt", help="saved intensities (from phasetorch simulate)")
     p.add_argument("--operator", metavar="FILE.pt", help="saved operator (from phasetorch simulate / save_operator)")
+    p.add_argument("--force", action="store_true", help="reconstruct even when --operator is not the operator the "
+                   "measurements were simulated with (their recorded identity differs)")
     s = p.add_argument_group("solver")
     s.add_argument("--algorithm", choices=ALGORITHMS, default=None,
                    help="default: raf, or hio (with the object's support and non-negativity) for --model fourier")
-    s.add_argument("--init", default=None, help="initialisation (library default: spectral; e.g. random)")
+    s.add_argument("--init", choices=INITS, default=None, help=f"initialisation: {' or '.join(INITS)} (default "
+                   "spectral)")
     s.add_argument("--preprocessing", default=None,
                    help="spectral preprocessing of the start: optimal (default; robust on images), preset (the "
                    "algorithm's paper default, built for Gaussian data), or a name (trimmed, weighted, …)")
@@ -47,15 +50,15 @@ def register(sub, common) -> None:
 
 def preprocessing_choice(choice: Optional[str], algorithm: Optional[str], init: Optional[str], op) -> Optional[str]:
     """The spectral preprocessing of ``phasetorch reconstruct``: ``optimal`` by default whenever the
-    start is spectral, ``preset`` for the algorithm's own (paper) default (None here), or the name given.
+    start is spectral, ``preset`` for the algorithm's own (paper) default, or the name given.
 
     The papers' starts (identity for WF and GS, trimmed for TWF, RWF's truncation) were designed for
     Gaussian data and fail on coded-diffraction images with few masks (the bundled 64² image with 4
     masks: TWF, RWF, GS end at relative error ≈ 1.3 and WF diverges; from the ``optimal`` start
     all four recover it).
     """
-    if choice == "preset":
-        return None
+    if choice == "preset":     # the paper's own, also on non-Gaussian operators (the library picks optimal there)
+        return PRESETS[algorithm or default_algorithm(op)].preprocessing
     if choice is not None:
         return choice
     start = init or PRESETS[algorithm or default_algorithm(op)].init
@@ -80,11 +83,14 @@ def run(args, echo: Echo) -> int:
             raise UsageError("give either IMAGE or --measurements/--operator, not both")
         if args.measurements is None or args.operator is None:
             raise UsageError("--measurements and --operator go together (both files written by phasetorch simulate)")
-        problem = load_problem(args.measurements, args.operator, device=device)
+        problem = load_problem(args.measurements, args.operator, device=device, force=args.force)
+        if problem["meta"].get("operator_match") is False:
+            echo.warn(f"{args.operator} is not the operator {args.measurements} was simulated with (--force given): "
+                      f"the reconstruction is of a mismatched problem")
     else:
         if args.image is None:
             raise UsageError("give an IMAGE (PNG/JPEG or .pt object), or --measurements and --operator")
-        problem = simulate_problem(args.image, None, **problem_kwargs(args))
+        problem = simulate_problem(args.image, None, echo=echo, **problem_kwargs(args))
     algorithm = args.algorithm
     projection = algorithm in PROJECTION_ALGORITHMS or (algorithm is None and problem["support"] is not None)
     support = problem["support"] if projection else None

@@ -14,13 +14,14 @@ def register(sub, common) -> None:
                        description="Simulate intensity measurements of an image and save them with the operator "
                        "(the file pair 'phasetorch reconstruct --measurements --operator' reads; format in "
                        "phasetorch.io).")
-    p.add_argument("image", metavar="IMAGE", help="PNG/JPEG image or .pt object (e.g. data/complex_object.pt)")
+    p.add_argument("image", metavar="IMAGE", help="PNG/JPEG image or .pt object (e.g. data/complex_object.pt); "
+                   "kept at its own size unless --size is given")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(handler=run)
 
 
 def run(args, echo: Echo) -> int:
-    prob = simulate_problem(args.image, args.out, **problem_kwargs(args))
+    prob = simulate_problem(args.image, args.out, echo=echo, **problem_kwargs(args))
     op = prob["op"]
     echo.result(f"simulated {op.m} intensities of a {tuple(prob['x_true'].shape)} object "
                 f"({type(op).__name__}, δ = {op.delta:g}, noise {args.noise or 'none'})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import sweep as sw
 from ..common import Echo, UsageError, resolve_device
-from ..jobs import ALGORITHMS
+from ..jobs import ALGORITHMS, INITS
 from .options import device, nonneg_int, positive_float, positive_int
 
 __all__ = ["register", "run"]
@@ -13,8 +13,10 @@ __all__ = ["register", "run"]
 def register(sub, common) -> None:
     p = sub.add_parser("sweep", parents=[common], help="success rate vs δ (phase transition), resumable",
                        description="Empirical success rate (relative error < --tol) versus δ = m/n on Gaussian "
-                       "problems, per algorithm, with the theory thresholds drawn. Results go to OUT/results.json "
-                       "after every cell; re-running skips finished cells.")
+                       "problems, per algorithm (Wilson 95% intervals), with each algorithm's spectral threshold "
+                       "and the injectivity line drawn. Results go to OUT/results.json after every cell; re-running "
+                       "skips finished cells, and several sweeps may write into one OUT at once. Grids of more than "
+                       f"{sw.MAX_CELLS} cells are refused.")
     p.add_argument("--deltas", default="1:8:0.5", help="start:stop:step (stop included) or a comma list "
                    "(default 1:8:0.5)")
     p.add_argument("--algorithms", default="wf,raf", help=f"comma list from {','.join(ALGORITHMS)} (default wf,raf)")
@@ -23,7 +25,8 @@ def register(sub, common) -> None:
     p.add_argument("--field", choices=("real", "complex"), default="complex", help="default complex")
     p.add_argument("--tol", type=positive_float, default=1e-5, help="success threshold (default 1e-5)")
     p.add_argument("--iters", type=positive_int, default=1000, help="maximum iterations (default 1000)")
-    p.add_argument("--init", default="spectral", help="initialisation (default spectral)")
+    p.add_argument("--init", choices=INITS, default="spectral", help=f"initialisation: {', '.join(INITS)} "
+                   "(default spectral)")
     p.add_argument("--preprocessing", default=None, help="spectral preprocessing (default: the algorithm's)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="precision (default float64)")
     p.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda or cuda:N")
