@@ -580,6 +580,16 @@ class VarianceWeightedLoss(PhaseRetrievalLoss):
         dev = p.a2 - d.y
         return 2 * (dev / v - 0.5 * b * dev.square() / v.square() + 0.5 * b / v) * p.r
 
+    def step_scale(self, x0: torch.Tensor) -> torch.Tensor:
+        """s = (a + b‖x₀‖²)/‖x₀‖²: the intensity loss's 1/‖x₀‖² times the mean variance a + b·E|r_i|²
+        (E|r_i|² = ‖x‖² in normalised units), the inverse curvature scale of (μ − y)²/(2v)."""
+        n2 = sum_dims(abs2(x0.detach()), len(self.op.signal_shape))
+        if (n2 <= 0).any():
+            raise ValueError("the initial point has zero norm, so the step scale is undefined; start from a non-zero x₀")
+        a = self.a.to(device=n2.device, dtype=n2.dtype).reshape(n2.shape)
+        b = self.b.to(device=n2.device, dtype=n2.dtype).reshape(n2.shape)
+        return (a + b * n2) / n2
+
     def hyperparameters(self):
         return {**super().hyperparameters(), "a": self.a.tolist(), "b": self.b.tolist()}
 

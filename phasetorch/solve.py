@@ -422,34 +422,48 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
                   on_divergence == "raise", (max_iter, tol_eff, log_every, callback, progress))
 
 
+#: at most this many quasi-likelihood rounds (the variance law re-fitted at each round's solution)
+REFINE_ROUNDS = 3
+
+
 def refine(preset: Preset, setting: Setting, opts: dict, loss, data, constraint, rec: Reconstruction, xt, batch,
            t_start, raise_on_divergence: bool, run_args) -> Reconstruction:
-    """A preset's second stage: for the samples the first stage did not fit to ``tol``, a new loss
-    from ``preset.refine(loss, data, x)`` minimised by a fresh algorithm from the first stage's x,
-    continuing the same log. Samples that fit keep their first-stage result exactly."""
+    """A preset's second stage: for the samples the first stage did not fit to ``tol``, the loss
+    ``preset.refine(loss, data, x, previous)`` is minimised by a fresh algorithm from the current x,
+    re-fitted at each round's solution (at most :data:`REFINE_ROUNDS` rounds; a sample stops when the
+    hook says its loss did not move), continuing the same log. Samples that fit keep their first-stage result exactly."""
     op, B = setting.op, rec.iterations.numel()
-    x1 = rec.x.reshape(B, *op.signal_shape)
     max_iter, tol = run_args[0], run_args[1]
-    res = loss.residual(loss.evaluate(x1, data, grad=False).fields, data)
+    x = rec.x.reshape(B, *op.signal_shape)
+    res = loss.residual(loss.evaluate(x, data, grad=False).fields, data)
     todo = (rec.status.reshape(B) != Status.DIVERGED) & ~(res <= tol if tol > 0 else torch.zeros_like(res, dtype=torch.bool))
     if max_iter == 0 or not bool(todo.any()):
         return rec
-    loss2 = preset.refine(loss, data, x1)
-    alg2 = preset.build(setting, opts, preset.step_mu(setting.complex_signal, opts), None, None)
-    cfg = rec.log.config
-    offset = int(rec.log["iteration"][-1])
-    cfg["stages"] = [{"loss": loss.hyperparameters(), "from_iteration": 0},
-                     {"loss": loss2.hyperparameters(), "from_iteration": offset, "samples": todo.tolist()}]
-    driver = Driver(op, preset.name, alg2, loss2, data, constraint, x1, xt, batch, cfg, t_start,
-                    raise_on_divergence, log=rec.log, offset=offset)
-    rec2 = driver.run(*run_args, active=todo)
-    keep = ~todo.reshape(rec.status.shape)
-    status = torch.where(keep, rec.status, rec2.status)
-    iterations = rec.iterations + torch.where(keep, torch.zeros_like(rec2.iterations), rec2.iterations)
-    cfg["status"] = status_names(status)
-    cfg["converged"] = (status == Status.CONVERGED).reshape(-1).tolist()
-    cfg["iterations"] = iterations.reshape(-1).tolist()
-    return Reconstruction(rec2.x, rec.log, status == Status.CONVERGED, iterations, rec.x0, preset.name, status)
+    cfg, status, iterations = rec.log.config, rec.status.reshape(B), rec.iterations.reshape(B)
+    stages, prev = [{"loss": loss.hyperparameters(), "from_iteration": 0}], None
+    for _ in range(REFINE_ROUNDS):
+        new, moved = preset.refine(loss, data, x, prev)
+        todo = todo & moved.reshape(-1).to(todo.device)
+        if not bool(todo.any()):
+            break
+        offset = int(rec.log["iteration"][-1])
+        stages.append({"loss": new.hyperparameters(), "from_iteration": offset, "samples": todo.tolist()})
+        cfg["stages"] = stages
+        alg = preset.build(setting, opts, preset.step_mu(setting.complex_signal, opts), None, None)
+        driver = Driver(op, preset.name, alg, new, data, constraint, x, xt, batch, cfg, t_start,
+                        raise_on_divergence, log=rec.log, offset=offset)
+        out = driver.run(*run_args, active=todo)
+        x = out.x.reshape(B, *op.signal_shape)
+        status = torch.where(todo, out.status.reshape(B), status)
+        iterations = iterations + torch.where(todo, out.iterations.reshape(B), torch.zeros_like(iterations))
+        todo = todo & (status != Status.DIVERGED)
+        prev = new
+    shape = rec.status.shape
+    cfg["status"] = status_names(status.reshape(shape))
+    cfg["converged"] = (status == Status.CONVERGED).tolist()
+    cfg["iterations"] = iterations.tolist()
+    return Reconstruction(x.reshape(rec.x.shape), rec.log, (status == Status.CONVERGED).reshape(shape),
+                          iterations.reshape(shape), rec.x0, preset.name, status.reshape(shape))
 
 
 def truth_metrics(x: torch.Tensor, xt: torch.Tensor):

@@ -118,12 +118,20 @@ def hybrid_input_output(setting, opts, mu, step, schedule) -> Algorithm:
                                       tight_frame_constant(setting.op))
 
 
-def variance_refinement(loss: L.PhaseRetrievalLoss, data: L.MeasurementData, x: torch.Tensor) -> L.PhaseRetrievalLoss:
-    """The quasi-likelihood second stage: :class:`~phasetorch.losses.VarianceWeightedLoss` with the
-    variance law a + b·μ fitted to the first stage's residuals at x (:func:`~phasetorch.losses.variance_law`)."""
+def variance_refinement(loss: L.PhaseRetrievalLoss, data: L.MeasurementData, x: torch.Tensor,
+                        previous: Optional[L.VarianceWeightedLoss] = None, rtol: float = 0.05):
+    """The quasi-likelihood stage: (:class:`~phasetorch.losses.VarianceWeightedLoss` with the variance
+    law a + b·μ fitted to the residuals at x (:func:`~phasetorch.losses.variance_law`), per-sample bool:
+    whether (a, b) moved by more than ``rtol`` from ``previous``'s — all True in the first round)."""
     ev = loss.evaluate(x, data, grad=False)
     a, b = L.variance_law(ev.fields.a2, data.y, len(loss.op.measurement_shape))
-    return L.VarianceWeightedLoss(loss.op, a, b, l2=loss.l2)
+    new = L.VarianceWeightedLoss(loss.op, a, b, l2=loss.l2)
+    if previous is None:
+        return new, torch.ones(a.shape, dtype=torch.bool)
+    mean_mu = ev.fields.a2.mean(dim=tuple(range(a.dim(), ev.fields.a2.dim()))).to(a.dtype)
+    scale = previous.a + previous.b * mean_mu                          # the mean variance, per sample
+    moved = ((a - previous.a).abs() + (b - previous.b).abs() * mean_mu) > rtol * scale
+    return new, moved
 
 
 @dataclass(frozen=True)
@@ -156,8 +164,8 @@ class Preset:
     spectral: Dict[str, Any] = field(default_factory=dict)
     projection: bool = False
     needs_support: bool = False
-    #: an optional second stage: refine(loss, data, x) -> the loss to minimise next from x (the samples the
-    #: first stage did not fit), by a fresh algorithm from ``build``
+    #: an optional second stage for the samples the first stage did not fit: refine(loss, data, x, previous)
+    #: -> (the loss to minimise next from x by a fresh algorithm from ``build``, per-sample bool: still moving)
     refine: Optional[Callable] = None
 
     def defaults(self, complex_signal: bool) -> Dict[str, Any]:
