@@ -2,8 +2,8 @@
 """Reconstruct an image from simulated phaseless measurements (a thin wrapper of `phasetorch reconstruct`).
 
 With no IMAGE (it must come first), the bundled Grace Hopper photo (data/grace_hopper.png) is used. Every option of
-`phasetorch reconstruct` is accepted; the defaults here are coded diffraction with 6 masks, Poisson
-noise at 1e8 photons, RAF, 300 iterations, 96×96.
+`phasetorch reconstruct` is accepted; the defaults here are coded diffraction with 6 masks,
+Poisson noise at 1800 photons per measurement, the default algorithm, 300 iterations, 96×96.
 
 Examples:
     python scripts/reconstruct_image.py --out out/hopper

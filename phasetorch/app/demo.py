@@ -5,8 +5,9 @@ generated Shepp–Logan phantom if it is missing), resized to 96×96 (the size i
 commands keep an image's own size), is the real object x*. Its coded diffraction patterns
 y = |F D_l x*|², l = 1..6 (octanary masks, Candès, Li & Soltanolkotabi 2015) are corrupted by Poisson
 shot noise at 360 expected photons per measurement (``poisson:360``, 2·10⁷ photons in all;
-:class:`phasetorch.physics.noise.PoissonNoise`), and x* is reconstructed by reweighted amplitude flow (RAF,
-Wang et al. 2018; 100 iterations) from its spectral initialisation (preprocessing ``optimal``,
+:class:`phasetorch.physics.noise.PoissonNoise`), and x* is reconstructed by the default algorithm ``auto``
+(L-BFGS on the amplitude loss, then on the quasi-likelihood with the variance law fitted to the
+residuals; at most 100 iterations a stage) from its spectral initialisation (preprocessing ``optimal``,
 Luo, Alghamdi & Lu 2019). Written to ``OUT/reconstruction/``: truth, init, reconstruction and error
 PNGs, grid.png (labelled tiles with colour bars, the error on the truth's scale), convergence.png,
 log.json, summary.json.
@@ -47,10 +48,10 @@ from .figures import comparison_figure
 from .jobs import comparison_dict, reconstruction_job, simulate_problem, sup_gap_lines, theory_job, train_job
 
 #: ``photons``: expected photons per measurement (``--noise poisson:N``).
-FULL = {"size": 96, "masks": 6, "photons": 360, "algorithm": "raf", "iters": 100,
+FULL = {"size": 96, "masks": 6, "photons": 360, "algorithm": "auto", "iters": 100,
         "delta": 4.0, "dim": 1000, "seeds": 16, "steps": 30, "l2": 0.1, "step": 0.1, "preprocessing": "optimal",
         "samples": 50_000, "replicates": 4}
-QUICK = {"size": 24, "masks": 4, "photons": 4000, "algorithm": "raf", "iters": 20,
+QUICK = {"size": 24, "masks": 4, "photons": 4000, "algorithm": "auto", "iters": 20,
          "delta": 4.0, "dim": 60, "seeds": 2, "steps": 4, "l2": 0.1, "step": 0.1, "preprocessing": "optimal",
          "samples": 2_000, "replicates": 2}
 

@@ -502,8 +502,9 @@ class TwinTracker:
 
 # ============================================================================ reconstruction
 def default_algorithm(op) -> str:
-    """The reconstruction jobs' algorithm when none is named: HIO for Fourier magnitudes, else RAF."""
-    return "hio" if isinstance(op, OversampledFourier) else "raf"
+    """The reconstruction jobs' algorithm when none is named: HIO for Fourier magnitudes (with the object's
+    support), else the library's default ``auto`` (noise-adaptive L-BFGS)."""
+    return "hio" if isinstance(op, OversampledFourier) else "auto"
 
 
 def _to_list(v):
