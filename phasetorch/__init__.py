@@ -7,7 +7,7 @@ dimensions are batch dimensions and everything is per sample; errors and overlap
 modulo the global phase (sign for real signals). See the README's "Conventions" section.
 """
 
-from .physics import (MeasurementOperator, GaussianMeasurement, GaussianEnsemble, MatrixMeasurement,
+from .physics import (Ptychography, MeasurementOperator, GaussianMeasurement, GaussianEnsemble, MatrixMeasurement,
                         CodedDiffraction, StructuredRandom, OversampledFourier, LinkMeasurement, MeasurementModel,
                         resolve_model, save_operator, load_operator)
 from .physics.noise import PoissonNoise, GaussianNoise
@@ -15,13 +15,15 @@ from .init.spectral import spectral_init, SpectralInfo
 from .errors import DivergenceError
 from .logs import TrainingLog
 from .solve import reconstruct, Reconstruction, Status
+from .ptycho import reconstruct_ptycho, PtychoResult
+from .ptycho_data import load_ptycho
 from . import physics, init, metrics, losses, optim, logs, io, phantoms, theory
 
 __version__ = "0.1.0"
 
-__all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement",
+__all__ = ["Ptychography", "MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement",
            "CodedDiffraction", "StructuredRandom", "OversampledFourier", "LinkMeasurement", "MeasurementModel",
            "resolve_model", "save_operator",
            "load_operator", "PoissonNoise", "GaussianNoise", "spectral_init", "SpectralInfo", "DivergenceError",
-           "TrainingLog", "reconstruct", "Reconstruction", "Status", "physics", "init", "metrics", "losses", "optim", "logs",
+           "TrainingLog", "reconstruct", "Reconstruction", "Status", "reconstruct_ptycho", "PtychoResult", "load_ptycho", "physics", "init", "metrics", "losses", "optim", "logs",
            "io", "phantoms", "theory"]

@@ -77,7 +77,7 @@ def test_reconstruct_cdp_writes_everything_and_converges(capsys, tmp_path, image
                  "log.json", "summary.json", "reconstruction.pt"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["algorithm"] == "raf" and summary["m"] == 6 * 256
+    assert summary["algorithm"] == "auto" and summary["m"] == 6 * 256
     assert summary["rel_error"] < 1e-3 and summary["psnr"] > 50
     assert "relative error" in stdout and "PSNR" in stdout
     assert pio.load_image(out / "reconstruction.png").shape == (16, 16)
@@ -93,7 +93,7 @@ def test_reconstruct_other_models(capsys, tmp_path, image, model, extra):
                              *extra, "--out", out, "--quiet")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["algorithm"] == ("hio" if model == "fourier" else "raf")
+    assert summary["algorithm"] == ("hio" if model == "fourier" else "auto")
     assert (out / "reconstruction.png").is_file() and (out / "convergence.png").is_file()
     assert 0 <= summary["rel_error"] < 10
 

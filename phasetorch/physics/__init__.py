@@ -26,10 +26,11 @@ from .structured import StructuredRandom
 from .fourier import OversampledFourier
 from .ensemble import GaussianEnsemble
 from .noise import PoissonNoise, GaussianNoise
+from .ptychography import Ptychography
 from .links import Link
 from .model import LinkMeasurement, MeasurementModel, resolve_model
 from .io import save_operator, load_operator
 
 __all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement", "CodedDiffraction",
            "StructuredRandom", "OversampledFourier", "Link", "LinkMeasurement", "MeasurementModel", "resolve_model",
-           "save_operator", "load_operator", "register_operator", "PoissonNoise", "GaussianNoise"]
+           "save_operator", "load_operator", "register_operator", "PoissonNoise", "GaussianNoise", "Ptychography"]
