@@ -280,9 +280,10 @@ def measured_intensities(model: MeasurementModel, y: torch.Tensor):
 
 def default_preprocessing(preset: Preset, op: MeasurementOperator):
     """The preset's (paper's) spectral preprocessing on i.i.d. Gaussian designs, for which it was built;
-    ``optimal`` (Luo, Alghamdi & Lu 2019) on every other operator (coded diffraction, Fourier, user
-    matrices), where the papers' truncations can localise on a few large y_i and diverge."""
-    return preset.preprocessing if op.gaussian_design else "optimal"
+    on other operators (coded diffraction, Fourier, user matrices) the preset's ``preprocessing_other``:
+    ``optimal`` (Luo, Alghamdi & Lu 2019) for the starts that localise on a few large y_i there and
+    diverge or stall (identity, trimmed, RWF's truncation), the paper's own for the others."""
+    return preset.start_for(op.gaussian_design)
 
 
 def pre_name(preset: Preset, preprocessing, op: MeasurementOperator) -> Any:
@@ -322,7 +323,8 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         its real part kept). With ``support``/``nonnegative`` the start is projected onto the
         constraint (and, unless given as a tensor, rescaled to the norm the data imply).
     preprocessing : spectral preprocessing (a name or callable T(ŷ)). Default: the preset's (its paper's)
-        on i.i.d. Gaussian operators (``op.gaussian_design``), ``"optimal"`` on all others.
+        on i.i.d. Gaussian operators (``op.gaussian_design``); on others ``"optimal"`` in place of the
+        starts that fail there (``wf``, ``twf``, ``rwf``, ``gs``), the paper's for the rest.
     max_iter : iteration budget per sample (0 returns the initial point).
     tol : stopping tolerance (default 1e-10, raised to 8ε of the dtype; 0 disables early stopping).
     step : ``None`` (the preset's published rule), a number μ (constant step μ·s, s = 1/‖x₀‖² for

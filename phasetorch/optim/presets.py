@@ -164,9 +164,17 @@ class Preset:
     spectral: Dict[str, Any] = field(default_factory=dict)
     projection: bool = False
     needs_support: bool = False
+    #: the spectral preprocessing on operators that are not i.i.d. Gaussian (None: ``preprocessing``)
+    preprocessing_other: Union[str, Callable, None] = None
     #: an optional second stage for the samples the first stage did not fit: refine(loss, data, x, previous)
     #: -> (the loss to minimise next from x by a fresh algorithm from ``build``, per-sample bool: still moving)
     refine: Optional[Callable] = None
+
+    def start_for(self, gaussian_design: bool):
+        """The default spectral preprocessing on an i.i.d. Gaussian design (the paper's) or on another operator."""
+        if gaussian_design or self.preprocessing_other is None:
+            return self.preprocessing
+        return self.preprocessing_other
 
     def defaults(self, complex_signal: bool) -> Dict[str, Any]:
         """The hyper-parameters with their defaults for a real or complex signal."""
@@ -197,12 +205,13 @@ class Preset:
 
 PRESETS: Dict[str, Preset] = {p.name: p for p in (
     Preset("wf", "Wirtinger flow", "Candès, Li & Soltanolkotabi, IEEE Trans. Inf. Theory 61 (2015)",
-           ramp_gradient, "intensity", "identity", mu_option="mu_max", options={"tau0": 330.0, "mu_max": 0.2, "safeguard": True}),
+           ramp_gradient, "intensity", "identity", preprocessing_other="optimal", mu_option="mu_max", options={"tau0": 330.0, "mu_max": 0.2, "safeguard": True}),
     Preset("twf", "Truncated Wirtinger flow", "Chen & Candès, Comm. Pure Appl. Math. 70 (2017)",
-           constant_gradient, "poisson_truncated", "trimmed", loss_options=("alpha_lb", "alpha_ub", "alpha_h"),
+           constant_gradient, "poisson_truncated", "trimmed", preprocessing_other="optimal",
+           loss_options=("alpha_lb", "alpha_ub", "alpha_h"),
            mu=0.2, options={"alpha_lb": 0.3, "alpha_ub": 5.0, "alpha_h": 5.0, "safeguard": True}),
     Preset("rwf", "Reshaped Wirtinger flow", "Zhang & Liang, NeurIPS 2016",
-           constant_gradient, "amplitude", rwf_truncation, mu=0.8, options={"safeguard": True}),
+           constant_gradient, "amplitude", rwf_truncation, preprocessing_other="optimal", mu=0.8, options={"safeguard": True}),
     Preset("taf", "Truncated amplitude flow", "Wang, Giannakis & Eldar, IEEE Trans. Inf. Theory 64 (2018)",
            constant_gradient, "amplitude_truncated", "orthogonality", loss_options=("gamma",), mu=0.6,
            mu_complex=1.0, options={"gamma": 0.7, "safeguard": True}),
@@ -213,7 +222,8 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            constant_gradient, "amplitude", "orthogonality", mu=0.6, mu_complex=1.0, options={"safeguard": True}),
     Preset("gs", "Gerchberg–Saxton / error reduction",
            "Gerchberg & Saxton, Optik 35 (1972); Fienup, Appl. Opt. 21 (1982)",
-           error_reduction, "amplitude", "identity", options={"cg_steps": 3}, projection=True),
+           error_reduction, "amplitude", "identity", preprocessing_other="optimal", options={"cg_steps": 3},
+           projection=True),
     Preset("hio", "Hybrid input–output", "Fienup, Appl. Opt. 21 (1982)",
            hybrid_input_output, "amplitude", "identity", init="random", mu_option="beta",
            options={"beta": 0.9, "cg_steps": 3}, projection=True, needs_support=True),
