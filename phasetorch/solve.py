@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from .errors import DivergenceError
 from .init.spectral import spectral_init
 from .logs import TrainingLog
-from .losses import check_intensities
+from .losses import Evaluation, check_intensities
 from .physics import MeasurementModel, resolve_model
 from .physics.base import MeasurementOperator
 from .optim.engine import Algorithm, StepContext
@@ -574,6 +574,19 @@ class Driver:
 
         return evaluate
 
+    def full_eval(self, x, r):
+        """``x_try -> (evaluation at x_try, its value with the weights frozen at x)``: the evaluation
+        the loop needs at an accepted point, with the trial value a line search compares."""
+        loss, data = self.loss, self.data
+
+        def evaluate(x_try):
+            ev = loss.evaluate(x_try, data)
+            if not loss.adaptive_weights:
+                return ev, ev.value
+            return ev, loss.value(x_try, data, r=ev.r, weights=loss.weights(x, data, r))[0]
+
+        return evaluate
+
     # ------------------------------------------------------------------ main loop
     def run(self, max_iter: int, tol: float, log_every: int, callback, progress: bool,
             active: Optional[torch.Tensor] = None) -> Reconstruction:
@@ -609,9 +622,11 @@ class Driver:
         try:
             for t in range(1, max_iter + 1):
                 x_prev, f_prev, res_prev, G_prev, r_prev = x, f, res, G, r
-                out = self.alg.step(state, t, x, f, G, StepContext(self.trial_eval(x, r), active, r, self.project))
+                ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r))
+                out = self.alg.step(state, t, x, f, G, ctx)
                 x = where_sample(active, out.x, x)
-                ev = self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
+                ev = out.cache if isinstance(out.cache, Evaluation) else \
+                    self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
                 f, G, r = ev.value, ev.grad, ev.r
                 res = self.loss.residual(ev.fields, self.data)
                 bad = active & (~torch.isfinite(f) | (f > f_limit))

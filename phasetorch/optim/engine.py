@@ -39,12 +39,17 @@ class StepContext:
     active : bool ``(B,)``: samples still iterating (the others must not move).
     cache : the measurement-side cache at x (r = Ax/√e for the library's losses) or None.
     project : an optional projection P applied to every trial point.
+    evaluate_full : ``evaluate_full(x_trial) -> (evaluation, f)``: the driver's complete evaluation at
+        a trial point (value, gradient and cache in one pass, returned as ``StepResult.cache`` when
+        the trial is taken, so the driver does not evaluate it again) and the trial value ``f`` as
+        ``evaluate`` gives it; None when unavailable (the torch adapters).
     """
 
     evaluate: Optional[Callable] = None
     active: Optional[torch.Tensor] = None
     cache: Optional[torch.Tensor] = None
     project: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    evaluate_full: Optional[Callable] = None
 
 
 class StepResult(NamedTuple):

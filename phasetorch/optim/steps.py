@@ -310,6 +310,13 @@ class Safeguarded(StepRule):
         base = self.rule.alpha(t, scale, mu)
         gamma = state["sg_gamma"]
         rtol = 64 * torch.finfo(f.dtype).eps
+        if ctx.evaluate_full is not None:         # the common case in one pass: the full step, evaluated once
+            alpha, x_try, _, _ = self.apply(gamma * base, x, direction, ctx)
+            ev, f_try = ctx.evaluate_full(x_try)
+            ok = torch.isfinite(f_try) & (f_try <= f + rtol * f.abs())
+            if bool((ok | ~ctx.active).all()):
+                state["sg_gamma"] = torch.where(ctx.active, torch.clamp(2 * gamma, max=1.0), gamma)
+                return alpha, x_try, f_try, ev
         alpha, x_new, f_new, cache = backtracking(x, f, grad, direction, gamma * base, ctx.evaluate, ctx.active,
                                                   ctx.cache, ctx.project, c=0.0, shrink=0.5,
                                                   max_backtracks=self.max_halvings, rtol=rtol)
