@@ -42,6 +42,7 @@ from .. import io as pio
 from ..tensors import mean_se
 from ..theory import fixed_point
 from ..theory.compare import simulation_columns
+from ..theory.overlay import fmt_param
 
 __all__ = ["phase_view", "circular_mean_phase", "save_display", "has_column", "log_column", "grid_figure",
            "convergence_figure", "signal_figure", "theory_figure", "prediction_figure", "comparison_figure",
@@ -117,14 +118,6 @@ def has_column(log, name: str) -> bool:
         return False
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
 def settings_title(params: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> str:
     """"δ = 4, ridge λ = 0.1, step η = 0.1, d = 1000, preprocessing T = optimal[, noise σ = …]" from a
     prediction's ``params`` (falling back on a log's ``config``); the WF ramp when there is no step."""
@@ -135,8 +128,8 @@ def settings_title(params: Dict[str, Any], config: Optional[Dict[str, Any]] = No
         return cfg.get(key) if v is None else v
 
     step = get("step")
-    parts = [f"δ = {_fmt(get('delta'))}", f"ridge λ = {_fmt(get('l2') or 0.0)}",
-             f"step η = {_fmt(step)}" if step is not None else "step: the WF ramp"]
+    parts = [f"δ = {fmt_param(get('delta'))}", f"ridge λ = {fmt_param(get('l2') or 0.0)}",
+             f"step η = {fmt_param(step)}" if step is not None else "step: the WF ramp"]
     dim = cfg.get("dim", cfg.get("n"))
     if dim is not None:
         parts.append(f"d = {dim}")
@@ -144,7 +137,7 @@ def settings_title(params: Dict[str, Any], config: Optional[Dict[str, Any]] = No
     if pre is not None:
         parts.append(f"preprocessing T = {pre if isinstance(pre, str) else getattr(pre, '__name__', pre)}")
     if get("noise"):
-        parts.append(f"noise σ = {_fmt(get('noise'))}")
+        parts.append(f"noise σ = {fmt_param(get('noise'))}")
     return ", ".join(parts)
 
 

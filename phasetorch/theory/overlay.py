@@ -42,7 +42,8 @@ def _fixed_point_values(params: dict) -> Optional[dict]:
             "q": fp.q, "norm": math.sqrt(fp.q)}
 
 
-def _fmt(v) -> str:
+def fmt_param(v) -> str:
+    """A parameter for a figure title: ``–`` for None, ``%g`` for floats."""
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -108,10 +109,10 @@ def overlay(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error
     eta = params.get("step")
     if eta is None:
         eta = params.get("schedule")
-    title = (f"δ = {_fmt(params.get('delta', cfg.get('delta')))}, λ = {_fmt(params.get('l2', cfg.get('l2')))}, "
-             f"η = {_fmt(eta)}, d = {_fmt(cfg.get('dim', cfg.get('n')))}, "
+    title = (f"δ = {fmt_param(params.get('delta', cfg.get('delta')))}, λ = {fmt_param(params.get('l2', cfg.get('l2')))}, "
+             f"η = {fmt_param(eta)}, d = {fmt_param(cfg.get('dim', cfg.get('n')))}, "
              f"T = {params.get('preprocessing', cfg.get('preprocessing'))}")
     if params.get("noise"):
-        title += f", σ = {_fmt(params.get('noise'))}"
+        title += f", σ = {fmt_param(params.get('noise'))}"
     fig.suptitle(title)
     return fig

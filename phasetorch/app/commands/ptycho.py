@@ -35,6 +35,7 @@ from ...physics.ptychography import INTERPOLATIONS, ZERO_FREQUENCY, place_patche
 from ...ptycho import LOSSES, reconstruct_ptycho
 from ...ptycho_data import load_ptycho
 from ...tensors import check_int, check_number
+from ..common import resolve_device
 
 __all__ = ["add_arguments", "run_ptycho", "register", "run", "DEFAULTS"]
 
@@ -135,17 +136,6 @@ def _options(args: Any = None, **kwargs: Any) -> Dict[str, Any]:
     return opts
 
 
-def _device_of(name: str) -> torch.device:
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("CUDA is not available on this machine; use --device cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"no device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    return torch.device("cpu")
-
-
 def scanned_region(result, threshold: float = 0.05):
     """(row slice, column slice, mask) of the object pixels the probe lit with ≥ ``threshold`` of the peak dose."""
     probe = result.probe
@@ -221,7 +211,7 @@ def run_ptycho(args: Any = None, echo=None, **kwargs: Any) -> Dict[str, Any]:
     if opts.get("threads"):
         torch.set_num_threads(check_int(opts["threads"], "threads", 1))
     t0 = time.perf_counter()
-    dev = _device_of(opts["device"])
+    dev = resolve_device(opts["device"])
     data = load_ptycho(opts["data"])
     if opts["positions"] is not None and opts["positions"] < data.n_positions:
         centre = data.positions.mean(0)
