@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import stat
 import math
 import os
 import tempfile
@@ -91,6 +92,8 @@ def read_json_file(path, what: str) -> Any:
         raise ValueError(f"{str(p)!r} is a directory, not a {what} JSON file; give the file inside it")
     if not p.exists():
         raise ValueError(f"{what} file {str(p)!r} does not exist")
+    if not stat.S_ISREG(p.stat().st_mode):
+        raise ValueError(f"{str(p)!r} is not a regular file (a FIFO, socket or device); give a {what} JSON file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:

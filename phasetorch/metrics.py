@@ -42,6 +42,11 @@ def _dims(x_hat: torch.Tensor, x: torch.Tensor, signal_dims: Optional[int], who:
         if not (t.is_floating_point() or t.is_complex()):
             raise ValueError(f"{who}: {name} must be a floating or complex tensor, got {t.dtype}")
     if op is not None:
+        shape = getattr(op, "signal_shape", None)
+        if shape is None:
+            raise ValueError(f"{who}: op must be a phasetorch operator or model (with a signal_shape), got {op!r}")
+        if tuple(x.shape[x.dim() - len(shape):]) != tuple(shape):
+            raise ValueError(f"{who}: x has shape {tuple(x.shape)} but op measures signals of shape {tuple(shape)}")
         if signal_dims is not None and signal_dims != len(op.signal_shape):
             raise ValueError(f"{who}: signal_dims={signal_dims} contradicts op (signal shape {tuple(op.signal_shape)})")
         signal_dims = len(op.signal_shape)

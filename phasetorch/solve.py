@@ -374,6 +374,9 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         check_number(tol, "tol (≤ 0 disables early stopping)")
     tol_eff = default_tol(op.real_dtype, tol)
     l2 = check_number(l2, "l2", low=0.0)
+    for name, flag in (("nonnegative", nonnegative), ("real_signal", real_signal)):
+        if flag is not None and not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     if on_divergence not in ("freeze", "raise"):
         raise ValueError(f"on_divergence must be 'freeze' or 'raise', got {on_divergence!r}")
     if callback is not None and not callable(callback):
@@ -392,6 +395,8 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
     opts = preset_options(preset, complex_signal, options)
     y_flat = y.reshape(B, *op.measurement_shape)
     xt = None if x_true is None else signal_tensor(x_true, op, batch, B, "x_true")
+    if xt is not None and bool((norm2(xt) == 0).any() | ~torch.isfinite(xt).all()):
+        raise ValueError("x_true must be finite and non-zero for every sample (errors are relative to ‖x_true‖)")
     start = initial_point(op, y_flat, preset, init, preprocessing, seed, generator, spectral_options, real_signal,
                           constraint, batch, B, progress)
 

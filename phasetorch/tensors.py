@@ -17,6 +17,7 @@ This module imports nothing from phasetorch: every other layer may use it.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -26,7 +27,7 @@ Shape = Tuple[int, ...]
 
 __all__ = ["Shape", "abs2", "sum_dims", "mean_dims", "inner", "dot", "norm2", "bview", "where_sample",
            "real_dtype_of", "complex_dtype_of", "dtype_name", "parse_dtype", "make_generator", "resolve_seed",
-           "as_shape", "check_int", "check_number", "mean_se", "to_jsonable", "from_json_float", "floats_from_json"]
+           "as_shape", "check_int", "check_number", "available_memory", "check_memory", "mean_se", "to_jsonable", "from_json_float", "floats_from_json"]
 
 
 # ---------------------------------------------------------------------------------------- algebra
@@ -192,6 +193,37 @@ def as_shape(shape: Union[int, Sequence[int]], name: str = "shape") -> Shape:
     if not items:
         raise ValueError(f"{name} must not be empty")
     return tuple(check_int(s, name, 1) for s in items)
+
+
+def available_memory(device=None) -> Optional[int]:
+    """Bytes available for new allocations on ``device``: free GPU memory (:func:`torch.cuda.mem_get_info`),
+    or ``MemAvailable`` of /proc/meminfo (else the free physical pages of :func:`os.sysconf`); None if unknown."""
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: float, what: str, hint: str = "reduce the sizes", device=None) -> None:
+    """Refuse, before allocating, ``nbytes`` that exceed the memory available on ``device`` (a ValueError
+    naming both numbers, ``what`` needs them, and ``hint``)."""
+    have = available_memory(device)
+    if have is not None and nbytes > have:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB but only {have / 2**30:.3g} GiB are available; "
+                         f"{hint}")
 
 
 # ---------------------------------------------------------------------------------------- statistics

@@ -61,7 +61,7 @@ from ..physics import (CodedDiffraction, GaussianMeasurement, OversampledFourier
                        save_operator)
 from ..physics.noise import GaussianNoise, PoissonNoise
 from ..solve import reconstruct
-from ..tensors import abs2, check_number, inner, sum_dims
+from ..tensors import abs2, available_memory, check_number, inner, sum_dims
 from ..theory import compare, dmft, simulate, spectral_threshold
 from .common import CLIError, Echo, UsageError, fmt_value
 from .figures import (circular_mean_phase, convergence_figure, grid_figure, phase_view, prediction_figure,
@@ -172,28 +172,6 @@ def make_noise(kind: str, level: float, seed: int, event_dims: int, measurements
 
 
 # ============================================================================ memory
-def available_memory(device: torch.device = torch.device("cpu")) -> Optional[int]:
-    """Bytes available for a new job on ``device``: free GPU memory (:func:`torch.cuda.mem_get_info`), or
-    ``MemAvailable`` of /proc/meminfo (else the free physical pages of :func:`os.sysconf`); None if unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        try:
-            return int(torch.cuda.mem_get_info(device)[0])
-        except (RuntimeError, AssertionError):
-            return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def problem_bytes(n: int, m: int, extra_complex: int = 0, matrix: int = 0, dtype: torch.dtype = torch.float32) -> int:
     """Estimated memory of a reconstruction: the operator's stored entries plus the solver's arrays.
 

@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import check_int, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from ..tensors import check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .fourier import fft_dims, fft_shape
 from .registry import register_operator
 
@@ -85,6 +85,8 @@ class CodedDiffraction(MeasurementOperator):
         dtype = parse_dtype(dtype)
         self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
+        check_memory(4 * math.prod(self.measurement_shape) * 2 * 8, f"{self.n_masks} masks of {self.signal_shape}",
+                     "use fewer masks or a smaller image")
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         self.register_random("D", draw_masks(mask, self.measurement_shape, g).to(complex_dtype_of(dtype)))
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Sequence
 
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import check_int, dtype_name, make_generator, parse_dtype
+from ..tensors import check_int, check_memory, dtype_name, make_generator, parse_dtype
 from .gaussian import GaussianMeasurement
 from .registry import register_operator
 
@@ -65,6 +67,8 @@ class GaussianEnsemble(MeasurementOperator):
         self.is_complex = bool(complex)
         self.block_rows = block_rows
         self._dtype_probe = self._dtype_probe.to(dtype)
+        check_memory(2 * count * m * n * (2 if self.is_complex else 1) * torch.finfo(dtype).bits / 8,
+                     f"{count} stored {m}×{n} Gaussian matrices", "use fewer or smaller matrices")
         mats = [self._member_matrix(k, dtype) for k in range(count)]
         self.register_random("A", torch.stack(mats, 0))
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Sequence, Union
 
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import as_shape, check_int, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from ..tensors import as_shape, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_dense_pass, row_blocks
 from .registry import register_operator
 
@@ -66,6 +68,9 @@ class GaussianMeasurement(MeasurementOperator):
         self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
         if not self.streamed:
+            entries = self.m * self.n * (2 if self.is_complex else 1)
+            check_memory(2 * entries * torch.finfo(dtype).bits / 8, f"a stored {self.m}×{self.n} Gaussian matrix",
+                         "use streamed=True (blocks generated on the fly), or fewer measurements/unknowns")
             self.register_random("A", self._matrix(dtype))
 
     def _block_seeds(self):

@@ -55,6 +55,11 @@ def load_operator(path: Union[str, os.PathLike], map_location: Optional[Union[st
         op.load_state_dict(payload.get("state_dict", {}))
     except RuntimeError as err:
         raise ValueError(f"the stored state of {os.fspath(path)!r} does not match its config: {err}") from err
+    bad = [k for k, v in op.state_dict().items()
+           if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{os.fspath(path)!r} holds non-finite values in {', '.join(bad)}: the file is damaged or "
+                         f"was tampered with; save the operator again")
     if map_location is not None:
         op = op.to(map_location)
     return op

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import check_int, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from ..tensors import check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
 from .fourier import Oversampling, crop, fft_dims, fft_shape, oversampling_factors
 from .registry import register_operator
 
@@ -53,6 +53,8 @@ class StructuredRandom(MeasurementOperator):
         dtype = parse_dtype(dtype)
         self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
+        check_memory(4 * self.n_layers * math.prod(self.measurement_shape) * 8,
+                     f"{self.n_layers} random layers of {self.measurement_shape}", "use fewer layers or a smaller image")
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         theta = 2 * math.pi * torch.rand(self.n_layers, *self.measurement_shape, generator=g, dtype=torch.float64)
         self.register_random("D", torch.polar(torch.ones_like(theta), theta).to(complex_dtype_of(dtype)))
