@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 import harness as bench  # noqa: E402  (benchmarks/ is not part of the installed package)
 
-PEER_ROWS = (2, 3, 4, 7)          # rows that compare with solvephase / deepinv
+PEER_ROWS = (2, 3, 4, 7, 8)       # rows that compare with solvephase / deepinv / pty-chi
 
 
 def _has_ratio(row):
@@ -65,7 +65,7 @@ def test_absent_peers_say_how_to_install(dry_no_peers):
     rows = {r["row"]: r for r in result["rows"]}
     for number in PEER_ROWS:
         row = rows[number]
-        peer = "deepinv" if number == 4 else "solvephase"
+        peer = {4: "deepinv", 8: "ptychi"}.get(number, "solvephase")
         assert row["status"] == "unavailable" and row["ratio"] is None
         assert row["reason"] == f"{peer} {bench.PEER_HINT}", row["reason"]
     # the phasetorch side still runs and is reported without the peers
