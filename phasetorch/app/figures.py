@@ -40,9 +40,8 @@ import torch
 
 from .. import io as pio
 from ..tensors import mean_se
-from ..theory import fixed_point
 from ..theory.compare import simulation_columns
-from ..theory.overlay import fmt_param
+from ..theory.overlay import fixed_point_values, fmt_param
 
 __all__ = ["phase_view", "circular_mean_phase", "save_display", "has_column", "log_column", "grid_figure",
            "convergence_figure", "signal_figure", "theory_figure", "prediction_figure", "comparison_figure",
@@ -237,21 +236,6 @@ def signal_figure(x_hat: torch.Tensor, x_true: Optional[torch.Tensor] = None, x_
 
 
 # ---------------------------------------------------------------------------------------- theory
-def _fixed_point_values(params: Dict[str, Any]) -> Optional[Dict[str, float]]:
-    """The long-time fixed point of the prediction's setting (None when it does not exist or converge)."""
-    pre = params.get("preprocessing")
-    try:
-        fp = fixed_point(float(params["delta"]), l2=float(params.get("l2") or 0.0),
-                         noise=float(params.get("noise") or 0.0),
-                         preprocessing=pre if isinstance(pre, str) else "optimal", field="real")
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not fp.converged:
-        return None
-    return {"overlap": fp.overlap, "rel_error": fp.rel_error, "loss": fp.loss, "m": fp.m, "inner": fp.m,
-            "q": fp.q, "norm": math.sqrt(fp.q)}
-
-
 def theory_figure(prediction, logs: Sequence = (), quantities: Sequence[str] = ("overlap", "rel_error", "loss"),
                   fixed: bool = True):
     """The DMFT prediction (line and ± 1 SE band over its replicates) over simulation logs (seed mean
@@ -267,7 +251,7 @@ def theory_figure(prediction, logs: Sequence = (), quantities: Sequence[str] = (
     fig, axes = plt.subplots(rows, len(quantities), figsize=(4.6 * len(quantities), 3.5 * rows + 0.4),
                              squeeze=False, sharex="col")
     params = dict(getattr(prediction, "params", {}) or {})
-    fp = _fixed_point_values(params) if fixed else None
+    fp = fixed_point_values(params) if fixed else None
     pit = prediction["iteration"].to(torch.float64)
     reps = int(getattr(prediction, "replicates", 0) or 0)
     th_label = f"DMFT, {SE_LEGEND} over {reps} replicates"

@@ -28,7 +28,8 @@ _LABELS = {"overlap": r"overlap $|\langle x,x^*\rangle|/\|x\|$", "rel_error": "r
            "q": r"$q = \|x\|^2$", "norm": r"$\|x\|$", "grad_norm": r"$\|\nabla L(x)\|$"}
 
 
-def _fixed_point_values(params: dict) -> Optional[dict]:
+def fixed_point_values(params: dict) -> Optional[dict]:
+    """The long-time fixed point of a prediction's setting as log columns (None when it does not exist or converge)."""
     try:
         fp = solve_fixed_point(float(params["delta"]), l2=float(params.get("l2") or 0.0),
                          noise=float(params.get("noise") or 0.0),
@@ -82,7 +83,7 @@ def overlay(prediction, logs, quantities: Sequence[str] = ("overlap", "rel_error
             raise ValueError(f"got {len(axes)} Axes for {len(quantities)} quantities; pass one Axes per quantity")
         fig = axes[0].figure
     params = dict(getattr(prediction, "params", {}) or {})
-    fp = _fixed_point_values(params) if fixed_point else None
+    fp = fixed_point_values(params) if fixed_point else None
     pit = prediction["iteration"].to(torch.float64)
     for a, q in zip(axes, quantities):
         th = prediction[q].to(torch.float64)
