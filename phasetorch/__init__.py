@@ -9,7 +9,8 @@ modulo the global phase (sign for real signals). See the README's "Conventions" 
 
 from .physics import (Ptychography, MeasurementOperator, GaussianMeasurement, GaussianEnsemble, MatrixMeasurement,
                         CodedDiffraction, StructuredRandom, OversampledFourier, LinkMeasurement, MeasurementModel,
-                        resolve_model, save_operator, load_operator)
+                        resolve_model, save_operator, load_operator, ShardedGaussian, ShardedCodedDiffraction,
+                        ShardedMatrix)
 from .physics.noise import PoissonNoise, GaussianNoise
 from .init.spectral import spectral_init, SpectralInfo
 from .errors import DivergenceError
@@ -17,7 +18,7 @@ from .logs import TrainingLog
 from .solve import reconstruct, Reconstruction, Status
 from .ptycho import reconstruct_ptycho, PtychoResult
 from .ptycho_data import load_ptycho
-from . import physics, init, metrics, losses, optim, logs, io, phantoms, theory
+from . import physics, init, metrics, losses, optim, logs, io, phantoms, theory, distributed
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,4 @@ __all__ = ["Ptychography", "MeasurementOperator", "GaussianMeasurement", "Gaussi
            "resolve_model", "save_operator",
            "load_operator", "PoissonNoise", "GaussianNoise", "spectral_init", "SpectralInfo", "DivergenceError",
            "TrainingLog", "reconstruct", "Reconstruction", "Status", "reconstruct_ptycho", "PtychoResult", "load_ptycho", "physics", "init", "metrics", "losses", "optim", "logs",
-           "io", "phantoms", "theory"]
+           "io", "phantoms", "theory", "distributed", "ShardedGaussian", "ShardedCodedDiffraction", "ShardedMatrix"]

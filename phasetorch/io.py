@@ -279,21 +279,18 @@ def load_image(path: PathLike, size: Union[None, int, Sequence[int]] = None, dty
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as TF
 
-    p = check_regular_file(path, "image")
     spec = _parse_size(size)
     max_pixels = check_int(max_pixels, "max_pixels", 1)
-    data = p.read_bytes()
-    try:
-        shape = image_header_shape(data)
-        if shape is None:
-            raise ValueError("not a PNG or JPEG file")
-    except ValueError as exc:
-        raise ValueError(f"cannot read image {str(p)!r} ({exc}); use a PNG or JPEG file") from None
+    if spec is not None and spec[0] * spec[1] > max_pixels:
+        raise ValueError(f"size={size!r} asks for {spec[0]}×{spec[1]} = {spec[0] * spec[1] / 1e6:.1f} Mpixel, above the "
+                         f"cap of {max_pixels / 1e6:g} Mpixel; ask for a smaller size (or raise max_pixels)")
+    shape = image_shape(path)
+    p = check_regular_file(path, "image")
     if shape[0] * shape[1] > max_pixels:
         raise ValueError(f"image {str(p)!r} is {shape[0]}×{shape[1]} = {shape[0] * shape[1] / 1e6:.1f} Mpixel, above "
                          f"the cap of {max_pixels / 1e6:g} Mpixel; downscale the file first (or raise max_pixels)")
     try:
-        raw = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.GRAY)
+        raw = decode_image(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8), mode=ImageReadMode.GRAY)
     except (RuntimeError, ValueError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else "unknown format"
         raise ValueError(f"cannot read image {str(p)!r} ({exc.__class__.__name__}: {first}); "
@@ -476,7 +473,15 @@ def load_measurements(path: PathLike, operator=None, force: bool = False) -> Dic
         raise ValueError(f"measurements file {str(p)!r} must hold a dict with a tensor under key 'y' "
                          f"(see the format in phasetorch.io)")
     fmt = obj.get("format", MEASUREMENTS_FORMAT)
-    if fmt != MEASUREMENTS_FORMAT or int(obj.get("version", MEASUREMENTS_VERSION)) > MEASUREMENTS_VERSION:
+    version = obj.get("version", MEASUREMENTS_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"measurements file {str(p)!r}: 'version' must be an int, got {version!r}; the file is "
+                         f"damaged or not a phasetorch measurements file")
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"measurements file {str(p)!r}: 'meta' must be a dict, got {type(meta).__name__}; the file "
+                         f"is damaged or not a phasetorch measurements file")
+    if fmt != MEASUREMENTS_FORMAT or version > MEASUREMENTS_VERSION:
         raise ValueError(f"measurements file {str(p)!r} has format {fmt!r} version {obj.get('version')}; this "
                          f"phasetorch reads {MEASUREMENTS_FORMAT!r} up to version {MEASUREMENTS_VERSION}")
     out = {"y": obj["y"], "x_true": obj.get("x_true"), "support": obj.get("support"),
@@ -490,6 +495,9 @@ def load_measurements(path: PathLike, operator=None, force: bool = False) -> Dic
     for key in ("x_true", "support"):
         if out[key] is not None and not isinstance(out[key], torch.Tensor):
             raise ValueError(f"measurements file {str(p)!r}: {key!r} must be a tensor or None")
+    if out["x_true"] is not None and not bool(torch.isfinite(out["x_true"]).all()):
+        raise ValueError(f"measurements file {str(p)!r}: the stored true signal 'x_true' contains NaN or inf; the file "
+                         f"is damaged")
     stored_identity = obj.get("operator")
     if stored_identity is not None and not isinstance(stored_identity, dict):
         raise ValueError(f"measurements file {str(p)!r}: 'operator' must be an operator identity dict or None")

@@ -215,6 +215,46 @@ class TrainingLog:
             rows["time"] = float(time)
         self._push(int(iteration), rows)
 
+    @classmethod
+    def join(cls, logs: Sequence["TrainingLog"], config: Optional[dict] = None) -> "TrainingLog":
+        """One log whose samples are those of ``logs`` side by side (1-D batches, in order): every log
+        must hold the same records (iterations) and columns. ``config`` (default the first log's)
+        describes the joined run; the time column is the largest of the logs' (a parallel run ends
+        when its slowest part does). Used to combine the shares of a run split over processes."""
+        logs = list(logs)
+        if not logs:
+            raise ValueError("TrainingLog.join needs at least one log")
+        first = logs[0]
+        for lg in logs[1:]:
+            if lg._data["iteration"] != first._data["iteration"] or lg.columns != first.columns:
+                raise ValueError("TrainingLog.join: the logs hold different records or columns")
+        out = cls(batch_shape=(sum(lg.batch_size for lg in logs),),
+                  config=dict(first.config if config is None else config), columns=first.columns[1:])
+        cols = {name: [lg[name] for lg in logs] for name in first.columns[1:]}
+        for i, it in enumerate(first._data["iteration"]):
+            row = {}
+            for name, parts in cols.items():
+                row[name] = (max(float(pt[i]) for pt in parts) if name in SCALAR_COLUMNS
+                             else torch.cat([pt[i] for pt in parts]))
+            out._push(int(it), row)
+        return out
+
+    def drop_after(self, iteration: int) -> int:
+        """Remove the trailing records whose iteration exceeds ``iteration``; returns how many went.
+
+        (The solver loop reads its stopping decisions every k iterations; what it recorded in the
+        iterations after the last sample stopped is removed, so the log is the one of a loop that
+        stopped at once.)"""
+        its = self._data["iteration"]
+        keep = len(its)
+        while keep and its[keep - 1] > iteration:
+            keep -= 1
+        gone = len(its) - keep
+        if gone:
+            for rows in self._data.values():
+                del rows[keep:]
+        return gone
+
     def _to_host(self) -> None:
         """Move the records still on an accelerator to the CPU: one copy per column and device
         (nothing to do, and no walk over the records, once they are all on the host)."""

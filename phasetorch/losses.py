@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 from .physics.base import MeasurementOperator
-from .tensors import abs2, mean_dims, sum_dims
+from .physics.kernels import Map, PointwiseMap
+from .tensors import abs2, check_number, sum_dims
 
 __all__ = ["MeasurementData", "Evaluation", "Fields", "PhaseRetrievalLoss", "IntensityLoss", "AmplitudeLoss",
            "PoissonLoss", "TruncatedPoissonLoss", "TruncatedAmplitudeLoss", "ReweightedAmplitudeLoss", "LOSSES",
@@ -123,6 +124,11 @@ class Evaluation:
     fields: "Fields"
 
 
+def _owner(cls: type, name: str) -> Optional[type]:
+    """The class of ``cls``'s MRO that defines attribute ``name`` (None if none does)."""
+    return next((k for k in cls.__mro__ if name in k.__dict__), None)
+
+
 def check_intensities(op: MeasurementOperator, y: torch.Tensor, who: str = "y") -> None:
     """Validate intensities for ``op``: a real, finite tensor of shape ``(*batch, *measurement_shape)``."""
     if not isinstance(y, torch.Tensor):
@@ -160,9 +166,7 @@ class PhaseRetrievalLoss(nn.Module):
         super().__init__()
         if not isinstance(op, MeasurementOperator):
             raise ValueError(f"op must be a phasetorch MeasurementOperator, got {type(op).__name__}")
-        l2 = float(l2)
-        if not math.isfinite(l2) or l2 < 0:
-            raise ValueError(f"l2 must be a finite number ≥ 0, got {l2}")
+        l2 = check_number(l2, f"{type(self).__name__}: l2", 0.0)
         self.op = op
         self.l2 = l2
 
@@ -176,19 +180,27 @@ class PhaseRetrievalLoss(nn.Module):
         yn = y / e
         y_pos = yn.clamp_min(0)
         psi = y_pos.sqrt()
-        k = len(self.op.measurement_shape)
-        return MeasurementData(yn, y_pos, psi, sum_dims(y_pos, k).sqrt())
+        return MeasurementData(yn, y_pos, psi, self.op.measurement_sum(y_pos).sqrt())
 
     def check_pair(self, x: torch.Tensor, d: MeasurementData) -> None:
         """x's batch shape and y's must broadcast (a clear error instead of a size mismatch inside torch)."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{type(self).__name__}: x must be a torch.Tensor of shape (*batch, "
+                             f"{', '.join(map(str, self.op.signal_shape))}), got {type(x).__name__}")
         kx, ky = len(self.op.signal_shape), len(self.op.measurement_shape)
+        if tuple(x.shape[x.dim() - kx:]) != tuple(self.op.signal_shape) or x.dim() < kx:
+            raise ValueError(f"{type(self).__name__}: x has shape {tuple(x.shape)} but the operator takes signals of "
+                             f"shape {tuple(self.op.signal_shape)}")
         bx, by = x.shape[: x.dim() - kx], d.y.shape[: d.y.dim() - ky]
         if bx != by:
             try:
-                torch.broadcast_shapes(bx, by)
+                ok = torch.broadcast_shapes(bx, by) == bx      # y may be shared by many signals, not the reverse
             except RuntimeError:
-                raise ValueError(f"{type(self).__name__}: x has batch shape {tuple(bx)} but y has {tuple(by)}; pass one y "
-                                 f"per signal (or one y for all)") from None
+                ok = False
+            if not ok:
+                raise ValueError(f"{type(self).__name__}: x has batch shape {tuple(bx)} but y has {tuple(by)}; pass one "
+                                 f"signal per y (e.g. x.expand({', '.join(map(str, (*by, *self.op.signal_shape)))})) or "
+                                 f"one y for all signals") from None
 
     # ------------------------------------------------------------------ pieces
     def measure(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,6 +227,24 @@ class PhaseRetrievalLoss(nn.Module):
     def _weights(self, p: "Fields", d: MeasurementData, x: torch.Tensor) -> Optional[torch.Tensor]:
         return None
 
+    def pointwise(self, d: MeasurementData) -> Optional[PointwiseMap]:
+        """The closed form of the gradient factor w ⊙ g (and of w ⊙ ℓ) as a
+        :class:`~phasetorch.physics.kernels.PointwiseMap` for the fused dense C kernel, or None
+        (then ``_dell``/``_weights`` run in torch). Used only where the class that defines it also
+        owns (or inherits unchanged) ``_ell``, ``_dell`` and — unless the weights are given — ``_weights``."""
+        return None
+
+    def _kernel_map(self, d: MeasurementData, weights: Optional[torch.Tensor], scale: float):
+        cls = type(self)
+        owner = _owner(cls, "pointwise")
+        needed = ("_ell", "_dell") if weights is not None else ("_ell", "_dell", "_weights")
+        if owner is None or not all(issubclass(owner, _owner(cls, name)) for name in needed):
+            return None                                     # a subclass changed the loss: no closed form
+        spec = self.pointwise(d)
+        if spec is not None:
+            spec.scale, spec.weights = scale, weights
+        return spec
+
     def weights(self, x: torch.Tensor, y, r: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """The per-measurement weights w at x (detached), or ``None`` (all ones)."""
         d = self.prepare(y)
@@ -223,8 +253,7 @@ class PhaseRetrievalLoss(nn.Module):
             return self._weights(Fields(r.detach()), d, x.detach())
 
     def _reduce(self, per_meas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        k = len(self.op.measurement_shape)
-        val = mean_dims(per_meas, k)
+        val = self.op.measurement_mean(per_meas)
         if self.l2:
             val = val + 0.5 * self.l2 * sum_dims(abs2(x), len(self.op.signal_shape))
         return val
@@ -268,9 +297,10 @@ class PhaseRetrievalLoss(nn.Module):
         """Values (and the closed-form gradient) at x, keeping |Ax| for reuse (see :class:`Evaluation`)."""
         d = self.prepare(y)
         self.check_pair(x, d)
+        total = None
         with torch.no_grad():
             if r is None and grad and (weights is not None or self.separable_weights):
-                r, g, p, w = self._fused_gradient(x, d, weights)
+                r, g, p, w, total = self._fused_gradient(x, d, weights)
             else:
                 r = self.measure(x) if r is None else r
                 p = Fields(r)
@@ -281,6 +311,8 @@ class PhaseRetrievalLoss(nn.Module):
                     g = self.back(gm if w is None else w * gm, x)
             if g is not None and self.l2:
                 g = g + self.l2 * x
+            if total is not None:           # Σ w ℓ from the fused kernel (float64 sums)
+                return Evaluation(self._reduce_total(total, x, r), g, r, w, p)
             ell = self._ell(p, d)
             if w is not None:
                 ell = w * ell
@@ -292,6 +324,7 @@ class PhaseRetrievalLoss(nn.Module):
         block by block while the operator streams through A."""
         c = 1.0 / math.sqrt(self.op.entry_energy)
         kept = {"w": []}
+        spec = self._kernel_map(d, weights, c)
 
         def grad_factor(z, part):
             p = Fields(z * c if c != 1.0 else z)
@@ -306,12 +339,26 @@ class PhaseRetrievalLoss(nn.Module):
             kept["w"].append(w)
             return gm if w is None else w * gm
 
+        if spec is not None:
+            grad_factor.pointwise = spec            # the operator may run it as one fused C pass over A
         z, u = self.op.linear_adjoint(x, grad_factor)
         r = z * c if c != 1.0 else z
+        if spec is not None and spec.done:
+            p = Fields(r)
+            p._a2 = spec.a2
+            w = weights if weights is not None else spec.weights_out
+            return r, self._from_adjoint(u, x), p, w, spec.total
         p = kept["fields"] if "fields" in kept else Fields(r)
         ws = kept["w"]
         w = None if ws[0] is None else (ws[0] if len(ws) == 1 else torch.cat(ws, -1))
-        return r, self._from_adjoint(u, x), p, w
+        return r, self._from_adjoint(u, x), p, w, None
+
+    def _reduce_total(self, total: torch.Tensor, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """:meth:`_reduce` from Σ_i w_i ℓ_i per sample (float64) instead of the per-measurement values."""
+        val = (self.op.reduce_sum(total) / self.op.m).to(self.op.real_dtype)
+        if self.l2:
+            val = val + 0.5 * self.l2 * sum_dims(abs2(x), len(self.op.signal_shape))
+        return val
 
     def gradient(self, x: torch.Tensor, y) -> torch.Tensor:
         """The closed-form gradient alone (see :meth:`value_and_grad`)."""
@@ -331,9 +378,8 @@ class PhaseRetrievalLoss(nn.Module):
     def residual(self, r, y) -> torch.Tensor:
         """Relative amplitude residual ‖|r| − ψ‖ / ‖ψ‖ per sample (‖|r|‖ when ψ = 0); r: tensor or Fields."""
         d = self.prepare(y)
-        k = len(self.op.measurement_shape)
         a = r if isinstance(r, Fields) else Fields(r)
-        num = sum_dims((a.a - d.psi).square(), k).sqrt()
+        num = self.op.measurement_sum((a.a - d.psi).square()).sqrt()
         den = d.norm_psi
         return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), num)
 
@@ -366,6 +412,9 @@ class IntensityLoss(PhaseRetrievalLoss):
     def _dell(self, p, d):
         return (p.a2 - d.y) * p.r
 
+    def pointwise(self, d):
+        return PointwiseMap(Map.INTENSITY, d.y)
+
 
 class AmplitudeLoss(PhaseRetrievalLoss):
     r"""Amplitude loss f(x) = (1/2m) Σ_i (|a_iᴴx| − √y_i)² + (λ/2)‖x‖².
@@ -386,6 +435,9 @@ class AmplitudeLoss(PhaseRetrievalLoss):
 
     def _dell(self, p, d):
         return p.r - d.psi * p.sgn
+
+    def pointwise(self, d):
+        return PointwiseMap(Map.AMPLITUDE, d.psi)
 
 
 class PoissonLoss(PhaseRetrievalLoss):
@@ -413,6 +465,9 @@ class PoissonLoss(PhaseRetrievalLoss):
         inv = torch.where(ok, 1.0 / torch.where(ok, a2, torch.ones_like(a2)), torch.zeros_like(a2))
         return (2 - 2 * d.y_pos * inv) * p.r
 
+    def pointwise(self, d):
+        return PointwiseMap(Map.POISSON, d.y_pos)
+
 
 class TruncatedPoissonLoss(PoissonLoss):
     r"""Poisson loss restricted to the TWF index set (Chen & Candès 2017, Algorithm 1).
@@ -435,9 +490,8 @@ class TruncatedPoissonLoss(PoissonLoss):
     def __init__(self, op: MeasurementOperator, alpha_lb: float = 0.3, alpha_ub: float = 5.0,
                  alpha_h: float = 5.0, l2: float = 0.0) -> None:
         super().__init__(op, l2)
-        for nm, v in (("alpha_lb", alpha_lb), ("alpha_ub", alpha_ub), ("alpha_h", alpha_h)):
-            if not (math.isfinite(float(v)) and float(v) > 0):
-                raise ValueError(f"{nm} must be a finite number > 0, got {v}")
+        alpha_lb, alpha_ub, alpha_h = (check_number(v, f"{type(self).__name__}: {nm}", 0.0, strict=True)
+                                       for nm, v in (("alpha_lb", alpha_lb), ("alpha_ub", alpha_ub), ("alpha_h", alpha_h)))
         if alpha_lb >= alpha_ub:
             raise ValueError(f"alpha_lb ({alpha_lb}) must be smaller than alpha_ub ({alpha_ub})")
         self.alpha_lb, self.alpha_ub, self.alpha_h = float(alpha_lb), float(alpha_ub), float(alpha_h)
@@ -449,7 +503,7 @@ class TruncatedPoissonLoss(PoissonLoss):
         ar = p.a
         ratio = ar / nx.clamp_min(torch.finfo(ar.dtype).tiny)
         dev = (d.y_pos - p.a2).abs()
-        K = mean_dims(dev, k).reshape(*nx.shape)
+        K = self.op.measurement_mean(dev).reshape(*nx.shape)
         keep = (ratio >= self.alpha_lb) & (ratio <= self.alpha_ub) & (dev <= self.alpha_h * K * ratio)
         return keep.to(ar.dtype)
 
@@ -472,12 +526,13 @@ class TruncatedAmplitudeLoss(AmplitudeLoss):
 
     def __init__(self, op: MeasurementOperator, gamma: float = 0.7, l2: float = 0.0) -> None:
         super().__init__(op, l2)
-        if not (math.isfinite(float(gamma)) and float(gamma) > 0):
-            raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = check_number(gamma, f"{type(self).__name__}: gamma", 0.0, strict=True)
 
     def _weights(self, p, d, x):
         return (p.a * (1 + self.gamma) >= d.psi).to(d.psi.dtype)
+
+    def pointwise(self, d):
+        return PointwiseMap(Map.TRUNCATED_AMPLITUDE, d.psi, p0=self.gamma)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "gamma": self.gamma}
@@ -499,32 +554,39 @@ class ReweightedAmplitudeLoss(AmplitudeLoss):
 
     def __init__(self, op: MeasurementOperator, beta: float = 10.0, l2: float = 0.0) -> None:
         super().__init__(op, l2)
-        if not (math.isfinite(float(beta)) and float(beta) >= 0):
-            raise ValueError(f"beta must be a finite number ≥ 0, got {beta}")
-        self.beta = float(beta)
+        self.beta = check_number(beta, f"{type(self).__name__}: beta", 0.0)
 
     def _weights(self, p, d, x):
         ar = p.a
         den = ar + self.beta * d.psi
         return torch.where(den > 0, ar / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
 
+    def pointwise(self, d):
+        return PointwiseMap(Map.REWEIGHTED_AMPLITUDE, d.psi, p1=self.beta)
+
     def hyperparameters(self):
         return {**super().hyperparameters(), "beta": self.beta}
 
 
-def variance_law(mu: torch.Tensor, y: torch.Tensor, k: int, floor: float = 1e-3):
+def variance_law(mu: torch.Tensor, y: torch.Tensor, k: int, floor: float = 1e-3,
+                 op: Optional[MeasurementOperator] = None):
     r"""Per-sample (a, b) of the variance law Var(y_i) ≈ a + b·μ_i fitted to the residuals y − μ.
 
     Least squares of e_i² = (y_i − μ_i)² on (1, μ_i) over the trailing ``k`` (measurement)
     dimensions, with a, b ≥ 0 (the boundary solution when the unconstrained one is negative):
     additive noise gives b ≈ 0, shot noise a ≈ 0 and b ≈ 1/(photons per unit intensity). ``a`` is
     floored at ``floor``·(a + b·mean μ) so the variance never vanishes at μ = 0 (zero counts).
-    Returns two tensors of the batch shape.
+    Returns two tensors of the batch shape. ``op``: the operator the measurements belong to; its
+    sums over measurements are used (all ``op.m`` of them for a sharded operator).
     """
     mu, e2 = mu.to(torch.float64), (y.to(torch.float64) - mu.to(torch.float64)).square()
-    n = float(math.prod(mu.shape[mu.dim() - k:]))
-    s1, s2 = sum_dims(mu, k), sum_dims(mu.square(), k)
-    t0, t1 = sum_dims(e2, k), sum_dims(mu * e2, k)
+    if op is None:
+        n = float(math.prod(mu.shape[mu.dim() - k:]))
+        s1, s2 = sum_dims(mu, k), sum_dims(mu.square(), k)
+        t0, t1 = sum_dims(e2, k), sum_dims(mu * e2, k)
+    else:
+        n = float(op.m)
+        s1, s2, t0, t1 = op.measurement_sum(torch.stack([mu, mu.square(), e2, mu * e2])).unbind(0)
     det = n * s2 - s1 * s1
     safe = torch.where(det > 0, det, torch.ones_like(det))
     a = torch.where(det > 0, (s2 * t0 - s1 * t1) / safe, t0 / n)

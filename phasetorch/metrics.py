@@ -144,6 +144,8 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: Optional[Union[float,
     reconstruction gives +inf.
     """
     dims = _dims(x_hat, x, signal_dims, "psnr", op)
+    if any(x.shape[d] == 0 for d in dims):
+        raise ValueError(f"psnr: the signal dimensions of x are empty (shape {tuple(x.shape)}); pass non-empty signals")
     if magnitude:
         a, b = x_hat.abs(), x.abs()
         mse = abs2(a - b).mean(dim=dims)
@@ -161,9 +163,20 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: Optional[Union[float,
         if (data_range == 0).any():
             raise ValueError("psnr: x is identically zero, so its range is 0; pass data_range")
     else:
+        if isinstance(data_range, torch.Tensor):
+            if data_range.is_complex() or not (data_range.is_floating_point() or data_range.dtype in
+                                                   (torch.int32, torch.int64)):
+                raise ValueError(f"psnr: data_range must be a real number or tensor, got dtype {data_range.dtype}")
+        elif isinstance(data_range, bool) or not isinstance(data_range, (int, float)):
+            raise ValueError(f"psnr: data_range must be a number > 0 or a tensor of one per sample, got {data_range!r}")
         data_range = torch.as_tensor(data_range, dtype=mse.dtype, device=mse.device)
-        if (data_range <= 0).any():
-            raise ValueError(f"psnr: data_range must be > 0, got {data_range}")
+        if not bool(torch.isfinite(data_range).all()) or bool((data_range <= 0).any()):
+            raise ValueError(f"psnr: data_range must be finite and > 0, got {data_range}")
+        try:
+            torch.broadcast_shapes(data_range.shape, mse.shape)
+        except RuntimeError:
+            raise ValueError(f"psnr: data_range has shape {tuple(data_range.shape)} but there are "
+                             f"{tuple(mse.shape)} samples; pass one number or one per sample") from None
     return 10 * torch.log10(data_range.to(mse.dtype).square() / mse)
 
 

@@ -127,6 +127,36 @@ class Reconstruction:
         """The status of every sample as names (nested lists of the batch shape)."""
         return status_names(self.status)
 
+    @property
+    def residual(self) -> torch.Tensor:
+        r"""The final data misfit per sample (batch shape, float64): the log's ``residual`` column,
+        ‖|A x̂| − √y‖ / ‖√y‖ (relative amplitude residual, unitless; conventions.md).
+
+        ``converged`` says the *iteration* reached its fixed point; whether that point explains the
+        data is this number. Noiseless, consistent data end at ≤ ``tol``; noisy data at roughly the
+        noise's relative amplitude (Gaussian relative σ: ≈ σ/2 + O(σ²)); a stationary point with a
+        large residual on data you believe noiseless is a spurious local minimum or data no signal
+        explains (wrong operator, corrupted y): try another start (``seed``/``init``) or check the
+        data. The CLI prints it next to the status.
+        """
+        col = self.log["residual"]
+        if col.shape[0] == 0:
+            return torch.full(tuple(self.status.shape), float("nan"), dtype=torch.float64)
+        return col[-1].reshape(self.status.shape)
+
+
+#: iterations between the loop's host reads, per device type (``sync_every=None``): on a CPU a read
+#: costs nothing and a larger k only adds up to k − 1 idle iterations after the last sample stops
+#: (measured: scripts/sync_study.py, results/sync_every.md); on an accelerator every read is a
+#: synchronisation that stalls the launch queue, so the decisions are read every 16 iterations
+#: (a default not yet measured on a GPU).
+SYNC_EVERY = {"cpu": 1, "cuda": 16}
+
+
+def default_sync_every(device) -> int:
+    """The default k of ``reconstruct(sync_every=None)`` on ``device`` (:data:`SYNC_EVERY`; 16 elsewhere)."""
+    return SYNC_EVERY.get(torch.device(device).type, 16)
+
 
 def default_tol(dtype: torch.dtype, tol: Optional[float] = None) -> float:
     """The stopping tolerance in force: ``tol`` (default 1e-10) raised to 8ε of ``dtype``; 0 stays 0."""
@@ -176,7 +206,13 @@ def make_constraint(support, op, batch, B, real_signal: bool, nonnegative: bool)
     sig = tuple(op.signal_shape)
     sup = None
     if support is not None:
-        sup_t = torch.as_tensor(support, device=op.device)
+        if isinstance(support, (str, bytes)) or not isinstance(support, (torch.Tensor, list, tuple)):
+            raise ValueError(f"support must be a boolean mask tensor of shape {sig} (or (*batch, *signal_shape)), "
+                             f"got {type(support).__name__}")
+        try:
+            sup_t = torch.as_tensor(support, device=op.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"support must be a boolean mask of shape {sig}: {err}") from None
         if sup_t.dtype != torch.bool:
             if not ((sup_t == 0) | (sup_t == 1)).all():
                 raise ValueError("support must be a boolean (or 0/1) mask")
@@ -237,12 +273,13 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
     else:
         g = make_generator(seed, generator)
         psi = y_flat.clamp_min(0).sqrt()
+        full = (B, *op.full_measurement_shape)          # drawn for all measurements, so a sharded run draws the same
         if op.is_complex:
-            phases = torch.rand(y_flat.shape, generator=g, dtype=torch.float64).to(op.device, op.real_dtype)
-            b = torch.polar(psi, 2 * math.pi * phases)
+            phases = torch.rand(full, generator=g, dtype=torch.float64).to(op.device, op.real_dtype)
+            b = torch.polar(psi, 2 * math.pi * op.local_measurements(phases))
         else:
-            signs = torch.randint(0, 2, y_flat.shape, generator=g).to(op.device, op.real_dtype) * 2 - 1
-            b = psi * signs
+            signs = torch.randint(0, 2, full, generator=g).to(op.device, op.real_dtype) * 2 - 1
+            b = psi * op.local_measurements(signs)
         start = Start(op.adjoint(b), "random")
     x0 = start.x0
     if real_signal:
@@ -250,7 +287,7 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
     elif op.is_complex and not x0.is_complex():
         x0 = x0.to(op.signal_dtype)
     if not constraint.trivial or start.name == "random":
-        target = (y_flat.clamp_min(0).reshape(B, -1).mean(-1) / op.entry_energy).sqrt()
+        target = (op.measurement_mean(y_flat.clamp_min(0)) / op.entry_energy).sqrt()
         x0 = constraint(x0)
         nx = norm2(x0).sqrt()
         if start.name != "tensor":
@@ -299,7 +336,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
                 callback: Optional[Callable] = None, log_every: int = 1, real_signal: Optional[bool] = None,
                 support: Optional[torch.Tensor] = None, nonnegative: bool = False, seed: Optional[int] = None,
                 generator: Optional[torch.Generator] = None, spectral_options: Optional[dict] = None,
-                on_divergence: str = "freeze", **options) -> Reconstruction:
+                on_divergence: str = "freeze", sync_every: Optional[int] = None, **options) -> Reconstruction:
     r"""Recover x from intensities y = |Ax|² (per sample, batched).
 
     Parameters
@@ -356,6 +393,11 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         preset's own (only ``lbfgs`` has one: ``{"tol": 0.1}``).
     on_divergence : ``"freeze"`` (default: freeze a diverging sample, warn, raise only when every
         sample diverged) or ``"raise"`` (raise :class:`~phasetorch.errors.DivergenceError` at the first).
+    sync_every : k, the iterations between the loop's host reads (default: 1 on a CPU, 16 on a GPU,
+        :data:`SYNC_EVERY`). Every decision — stopping, status, divergence freezing, line-search
+        acceptance — is taken on the device each iteration; only whether anything is left to run
+        (and which samples diverged, for the messages) is read every k iterations. The result and
+        the log do not depend on k (tested); a larger k runs up to k − 1 idle iterations at the end.
     **options : preset hyper-parameters — ``safeguard`` (every gradient preset: True); ``tau0``, ``mu_max`` (wf); ``alpha_lb``, ``alpha_ub``,
         ``alpha_h`` (twf); ``gamma`` (taf); ``beta`` (raf: reweighting; hio: feedback);
         ``cg_steps`` (gs, hio); ``memory``, ``loss`` (lbfgs: ``"amplitude"`` or ``"intensity"``).
@@ -381,6 +423,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         raise ValueError(f"on_divergence must be 'freeze' or 'raise', got {on_divergence!r}")
     if callback is not None and not callable(callback):
         raise ValueError("callback must be callable as callback(t, x, info)")
+    sync_every = default_sync_every(op.device) if sync_every is None else check_int(sync_every, "sync_every", 1)
 
     k_meas = len(op.measurement_shape)
     batch = tuple(y.shape[: y.dim() - k_meas])
@@ -417,11 +460,11 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         "l2": l2, "loss": loss.hyperparameters(), "options": dict(opts), "tol": tol_eff, "max_iter": max_iter,
         "seed": seed, "spectral_options": start.spectral_options, "log_every": log_every,
         "real_signal": real_signal, "support": constraint.support is not None, "nonnegative": bool(nonnegative),
-        "on_divergence": on_divergence,
+        "on_divergence": on_divergence, "sync_every": sync_every,
     }
     data = loss.prepare(y_flat)
     driver = Driver(op, preset.name, alg, loss, data, constraint, start.x0, xt, batch,
-                    config, t_start, raise_on_divergence=on_divergence == "raise")
+                    config, t_start, raise_on_divergence=on_divergence == "raise", sync_every=sync_every)
     rec = driver.run(max_iter, tol_eff, log_every, callback, progress)
     if preset.refine is None:
         return rec
@@ -458,7 +501,7 @@ def refine(preset: Preset, setting: Setting, opts: dict, loss, data, constraint,
         cfg["stages"] = stages
         alg = preset.build(setting, opts, preset.step_mu(setting.complex_signal, opts), None, None)
         driver = Driver(op, preset.name, alg, new, data, constraint, x, xt, batch, cfg, t_start,
-                        raise_on_divergence, log=rec.log, offset=offset)
+                        raise_on_divergence, log=rec.log, offset=offset, sync_every=cfg.get("sync_every", 1))
         out = driver.run(*run_args, active=todo)
         x = out.x.reshape(B, *op.signal_shape)
         status = torch.where(todo, out.status.reshape(B), status)
@@ -518,7 +561,7 @@ class Driver:
 
     def __init__(self, op, name: str, alg: Algorithm, loss, data, constraint: Constraint, x0, xt, batch, config,
                  t_start: float, raise_on_divergence: bool = False, log: Optional[TrainingLog] = None,
-                 offset: int = 0) -> None:
+                 offset: int = 0, sync_every: int = 1) -> None:
         self.op, self.name, self.alg, self.loss, self.data = op, name, alg, loss, data
         self.x0, self.xt, self.batch, self.B = x0, xt, batch, x0.shape[0]
         self.t_start, self.raise_on_divergence = t_start, raise_on_divergence
@@ -530,6 +573,7 @@ class Driver:
             self.record_names += ["rel_error", "overlap", "inner"]
         self.log = TrainingLog(batch, config, cols) if log is None else log
         self.offset = offset                   # a later stage continues an earlier stage's log
+        self.sync_every = sync_every           # decisions are read from the device every k iterations
         self.divergences: List[Divergence] = []
 
     # ------------------------------------------------------------------ helpers
@@ -547,7 +591,8 @@ class Driver:
     def divergence_limit(self, f0) -> torch.Tensor:
         """f₀ + DIVERGENCE_FACTOR·max(|f₀|, floor) per sample (floor: 10⁻¹² of the data's loss scale)."""
         y_pos = self.data.y_pos
-        floor = 1e-12 * float(y_pos.abs().mean()) ** (2 if self.loss.scale_power == 2 else 1) if y_pos.numel() else 0
+        floor = 1e-12 * float(self.op.measurement_mean(y_pos.abs()).mean()) ** (2 if self.loss.scale_power == 2 else 1) \
+            if y_pos.numel() else 0
         return f0 + DIVERGENCE_FACTOR * f0.abs().clamp_min(max(floor, 1e-300))
 
     def divergence_message(self, d: Divergence, count: int) -> str:
@@ -623,9 +668,19 @@ class Driver:
             self.record(0, x, f, norm2(G).sqrt(), zero, res)
 
         bar = tqdm(total=max_iter, desc=self.name, leave=False, dynamic_ncols=True) if progress and max_iter else None
-        t = 0
+        k = self.sync_every
+        t = t_last = 0
+        last_row = -1                                  # iteration of the last record written
+        # device-side bookkeeping, read every k iterations (one host read per block of k)
+        t_end = torch.zeros((), dtype=torch.int64, device=dev)        # the last iteration any sample ran
+        step_end = zero.clone()                                        # the step column of that iteration
+        div_t = torch.zeros(B, dtype=torch.int64, device=dev)          # iteration of each divergence
+        div_f = torch.zeros_like(f)                                    # loss at the divergence
+        diverged = torch.zeros(B, dtype=torch.bool, device=dev)
+        reported = 0                                                   # divergences already turned into messages
         try:
             for t in range(1, max_iter + 1):
+                running = active
                 x_prev, f_prev, res_prev, G_prev, r_prev = x, f, res, G, r
                 ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r))
                 out = self.alg.step(state, t, x, f, G, ctx)
@@ -634,70 +689,93 @@ class Driver:
                     self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
                 f, G, r = ev.value, ev.grad, ev.r
                 res = self.loss.residual(ev.fields, self.data)
-                bad = active & (~torch.isfinite(f) | (f > f_limit))
                 step_t = torch.where(active, out.alpha.to(rdt), zero)
+                retry = torch.zeros_like(active) if out.retry is None else active & out.retry
+                if out.accepted is not None:   # samples that stayed at x keep x's evaluation
+                    hold = ~(active & out.accepted)
+                    x, f, res, r, G = (None if new is None else where_sample(hold, old, new) for new, old in
+                                       ((x, x_prev), (f, f_prev), (res, res_prev), (r, r_prev), (G, G_prev)))
+                bad = active & (~torch.isfinite(f) | (f > f_limit))
+                div_t = torch.where(bad, t, div_t)
+                div_f = torch.where(bad, f, div_f)
+                diverged = diverged | bad
+                x, f, res, r, G = (None if new is None else where_sample(bad, old, new) for new, old in
+                                   ((x, x_prev), (f, f_prev), (res, res_prev), (r, r_prev), (G, G_prev)))
+                step_t = torch.where(bad, zero, step_t)
+                status = torch.where(bad, torch.full_like(status, Status.DIVERGED), status)
+                iterations = torch.where(bad, torch.full_like(iterations, t - 1), iterations)
                 ok = active & ~bad
                 if tol > 0:
                     fit = res <= tol
-                    stop = ok & (fit | ((res - res_prev).abs() <= tol * res_prev))
-                else:
-                    fit = stop = torch.zeros_like(active)
-                still = ok & ~stop
-                # one host read per iteration for every decision (a sync on an accelerator)
-                any_bad, any_stop, any_left = torch.stack([bad.any(), stop.any(), still.any()]).tolist()
-                if any_bad:
-                    x, f, res, r, G, step_t = self.freeze(bad, t, f, f0, (x, x_prev), (f, f_prev), (res, res_prev),
-                                                          (r, r_prev), (G, G_prev), step_t)
-                    status = torch.where(bad, torch.full_like(status, Status.DIVERGED), status)
-                    iterations = torch.where(bad, torch.full_like(iterations, t - 1), iterations)
-                    active = ok
-                stopped_by_cb = False
-                if callback is not None:
-                    info = {"loss": f.reshape(self.batch), "residual": res.reshape(self.batch),
-                            "active": still.reshape(self.batch)}
-                    stopped_by_cb = bool(callback(t, self.view(x), info))
-                if any_stop:
+                    stop = ok & ~retry & (fit | ((res - res_prev).abs() <= tol * res_prev))
                     stuck = ~fit & ~(norm2(x - x_prev) > 0)
                     stuck = stuck & (norm2(G).sqrt() > STALL_GRADIENT * g0) if G is not None else torch.zeros_like(fit)
                     code = torch.where(stuck, torch.full_like(status, Status.STALLED),
                                        torch.full_like(status, Status.CONVERGED))
                     status = torch.where(stop, code, status)
                     iterations = torch.where(stop, torch.full_like(iterations, t), iterations)
-                    active = still
-                done = (not any_left) or stopped_by_cb or t == max_iter
-                if t % log_every == 0 or done:
-                    gnorm = norm2(G if G is not None else self.loss.evaluate(x, self.data, r=r).grad).sqrt()
-                    self.record(t, x, f, gnorm, step_t, res)
+                    active = ok & ~stop
+                else:
+                    active = ok
+                ran = running.any()
+                t_end = torch.where(ran, t, t_end)
+                step_end = torch.where(ran, step_t, step_end)
+                stopped_by_cb = False
+                if callback is not None:
+                    info = {"loss": f.reshape(self.batch), "residual": res.reshape(self.batch),
+                            "active": active.reshape(self.batch)}
+                    stopped_by_cb = bool(callback(t, self.view(x), info))
+                if t % log_every == 0:
+                    self.record(t, x, f, self.grad_norm(G, x, r), step_t, res)
+                    last_row = t
                 if bar is not None:
-                    self.update_bar(bar, t, f, x, done)
-                if done:
-                    if stopped_by_cb:
-                        iterations = torch.where(active, torch.full_like(iterations, t), iterations)
-                    break
+                    bar.update(1)
+                if t % k == 0 or t == max_iter or stopped_by_cb:
+                    # the one host read of a block of k iterations: is anything left, did anything diverge
+                    any_left, n_div, t_last = torch.stack([active.any().long(), diverged.sum(), t_end]).tolist()
+                    if n_div > reported:
+                        reported = self.note_divergences(diverged, div_t, div_f, f0, x)
+                    if bar is not None:
+                        self.update_bar(bar, f, x)
+                    if not any_left or stopped_by_cb:
+                        if stopped_by_cb:
+                            iterations = torch.where(active, torch.full_like(iterations, t), iterations)
+                            t_last = t
+                        break
         finally:
             if bar is not None:
                 bar.close()
+        if t_last > 0:
+            if last_row > t_last:      # records of iterations in which nothing ran (k > 1): not kept
+                self.log.drop_after(t_last + self.offset)
+                last_row = t_last - t_last % log_every
+            if last_row != t_last:     # the final iterate is always recorded
+                self.record(t_last, x, f, self.grad_norm(G, x, r), step_end, res)
         status = torch.where(status == Status.RUNNING, torch.full_like(status, Status.MAX_ITER), status)
         return self.finish(x, status, iterations)
 
-    def freeze(self, bad, t, f, f0, *pairs):
-        """Samples in ``bad`` go back to their previous values (x, f, residual, cache, gradient); the
-        step they took is reported as 0. Raises at once with ``raise_on_divergence``."""
-        for b in bad.nonzero().reshape(-1).tolist():
-            self.divergences.append(Divergence(t, b, float(f[b]), float(f0[b])))
-        *pairs, step_t = pairs
-        if self.raise_on_divergence:
-            raise self.divergence_error(self.divergences[0], len(self.divergences), pairs[0][1])
-        out = [None if new is None else where_sample(bad, old, new) for new, old in pairs]
-        return (*out, torch.where(bad, torch.zeros_like(step_t), step_t))
+    def grad_norm(self, G, x, r) -> torch.Tensor:
+        """‖∇f‖ per sample for the log (evaluated for projection methods, which do not use it)."""
+        return norm2(G if G is not None else self.loss.evaluate(x, self.data, r=r).grad).sqrt()
 
-    def update_bar(self, bar, t, f, x, done) -> None:
-        bar.update(1)
-        if t % 10 == 0 or done:
-            post = {"loss": f"{float(f.mean()):.3e}"}
-            if self.xt is not None:
-                post["rel_err"] = f"{float(truth_metrics(x, self.xt)[0].mean()):.2e}"
-            bar.set_postfix(post, refresh=False)
+    def note_divergences(self, diverged, div_t, div_f, f0, x) -> int:
+        """Turn the device-side divergence marks into :class:`Divergence` records (in iteration order);
+        raises at once with ``raise_on_divergence``. Returns how many are recorded."""
+        known = {d.sample for d in self.divergences}
+        idx = diverged.nonzero().reshape(-1).tolist()
+        ts, fs, f0s = (v.tolist() for v in (div_t[idx], div_f[idx].double(), f0[idx].double()))
+        for b, tb, fb, f0b in sorted(zip(idx, ts, fs, f0s), key=lambda z: (z[1], z[0])):
+            if b not in known:
+                self.divergences.append(Divergence(int(tb), int(b), float(fb), float(f0b)))
+        if self.raise_on_divergence and self.divergences:
+            raise self.divergence_error(self.divergences[0], len(self.divergences), x)
+        return len(self.divergences)
+
+    def update_bar(self, bar, f, x) -> None:
+        post = {"loss": f"{float(f.mean()):.3e}"}
+        if self.xt is not None:
+            post["rel_err"] = f"{float(truth_metrics(x, self.xt)[0].mean()):.2e}"
+        bar.set_postfix(post, refresh=False)
 
     def finish(self, x, status, iterations) -> Reconstruction:
         cfg = self.log.config

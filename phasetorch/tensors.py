@@ -17,6 +17,7 @@ This module imports nothing from phasetorch: every other layer may use it.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -117,6 +118,10 @@ def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------- randomness
+#: the largest seed a ``torch.Generator`` takes without overflow (a signed 64-bit int)
+MAX_SEED = 2**63 - 1
+
+
 def make_generator(seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Generator:
     """A CPU ``torch.Generator`` from ``seed`` (int) or an existing generator (used as is).
 
@@ -132,7 +137,7 @@ def make_generator(seed: Optional[int] = None, generator: Optional[torch.Generat
     g = torch.Generator(device="cpu")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    g.manual_seed(check_int(seed, "seed", 0))
+    g.manual_seed(check_int(seed, "seed", 0, MAX_SEED))
     return g
 
 
@@ -143,7 +148,7 @@ def resolve_seed(seed: Optional[int] = None, generator: Optional[torch.Generator
     generator seeded with it, so the config alone rebuilds the same object.
     """
     if seed is not None and generator is None:
-        return check_int(seed, "seed", 0)
+        return check_int(seed, "seed", 0, MAX_SEED)
     return int(torch.randint(0, 2**62, (1,), generator=make_generator(seed, generator)).item())
 
 
@@ -163,12 +168,22 @@ def check_int(v: Any, name: str, low: Optional[int] = None, high: Optional[int] 
     return int(v)
 
 
+def check_flag(v: Any, name: str) -> bool:
+    """``v`` as a bool: True/False (also a one-element bool tensor); strings, None and numbers are refused,
+    since ``bool('no')`` is True."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and v.dtype == torch.bool:
+        return bool(v.item())
+    if isinstance(v, bool) or type(v).__name__ == "bool_":       # numpy.bool_ without importing numpy
+        return bool(v)
+    raise ValueError(f"{name} must be True or False, got {v!r}")
+
+
 def check_number(v: Any, name: str, low: Optional[float] = None, strict: bool = False,
                  high: Optional[float] = None) -> float:
     """``v`` as a finite float with v ≥ low (v > low when ``strict``) and v ≤ high; clear errors otherwise."""
     if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
         v = v.item()
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise ValueError(f"{name} must be a number, got {v!r}")
     v = float(v)
     if not math.isfinite(v):

@@ -42,4 +42,18 @@ echo "== 4. benchmark rows $ROWS on the GPU"
 timeout "$BENCH_TIMEOUT" "$PY" scripts/benchmark.py --device cuda --rows "$ROWS" \
     --json "$OUT/benchmark_cuda.json" --markdown "$OUT/benchmark_cuda.md" > "$OUT/bench_log.txt" 2>&1 || status=1
 tail -30 "$OUT/bench_log.txt"
+
+echo "== 5. sync-free loop: time vs host-read interval k on the GPU"
+timeout 300 "$PY" scripts/sync_study.py --device cuda --repeats 2 --out "$OUT" || status=1
+
+echo "== 6. sharded run with NCCL (needs 2 GPUs; compared with the same run in one process)"
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+if [ "$NGPU" -ge 2 ]; then
+    ARGS="reconstruct phasetorch/data/shepp_logan.png --model gaussian --size 32 --algorithm raf --iters 50 --device cuda --quiet"
+    timeout 300 "$PY" -m torch.distributed.run --nproc_per_node 2 -m phasetorch --threads 1 $ARGS --distributed --out /tmp/nccl_dist || status=1
+    timeout 300 "$PY" -m phasetorch --threads 1 $ARGS --out /tmp/nccl_single || status=1
+    "$PY" -c "import torch; a=torch.load('/tmp/nccl_dist/reconstruction.pt', weights_only=False); b=torch.load('/tmp/nccl_single/reconstruction.pt', weights_only=False); xa=a['x'] if isinstance(a, dict) else a; xb=b['x'] if isinstance(b, dict) else b; d=float((xa-xb).abs().max()/xb.abs().max()); print('NCCL vs one process: max rel. diff', d); raise SystemExit(d > 1e-5)" | tee "$OUT/nccl_check.txt" || status=1
+else
+    echo "only $NGPU GPU(s): the NCCL check needs 2 (unmeasured)" | tee "$OUT/nccl_check.txt"
+fi
 exit $status

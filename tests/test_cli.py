@@ -231,8 +231,13 @@ def test_theory_without_logs_and_refusals(capsys, tmp_path):
     tr = tmp_path / "complex"
     assert _run(capsys, "train", "--delta", 4, "--dim", 20, "--seeds", 2, "--steps", 2, "--field", "complex",
                 "--out", tr, "--quiet")[0] == 0
-    code, _, err = _run(capsys, "theory", "--logs", tr / "log.json", "--out", tmp_path / "c")
-    _assert_clean_error(code, err, "real field only")
+    # issue 15: complex logs are described by the complex-field DMFT (field taken from the log) ...
+    code, _, err = _run(capsys, "theory", "--logs", tr / "log.json", "--samples", 2000, "--replicates", 2,
+                        "--out", tmp_path / "c")
+    assert code == 0, err
+    # ... and refused when the theory is asked for the other field
+    code, _, err = _run(capsys, "theory", "--logs", tr / "log.json", "--field", "real", "--out", tmp_path / "c2")
+    _assert_clean_error(code, err, "field")
 
 
 def test_theory_below_the_threshold_is_refused(capsys, tmp_path):

@@ -265,8 +265,8 @@ def test_dmft_public_api_and_prediction(tmp_path):
 
 
 def test_guard_rails():
-    with pytest.raises(ValueError, match="complex"):
-        dmft(4.0, step=0.1, steps=2, field="complex")
+    with pytest.raises(ValueError, match="field"):           # the complex field exists now (issue 15)
+        dmft(4.0, step=0.1, steps=2, field="quaternion")
     with pytest.raises(ValueError, match="identity"):
         dmft(4.0, step=0.1, steps=2, preprocessing="identity")
     with pytest.raises(ValueError, match="threshold"):

@@ -63,8 +63,8 @@ def test_noise_and_basin():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="real field"):
-        fixed_point(4.0, l2=0.1, field="complex")
+    with pytest.raises(ValueError, match="field"):           # complex is derived now (tests/test_theory_complex.py)
+        fixed_point(4.0, l2=0.1, field="quaternion")
     with pytest.raises(ValueError, match="l2"):
         fixed_point(4.0, l2=-1.0)
     with pytest.raises(ValueError, match="delta"):

@@ -30,14 +30,15 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import __version__
+from .. import distributed as dist
 from .. import io as pio
 from ..errors import DivergenceError
 from .commands import COMMANDS
 from .commands.bench import benchmark_script, run_bench
 from .commands.options import THREADS_HELP, Parser, common_options, positive_int
-from .common import CLIError, Echo, UsageError
+from .common import THREAD_ENV, CLIError, Echo, UsageError, choose_threads
 
-__all__ = ["main", "main_with_defaults", "build_parser", "benchmark_script"]
+__all__ = ["main", "main_with_defaults", "build_parser", "benchmark_script", "apply_threads"]
 
 #: What a job may raise that is the user's to fix: one error line, exit status 1.
 JOB_ERRORS = (CLIError, ValueError, TypeError, OSError, RuntimeError, KeyError, ArithmeticError, DivergenceError)
@@ -103,6 +104,20 @@ def main_with_defaults(command: str, defaults: dict, argv: Sequence[str], given:
     return main([command] + extra + argv)
 
 
+def apply_threads(threads: Optional[int], echo: Echo, verbose: bool = False) -> int:
+    """Set torch's intra-op threads: ``threads`` (``--threads``) if given; else leave a user's
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` alone; else :func:`~phasetorch.app.common.choose_threads`
+    (the idle cores). Returns the count in force; ``verbose`` (``--debug``) says why."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif not any(os.environ.get(v) for v in THREAD_ENV):
+        n, why = choose_threads()
+        torch.set_num_threads(n)
+        if verbose:
+            echo(f"threads: {why} (--threads N to choose)")
+    return torch.get_num_threads()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status (0 success, 1 job failure, 2 usage error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -123,10 +138,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     pio.use_agg()
-    if getattr(args, "threads", None):
-        torch.set_num_threads(int(args.threads))
     echo = Echo(getattr(args, "quiet", False))
+    apply_threads(getattr(args, "threads", None), echo, getattr(args, "debug", False))
+    if getattr(args, "distributed", False):
+        return _guarded(lambda: run_distributed(args, echo, argv), debug or getattr(args, "debug", False))
     return _guarded(lambda: args.handler(args, echo), debug or getattr(args, "debug", False))
+
+
+class RankEcho(Echo):
+    """The printer of the ranks other than 0 in a distributed run: silent (rank 0 prints for the job)."""
+
+    def __call__(self, msg: str) -> None:
+        return None
+
+    def result(self, msg: str) -> None:
+        return None
+
+    def warn(self, msg: str) -> None:
+        return None
+
+
+def run_distributed(args, echo: Echo, argv: Sequence[str]) -> int:
+    """A command with ``--distributed``: join the process group (``torchrun``'s environment; gloo on
+    CPU, NCCL for ``--device cuda``), check that every rank got the same command line, run the job on
+    every rank — rank 0 prints, shows progress and writes; the others are silent and write nothing —
+    and leave the group. A dead or silent rank ends the job everywhere after ``--dist-timeout``."""
+    device = getattr(args, "device", "cpu") or "cpu"
+    with dist.process_group(timeout=float(getattr(args, "dist_timeout", dist.DEFAULT_TIMEOUT)),
+                            device="cuda" if str(device).startswith("cuda") else "cpu"):
+        dist.check_same(list(argv), "command line")
+        if not dist.is_main():
+            args.quiet, args.write = True, False
+            echo = RankEcho(quiet=True)
+        return int(args.handler(args, echo) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["CLIError", "UsageError", "Echo", "resolve_device", "fmt_value"]
+__all__ = ["CLIError", "UsageError", "Echo", "resolve_device", "fmt_value", "choose_threads", "usable_cores", "THREAD_ENV"]
 
 
 class CLIError(Exception):
@@ -42,6 +44,37 @@ class Echo:
     def warn(self, msg: str) -> None:
         """``warning: msg`` on stderr, quiet or not."""
         print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+#: environment variables with which a user already fixed the thread count (then the CLI leaves it alone)
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def choose_threads(cores: Optional[int] = None, load: Optional[float] = None) -> Tuple[int, str]:
+    """The CLI's default intra-op thread count and why: ``max(1, min(cores, round(cores − load)))``.
+
+    ``load`` is the 1-minute load average (:func:`os.getloadavg`: processes running or waiting),
+    ``cores`` the usable cores. On an idle machine that is every core (torch's own default); on a
+    busy one only the idle cores, because torch's threads synchronise at every operation and one
+    descheduled thread stalls the rest: measured (scripts/threads_study.py, results/threads.md) on
+    this 2-core machine with one busy process, 2 threads ran a 64² CDP reconstruction 2.4× and a
+    Gaussian n = 1024 L-BFGS run 1.7× slower than 1 thread (idle: equal). ``--threads N`` (or ``OMP_NUM_THREADS``) overrides this.
+    """
+    cores = usable_cores() if cores is None else max(1, int(cores))
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):
+            return cores, f"{cores} threads (all usable cores; the load average is unknown)"
+    n = max(1, min(cores, int(round(cores - float(load)))))
+    return n, f"{n} of {cores} cores (1-minute load average {float(load):.2f})"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ function                    job
 The pieces: :func:`build_operator` (the four forward models of the command line, refused when
 they would not fit in memory), :func:`parse_noise` and :func:`make_noise`, :func:`load_object`,
 :func:`object_support`, :func:`twin_metrics` / :func:`resolve_twin` (the Fourier ambiguity),
-:func:`check_theory_log` (which logs the DMFT describes).
+:func:`phasetorch.theory.check_describes` (which logs the DMFT describes).
 
 Noise specifications (``--noise`` of every command, :func:`parse_noise`):
 
@@ -57,8 +57,8 @@ from ..logs import TrainingLog
 from ..metrics import align_phase, overlap, psnr, relative_error
 from ..optim.presets import PRESETS
 from ..phantoms import complex_object
-from ..physics import (CodedDiffraction, GaussianMeasurement, OversampledFourier, StructuredRandom, load_operator,
-                       save_operator)
+from ..physics import (CodedDiffraction, GaussianMeasurement, OversampledFourier, ShardedCodedDiffraction,
+                       ShardedGaussian, StructuredRandom, load_operator, save_operator)
 from ..physics.noise import GaussianNoise, PoissonNoise
 from ..solve import reconstruct
 from ..tensors import abs2, available_memory, check_number, inner, sum_dims
@@ -72,7 +72,7 @@ __all__ = ["ALGORITHMS", "PROJECTION_ALGORITHMS", "SUPPORT_ALGORITHMS", "TRAIN_A
            "photons_per_measurement", "build_operator", "make_noise", "problem_bytes", "available_memory",
            "check_memory", "object_support", "load_object", "simulate_problem", "load_problem", "twin_metrics",
            "resolve_twin", "TwinTracker", "default_algorithm", "reconstruction_job", "train_job", "theory_job",
-           "comparison_dict", "sup_gap_lines", "check_recoverable", "check_theory_log", "save_log"]
+           "comparison_dict", "sup_gap_lines", "check_recoverable", "save_log"]
 
 #: Every named algorithm of :func:`phasetorch.reconstruct`, in the registry's order.
 ALGORITHMS: Tuple[str, ...] = tuple(PRESETS)
@@ -199,7 +199,8 @@ def _gib(b: float) -> str:
 # ============================================================================ problems
 def build_operator(model: str, signal_shape: Sequence[int], *, masks: int = 4, mask: str = "octanary",
                    oversampling: int = 2, layers: int = 2, delta: float = 6.0, real: bool = False, seed: int = 0,
-                   dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu")):
+                   dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
+                   distributed: bool = False):
     """The forward model of ``model`` for a signal of ``signal_shape`` (any H×W, or any shape).
 
     * ``cdp``: :class:`~phasetorch.physics.CodedDiffraction` with ``masks`` patterns (δ = L);
@@ -212,8 +213,15 @@ def build_operator(model: str, signal_shape: Sequence[int], *, masks: int = 4, m
 
     Every model is refused up front (:func:`check_memory`) when :func:`problem_bytes` of it exceeds
     the memory available on ``device``.
+
+    ``distributed``: this process's share of the measurements in the initialised process group
+    (:class:`~phasetorch.physics.ShardedCodedDiffraction`, :class:`~phasetorch.physics.ShardedGaussian`:
+    the same operator split by rows; memory checked per process); ``cdp`` and ``gaussian`` only.
     """
     shape = tuple(int(s) for s in signal_shape)
+    if distributed:
+        return _sharded_operator(model, shape, masks=masks, mask=mask, delta=delta, real=real, seed=seed,
+                                 dtype=dtype, device=device)
     n = math.prod(shape)
     r = 8 if dtype == torch.float64 else 4
     size_text = "×".join(map(str, shape))
@@ -249,6 +257,18 @@ def build_operator(model: str, signal_shape: Sequence[int], *, masks: int = 4, m
     else:
         raise UsageError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     return op.to(device)
+
+
+def _sharded_operator(model: str, shape, *, masks: int, mask: str, delta: float, real: bool, seed: int,
+                      dtype: torch.dtype, device: torch.device):
+    if model not in ("cdp", "gaussian"):
+        raise UsageError(f"--distributed splits the measurements of the cdp and gaussian models over the processes; "
+                         f"{model!r} is not sharded (use --model cdp or gaussian, or run it without --distributed)")
+    n = math.prod(shape)
+    if model == "cdp":
+        return ShardedCodedDiffraction(shape, masks, mask=mask, seed=seed, dtype=dtype).to(device)
+    m = max(1, int(round(delta * n)))
+    return ShardedGaussian(shape, m, complex=not real, seed=seed, dtype=dtype).to(device)
 
 
 def object_support(x: torch.Tensor, pad: int = 0, level: float = 0.02) -> torch.Tensor:
@@ -313,7 +333,7 @@ def simulate_problem(image: str, out: Optional[str] = None, *, model: str = "cdp
                      mask: str = "octanary", oversampling: int = 2, layers: int = 2, delta: float = 6.0,
                      noise: Optional[str] = None, phase_image: bool = False, seed: int = 0,
                      dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
-                     echo: Optional[Echo] = None) -> Dict[str, Any]:
+                     echo: Optional[Echo] = None, distributed: bool = False) -> Dict[str, Any]:
     """Object → operator → intensities (+ noise). With ``out``, writes measurements.pt (with the
     operator's identity), operator.pt and truth.png.
 
@@ -322,6 +342,10 @@ def simulate_problem(image: str, out: Optional[str] = None, *, model: str = "cdp
     are flagged ``nonnegative`` (the constraints of error reduction / HIO). ``notes`` (also printed
     through ``echo``: a resize as chatter, a photon warning always) say what was cropped or resized
     and warn below :data:`LOW_PHOTONS` photons per measurement.
+
+    ``distributed``: a sharded operator (:func:`build_operator`) and this process's intensities; the
+    noise is drawn on all the measurements (gathered: m numbers) with the same seed on every process,
+    so the data are those of the single-process run. Nothing is written (``out`` must be None).
     """
     echo = echo or Echo(quiet=True)
     kind, level = parse_noise(noise)
@@ -330,8 +354,10 @@ def simulate_problem(image: str, out: Optional[str] = None, *, model: str = "cdp
     if note is not None:
         notes.append(note)
         echo(note)
+    if distributed and out is not None:
+        raise ValueError("simulate_problem: a distributed problem is not written (out must be None)")
     op = build_operator(model, x.shape, masks=masks, mask=mask, oversampling=oversampling, layers=layers,
-                        delta=delta, seed=seed, dtype=dtype, device=device)
+                        delta=delta, seed=seed, dtype=dtype, device=device, distributed=distributed)
     x = x.to(device=device, dtype=op.signal_dtype if (op.is_complex or x.is_complex()) else op.real_dtype)
     per_meas = photons_per_measurement(kind, level, op.m)
     if per_meas is not None and per_meas < LOW_PHOTONS:
@@ -343,8 +369,8 @@ def simulate_problem(image: str, out: Optional[str] = None, *, model: str = "cdp
     with torch.no_grad():
         y = op(x)
         noise_mod = make_noise(kind, level, seed + 1, len(op.measurement_shape), op.m)
-        if noise_mod is not None:
-            y = noise_mod(y)
+        if noise_mod is not None:             # on all measurements (the same draw on every process)
+            y = op.local_measurements(noise_mod(op.gather_measurements(y)))
     support = object_support(x) if model == "fourier" else None
     nonneg = model == "fourier" and display == "amplitude"
     meta = {"image": str(image), "model": model, "shape": list(x.shape), "noise": noise or "none",
@@ -508,8 +534,11 @@ def reconstruction_job(op, y: torch.Tensor, out, *, x_true: Optional[torch.Tenso
                        step: Optional[float] = None, preprocessing: Optional[str] = None,
                        support: Optional[torch.Tensor] = None, nonnegative: bool = False, seed: int = 0,
                        display: str = "amplitude", progress: bool = True, echo: Optional[Echo] = None,
-                       meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                       meta: Optional[Dict[str, Any]] = None, write: bool = True) -> Dict[str, Any]:
     """Reconstruct from intensities ``y`` and write the job's files into ``out``.
+
+    ``write=False`` returns the summary (and ``"log"``) without writing anything: the other ranks of
+    a distributed run, where rank 0 alone writes.
 
     Files: for images (2-D signals) reconstruction.png and init.png, with ``x_true`` also truth.png,
     error.png = |x̂ − x*| after the global phase is removed (on the fixed scale [0, range of x*]), and
@@ -559,7 +588,8 @@ def reconstruction_job(op, y: torch.Tensor, out, *, x_true: Optional[torch.Tenso
     x_init = rec.x0
     log = rec.log if tracker is None else tracker.resolved_log(rec.log, rec.x0)
     summary: Dict[str, Any] = {"algorithm": algorithm, "iterations": _to_list(rec.iterations),
-                               "converged": _to_list(rec.converged), "seconds": seconds, "n": op.n, "m": op.m,
+                               "converged": _to_list(rec.converged), "status": rec.status_names(),
+                               "residual": _to_list(rec.residual), "seconds": seconds, "n": op.n, "m": op.m,
                                "delta": op.delta, "operator": op.config(), "meta": meta or {}}
     if x_true is not None:
         if fourier:
@@ -581,6 +611,9 @@ def reconstruction_job(op, y: torch.Tensor, out, *, x_true: Optional[torch.Tenso
     first = (0,) * (x_hat.dim() - k)
     xt = None if x_true is None else x_true[(0,) * (x_true.dim() - k)]
     center = circular_mean_phase(xt) if xt is not None else circular_mean_phase(x_hat[first])
+    if not write:
+        summary["files"], summary["log"] = [], log
+        return summary
     written: List[Path] = []
     if k == 2:
         written += save_display(x_hat[first], outp / "reconstruction.png", display, center)
@@ -623,8 +656,9 @@ def _seed_list(seed: int, count: int) -> List[int]:
 def train_job(out, *, delta: float, dim: int, seeds: int, steps: int, l2: float = 0.0,
               step: Optional[float] = None, preprocessing: str = "optimal", noise: float = 0.0, field: str = "real",
               algorithm: str = "wf", seed: int = 0, device: torch.device = torch.device("cpu"),
-              progress: bool = True):
-    """Batched multi-seed spectral-initialised WF in the theory's units (:func:`phasetorch.theory.simulate`).
+              progress: bool = True, write: bool = True):
+    """Batched multi-seed spectral-initialised WF in the theory's units (:func:`phasetorch.theory.simulate`;
+    inside a process group the seeds are split over the ranks, ``write=False`` on all but rank 0).
 
     Seeds ``seed, seed+1, …, seed+seeds−1``; ``step=None`` uses the WF preset's schedule;
     ``noise`` is σ of y = |Ax*|² + σε (the theory's units: E y = 1); ``algorithm`` is one of
@@ -638,26 +672,32 @@ def train_job(out, *, delta: float, dim: int, seeds: int, steps: int, l2: float 
     log = simulate(float(delta), dim=int(dim), seeds=_seed_list(seed, seeds), steps=int(steps),
                    step=None if step is None else float(step), l2=float(l2), preprocessing=preprocessing,
                    noise=float(noise), field=field, device=device, progress=progress)
-    save_log(log, outp / "log.json")
-    pio.atomic_write(outp / "log.csv", log.to_csv)
+    if write:
+        save_log(log, outp / "log.json")
+        pio.atomic_write(outp / "log.csv", log.to_csv)
     return log
 
 
 def theory_job(out, *, delta: float, steps: int, l2: float = 0.0, step: Optional[float] = None,
                preprocessing: str = "optimal", noise: float = 0.0, samples: int = 50_000, replicates: int = 4,
                seed: int = 0, logs: Sequence = (), device: torch.device = torch.device("cpu"),
-               progress: bool = True) -> Dict[str, Any]:
-    """Solve the DMFT of spectral-initialised (regularized) WF and compare it with simulation logs.
+               progress: bool = True, field: str = "real", model=None, write: bool = True) -> Dict[str, Any]:
+    """Solve the DMFT of spectral-initialised (regularized) WF (``field`` real or complex; or of any
+    ``model``, a :class:`~phasetorch.theory.SingleIndexModel`) and compare it with simulation logs (refused
+    by :func:`~phasetorch.theory.compare` when it does not describe them); ``write=False`` writes nothing.
 
     Writes ``out/prediction.json`` and ``out/overlay.png`` (:func:`~phasetorch.app.figures.theory_figure`:
     DMFT ± 1 SE over the logs' mean ± 1 SE, and their difference); with logs, also
     ``out/comparison.json`` (the sup gaps). Returns {"prediction", "comparison", "files"}.
     """
     outp = Path(out)
+    physics = dict(noise=float(noise), field=field) if model is None else dict(model=model)
     prediction = dmft(float(delta), steps=int(steps), step=None if step is None else float(step), l2=float(l2),
-                      preprocessing=preprocessing, noise=float(noise), samples=int(samples),
-                      replicates=int(replicates), seed=int(seed), device=device, progress=progress)
+                      preprocessing=preprocessing, samples=int(samples), replicates=int(replicates), seed=int(seed),
+                      device=device, progress=progress, **physics)
     comparison = compare(prediction, list(logs)) if logs else None
+    if not write:                   # a distributed run's other ranks: rank 0 writes
+        return {"prediction": prediction, "comparison": comparison, "files": []}
     files = [save_log(prediction, outp / "prediction.json")]
     fig = theory_figure(prediction, list(logs)) if logs else prediction_figure(prediction)
     files.append(pio.save_figure(fig, outp / "overlay.png"))
@@ -703,42 +743,8 @@ def check_recoverable(delta: float, preprocessing: str, noise: float = 0.0) -> N
                        f"'{preprocessing}': the spectral start is uninformative there; use --delta above {dc:.4g}")
 
 
-#: The operators of the DMFT: real Gaussian matrices (one, or a batch of them).
+#: The operators of the DMFT: Gaussian matrices, real or complex (one, or a batch of them).
 THEORY_OPERATORS = ("GaussianMeasurement", "GaussianEnsemble")
 #: The step rule of ``wf`` without a constant step: the DMFT's default ramp (Candès et al.).
 WF_RAMP = {"rule": "wf_ramp", "tau0": 330.0, "mu_max": 0.2}
 
-
-def check_theory_log(log, name: str = "the log") -> None:
-    """Refuse (CLIError, one line saying why) a log the DMFT does not describe.
-
-    The DMFT (:func:`phasetorch.theory.dmft`) describes spectral-initialised gradient descent on the
-    intensity loss (``wf``) with a real Gaussian operator, a constant step (or the WF ramp) and a
-    ridge λ: so the log's config must name algorithm ``wf``, an operator of type
-    :data:`THEORY_OPERATORS` that is real (field ``real``), a spectral start (a preprocessing) and
-    hold ``l2`` and ``step`` (with ``step_rule``, the default ramp, when the step is not constant).
-    """
-    cfg = dict(getattr(log, "config", {}) or {})
-    op = cfg.get("operator") or {}
-    op_type = op.get("type") if isinstance(op, dict) else None
-    if op_type not in THEORY_OPERATORS:
-        raise CLIError(f"{name} was made with a {op_type or 'unrecorded'} operator; the DMFT describes real "
-                       f"Gaussian measurements only (phasetorch train)")
-    field = cfg.get("field", "complex" if op.get("complex") else "real")
-    if field != "real" or op.get("complex"):
-        raise CLIError(f"{name} was made with field={'complex' if op.get('complex') else field!r}; the DMFT covers "
-                       f"the real field only (phasetorch train --field real)")
-    if cfg.get("algorithm") != "wf":
-        raise CLIError(f"{name} was made with algorithm {cfg.get('algorithm')!r}; the DMFT describes gradient "
-                       f"descent on the intensity loss (wf) only")
-    missing = [k for k in ("l2", "step") if k not in cfg]
-    if missing:
-        raise CLIError(f"{name} does not record {' and '.join(missing)}; the DMFT needs the ridge λ and the step "
-                       f"of the run (logs of phasetorch train have them)")
-    step = cfg.get("step")
-    if isinstance(step, (list, dict)) or (step is None and cfg.get("step_rule", WF_RAMP) != WF_RAMP):
-        raise CLIError(f"{name} was made with a step schedule ({cfg.get('step_rule') or step}); the DMFT takes a "
-                       f"constant step or the default WF ramp: rerun train with --step η")
-    if cfg.get("preprocessing") is None:
-        raise CLIError(f"{name} does not start from a spectral estimate (init {cfg.get('init')!r}); the DMFT "
-                       f"describes spectral-initialised runs")

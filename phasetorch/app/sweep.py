@@ -24,6 +24,12 @@ exclusive lock on ``OUT/.lock`` (:func:`fcntl.flock`, held for the read–merge�
 through a unique temporary name, :func:`phasetorch.io.atomic_write`), so no finished cell of any
 process is lost, and a cell another process has finished is skipped.
 
+Several processes (``torchrun … -m phasetorch sweep … --distributed``, or any initialised
+:mod:`phasetorch.distributed` group): the cells still to run are dealt out over the ranks (cell j
+to rank j mod N); after each round every rank's finished cells are gathered and rank 0, the one
+writer, merges them into results.json, so a stopped run resumes exactly as a single-process one.
+Every rank returns all the cells. The settings must agree across ranks (checked).
+
 Bounded resources: a grid of more than :data:`MAX_CELLS` cells (algorithms × δ values) is refused
 before anything is built — ``1:1e9:1e-9`` would be 10¹⁸ points —, and so is a problem whose
 Gaussian matrix (m = round(δ_max n) rows) does not fit in the available memory.
@@ -56,6 +62,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed as D
 from ..errors import DivergenceError
 from ..io import load_json, save_figure, save_json, use_agg
 from ..metrics import relative_error
@@ -331,6 +338,10 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
                  "use a smaller --dim or a smaller largest δ", torch.device(device))
     settings = {"dim": int(dim), "field": field, "trials": int(trials), "tol": float(tol), "max_iter": int(max_iter),
                 "init": init, "preprocessing": preprocessing, "dtype": dtype, "seed": int(seed)}
+    if D.world_size() > 1:
+        D.check_same({"settings": settings, "algorithms": algorithms, "deltas": deltas, "out": str(out_dir)},
+                     "sweep settings")
+        return _run_sweep_ranks(out_dir, settings, algorithms, deltas, cells, device, progress, log)
     results = SweepResults.open(out_dir, settings)
     todo = [(a, d) for a in algorithms for d in deltas if not results.done(a, d)]
     skipped = cells - len(todo)
@@ -345,6 +356,36 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
         results.record(run_cell(algorithm, delta, settings, device=device))
     bar.close()
     return results
+
+
+def _run_sweep_ranks(out_dir, settings: Dict, algorithms, deltas, cells: int, device: str, progress: bool,
+                     log) -> SweepResults:
+    """:func:`run_sweep` over the ranks of the process group: rank 0 reads results.json and deals
+    the cells to run (cell j to rank j mod N); after each round the finished cells are gathered and
+    rank 0 records them (the one writer); every rank returns every cell."""
+    size, me = D.world_size(), D.rank()
+    main = me == 0
+    results = SweepResults.open(out_dir, settings) if main else None
+    todo = [(a, d) for a in algorithms for d in deltas if not results.done(a, d)] if main else None
+    todo = D.broadcast_object(todo)
+    if main and log is not None and cells - len(todo):
+        log(f"resuming: {cells - len(todo)} finished cell(s) in {results.path} skipped, {len(todo)} to run "
+            f"over {size} processes")
+    mine = todo[me::size]
+    rounds = -(-len(todo) // size)
+    bar = tqdm(total=len(todo), desc="sweep", unit="cell", disable=not (progress and main), leave=False)
+    for j in range(rounds):
+        cell = run_cell(*mine[j], settings, device=device) if j < len(mine) else None
+        finished = [c for c in D.all_gather_object(cell) if c is not None]
+        if main:
+            for c in finished:
+                results.record(c)
+        bar.update(len(finished))
+    bar.close()
+    if main:
+        results.refresh()
+    state = D.broadcast_object(None if not main else (results.settings, results.cells, str(results.path)))
+    return results if main else SweepResults(state[0], state[1], path=Path(state[2]))
 
 
 # ---------------------------------------------------------------------------------------- figure

@@ -19,6 +19,12 @@ name               T(ŷ)                                              paper
 Noisy intensities may be ≤ 0: ``optimal`` floors ŷ at ε (so T ≥ 1 − 1/ε, never −∞ or NaN);
 ``mm`` is bounded on ŷ ≥ 0 and clamps ŷ at 0; the others are defined for any real ŷ.
 A callable ``T(ŷ) -> tensor of the same shape`` may be passed wherever a name is accepted.
+
+With ``op`` (:func:`preprocess`, :func:`normalise`) the mean is taken over all of the operator's
+measurements (``op.measurement_mean``), and the rank-based ``orthogonality``/``weighted`` pick their
+top fractions among all ``op.m`` of them: for a sharded operator (:mod:`phasetorch.physics.sharded`)
+the normalised intensities are all-gathered (m numbers per sample, small next to A) and each process
+keeps its part of the mask, which is then the single-process mask exactly.
 """
 
 from __future__ import annotations
@@ -78,10 +84,14 @@ def _check_name(name: str) -> str:
     return name
 
 
-def normalise(y: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
-    """ŷ = y / mean(y) per sample (the mean over the last ``event_dims`` dimensions)."""
+def normalise(y: torch.Tensor, event_dims: int = 1, op=None) -> torch.Tensor:
+    """ŷ = y / mean(y) per sample (the mean over the last ``event_dims`` dimensions; with ``op``,
+    ``op.measurement_mean``: over all of the operator's measurements)."""
     dims = tuple(range(y.dim() - event_dims, y.dim()))
-    mean = y.mean(dim=dims, keepdim=True)
+    if op is None:
+        mean = y.mean(dim=dims, keepdim=True)
+    else:
+        mean = op.measurement_mean(y).reshape(*y.shape[: y.dim() - event_dims], *([1] * event_dims))
     if not torch.isfinite(y).all():
         raise ValueError("intensities contain NaN or inf; clean the data before spectral initialization")
     if (mean <= 0).any():
@@ -98,17 +108,22 @@ def _top_fraction_mask(y: torch.Tensor, count: int, event_dims: int) -> torch.Te
 
 
 def preprocess(y: torch.Tensor, preprocessing: Preprocessing = "optimal", delta: Optional[float] = None,
-               event_dims: int = 1) -> torch.Tensor:
+               event_dims: int = 1, op=None) -> torch.Tensor:
     """T(ŷ) for raw intensities y of shape ``(*batch, *measurement_shape)``, per sample.
 
-    ``event_dims`` is the number of trailing measurement dimensions (the rest are batch).
+    ``event_dims`` is the number of trailing measurement dimensions (the rest are batch). ``op``
+    (optional): the operator of y, whose means and order statistics cover all of its measurements
+    (module docstring; needed for a sharded operator).
     """
-    yn = normalise(y, event_dims)
-    m = math.prod(y.shape[y.dim() - event_dims:])
+    yn = normalise(y, event_dims, op)
+    m = math.prod(y.shape[y.dim() - event_dims:]) if op is None else op.m
     if isinstance(preprocessing, str) and preprocessing in RANK_BASED:
+        full = yn if op is None else op.gather_measurements(yn)
         if preprocessing == "orthogonality":
-            return _top_fraction_mask(yn, math.ceil(m * ORTHOGONALITY_FRACTION), event_dims).to(yn.dtype)
-        mask = _top_fraction_mask(yn, math.floor(m * WEIGHTED_FRACTION), event_dims)
+            mask = _top_fraction_mask(full, math.ceil(m * ORTHOGONALITY_FRACTION), event_dims)
+            return (mask if op is None else op.local_measurements(mask)).to(yn.dtype)
+        mask = _top_fraction_mask(full, math.floor(m * WEIGHTED_FRACTION), event_dims)
+        mask = mask if op is None else op.local_measurements(mask)
         return yn.clamp(min=0).pow(WEIGHTED_GAMMA / 2) * mask.to(yn.dtype)
     T = elementwise(preprocessing, delta)(yn)
     if not isinstance(T, torch.Tensor) or T.shape != yn.shape:

@@ -216,7 +216,7 @@ def spectral_matrix(op: Union[MeasurementOperator, MeasurementModel], y: torch.T
     op, y = _linear_problem(op, y)
     k = len(op.measurement_shape)
     batch = tuple(y.shape[: y.dim() - k])
-    T = preprocess(y, preprocessing, delta=op.delta, event_dims=k)
+    T = preprocess(y, preprocessing, delta=op.delta, event_dims=k, op=op)
     eye = torch.eye(op.n, dtype=op.signal_dtype, device=op.device).reshape(op.n, *op.signal_shape)
     Ae = op.linear(eye)                                   # (n, *meas): column j = A e_j
     Tf = T.reshape(-1, 1, *op.measurement_shape)
@@ -231,7 +231,7 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
                   whiten: Optional[bool] = None, shift: Optional[Union[float, torch.Tensor]] = None,
                   seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
                   return_info: bool = False, progress: bool = False, real_signal: Optional[bool] = None,
-                  krylov_dim: Optional[int] = None):
+                  krylov_dim: Optional[int] = None, start: Optional[torch.Tensor] = None):
     r"""Spectral initialization x₀ for intensities y = |Ax|², per sample.
 
     x₀ = √(mean(y)/e) · u with u the unit top eigenvector of D = (1/(m·e)) Aᴴ diag(T(ŷ)) A,
@@ -271,6 +271,10 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
         eigenvector of Re D) and returns a real tensor. For a real operator the estimate is real anyway.
     krylov_dim : Lanczos basis size before a thick restart (default min(n, 64, max(16, 2²³ // n)),
         i.e. 64 up to n = 2¹⁷). Memory: batch × krylov_dim × n entries of the signal dtype.
+    start : the eigensolver's start vectors instead of one drawn from ``seed``/``generator``: shape
+        ``signal_shape`` (one for all samples) or ``(*batch, *signal_shape)`` (one per sample — e.g.
+        each drawn from its own seed, so that a batched run reproduces every sample's single run;
+        :func:`phasetorch.theory.simulate` does this). Real for a real working space.
 
     Returns
     -------
@@ -288,17 +292,24 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
     """
     with torch.no_grad():
         return _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator,
-                              return_info, progress, real_signal, krylov_dim)
+                              return_info, progress, real_signal, krylov_dim, start)
 
 
 def preprocessing_name(preprocessing) -> str:
     return preprocessing if isinstance(preprocessing, str) else getattr(preprocessing, "__name__", repr(preprocessing))
 
 
-def check_weights(T: torch.Tensor, preprocessing) -> None:
+def check_weights(T: torch.Tensor, preprocessing, op: Optional[MeasurementOperator] = None) -> None:
     """Refuse preprocessed weights (B, m) that are non-finite or zero on every measurement of a sample:
-    the spectral matrix Aᴴ diag(T) A is then 0 (or undefined) and has no leading eigenvector."""
-    bad = ~torch.isfinite(T).all(-1) | ~(T != 0).any(-1)
+    the spectral matrix Aᴴ diag(T) A is then 0 (or undefined) and has no leading eigenvector.
+    With ``op``, T is ``(B, *op.measurement_shape)`` and the test covers all of the operator's
+    measurements (every process's, for a sharded operator: the same answer on every rank)."""
+    if op is None:
+        bad = ~torch.isfinite(T).all(-1) | ~(T != 0).any(-1)
+    else:
+        flags = torch.stack([~torch.isfinite(T), T != 0]).to(torch.float64)
+        counts = op.measurement_sum(flags)
+        bad = (counts[0] > 0) | (counts[1] == 0)
     if bool(bad.any()):
         idx = bad.nonzero().reshape(-1).tolist()[:8]
         raise ValueError(f"spectral_init: preprocessing {preprocessing_name(preprocessing)!r} gives T(y) that is zero on "
@@ -307,8 +318,25 @@ def check_weights(T: torch.Tensor, preprocessing) -> None:
                          f"use preprocessing='optimal' (or 'identity'), or check y")
 
 
+def check_start_vectors(start, sig: tuple, batch: tuple, real_space: bool) -> torch.Tensor:
+    """``start=`` of :func:`spectral_init` flattened to (n,) or (B, n), checked (shape, finite, non-zero, real
+    when the working space is real)."""
+    if not isinstance(start, torch.Tensor):
+        raise ValueError(f"spectral_init: start must be a tensor of shape {sig} or {(*batch, *sig)}, "
+                         f"got {type(start).__name__}")
+    if tuple(start.shape) not in (sig, (*batch, *sig)):
+        raise ValueError(f"spectral_init: start has shape {tuple(start.shape)}; expected {sig} (one for all samples) "
+                         f"or {(*batch, *sig)} (one per sample)")
+    if real_space and start.is_complex():
+        raise ValueError("spectral_init: start is complex but the estimate is real (a real operator or real_signal=True)")
+    flat = start.reshape(-1, math.prod(sig)) if start.dim() > len(sig) else start.reshape(1, -1)
+    if not bool(torch.isfinite(flat).all()) or bool((flat.abs().amax(-1) == 0).any()):
+        raise ValueError("spectral_init: every start vector must be finite and non-zero")
+    return start.reshape(-1) if tuple(start.shape) == sig else start.reshape(math.prod(batch), -1)
+
+
 def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator, return_info,
-                   progress, real_signal, krylov_dim):
+                   progress, real_signal, krylov_dim, start=None):
     op, y = _linear_problem(op, y)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -321,14 +349,20 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
     k = len(op.measurement_shape)
     batch = tuple(y.shape[: y.dim() - k])
     B = math.prod(batch)
+    if B == 0:
+        raise ValueError(f"spectral_init: y has an empty batch (shape {tuple(y.shape)}): there is nothing to "
+                         f"initialise; pass at least one sample")
     n, sig = op.n, tuple(op.signal_shape)
     real_space = (not op.is_complex) or bool(real_signal)
     work_dtype = op.real_dtype if real_space else op.signal_dtype
     rdt = op.real_dtype
 
-    T = preprocess(y, preprocessing, delta=op.delta, event_dims=k).reshape(B, *op.measurement_shape)
-    check_weights(T.reshape(B, -1), preprocessing)
-    mean_y = y.reshape(B, op.m).mean(-1).to(torch.float64)
+    T = preprocess(y, preprocessing, delta=op.delta, event_dims=k, op=op).reshape(B, *op.measurement_shape)
+    check_weights(T, preprocessing, op)
+    if op.sharded:                          # every process's measurements (the same number on every rank)
+        mean_y = op.measurement_mean(y.reshape(B, *op.measurement_shape)).to(torch.float64)
+    else:
+        mean_y = y.reshape(B, op.m).mean(-1).to(torch.float64)
     norm2 = mean_y.clamp_min(torch.finfo(torch.float64).tiny) / op.entry_energy   # preprocess rejects ≤ 0
     wvec = _whitening(op, whiten)
     scale = 1.0 / (op.m * op.entry_energy)
@@ -365,17 +399,20 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
             u = u * wvec
         return u
 
-    g = make_generator(seed, generator)
-    if real_space:
-        start = torch.randn(n, generator=g, dtype=torch.float64)
+    if start is None:
+        g = make_generator(seed, generator)
+        if real_space:
+            start = torch.randn(n, generator=g, dtype=torch.float64)
+        else:
+            start = torch.view_as_complex(torch.randn(n, 2, generator=g, dtype=torch.float64))
     else:
-        start = torch.view_as_complex(torch.randn(n, 2, generator=g, dtype=torch.float64))
-    start = start.to(device=op.device, dtype=work_dtype)
+        start = check_start_vectors(start, sig, batch, real_space)
+    start = op.replicate(start.to(device=op.device, dtype=work_dtype))   # one start on every process
     if wvec is not None:
         start = start * (wvec > 0)
         if not (start != 0).any():
             raise ValueError("gram_diagonal() is zero everywhere: no coordinate is measured")
-    v0 = start.expand(B, n).clone()
+    v0 = start.expand(B, n).clone() if start.dim() == 1 else start.reshape(B, n).clone()
 
     if B == 0:
         x0 = torch.zeros(*batch, *sig, dtype=work_dtype, device=op.device)

@@ -62,4 +62,28 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
     return alpha, x_new, f_new, cache_new
 
 
-__all__ = ["backtracking", "Evaluate", "Project"]
+def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor, alpha: torch.Tensor,
+              ctx, c: float = 0.0, rtol: float = 0.0):
+    r"""One trial of a line search, decided on the device (no host read): x_α = P(x + α d) is
+    evaluated once and accepted per sample when f(x_α) ≤ f(x) + c·Re⟨∇f(x), x_α − x⟩ + rtol·|f(x)|
+    (finite, active samples only).
+
+    Uses ``ctx.evaluate_full`` when present (the driver: value, gradient and cache in one pass;
+    the returned cache is that evaluation, which the driver keeps for the accepted samples only),
+    else ``ctx.evaluate`` (its cache is merged with ``ctx.cache`` per sample). Returns
+    ``(ok, x_new, f_new, cache)`` with x_new = x_α where ok, else x.
+    """
+    x_try = x + bview(alpha, x).to(x.dtype) * direction
+    if ctx.project is not None:
+        x_try = ctx.project(x_try)
+    if ctx.evaluate_full is not None:
+        cache, f_try = ctx.evaluate_full(x_try)
+    else:
+        f_try, cache = ctx.evaluate(x_try)
+        if cache is not None and ctx.cache is not None:
+            cache = None                      # the driver re-evaluates at the kept points
+    ok = ctx.active & torch.isfinite(f_try) & (f_try <= f + c * dot(grad, x_try - x) + rtol * f.abs())
+    return ok, where_sample(ok, x_try, x), torch.where(ok, f_try, f), cache
+
+
+__all__ = ["backtracking", "one_trial", "Evaluate", "Project"]

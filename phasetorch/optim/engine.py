@@ -54,12 +54,22 @@ class StepContext:
 
 class StepResult(NamedTuple):
     """``alpha`` (B,) the step taken (NaN for projection methods), ``x`` the new iterate, ``f`` its
-    loss when the step computed it (else None), ``cache`` its measurement cache (else None)."""
+    loss when the step computed it (else None), ``cache`` its measurement cache (else None).
+
+    Steps that test a trial point (line searches, the safeguard) evaluate **one** trial per
+    iteration and decide on the device, without a host read: ``accepted`` (B,) bool marks the
+    samples that moved to the trial (``cache`` is then the trial's evaluation, kept for them only);
+    the others stay at x, and ``retry`` marks those that try a shorter step at the next iteration
+    (a backtracking line search spread over iterations: the accepted points are those of the
+    classical inner loop). None means every active sample moved and none retries.
+    """
 
     alpha: torch.Tensor
     x: torch.Tensor
     f: Optional[torch.Tensor] = None
     cache: Optional[torch.Tensor] = None
+    accepted: Optional[torch.Tensor] = None
+    retry: Optional[torch.Tensor] = None
 
 
 class Algorithm:

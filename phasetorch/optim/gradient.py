@@ -34,6 +34,8 @@ class GradientAlgorithm(Algorithm):
         if self.needs_values and ctx.evaluate is None:
             raise ValueError(f"the {self.rule.name} rule evaluates the loss at trial points: pass a closure")
         alpha, x_new, f_new, cache = self.rule(state, t, state["scale"], x, f, grad, -grad, ctx, mu)
+        if self.needs_values:            # a one-trial rule: which samples moved, which retry next time
+            return StepResult(alpha, x_new, f_new, cache, state["accepted"], state["retry"])
         return StepResult(alpha, x_new, f_new, cache)
 
     def describe(self):

@@ -11,12 +11,16 @@ its own ring buffer of the last ``memory`` pairs (s, g), its own initial scaling
 ⟨s, g⟩ ≤ 10⁻¹⁰‖s‖‖g‖ is skipped (the curvature condition that keeps the inverse-Hessian model
 positive definite); a direction that is not a descent direction is replaced by −∇f and the
 sample's memory cleared. The line search is Armijo backtracking from α = 1 (from μ₀·s on the first
-iteration or after a reset); a sample whose line search fails does not move (the driver reports it
-as stalled).
+iteration or after a reset), spread over iterations: every iteration evaluates **one** trial point
+per sample and decides on the device (no host read); a rejected sample stays at x and tries the
+halved step at the next iteration, so the accepted points are those of the classical inner loop
+while an iteration costs one evaluation (the log's iterations count evaluations). A sample whose
+line search fails ``max_backtracks`` times does not move (the driver reports it as stalled).
 
-State (all tensors, leading memory or batch dimension): ``S``, ``Y`` (M, B, …) the pairs, ``rho``
-(M, B), ``head``/``count`` (B,) the ring position and fill, ``x_prev``/``g_prev`` the previous
-point and gradient, ``has_prev`` (B,), ``scale`` (B,).
+State (all tensors, leading memory or batch dimension): ``S``, ``Y`` (M, B, …) the pairs, newest
+first, ``rho`` (M, B), ``count`` (B,) the pairs held, ``x_prev``/``g_prev`` the point and gradient
+of the last direction, ``has_prev`` (B,), ``d`` the direction, ``trial``/``tries`` (B,) the line
+search's step and trial count, ``accepted``/``retry`` (B,) bool, ``scale`` (B,).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..tensors import bview, check_int, check_number, dot, norm2, where_sample
-from .base import backtracking
+from .base import one_trial
 from .engine import Algorithm, State, StepResult
 
 __all__ = ["LBFGSAlgorithm"]
@@ -61,104 +65,75 @@ class LBFGSAlgorithm(Algorithm):
         S = torch.zeros(M, *x.shape, dtype=x.dtype, device=x.device)
         return {"scale": scale, "S": S, "Y": torch.zeros_like(S),
                 "rho": torch.zeros(M, B, dtype=rdt, device=x.device),
-                "head": torch.zeros(B, dtype=torch.long, device=x.device),
                 "count": torch.zeros(B, dtype=torch.long, device=x.device),
                 "x_prev": torch.zeros_like(x), "g_prev": torch.zeros_like(x),
-                "has_prev": torch.zeros(B, dtype=torch.bool, device=x.device)}
+                "has_prev": torch.zeros(B, dtype=torch.bool, device=x.device),
+                "d": torch.zeros_like(x), "trial": torch.zeros(B, dtype=rdt, device=x.device),
+                "tries": torch.zeros(B, dtype=torch.long, device=x.device),
+                "accepted": torch.ones(B, dtype=torch.bool, device=x.device),
+                "retry": torch.zeros(B, dtype=torch.bool, device=x.device)}
 
     def push(self, st: State, s: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
-        """Store the pair (s, g) for the active samples that satisfy the curvature condition."""
+        """Store the pair (s, g) as the newest (slot 0; older pairs move down one slot) for the active
+        samples that satisfy the curvature condition — masked writes, no host read."""
         sy = dot(s, g)
         ok = active & (sy > 1e-10 * (norm2(s) * norm2(g)).sqrt()) & torch.isfinite(sy)
-        # masked writes (no host read): samples that reject the pair rewrite their slot unchanged
-        ar = torch.arange(ok.shape[0], device=ok.device)
-        slot = st["head"]
         S, Y, rho = st["S"], st["Y"], st["rho"]
-        S[slot, ar] = where_sample(ok, s, S[slot, ar])
-        Y[slot, ar] = where_sample(ok, g, Y[slot, ar])
-        rho[slot, ar] = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), rho[slot, ar])
-        st["head"] = torch.where(ok, (slot + 1) % self.memory, slot)
+        mask = ok.reshape(1, -1, *([1] * (S.dim() - 2)))
+        st["S"] = torch.where(mask, torch.cat([s.unsqueeze(0), S[:-1]]), S)
+        st["Y"] = torch.where(mask, torch.cat([g.unsqueeze(0), Y[:-1]]), Y)
+        inv = 1.0 / torch.where(ok, sy, torch.ones_like(sy))
+        st["rho"] = torch.where(ok.unsqueeze(0), torch.cat([inv.unsqueeze(0), rho[:-1]]), rho)
         st["count"] = torch.where(ok, torch.clamp(st["count"] + 1, max=self.memory), st["count"])
 
-    def direction(self, st: State, grad: torch.Tensor) -> torch.Tensor:
-        """−H∇f by the two-loop recursion, per sample (−∇f for samples with an empty memory)."""
-        head, count = st["head"], st["count"]
-        same = (head == head[0]).all() & (count == count[0]).all()
-        uniform, h, c = torch.stack([same.long(), head[0], count[0]]).tolist()   # one host read
-        if uniform:                                   # common case: every sample stored the same pairs
-            return self.direction_uniform(st, grad, h, c)
-        return self.direction_general(st, grad)
-
-    def direction_general(self, st: State, grad: torch.Tensor) -> torch.Tensor:
-        """The two-loop recursion with per-sample ring positions and pair counts (masked)."""
-        B, M = grad.shape[0], self.memory
-        ar = torch.arange(B, device=grad.device)
-        S, Y, R, head, count = st["S"], st["Y"], st["rho"], st["head"], st["count"]
-
-        def pair(j):
-            slot = (head - 1 - j) % M
-            return S[slot, ar], Y[slot, ar], R[slot, ar], j < count
-
-        depth = int(count.max())
-        q = grad.clone()
-        alphas = []
-        for j in range(depth):                               # newest → oldest
-            s, yv, rho, valid = pair(j)
-            a = torch.where(valid, rho * dot(s, q), torch.zeros_like(rho))
-            q = q - bview(a, q).to(q.dtype) * yv
-            alphas.append((j, a))
-        gamma = torch.ones(B, dtype=R.dtype, device=grad.device)
-        if depth:
-            s_n, y_n, _, valid = pair(0)
-            yy = norm2(y_n)
-            gamma = torch.where(valid, dot(s_n, y_n) / yy.clamp_min(torch.finfo(yy.dtype).tiny), gamma)
-        r = bview(gamma, q).to(q.dtype) * q
-        for j, a in reversed(alphas):                        # oldest → newest
-            s, yv, rho, valid = pair(j)
-            b = torch.where(valid, rho * dot(yv, r), torch.zeros_like(rho))
-            r = r + bview(a - b, r).to(r.dtype) * s
-        return -r
-
-    def direction_uniform(self, st: State, grad: torch.Tensor, head: int, count: int) -> torch.Tensor:
-        """The two-loop recursion when every sample holds the same ``count`` pairs ending at slot
-        ``head − 1``: the same algebra on real views (Re⟨a, b⟩ = Σ of the real view's products),
-        with no per-sample masks — a few tensor operations per stored pair."""
-        M = self.memory
-        S, Y, rho = real_rows(st["S"], 2), real_rows(st["Y"], 2), st["rho"]      # (M, B, D)
+    def direction(self, st: State, grad: torch.Tensor, depth: int) -> torch.Tensor:
+        """−H∇f by the two-loop recursion, per sample, over the newest ``depth`` slots (a bound on
+        every sample's pair count known without a host read); slot j is used by the samples with
+        j < count (masked), so a batch equals single runs. −∇f for an empty memory."""
+        S, Y, rho, count = real_rows(st["S"], 2), real_rows(st["Y"], 2), st["rho"], st["count"]
         q = real_rows(grad, 1).clone()                                           # (B, D)
-        order = [(head - 1 - j) % M for j in range(count)]            # newest → oldest
         alphas = []
-        for slot in order:                     # per pair: a batched dot (bmm) and one fused update
-            a = rho[slot] * rows_dot(S[slot], q)
-            q = torch.addcmul(q, a.unsqueeze(-1), Y[slot], value=-1)
+        for j in range(depth):                           # newest → oldest
+            a = torch.where(j < count, rho[j] * rows_dot(S[j], q), torch.zeros_like(rho[j]))
+            q = torch.addcmul(q, a.unsqueeze(-1), Y[j], value=-1)
             alphas.append(a)
-        if order:
-            s_n, y_n = S[order[0]], Y[order[0]]
-            yy = rows_dot(y_n, y_n)
-            q = (rows_dot(s_n, y_n) / yy.clamp_min(torch.finfo(yy.dtype).tiny)).unsqueeze(-1) * q
-        for slot, a in zip(reversed(order), reversed(alphas)):       # oldest → newest
-            b = rho[slot] * rows_dot(Y[slot], q)
-            q = torch.addcmul(q, (a - b).unsqueeze(-1), S[slot])
+        if depth:
+            yy = rows_dot(Y[0], Y[0])
+            gamma = torch.where(count > 0, rows_dot(S[0], Y[0]) / yy.clamp_min(torch.finfo(yy.dtype).tiny),
+                                torch.ones_like(yy))
+            q = gamma.unsqueeze(-1) * q
+        for j in reversed(range(depth)):                 # oldest → newest
+            b = torch.where(j < count, rho[j] * rows_dot(Y[j], q), torch.zeros_like(rho[j]))
+            q = torch.addcmul(q, (alphas[j] - b).unsqueeze(-1), S[j])
         q = q.neg_()
         if grad.is_complex():
             return torch.view_as_complex(q.reshape(*grad.shape, 2))
         return q.reshape(grad.shape)
 
     def step(self, state, t, x, f, grad, ctx, mu=None):
-        if f is None or ctx.evaluate is None:
+        if f is None or (ctx.evaluate is None and ctx.evaluate_full is None):
             raise ValueError("L-BFGS needs loss values for its line search: pass a closure returning the loss")
-        self.push(state, x - state["x_prev"], grad - state["g_prev"], ctx.active & state["has_prev"])
-        d = self.direction(state, grad)
+        active = ctx.active
+        retrying = state["retry"] & active
+        new = active & ~retrying                          # samples starting a line search at x
+        self.push(state, x - state["x_prev"], grad - state["g_prev"], new & state["has_prev"])
+        d = self.direction(state, grad, min(self.memory, max(int(t) - 1, 0)))
         slope = dot(grad, d)
         bad = ~(slope < 0) | ~torch.isfinite(slope)
         d = torch.where(bview(bad, d), -grad, d)
-        state["count"] = torch.where(bad, torch.zeros_like(state["count"]), state["count"])
-        scale = state["scale"]
-        alpha0 = torch.where(state["count"] > 0, torch.ones_like(scale), (self.mu if mu is None else mu) * scale)
-        alpha, x_new, f_new, cache = backtracking(x, f, grad, d, alpha0, ctx.evaluate, ctx.active, ctx.cache,
-                                                  ctx.project, self.c, self.shrink, self.max_backtracks)
-        state.update(x_prev=x, g_prev=grad, has_prev=torch.ones_like(state["has_prev"]))
-        return StepResult(alpha, x_new, f_new, cache)
+        state["count"] = torch.where(new & bad, torch.zeros_like(state["count"]), state["count"])
+        alpha0 = torch.where(state["count"] > 0, torch.ones_like(state["scale"]),
+                             (self.mu if mu is None else mu) * state["scale"])
+        d = where_sample(new, d, state["d"])
+        alpha = torch.where(new, alpha0, state["trial"] * self.shrink)
+        alpha = torch.where(active, alpha, torch.zeros_like(alpha))
+        tries = torch.where(retrying, state["tries"] + 1, torch.zeros_like(state["tries"]))
+        ok, x_new, f_new, cache = one_trial(x, f, grad, d, alpha, ctx, self.c)
+        give_up = active & ~ok & (tries + 1 >= self.max_backtracks)
+        retry = active & ~ok & ~give_up
+        state.update(x_prev=where_sample(new, x, state["x_prev"]), g_prev=where_sample(new, grad, state["g_prev"]),
+                     has_prev=state["has_prev"] | new, d=d, trial=alpha, tries=tries, accepted=ok, retry=retry)
+        return StepResult(torch.where(ok, alpha, torch.zeros_like(alpha)), x_new, f_new, cache, ok, retry)
 
     def describe(self):
         return {"rule": "lbfgs_armijo", "mu0": self.mu, "memory": self.memory}

@@ -124,11 +124,11 @@ def variance_refinement(loss: L.PhaseRetrievalLoss, data: L.MeasurementData, x: 
     law a + b·μ fitted to the residuals at x (:func:`~phasetorch.losses.variance_law`), per-sample bool:
     whether (a, b) moved by more than ``rtol`` from ``previous``'s — all True in the first round)."""
     ev = loss.evaluate(x, data, grad=False)
-    a, b = L.variance_law(ev.fields.a2, data.y, len(loss.op.measurement_shape))
+    a, b = L.variance_law(ev.fields.a2, data.y, len(loss.op.measurement_shape), op=loss.op)
     new = L.VarianceWeightedLoss(loss.op, a, b, l2=loss.l2)
     if previous is None:
         return new, torch.ones(a.shape, dtype=torch.bool)
-    mean_mu = ev.fields.a2.mean(dim=tuple(range(a.dim(), ev.fields.a2.dim()))).to(a.dtype)
+    mean_mu = loss.op.measurement_mean(ev.fields.a2).to(a.dtype)
     scale = previous.a + previous.b * mean_mu                          # the mean variance, per sample
     moved = ((a - previous.a).abs() + (b - previous.b).abs() * mean_mu) > rtol * scale
     return new, moved

@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 
 from ..physics.base import MeasurementOperator
-from ..tensors import bview, check_int, check_number, dot, norm2
+from ..tensors import abs2, bview, check_int, check_number, dot, norm2
 from .engine import Algorithm, StepResult
 
 __all__ = ["ErrorReduction", "HybridInputOutputAlgorithm", "Constraint", "LeastSquares", "tight_frame_constant",
@@ -131,7 +131,7 @@ class LeastSquares:
         tiny = torch.finfo(rr.dtype).tiny
         for _ in range(self.cg_steps):
             q = self.op.linear(p)
-            qq = norm2(q.reshape(q.shape[0], -1))
+            qq = self.op.measurement_sum(abs2(q)).reshape(q.shape[0])      # all-reduced on a sharded operator
             a = torch.where(qq > 0, rr / qq.clamp_min(tiny), torch.zeros_like(rr))
             x = x + bview(a, x).to(x.dtype) * p
             r = r - bview(a, r).to(r.dtype) * self._adj(q, x)

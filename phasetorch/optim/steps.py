@@ -33,7 +33,7 @@ from typing import Callable, Dict, Optional, Union
 import torch
 
 from ..tensors import bview, check_number, dot, norm2
-from .base import backtracking
+from .base import one_trial
 
 __all__ = ["StepRule", "Constant", "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "Safeguarded", "make_step_rule",
            "RULE_NAMES", "wf_ramp"]
@@ -206,20 +206,31 @@ class Armijo(StepRule):
 
     def init_state(self, x):
         rdt = x.real.dtype if x.is_complex() else x.dtype
-        return {"armijo_alpha": torch.full((x.shape[0],), float("nan"), dtype=rdt, device=x.device)}
+        B = x.shape[0]
+        return {"armijo_alpha": torch.full((B,), float("nan"), dtype=rdt, device=x.device),
+                "armijo_trial": torch.zeros(B, dtype=rdt, device=x.device),
+                "armijo_tries": torch.zeros(B, dtype=torch.long, device=x.device),
+                "accepted": torch.ones(B, dtype=torch.bool, device=x.device),
+                "retry": torch.zeros(B, dtype=torch.bool, device=x.device)}
 
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         if f is None:
             raise ValueError("the Armijo rule needs loss values: pass a closure that returns the per-sample loss")
         mu = self.mu if mu is None else mu
+        active = ctx.active
         prev = state["armijo_alpha"]
         first = torch.isnan(prev)
-        a0 = torch.where(first, mu * scale, prev * self.grow)
-        a0 = torch.minimum(a0, (self.max_mu if self.max_mu is not None else 1e4 * mu) * scale)
-        alpha, x_new, f_new, cache = backtracking(x, f, grad, direction, a0, ctx.evaluate, ctx.active, ctx.cache,
-                                                  ctx.project, self.c, self.shrink, self.max_backtracks)
-        state["armijo_alpha"] = torch.where(alpha > 0, alpha, torch.where(first, a0, prev))
-        return alpha, x_new, f_new, cache
+        retrying = state["retry"] & active
+        a_new = torch.where(first, mu * scale, prev * self.grow)
+        a_new = torch.minimum(a_new, (self.max_mu if self.max_mu is not None else 1e4 * mu) * scale)
+        a = torch.where(retrying, state["armijo_trial"] * self.shrink, a_new)
+        a = torch.where(active, a, torch.zeros_like(a))
+        tries = torch.where(retrying, state["armijo_tries"] + 1, torch.zeros_like(state["armijo_tries"]))
+        ok, x_new, f_new, cache = one_trial(x, f, grad, direction, a, ctx, self.c)
+        give_up = active & ~ok & (tries + 1 >= self.max_backtracks)
+        state["armijo_alpha"] = torch.where(ok, a, torch.where(give_up & first, a_new, prev))
+        state.update(armijo_trial=a, armijo_tries=tries, accepted=ok, retry=active & ~ok & ~give_up)
+        return torch.where(ok, a, torch.zeros_like(a)), x_new, f_new, cache
 
     def describe(self):
         return {"rule": "armijo", "mu0": self.mu, "c": self.c, "shrink": self.shrink, "grow": self.grow}
@@ -278,15 +289,17 @@ class BarzilaiBorwein(StepRule):
 
 
 class Safeguarded(StepRule):
-    r"""A step rule made monotone: α_t = γ_t·α_t^rule with γ_t the largest of γ̄, γ̄/2, γ̄/4, … (at most
-    ``max_halvings`` trials) for which the loss does not rise, f(x_t) ≤ f(x_{t−1}) (adaptive weights
-    frozen at x_{t−1}; a rounding slack of 64ε·|f|); γ̄ = min(1, 2γ_{t−1}) lets the step recover.
+    r"""A step rule made monotone: α_t = γ_t·α_t^rule, and a trial that raises the loss,
+    f(x_α) > f(x) (adaptive weights frozen at x; a rounding slack of 64ε·|f|), is rejected: the
+    sample stays at x and retries at the next iteration with γ halved (one evaluation per
+    iteration, decided on the device: no host read). An accepted trial sets γ ← min(1, 2γ), so the
+    step recovers. Below γ = 2^−``max_halvings`` the sample stops retrying.
 
     While the wrapped rule's own step decreases the loss (noiseless runs, stable steps) every trial is
     accepted at γ = 1 and the iteration is exactly the wrapped rule's. When it would rise — noisy
     data, y ≈ 0 measurements, a step above the stability limit — the sample's step shrinks instead of
     diverging. A sample for which no trial decreases the loss does not move (the driver reports it
-    as stalled). State: ``sg_gamma`` (B,) plus the wrapped rule's.
+    as stalled). State: ``sg_gamma`` (B,), ``accepted``/``retry`` (B,) bool, plus the wrapped rule's.
     """
 
     name = "safeguarded"
@@ -301,28 +314,26 @@ class Safeguarded(StepRule):
 
     def init_state(self, x):
         rdt = x.real.dtype if x.is_complex() else x.dtype
-        return {**self.rule.init_state(x), "sg_gamma": torch.ones(x.shape[0], dtype=rdt, device=x.device)}
+        B = x.shape[0]
+        return {**self.rule.init_state(x), "sg_gamma": torch.ones(B, dtype=rdt, device=x.device),
+                "accepted": torch.ones(B, dtype=torch.bool, device=x.device),
+                "retry": torch.zeros(B, dtype=torch.bool, device=x.device)}
 
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
-        if f is None or ctx.evaluate is None:
+        if f is None or (ctx.evaluate is None and ctx.evaluate_full is None):
             raise ValueError("the safeguarded step evaluates the loss at trial points: pass a closure "
                              "(or safeguard=False)")
+        active = ctx.active
         base = self.rule.alpha(t, scale, mu)
         gamma = state["sg_gamma"]
-        rtol = 64 * torch.finfo(f.dtype).eps
-        if ctx.evaluate_full is not None:         # the common case in one pass: the full step, evaluated once
-            alpha, x_try, _, _ = self.apply(gamma * base, x, direction, ctx)
-            ev, f_try = ctx.evaluate_full(x_try)
-            ok = torch.isfinite(f_try) & (f_try <= f + rtol * f.abs())
-            if bool((ok | ~ctx.active).all()):
-                state["sg_gamma"] = torch.where(ctx.active, torch.clamp(2 * gamma, max=1.0), gamma)
-                return alpha, x_try, f_try, ev
-        alpha, x_new, f_new, cache = backtracking(x, f, grad, direction, gamma * base, ctx.evaluate, ctx.active,
-                                                  ctx.cache, ctx.project, c=0.0, shrink=0.5,
-                                                  max_backtracks=self.max_halvings, rtol=rtol)
-        ratio = alpha / torch.where(base > 0, base, torch.ones_like(base))
-        state["sg_gamma"] = torch.where(alpha > 0, torch.clamp(2 * ratio, max=1.0), gamma)
-        return alpha, x_new, f_new, cache
+        alpha = torch.where(active, gamma * base, torch.zeros_like(base))
+        ok, x_new, f_new, cache = one_trial(x, f, grad, direction, alpha, ctx, 0.0, 64 * torch.finfo(f.dtype).eps)
+        floor = 2.0 ** -self.max_halvings
+        can_halve = gamma > floor
+        state["sg_gamma"] = torch.where(ok, torch.clamp(2 * gamma, max=1.0),
+                                        torch.where(active & can_halve, gamma / 2, gamma))
+        state.update(accepted=ok, retry=active & ~ok & can_halve)
+        return torch.where(ok, alpha, torch.zeros_like(alpha)), x_new, f_new, cache
 
     def alpha(self, t, scale, mu=None):
         return None

@@ -11,6 +11,10 @@ operator                    model                                           entr
 ``OversampledFourier``      |F pad(x)|² (classic CDI)                       1/N (N padded size)
 ==========================  ==============================================  ====================
 
+``ShardedGaussian``, ``ShardedCodedDiffraction`` and ``ShardedMatrix`` (:mod:`.sharded`) hold one
+process's share of the measurements of the first three, for multi-process runs
+(:mod:`phasetorch.distributed`).
+
 A :class:`MeasurementModel` composes an operator B with a link f (:mod:`.links`) and a noise
 (:mod:`.noise`): y = noise(f(Bx)), per sample; :func:`resolve_model` makes one of any operator.
 ``save_operator`` / ``load_operator`` persist operators and models; every class registers itself
@@ -30,7 +34,9 @@ from .ptychography import Ptychography
 from .links import Link
 from .model import LinkMeasurement, MeasurementModel, resolve_model
 from .io import save_operator, load_operator
+from .sharded import ShardedCodedDiffraction, ShardedGaussian, ShardedMatrix, ShardedOperator
 
 __all__ = ["MeasurementOperator", "GaussianMeasurement", "GaussianEnsemble", "MatrixMeasurement", "CodedDiffraction",
            "StructuredRandom", "OversampledFourier", "Link", "LinkMeasurement", "MeasurementModel", "resolve_model",
-           "save_operator", "load_operator", "register_operator", "PoissonNoise", "GaussianNoise", "Ptychography"]
+           "save_operator", "load_operator", "register_operator", "PoissonNoise", "GaussianNoise", "Ptychography",
+           "ShardedOperator", "ShardedGaussian", "ShardedCodedDiffraction", "ShardedMatrix"]

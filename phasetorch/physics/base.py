@@ -24,7 +24,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from ..tensors import Shape, abs2, complex_dtype_of, parse_dtype, real_dtype_of
+from ..tensors import Shape, abs2, complex_dtype_of, mean_dims, parse_dtype, real_dtype_of, sum_dims
 
 
 class MeasurementOperator(nn.Module):
@@ -44,6 +44,10 @@ class MeasurementOperator(nn.Module):
     spectral_whitening: bool = False
     #: i.i.d. Gaussian rows (the design the papers' spectral preprocessings and step sizes assume)
     gaussian_design: bool = False
+    #: whether the measurements are split over processes (:mod:`phasetorch.physics.sharded`): then
+    #: ``measurement_shape`` is this process's share and the ``measurement_*`` reductions below sum
+    #: over every process; False here (this operator holds all of its measurements)
+    sharded: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,8 +124,14 @@ class MeasurementOperator(nn.Module):
 
     @property
     def m(self) -> int:
-        """Number of measurements (product of ``measurement_shape``)."""
+        """Number of measurements (product of ``measurement_shape``; for a sharded operator, the
+        measurements of every process, ``prod(full_measurement_shape)``)."""
         return math.prod(self.measurement_shape)
+
+    @property
+    def full_measurement_shape(self) -> Shape:
+        """Shape of all the measurements of one sample (``measurement_shape`` unless sharded)."""
+        return tuple(self.measurement_shape)
 
     @property
     def delta(self) -> float:
@@ -228,6 +238,38 @@ class MeasurementOperator(nn.Module):
 
     def _adjoint(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError  # abstract
+
+    # ------------------------------------------------------------------ sums over the measurements
+    # The one hook through which losses, preprocessings and the spectral start sum over measurements:
+    # plain sums here; a sharded operator (phasetorch.physics.sharded) adds the other processes' parts.
+    def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Σ over the processes holding parts of the measurements of a partial sum ``t`` (any shape;
+        ``t`` itself here). Sharded operators all-reduce it (and their ``adjoint`` already does)."""
+        return t
+
+    def measurement_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Σ over all measurements (the trailing ``len(measurement_shape)`` dimensions) of ``t``."""
+        return self.reduce_sum(sum_dims(t, len(self.measurement_shape)))
+
+    def measurement_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over all ``m`` measurements (the trailing ``len(measurement_shape)`` dimensions) of ``t``."""
+        return mean_dims(t, len(self.measurement_shape))
+
+    def gather_measurements(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (``(*batch, *measurement_shape)``) with every process's measurements, in order:
+        ``(*batch, *full_measurement_shape)`` (``t`` itself here). For order statistics (top fractions,
+        quantiles) that sums cannot give."""
+        return t
+
+    def replicate(self, t: torch.Tensor) -> torch.Tensor:
+        """The same ``t`` on every process holding measurements (rank 0's; ``t`` itself here): for
+        n-sized values drawn without a seed, so that every process starts from the same point."""
+        return t
+
+    def local_measurements(self, t: torch.Tensor) -> torch.Tensor:
+        """This process's part ``(*batch, *measurement_shape)`` of a tensor of all measurements
+        ``(*batch, *full_measurement_shape)`` (``t`` itself here)."""
+        return t
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:

@@ -86,7 +86,7 @@ class CodedDiffraction(MeasurementOperator):
         self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
         check_memory(4 * math.prod(self.measurement_shape) * 2 * 8, f"{self.n_masks} masks of {self.signal_shape}",
-                     "use fewer masks or a smaller image")
+                     "use fewer n_masks= or a smaller shape=")
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         self.register_random("D", draw_masks(mask, self.measurement_shape, g).to(complex_dtype_of(dtype)))
 

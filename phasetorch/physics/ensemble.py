@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import check_int, check_memory, dtype_name, make_generator, parse_dtype
+from ..tensors import check_flag, check_int, check_memory, dtype_name, make_generator, parse_dtype
 from .gaussian import GaussianMeasurement
 from .registry import register_operator
 
@@ -64,7 +64,7 @@ class GaussianEnsemble(MeasurementOperator):
         self.measurement_shape = (m,)
         self.count = count
         self.seeds = seeds
-        self.is_complex = bool(complex)
+        self.is_complex = check_flag(complex, f"{type(self).__name__} complex")
         self.block_rows = block_rows
         self._dtype_probe = self._dtype_probe.to(dtype)
         check_memory(2 * count * m * n * (2 if self.is_complex else 1) * torch.finfo(dtype).bits / 8,

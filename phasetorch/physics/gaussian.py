@@ -9,8 +9,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import as_shape, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
-from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_dense_pass, row_blocks
+from ..tensors import as_shape, check_flag, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_dense_pass, pointwise_dense_pass, row_blocks
 from .registry import register_operator
 
 
@@ -61,8 +61,8 @@ class GaussianMeasurement(MeasurementOperator):
         super().__init__()
         self.signal_shape = as_shape(n, "GaussianMeasurement n (unknowns, or the signal shape)")
         self.measurement_shape = (check_int(m, "GaussianMeasurement m (measurements)", 1),)
-        self.is_complex = bool(complex)
-        self.streamed = bool(streamed)
+        self.is_complex = check_flag(complex, f"{type(self).__name__} complex")
+        self.streamed = check_flag(streamed, "GaussianMeasurement streamed")
         self.block_rows = check_int(block_rows, "GaussianMeasurement block_rows", 1)
         dtype = parse_dtype(dtype)
         self.seed = resolve_seed(seed, generator)
@@ -125,6 +125,10 @@ class GaussianMeasurement(MeasurementOperator):
         return self.streamed or fuse_pays(self.buffer("A"), vectors)
 
     def _linear_adjoint(self, x: torch.Tensor, fn):
+        if not self.streamed:
+            out = pointwise_dense_pass(self, self.buffer("A"), x, fn)     # the fused C kernel, one read of A
+            if out is not None:
+                return out
         if not self.fuses(x.numel() // self.n):
             return super()._linear_adjoint(x, fn)
         blocks = self._blocks() if self.streamed else row_blocks(self.buffer("A"))

@@ -7,12 +7,20 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import abs2, as_shape, complex_dtype_of, dtype_name, parse_dtype, real_dtype_of
+from .kernels import adjoint as kernel_adjoint, dense_linear_adjoint as kernel_linear_adjoint
+from .kernels import linear as kernel_linear, usable as kernel_usable
+from ..tensors import abs2, as_shape, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, real_dtype_of
 from .registry import register_operator
 
 
 def dense_linear(xf: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """Rows of ``xf`` (shape (B, n)) times Aᵀ: (B, m). Handles a real A with complex x."""
+    """Rows of ``xf`` (shape (B, n)) times Aᵀ: (B, m). Handles a real A with complex x.
+
+    On the CPU, without autograd, one read of A through the C kernel of :mod:`.kernels` (MKL's
+    matrix–vector products run far below the memory bandwidth); otherwise ``torch.matmul``.
+    """
+    if kernel_usable(A, xf):
+        return kernel_linear(A, xf)
     if not A.is_complex() and xf.is_complex():
         return torch.complex(xf.real @ A.T, xf.imag @ A.T)
     return xf @ A.T
@@ -22,8 +30,10 @@ def dense_adjoint(zf: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Aᴴz for each row z of ``zf`` (shape (B, m)) → (B, n), as (z̄ A)‾ without forming Aᴴ.
 
     The conjugations are lazy (conj bit), so this is one BLAS call on the row-major A (``A.mH @ z``
-    would materialise a conjugate transpose).
+    would materialise a conjugate transpose). On the CPU without autograd: the C kernel (one read of A).
     """
+    if kernel_usable(A, zf):
+        return kernel_adjoint(A, zf)
     if A.is_complex():
         return (zf.conj() @ A).conj()
     if zf.is_complex():
@@ -90,6 +100,20 @@ def fused_dense_pass(op: MeasurementOperator, x: torch.Tensor, blocks, fn):
     return z.reshape(*batch, op.m), g.reshape(*batch, *op.signal_shape)
 
 
+def pointwise_dense_pass(op: MeasurementOperator, A: torch.Tensor, x: torch.Tensor, fn):
+    """``(z, Aᴴ fn(z))`` in one read of the whole (stored) ``A`` through the fused C kernel when ``fn``
+    carries a closed-form :class:`~phasetorch.physics.kernels.PointwiseMap` (``fn.pointwise``) and
+    the kernel applies (CPU, matching contiguous dtypes, no autograd); else None."""
+    if getattr(fn, "pointwise", None) is None:
+        return None
+    batch = op.batch_shape(x)
+    out = kernel_linear_adjoint(A, x.reshape(-1, op.n), fn, batch)
+    if out is None:
+        return None
+    z, g = out
+    return z.reshape(*batch, op.m), g.reshape(*batch, *op.signal_shape)
+
+
 def _refresh_energy_hook(module: "MatrixMeasurement", incompatible_keys) -> None:
     # a module-level function (not a lambda) keeps the operator picklable
     module._refresh_energy()
@@ -133,7 +157,7 @@ class MatrixMeasurement(MeasurementOperator):
         m, n = A.shape
         if m < 1 or n < 1:
             raise ValueError(f"MatrixMeasurement: A must have at least one row and one column, got shape {tuple(A.shape)}")
-        self.signal_shape = (n,) if signal_shape is None else as_shape(signal_shape)
+        self.signal_shape = (n,) if signal_shape is None else as_shape(signal_shape, "MatrixMeasurement: signal_shape")
         if self.n != n:
             raise ValueError(f"MatrixMeasurement: signal_shape {self.signal_shape} has {self.n} entries but A has "
                              f"{n} columns; pass a signal_shape whose product is {n}")
@@ -180,6 +204,9 @@ class MatrixMeasurement(MeasurementOperator):
         return fuse_pays(self.buffer("A"), vectors)
 
     def _linear_adjoint(self, x: torch.Tensor, fn):
+        out = pointwise_dense_pass(self, self.buffer("A"), x, fn)
+        if out is not None:
+            return out
         if not self.fuses(x.numel() // self.n):
             return super()._linear_adjoint(x, fn)
         return fused_dense_pass(self, x, row_blocks(self.buffer("A")), fn)
@@ -192,13 +219,17 @@ class MatrixMeasurement(MeasurementOperator):
     def from_config(cls, config: dict) -> "MatrixMeasurement":
         """An operator of the configured shape and dtype; its matrix comes from ``load_state_dict``."""
         try:
-            m, n = int(config["m"]), int(config["n"])
+            m = check_int(config["m"], "MatrixMeasurement config m", 1)
+            n = check_int(config["n"], "MatrixMeasurement config n", 1)
             dtype = parse_dtype(config.get("dtype", "float32"))
             is_complex = bool(config.get("complex", False))
         except (KeyError, TypeError) as err:
             raise ValueError(f"MatrixMeasurement config needs m, n, complex and dtype, got {config!r}") from err
+        check_memory(m * n * (2 if is_complex else 1) * torch.finfo(dtype).bits / 8,
+                     f"a stored {m}×{n} matrix (MatrixMeasurement config m, n)", "the file is not a usable operator")
         placeholder = torch.ones(m, n, dtype=complex_dtype_of(dtype) if is_complex else dtype)
         return cls(placeholder, signal_shape=config.get("signal_shape"))
 
 
-__all__ = ["MatrixMeasurement", "dense_linear", "dense_adjoint", "fused_linear_adjoint", "fuse_pays", "row_blocks"]
+__all__ = ["MatrixMeasurement", "dense_linear", "dense_adjoint", "fused_linear_adjoint", "fuse_pays", "row_blocks",
+           "pointwise_dense_pass"]

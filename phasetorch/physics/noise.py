@@ -34,7 +34,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..tensors import check_int, check_number, make_generator
+from ..tensors import check_flag, check_int, check_number, make_generator
 
 #: class name → noise class, for :func:`noise_from_config` (filled by :func:`register_noise`)
 NOISES: Dict[str, type] = {}
@@ -130,6 +130,11 @@ class Noise(nn.Module):
         raise NotImplementedError  # abstract
 
 
+#: the largest expected count of one measurement :class:`PoissonNoise` draws (torch.poisson overflows
+#: an int64 near 1e19; the relative noise is 1e-7.5 there, far below float32 resolution anyway)
+MAX_POISSON_RATE = 1e15
+
+
 @register_noise
 class PoissonNoise(Noise):
     r"""Shot noise at a fixed photon budget: ỹ = N / s, N ~ Poisson(s·y), s = P / Σ_i y_i per sample.
@@ -153,7 +158,7 @@ class PoissonNoise(Noise):
                  event_dims: Optional[int] = None, per_measurement: bool = False) -> None:
         super().__init__(seed, generator, event_dims)
         self.photons = check_number(photons, "PoissonNoise photons", 0.0, strict=True)
-        self.per_measurement = bool(per_measurement)
+        self.per_measurement = check_flag(per_measurement, "PoissonNoise per_measurement")
 
     def budget(self, y: torch.Tensor, event_dims: Optional[int] = None) -> float:
         """Expected photons of one sample of y: P, or P·m_s with ``per_measurement``."""
@@ -175,7 +180,13 @@ class PoissonNoise(Noise):
             total = y64.sum(dim=dims, keepdim=True)
             scale = torch.where(total > 0, photons / total.clamp(min=torch.finfo(torch.float64).tiny),
                                 torch.zeros_like(total))
-            n = torch.poisson(y64 * scale, generator=self.generator)
+            rate = y64 * scale
+            top = float(rate.max()) if rate.numel() else 0.0
+            if top > MAX_POISSON_RATE:
+                raise ValueError(f"PoissonNoise: photons={self.photons:g} gives up to {top:.3g} expected photons in one "
+                                 f"measurement, beyond what a Poisson draw represents (≤ {MAX_POISSON_RATE:.0e}); at "
+                                 f"such counts shot noise is Gaussian: use GaussianNoise, or fewer photons")
+            n = torch.poisson(rate, generator=self.generator)
         return n, scale
 
     def forward(self, y: torch.Tensor, event_dims: Optional[int] = None) -> torch.Tensor:
@@ -208,17 +219,24 @@ class GaussianNoise(Noise):
                  relative: bool = False, event_dims: Optional[int] = None) -> None:
         super().__init__(seed, generator, event_dims)
         self.sigma = check_number(sigma, "GaussianNoise sigma", 0.0)
-        self.relative = bool(relative)
+        self.relative = check_flag(relative, "GaussianNoise relative")
 
     def forward(self, y: torch.Tensor, event_dims: Optional[int] = None) -> torch.Tensor:
         check_real_measurements(y, "GaussianNoise")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("GaussianNoise: intensities contain NaN or inf; noise is added to finite measurements only")
         if self.relative:
             dims = self.dims(y, event_dims)
             eps = standard_normal(y.shape, self.generator, y)
-            return add_gaussian(y, self.sigma * y.detach().mean(dim=dims, keepdim=True), eps=eps)
-        if event_dims is not None or self.event_dims is not None:
-            self.dims(y, event_dims)                      # validate a given event_dims all the same
-        return add_gaussian(y, self.sigma, self.generator)
+            out = add_gaussian(y, self.sigma * y.detach().mean(dim=dims, keepdim=True), eps=eps)
+        else:
+            if event_dims is not None or self.event_dims is not None:
+                self.dims(y, event_dims)                      # validate a given event_dims all the same
+            out = add_gaussian(y, self.sigma, self.generator)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"GaussianNoise: sigma={self.sigma:g} overflows {y.dtype} (noisy values reach inf); use a "
+                             f"smaller sigma or float64 measurements")
+        return out
 
     def config(self) -> dict:
         return {"type": "GaussianNoise", "sigma": self.sigma, "relative": self.relative, "event_dims": self.event_dims}

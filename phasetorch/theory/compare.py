@@ -19,8 +19,8 @@ verdict is ``"bimodal"`` and ``success_rate`` is the figure to report; the gaps 
 seeds are still computed (``*_successful``) but not called agreement.
 
 Before anything is compared, :func:`check_describes` refuses logs the prediction does not describe
-(ValueError saying why): another algorithm than ``wf``, a non-Gaussian or complex operator, another
-link or noise model, or a δ, step rule, ridge λ, preprocessing, noise level or start that differs from
+(ValueError saying why): another algorithm than the model's (``wf`` for the intensity loss, ``af``
+for the amplitude loss), a non-Gaussian operator, another field (real/complex), model, link or noise model, or a δ, step rule, ridge λ, preprocessing, noise level or start that differs from
 the prediction's. Without that check a mismatch would read as "disagree", a false refutation.
 
 Standard errors follow :func:`phasetorch.tensors.mean_se` (NaN below two samples). With fewer than
@@ -157,25 +157,34 @@ def mismatches(prediction_or_params, config: dict) -> List[str]:
     cfg = config if isinstance(config, dict) else {}
     problems: List[str] = []
     model = params.get("model")
-    if model not in (None, "phase_retrieval") and "algorithm" in cfg:
-        problems.append(f"the prediction is for the single-index model {model!r}; the logs are phase retrieval runs")
+    lmodel = cfg.get("theory_model")
+    if isinstance(lmodel, str) and model is not None and lmodel != model:
+        problems.append(f"the prediction is for the single-index model {model!r}; the logs simulate {lmodel!r}")
+    want = params.get("algorithm", "wf" if model in (None, "phase_retrieval") else None)
     alg = cfg.get("algorithm")
-    if alg is not None and alg != "wf":
-        problems.append(f"the logs ran algorithm {alg!r}; the DMFT describes gradient descent on the intensity "
-                        f"loss, algorithm 'wf'")
+    if alg is not None and alg != want:
+        if want is None:
+            problems.append(f"the prediction is for the single-index model {model!r}, which no library algorithm "
+                            f"runs; the logs ran algorithm {alg!r}")
+        else:
+            problems.append(f"the logs ran algorithm {alg!r}; the DMFT of model {model or 'phase_retrieval'!r} "
+                            f"describes gradient descent with a constant step on its loss, algorithm {want!r}")
     op = cfg.get("operator")
+    log_field = cfg.get("field")
     if isinstance(op, dict):
         kind = op.get("type")
         if kind is not None and kind not in GAUSSIAN_OPERATORS:
             problems.append(f"the logs' operator is {kind}; the theory is for i.i.d. Gaussian measurements "
                             f"({' or '.join(GAUSSIAN_OPERATORS)})")
-        if op.get("complex") is True:
-            problems.append("the logs' operator is complex; the DMFT is derived for the real field only "
-                            "(simulate(..., field='real'))")
-    if cfg.get("field") not in (None, "real") and not (isinstance(op, dict) and op.get("complex") is True):
-        problems.append(f"the logs are for field={cfg.get('field')!r}; the DMFT is derived for the real field only")
-    if params.get("field") not in (None, "real"):
-        problems.append(f"the prediction is for field={params.get('field')!r}")
+        if "complex" in op:
+            op_field = "complex" if op.get("complex") is True else "real"
+            if log_field is not None and log_field != op_field:
+                problems.append(f"the logs say field={log_field!r} but their operator is {op_field}")
+            log_field = op_field
+    pfield = params.get("field") or "real"
+    if log_field is not None and log_field != pfield:
+        problems.append(f"the logs are for the {log_field} field, the prediction for the {pfield} field "
+                        f"(solve the DMFT with field={log_field!r})")
     pd, ld = _number(params.get("delta")), _number(cfg.get("delta"))
     if pd is not None and ld is not None:
         n = cfg.get("dim", cfg.get("n"))
@@ -212,7 +221,7 @@ def check_describes(prediction_or_params, logs) -> None:
     ``preprocessing``, ``noise``, ``init``, ``field``; absent keys are not checked), so a caller can
     check before solving the DMFT. ``logs``: one TrainingLog or a list. The DMFT describes
     spectral-initialised Wirtinger flow (``algorithm="wf"``) on a real Gaussian operator with the
-    prediction's δ, step rule, ridge, preprocessing and noise (:func:`mismatches` lists the rules);
+    prediction's field, model, δ, step rule, ridge, preprocessing and noise (:func:`mismatches` lists the rules);
     :func:`compare` calls this first.
     """
     logs = as_logs(logs)

@@ -26,7 +26,12 @@ Checks: E[r g] = −λq (stationarity ⟨x, ∇L⟩ = 0; reported as ``stationar
 only when no probability sits on the prox's jump line, see :attr:`FixedPoint.consistent`);
 λ = 0, noiseless, δ > 1: exact recovery m = q = 1 with δκ E[2S²/(1 + 2κS²)] = 1 (κ = 0.26469 at δ = 4).
 Case A (δ = 4, λ = 0.1; theory.md §7): m = 0.95286, q = 0.91202, training loss 0.04771, κ = 0.24258.
-Only the real field is derived.
+
+**Complex field and other models** (docs/theory.md): the same system with S, Z ~ CN(0, 1), the complex
+prox (radial for a phase-invariant loss: no jump line), χ_g the holomorphic part of E ∂g/∂U (the mean
+of the two eigenvalue terms h/(1 + κh) of the Hessian of ℓ in ℝ²), E Re[S̄g] = −λm, q = m² + δκ²E|g|².
+Complex, λ = 0, noiseless, δ > 2: exact recovery with δκ E[|S|²/(1 + 2κ|S|²)] = 1 (|S|² ~ Exp(1)).
+``model=`` takes any SingleIndexModel with a prox (or a convex real loss: Newton).
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..tensors import check_int, check_number
-from .quadrature import composite_legendre, gauss_hermite
+from ..tensors import check_int, check_memory, check_number
+from .quadrature import composite_legendre, gauss_hermite, gauss_laguerre
+from .model import SingleIndexModel, model_prox, phase_retrieval, prox_quartic, resolve_model
 from .spectral import spectral_overlap
 
-__all__ = ["FixedPoint", "fixed_point", "prox_quartic"]
+__all__ = ["FixedPoint", "fixed_point", "prox_quartic", "phase_retrieval"]
 
 _F64 = torch.float64
 
@@ -69,6 +75,7 @@ class FixedPoint:
     field: str = "real"
     preprocessing: object = "optimal"
     start: float = math.nan
+    model: str = "phase_retrieval"
 
     @property
     def consistent(self) -> bool:
@@ -84,59 +91,20 @@ class FixedPoint:
         return d
 
 
-def _cbrt(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * x.abs().pow(1.0 / 3.0)
-
-
-def prox_quartic(u: torch.Tensor, y: torch.Tensor, kappa: float, newton: int = 3) -> torch.Tensor:
-    r"""argmin_r κ(r² − y)²/4 + (r − u)²/2, elementwise (float64).
-
-    Stationarity is the cubic κr³ + (1 − κy) r − u = 0. One real root (Cardano) or three
-    (trigonometric form; the outer two are the local minima, the one with the smaller objective is
-    returned); then ``newton`` Newton steps polish the root.
-    """
-    if kappa <= 0:
-        raise ValueError(f"kappa must be positive, got {kappa}")
-    p = (1 - kappa * y) / kappa
-    qq = -u / kappa
-    disc = (qq / 2) ** 2 + (p / 3) ** 3
-    one = disc > 0
-    sq = disc.clamp(min=0).sqrt()
-    r1 = _cbrt(-qq / 2 + sq) + _cbrt(-qq / 2 - sq)
-    # three real roots (p < 0 there)
-    pn = (-p / 3).clamp(min=1e-300)
-    amp = 2 * pn.sqrt()
-    cosarg = ((3 * qq / (2 * p.clamp(max=-1e-300))) * (-3 / p.clamp(max=-1e-300)).sqrt()).clamp(-1, 1)
-    theta = torch.arccos(cosarg) / 3
-    ra = amp * torch.cos(theta)
-    rb = amp * torch.cos(theta - 4 * math.pi / 3)
-
-    def obj(r):
-        return kappa * (r * r - y) ** 2 / 4 + (r - u) ** 2 / 2
-
-    r3 = torch.where(obj(ra) <= obj(rb), ra, rb)
-    r = torch.where(one, r1, r3)
-    for _ in range(newton):
-        f = kappa * r ** 3 + (1 - kappa * y) * r - u
-        fp = 3 * kappa * r * r + 1 - kappa * y
-        step = torch.where(fp > 1e-12, f / fp.clamp(min=1e-12), torch.zeros_like(f))
-        r = r - step
-    return r
-
-
 class _Quadrature:
-    """Nodes for E over (S, Z[, ε]): Gauss–Hermite in S (and ε); in Z a composite Gauss–Legendre
-    rule on [−L, L] split at the line U = mS + sd·Z = 0, where the global minimiser of the prox
-    jumps between its two wells (κY > 1), so each piece is smooth."""
+    """Nodes for E over (S, Z[, ε]) in the real field: Gauss–Hermite in S (and ε); in Z a composite
+    Gauss–Legendre rule on [−L, L] split at the line U = mS + sd·Z = 0, where the global minimiser of the
+    prox jumps between its two wells (κY > 1), so each piece is smooth. Y = f(S, ε) (the model's link)."""
 
     L = 9.0
 
-    def __init__(self, nodes: int, noise: float, noise_nodes: int, z_panels: int):
+    def __init__(self, nodes: int, noise: float, noise_nodes: int, z_panels: int, link=None):
         s, ws = gauss_hermite(nodes)
-        if noise > 0:
+        if noise > 0 or link is not None:
             e, we = gauss_hermite(noise_nodes)
             self.S = s[:, None].expand(-1, noise_nodes).reshape(-1)
-            self.Y = (s[:, None] ** 2 + noise * e[None, :]).reshape(-1)
+            E = e[None, :].expand(nodes, -1).reshape(-1)
+            self.Y = (s[:, None] ** 2 + noise * e[None, :]).reshape(-1) if link is None else link(self.S, E).to(_F64)
             self.WS = (ws[:, None] * we[None, :]).reshape(-1)
         else:
             self.S, self.Y, self.WS = s, s * s, ws
@@ -157,32 +125,68 @@ class _Quadrature:
         return self.S[:, None], Z, self.Y[:, None], self.WS[:, None] * wz
 
 
-def fixed_point(delta: float, *, l2: float, noise: float = 0.0,
-                preprocessing: Union[str, Callable] = "optimal", field: str = "real",
+class _ComplexQuadrature:
+    r"""Nodes for E over (S, Z[, ε]) in the complex field, S, Z ~ CN(0, 1) independent.
+
+    Rotation invariance lets S = √E be real ≥ 0 with E = |S|² ~ Exp(1) (Gauss–Laguerre, ``nodes``);
+    Z = (z₁ + i z₂)/√2 by a 2-D Gauss–Hermite product (``z_nodes``²); ε by Gauss–Hermite when σ > 0.
+    The complex prox r = ρ(|U|) U/|U| is continuous except at the single point U = 0, so a product rule
+    converges (no jump line as in the real field). Y = f(S, ε) (the model's link, circularly symmetric).
+    """
+
+    def __init__(self, nodes: int, noise: float, noise_nodes: int, z_nodes: int, link=None):
+        x, wx = gauss_laguerre(min(nodes, 150))
+        z, wz = gauss_hermite(z_nodes)
+        Z = torch.complex(z[:, None].expand(-1, z_nodes), z[None, :].expand(z_nodes, -1)).reshape(-1) * math.sqrt(0.5)
+        WZ = (wz[:, None] * wz[None, :]).reshape(-1)
+        s = torch.complex(x.sqrt(), torch.zeros_like(x))
+        if noise > 0 or link is not None:
+            e, we = gauss_hermite(noise_nodes)
+            S = s[:, None].expand(-1, noise_nodes).reshape(-1)
+            E = e[None, :].expand(x.numel(), -1).reshape(-1)
+            W = (wx[:, None] * we[None, :]).reshape(-1)
+            Y = (S.real ** 2 + noise * E) if link is None else link(S, E).to(_F64)
+        else:
+            S, W, Y = s, wx, x
+        self.S, self.Y, self.WS, self.Z, self.WZ = S[:, None], Y[:, None], W[:, None], Z[None, :], WZ[None, :]
+
+    def grid(self, m: float, sd: float):
+        return self.S, self.Z, self.Y, self.WS * self.WZ / (self.WS.sum() * self.WZ.sum())
+
+
+def fixed_point(delta: float, *, l2: float, noise: Optional[float] = None,
+                preprocessing: Union[str, Callable] = "optimal", field: Optional[str] = None,
+                model: Optional[SingleIndexModel] = None,
                 start: Optional[float] = None, damping: float = 0.7, memory: int = 3, tol: float = 1e-12,
                 max_iter: int = 5000, nodes: int = 120, noise_nodes: int = 8,
-                z_panels: int = 12) -> FixedPoint:
+                z_panels: int = 12, z_nodes: int = 48) -> FixedPoint:
     r"""Solve the TTI fixed point (m, q, κ) of GD with ridge ``l2`` = λ at δ = ``delta``.
 
     Parameters
     ----------
-    delta : δ = m/n. l2 : λ ≥ 0 (keyword). noise : σ of y = |Ax*|² + σε.
-    preprocessing, field : the spectral initialization whose cosine ρ starts the iteration
-        (``start`` overrides it with an explicit initial m). Only ``field="real"`` is derived.
+    delta : δ = m/n. l2 : λ ≥ 0 (keyword). noise : σ of y = |Ax*|² + σε (default model).
+    preprocessing : the spectral initialization whose cosine ρ starts the iteration (``start``
+        overrides it with an explicit initial m; required for a model without a spectral start).
+    field : ``"real"`` or ``"complex"`` (default model: phase retrieval with the intensity loss).
+        Complex (docs/theory.md): S, Z ~ CN(0, 1), r = prox_{κℓ}(U) ∈ ℂ, χ_g = E[½ Σ_± h_±/(1 + κh_±)]
+        with h_± = g_r ± |g_r̄| the eigenvalues of the Hessian of ℓ in ℝ², E Re[S̄g] = −λm,
+        q = m² + δκ²E|g|².
+    model : a :class:`~phasetorch.theory.SingleIndexModel` (its field, noise, link, loss and prox).
     damping, memory : mixing weight and history length of the Anderson-accelerated iteration.
     tol : stop when the update of (m, q, κ) is below tol.
-    nodes, noise_nodes : Gauss–Hermite points for S and for ε. z_panels : 8-point Gauss–Legendre
-        panels on each side of the jump line U = 0 for Z (2·8·z_panels Z-points per S-point).
+    nodes, noise_nodes : Gauss–Hermite points for S (complex: Gauss–Laguerre for |S|², ≤ 150) and for ε.
+    z_panels : real field: 8-point Gauss–Legendre panels on each side of the jump line U = 0 for Z.
+    z_nodes : complex field: Gauss–Hermite points per real component of Z (a z_nodes² product rule).
 
     Returns a :class:`FixedPoint`; ``converged`` is False when the iteration did not settle or
     λ + χ_g ≤ 0 (no stable fixed point: GD with that λ diverges or the curvature is negative).
     """
     delta = check_number(delta, "delta (= m/n, measurements per unknown)", 0.0, strict=True)
     lam = check_number(l2, "l2 (the ridge λ ≥ 0)", 0.0)
-    noise = check_number(noise, "noise (σ ≥ 0 of y = |Ax*|² + σε)", 0.0)
-    if field != "real":
-        raise ValueError("the fixed point is derived for the real field only (field='real'); the complex "
-                         "DMFT (holomorphic/antiholomorphic responses) is not implemented")
+    if noise is not None:
+        check_number(noise, "noise (σ ≥ 0 of y = |Ax*|² + σε)", 0.0)
+    model = resolve_model(model, field, noise)
+    noise, field = model.noise, model.field
     damping = check_number(damping, "damping (the mixing weight, in (0, 1])", 0.0, strict=True, high=1.0)
     memory = check_int(memory, "memory (Anderson history length)", 0)
     tol = check_number(tol, "tol", 0.0)
@@ -190,15 +194,28 @@ def fixed_point(delta: float, *, l2: float, noise: float = 0.0,
     nodes = check_int(nodes, "nodes (Gauss–Hermite points for S)", 1)
     noise_nodes = check_int(noise_nodes, "noise_nodes (Gauss–Hermite points for ε)", 1)
     z_panels = check_int(z_panels, "z_panels (Gauss–Legendre panels per side of the jump line, e.g. 12)", 1)
-    m = float(spectral_overlap(delta, preprocessing, field, noise)) if start is None else \
-        check_number(start, "start (the initial overlap m)")
+    z_nodes = check_int(z_nodes, "z_nodes (Gauss–Hermite points per component of Z, complex field)", 2)
+    if start is None:
+        if model.mean_y <= 0:
+            raise ValueError(f"model {model.name!r} has no spectral start (E y ≤ 0): give start= (the initial overlap m)")
+        m = float(spectral_overlap(delta, preprocessing, field, noise, link=model))
+    else:
+        m = check_number(start, "start (the initial overlap m)")
     q, kappa = 1.0, 0.3
     m0 = m
-    qd = _Quadrature(nodes, noise, noise_nodes, z_panels)
+    link = None if model.intensity_link else model.link
+    ne = noise_nodes if (noise or 0) > 0 else 1
+    points = nodes * ne * (z_nodes * z_nodes if model.is_complex else 16 * z_panels)
+    check_memory(10 * 8 * points + 8 * (nodes + ne) ** 2, f"the quadrature grid ({points:.3g} points)",
+                 "use fewer nodes / noise_nodes / z_panels / z_nodes (the defaults are accurate to ~1e-10)")
+    if model.is_complex:
+        qd = _ComplexQuadrature(nodes, noise, noise_nodes, z_nodes, link)
+    else:
+        qd = _Quadrature(nodes, noise, noise_nodes, z_panels, link)
 
     def G(x: torch.Tensor):
         m, q, kappa = (float(v) for v in x)
-        mo = _moments(qd, m, q, kappa)
+        mo = _moments(qd, model, m, q, kappa)
         chi = mo["chi"]
         if not math.isfinite(chi) or lam + chi <= 0:
             return None
@@ -211,28 +228,36 @@ def fixed_point(delta: float, *, l2: float, noise: float = 0.0,
                                            max_iter)
     m, q, kappa = (float(v) for v in x)
     q = max(q, m * m)
-    mo = _moments(qd, m, q, kappa)
+    mo = _moments(qd, model, m, q, kappa)
     chi = mo["chi"]
     loss = mo["ell"] + 0.5 * lam * q
     stat = mo["rg"] + lam * q
     return FixedPoint(m=abs(m), q=q, kappa=kappa, chi_g=chi, loss=loss, overlap=abs(m) / math.sqrt(q) if q > 0 else 0.0,
                       rel_error=math.sqrt(max(q - 2 * abs(m) + 1, 0.0)), converged=converged, iterations=it,
                       residual=residual, stationarity=stat, delta=delta, l2=lam, noise=noise, field=field,
-                      preprocessing=preprocessing, start=m0)
+                      preprocessing=preprocessing, start=m0, model=model.name)
 
 
-def _moments(qd: _Quadrature, m: float, q: float, kappa: float) -> dict:
-    """χ_g = E[g'/(1 + κg')], E[Sg], E[g²], E[rg], E ℓ at r = prox_{κℓ}(mS + √(q − m²) Z)."""
-    S, Z, Y, W = qd.grid(m, math.sqrt(max(q - m * m, 0.0)))
-    r = prox_quartic(m * S + math.sqrt(max(q - m * m, 0.0)) * Z, Y, kappa)
-    g = (r * r - Y) * r
-    gp = 3 * r * r - Y
+def _moments(qd, model: SingleIndexModel, m: float, q: float, kappa: float) -> dict:
+    """χ_g (module docstring; complex: the holomorphic part), E[Sg], E[g²], E[rg], E ℓ at r = prox_{κℓ}(U)."""
+    sd = math.sqrt(max(q - m * m, 0.0))
+    S, Z, Y, W = qd.grid(m, sd)
+    U = m * S + sd * Z
+    r = model_prox(model, U, Y, kappa)
+    g = model.g(r, Y)
+    gp, gpb = model.linearise(r, Y)
 
     def E(v):
         return float((W * v).sum())
 
+    if model.is_complex:
+        gp = gp.real if gp.is_complex() else gp
+        hp, hm = gp + gpb.abs(), gp - gpb.abs()
+        chi = 0.5 * (hp / (1 + kappa * hp) + hm / (1 + kappa * hm))
+        return {"chi": E(chi), "Sg": E((S.conj() * g).real), "g2": E(g.abs().square()),
+                "rg": E((r.conj() * g).real), "ell": E(model.loss(r, Y))}
     return {"chi": E(gp / (1 + kappa * gp)), "Sg": E(S * g), "g2": E(g * g), "rg": E(r * g),
-            "ell": E((r * r - Y) ** 2 / 4)}
+            "ell": E(model.loss(r, Y))}
 
 
 def _anderson(G: Callable[[torch.Tensor], Optional[torch.Tensor]], x: torch.Tensor, damping: float, memory: int,

@@ -34,13 +34,20 @@ algebra is float64; per-sample arrays use ``dtype``. Independent Monte-Carlo pop
 ("replicates") run as a batch dimension; means and standard errors are over replicates.
 
 **Cost.** N = ``samples`` per replicate, R = ``replicates``: time ≈ R·N·T³/6 multiply-adds for the
-responses plus O(R·N·T²); memory ≈ 28·R·N·T bytes (float32, pathwise μ; 24 with Stein).
+responses plus O(R·N·T²) (complex field: about 2×); memory ≈ 32·R·N·T bytes (float32, pathwise μ:
+basis 4, float64 history of g 8, g' 4, three memory channels 12, back-substitution buffer 4 while the chunk
+holds all N; 28 with Stein), complex field 68 (60 with Stein). Measured: results/dmft_cost.md
+(scripts/dmft_cost.py).
 
 The same machinery runs a data-independent warm start (``init="warm"``: x₀ = c(ρ₀x* + √(1−ρ₀²)w),
 w independent, i.e. τ ≡ 0 and Var W★ = 1 − ρ₀²) and a normalised power-iteration pre-phase
 (``init="power"``: K steps x_{k+1} ∝ (D + cI) x_k from a warm start, then GD, whose gradient is
 g = T(Y) r) — the independent cross-check of the closed-form spectral terms (theory.md §4).
-Complex fields are not derived: ``field="complex"`` raises.
+**Complex field** (docs/theory.md): a_i ~ CN(0, I_d), r = a_iᴴx, GD with the library's gradient
+2∂L/∂x̄ = (1/n) Σ g(r_i) a_i + λx (g = 2∂ℓ/∂r̄). Circular symmetry makes every kernel real and kills the
+antiholomorphic responses in expectation, so the equations above hold verbatim with complex circular
+fields (E U_t Ū_s = C(t,s)), Σ_W = δ E Re[g ḡ], μ = E Re[S̄ g] − …, and holomorphic responses
+R_g(t,s) = E ∂g(r_t)/∂U_s computed from the real-linear pathwise Jacobians (δg = g_r δr + g_r̄ δr̄).
 """
 
 from __future__ import annotations
@@ -54,15 +61,16 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed as D
 from ..errors import DivergenceError
 from ..init.preprocessing import elementwise
 from ..optim.presets import get_preset
 from ..optim.steps import wf_ramp
-from ..tensors import check_int, check_number, make_generator
+from ..tensors import check_int, check_memory, check_number, make_generator
 from .fields import coefficient_norm2, extend_basis, two_time_covariance
-from .model import SingleIndexModel, StartLaw, phase_retrieval, start_law
+from .model import SingleIndexModel, StartLaw, phase_retrieval, resolve_model, start_law
 from .prediction import Prediction
-from .responses import response_row, stein_mu
+from .responses import response_row, response_row_complex, stein_mu
 from .spectral import spectral_limits
 
 Tensor = torch.Tensor
@@ -72,6 +80,7 @@ __all__ = ["dmft", "solve_dmft", "step_sizes", "replicate_seeds", "chunk_length"
 
 STABILITY_SIGMAS = 5.0
 SMOOTH_PREPROCESSING = ("optimal", "mm", "clipped")     # Lipschitz T: pathwise μ is valid
+COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 INITS = ("spectral", "warm", "power")
 
 
@@ -100,7 +109,11 @@ def step_sizes(step: Optional[float], schedule: Optional[Callable[[int], float]]
         raise ValueError(f"schedule must be a callable t ↦ μ_t, got {type(schedule).__name__}")
     for t in range(1, steps + 1):
         mu = schedule(t)
-        mu = float(mu.item() if isinstance(mu, torch.Tensor) else mu)
+        if isinstance(mu, torch.Tensor) and mu.numel() == 1:
+            mu = mu.item()
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)):
+            raise ValueError(f"schedule({t}) returned {mu!r}; the schedule must map t to a step size μ_t (a number)")
+        mu = float(mu)
         if not math.isfinite(mu) or mu < 0:
             raise ValueError(f"schedule({t}) returned {mu}; a step size must be finite and ≥ 0")
         mus[t] = mu
@@ -224,7 +237,9 @@ def _cpu_threads(threads: Optional[int], device) -> Iterator[None]:
 
 
 class _Draws:
-    """Standard normal (R, N) draws, one CPU generator per replicate (float64, then ``dtype`` on ``device``)."""
+    """Standard normal (R, N) draws, one CPU generator per replicate (float64, then ``dtype`` on ``device``).
+
+    :meth:`complex` draws CN(0, 1) = (g₁ + i g₂)/√2 (E|z|² = 1, the library's complex Gaussian)."""
 
     def __init__(self, seeds: Sequence[int], samples: int, device: torch.device, dtype: torch.dtype):
         self.gens = [make_generator(int(s)) for s in seeds]
@@ -233,6 +248,13 @@ class _Draws:
     def __call__(self) -> Tensor:
         return torch.stack([torch.randn(self.N, generator=g, dtype=torch.float64) for g in self.gens]).to(
             device=self.device, dtype=self.dtype)
+
+    def complex(self) -> Tensor:
+        z = torch.stack([torch.randn(self.N, 2, generator=g, dtype=torch.float64) for g in self.gens])
+        return torch.view_as_complex(z * math.sqrt(0.5)).to(device=self.device, dtype=COMPLEX_OF[self.dtype])
+
+    def field(self, is_complex: bool) -> Tensor:
+        return self.complex() if is_complex else self()
 
 
 @dataclass(frozen=True)
@@ -254,6 +276,11 @@ class _Setup:
     chunk: int
     dtype: torch.dtype
     device: torch.device
+    is_complex: bool = False
+
+    @property
+    def cdtype(self) -> torch.dtype:   # dtype of the per-sample fields (complex in the complex field)
+        return COMPLEX_OF[self.dtype] if self.is_complex else self.dtype
 
     @property
     def TT(self) -> int:          # total time steps of the combined (power + GD) process
@@ -264,10 +291,11 @@ class _Setup:
         return self.mus / self.c0 ** 2
 
 
-def _safe_step(model: SingleIndexModel, law: StartLaw, delta: float, c0: float, l2: float, mus: Tensor,
+def _safe_step(model: SingleIndexModel, tau_max: float, delta: float, c0: float, l2: float, mus: Tensor,
                steps: int, check: bool) -> float:
-    """Largest stable η (theory.md §4: r_max ≈ 5 c₀ max(1 + τ) must stay below √(2δ/η)); warns above it."""
-    r_max = STABILITY_SIGMAS * c0 * float((1 + law.tau).abs().max())
+    """Largest stable η (theory.md §4: r_max ≈ 5 c₀ max|1 + τ| must stay below √(2δ/η); ``tau_max`` is
+    max|1 + τ| over the whole population); warns above it."""
+    r_max = STABILITY_SIGMAS * c0 * tau_max
     eta_safe = model.safe_step(delta, r_max, l2)
     if check and steps > 0 and float((mus / c0 ** 2).max()) > eta_safe:
         warnings.warn(
@@ -282,24 +310,32 @@ def _safe_step(model: SingleIndexModel, law: StartLaw, delta: float, c0: float, 
 # the causal forward pass
 # ---------------------------------------------------------------------------------------------
 class _Pass:
-    """State of the forward pass over t = 0..TT (array layout of :mod:`~phasetorch.theory.fields`)."""
+    """State of the forward pass over t = 0..TT (array layout of :mod:`~phasetorch.theory.fields`).
+
+    Complex field: the basis, the residuals and the histories of g and of its directional derivatives
+    are complex (CN(0, 1) basis directions; the coefficients L, a, b, K, Σ_W stay real, see
+    docs/theory.md); g_r is kept real and g_r̄ complex for the responses.
+    """
 
     def __init__(self, setup: _Setup, model: SingleIndexModel, law: StartLaw, draw: _Draws):
         s = setup
         R, N, TT, dtype, dev = s.R, s.N, s.TT, s.dtype, s.device
+        cd = s.cdtype
         f64 = dict(dtype=torch.float64, device=dev)
         self.s, self.model, self.law, self.draw = s, model, law, draw
-        self.B = torch.empty(R, TT + 2, N, dtype=dtype, device=dev)        # basis S, G, ξ_1..ξ_TT
+        self.B = torch.empty(R, TT + 2, N, dtype=cd, device=dev)        # basis S, G, ξ_1..ξ_TT
         self.B[:, 0], self.B[:, 1] = law.S, law.G
         # histories: g(r_s) also in float64 (its Gram matrix is Σ_W, which must stay positive semi-definite
         # to ~1e-16 for the degenerate factorisation), g'(r_s), and the channels the memory sums need:
-        self.nh = 3 if s.pathwise else 2         # H channels: g, g'·∂r/∂P, [g'·∂r/∂S + ∂_y g·f_S]
-        self.Gh = torch.zeros(R, TT + 1, N, **f64)
-        self.GPh = torch.zeros(R, TT + 1, N, dtype=dtype, device=dev)
-        self.H = torch.zeros(R, TT + 1, self.nh, N, dtype=dtype, device=dev)
+        self.nh = 3 if s.pathwise else 2         # H channels: g, δg along δP = 1, [δg along δS = 1 (through Y)]
+        self.Gh = torch.zeros(R, TT + 1, N, dtype=COMPLEX_OF[torch.float64] if s.is_complex else torch.float64,
+                              device=dev)
+        self.GPh = torch.zeros(R, TT + 1, N, dtype=dtype, device=dev)                  # g' (real) / g_r
+        self.GBh = torch.zeros(R, TT + 1, N, dtype=cd, device=dev) if s.is_complex else None   # g_r̄
+        self.H = torch.zeros(R, TT + 1, self.nh, N, dtype=cd, device=dev)
         self.tauP = law.tau_P
-        self.tauP64 = self.tauP.to(torch.float64)
-        self.xbuf = torch.empty(R, TT + 1, s.chunk, dtype=dtype, device=dev)   # back-substitution buffer
+        self.tauP64 = self.tauP.to(self.Gh.dtype)
+        self.xbuf = torch.empty(R, TT + 1, s.chunk, dtype=cd, device=dev)   # back-substitution buffer
         self.a, self.b = torch.zeros(R, TT + 2, **f64), torch.zeros(R, TT + 2, **f64)
         self.K = torch.zeros(R, TT + 2, TT + 1, **f64)        # K(t, s), s < t
         self.SW = torch.zeros(R, TT + 2, TT + 2, **f64)       # Σ_W, index 0 = ★, s + 1 = W_s
@@ -317,59 +353,84 @@ class _Pass:
         self.sq = math.sqrt(max(1.0 - s.rho ** 2, 0.0))
         self.a[:, 0], self.b[:, 0] = s.c0 * s.rho, s.c0
         self.L[:, 0, 0], self.L[:, 0, 1] = s.c0 * s.rho, s.c0 * self.sq
-        # Var W★ = δE[τ²P²] = 1 − ρ² (spectral; theory.md §4) and 1 − ρ₀² (warm), exactly
+        # Var W★ = δE[τ²|P|²] = 1 − ρ² (spectral; theory.md §4) and 1 − ρ₀² (warm), exactly
         self.SW[:, 0, 0] = 1.0 - s.rho ** 2
         self.checks: Dict[str, Tensor] = {}
 
     def gradient(self, t: int):
-        """(g, g', ∂_y g) as functions of r at step t: power phase g = T(Y) r, then the model's loss."""
+        """(g, (g_r, g_r̄), ∂_y g) as functions of r at step t: power phase g = T(Y) r, then the model's loss."""
         law, model = self.law, self.model
         if t < self.s.K0:
-            return (lambda r: law.T * r), (lambda r: law.T), (lambda r: law.dT * r if law.dT is not None else None)
+            zero = (lambda r: torch.zeros_like(r)) if self.s.is_complex else (lambda r: None)
+            return (lambda r: law.T * r), (lambda r: (law.T, zero(r))), \
+                (lambda r: law.dT * r if law.dT is not None else None)
         Y = law.Y
-        return (lambda r: model.g(r, Y)), (lambda r: model.g_r(r, Y)), (lambda r: model.g_y(r, Y))
+        return (lambda r: model.g(r, Y)), (lambda r: model.linearise(r, Y)), (lambda r: model.g_y(r, Y))
+
+    @staticmethod
+    def _lin(gr: Tensor, grb: Optional[Tensor], v: Tensor) -> Tensor:
+        """δg = g_r δr (+ g_r̄ conj(δr) in the complex field)."""
+        return gr * v if grb is None else gr * v + grb * v.conj()
 
     def sample_side(self, t: int) -> Tuple[Tensor, Tensor, Tensor]:
         """r_t, g(r_t), g'(r_t), and the histories' rows t (forward-propagated Jacobian columns)."""
         R, N, nh, law = self.s.R, self.s.N, self.nh, self.law
-        gfn, gpfn, gyfn = self.gradient(t)
+        cd = self.s.cdtype
+        gfn, linfn, gyfn = self.gradient(t)
         bt = self.b[:, t:t + 1].to(self.s.dtype)
-        U = torch.bmm(self.L[:, t:t + 1, :t + 2].to(self.s.dtype), self.B[:, :t + 2]).squeeze(1)
-        r = U.addcmul_(bt, self.tauP)
-        JP = bt * law.tau
+        U = torch.bmm(self.L[:, t:t + 1, :t + 2].to(cd), self.B[:, :t + 2]).squeeze(1)
+        r = U.add_(bt * self.tauP)
+        JP = (bt * law.tau).to(cd)                       # ∂r_t/∂P along δP = 1
         if t > 0:
-            mem = torch.bmm(self.K[:, t:t + 1, :t].to(self.s.dtype), self.H[:, :t].reshape(R, t, nh * N)).view(R, nh, N)
+            mem = torch.bmm(self.K[:, t:t + 1, :t].to(cd), self.H[:, :t].reshape(R, t, nh * N)).view(R, nh, N)
             r += mem[:, 0]
             JP += mem[:, 1]
-        gt, gpt = gfn(r), gpfn(r)
-        self.Gh[:, t], self.GPh[:, t] = gt, gpt
+        gt = gfn(r)
+        gr, grb = linfn(r)
+        if self.s.is_complex:
+            gr = gr.real if gr.is_complex() else gr
+            self.GBh[:, t] = grb
+        self.Gh[:, t], self.GPh[:, t] = gt, gr
         self.H[:, t, 0] = gt
-        self.H[:, t, 1] = gpt * JP
+        self.H[:, t, 1] = self._lin(gr, grb, JP)
         if self.s.pathwise:
-            JS = bt * law.dtau * law.f_S * law.P
+            JS = bt * law.dtau * law.f_S * law.P         # ∂r_t/∂S along δS = 1, through Y
             if t > 0:
-                JS += mem[:, 2]
+                JS = JS + mem[:, 2]
             gy = gyfn(r)
-            self.H[:, t, 2] = gpt * JS + (gy * law.f_S if gy is not None else 0)
-        return r, gt, gpt
+            self.H[:, t, 2] = self._lin(gr, grb, JS) + (gy * law.f_S if gy is not None else 0)
+        self._grb_t = grb
+        return r, gt, gr
 
     def kernels(self, t: int, r: Tensor, gt: Tensor, gpt: Tensor) -> Tensor:
         """R_g(t,★), R_g(t,·), μ(t), Σ_W(·,t); returns the sample averages (E ∂g/∂P, E Sg, E ℓ, E rg)."""
         s, law = self.s, self.law
         # float32 cascade sums are accurate to ~1e-7, far below Monte-Carlo error
-        avg = torch.stack([self.H[:, t, 1], law.S * gt, self.model.loss(r, law.Y), r * gt], dim=1).mean(dim=2)
+        if s.is_complex:           # E Re[δg along δP = 1], E Re[S̄ g], E ℓ, E Re[r̄ g]
+            avg = torch.stack([self.H[:, t, 1].real, (law.S.conj() * gt).real, self.model.loss(r, law.Y),
+                               (r.conj() * gt).real], dim=1).mean(dim=2)
+        else:
+            avg = torch.stack([self.H[:, t, 1], law.S * gt, self.model.loss(r, law.Y), r * gt], dim=1).mean(dim=2)
         avg = avg.to(torch.float64)
         self.Rgs[:, t] = avg[:, 0]
-        if s.K0 > 0 and t == s.K0:          # Rayleigh quotient x_Kᵀ D x_K/‖x_K‖² of the last power iterate
-            self.checks["rayleigh"] = (law.T * r * r).mean(dim=1).to(torch.float64) / s.c0 ** 2
-        self.Rg[:, t, :t + 1] = response_row(self.K, self.GPh, gpt, t, self.xbuf)
+        if s.K0 > 0 and t == s.K0:          # Rayleigh quotient x_Kᴴ D x_K/‖x_K‖² of the last power iterate
+            r2 = r.abs().square() if s.is_complex else r * r
+            self.checks["rayleigh"] = (law.T * r2).mean(dim=1).to(torch.float64) / s.c0 ** 2
+        if s.is_complex:
+            self.Rg[:, t, :t + 1] = response_row_complex(self.K, self.GPh, self.GBh, gpt, self._grb_t, t, self.xbuf)
+        else:
+            self.Rg[:, t, :t + 1] = response_row(self.K, self.GPh, gpt, t, self.xbuf)
         if s.pathwise:
-            self.mu[:, t] = self.H[:, t, 2].mean(dim=1).to(torch.float64)
+            self.mu[:, t] = self.H[:, t, 2].mean(dim=1).real.to(torch.float64)
         else:
             self.mu[:, t] = stein_mu(avg[:, 1], s.rho, self.Rgs[:, t], self.L[:, :t + 1, 0], self.Rg[:, t, :t + 1])
         g64, SW, c = self.Gh[:, t], self.SW, s.delta / s.N
-        SW[:, 0, t + 1] = c * (self.tauP64 * g64).sum(dim=1)
-        SW[:, 1:t + 2, t + 1] = c * torch.bmm(self.Gh[:, :t + 1], g64[:, :, None]).squeeze(2)
+        if s.is_complex:           # Σ_W(a, b) = δ E Re[g_a ḡ_b] (the imaginary part vanishes in the limit)
+            SW[:, 0, t + 1] = c * (self.tauP64.conj() * g64).real.sum(dim=1)
+            SW[:, 1:t + 2, t + 1] = c * torch.bmm(self.Gh[:, :t + 1], g64.conj()[:, :, None]).squeeze(2).real
+        else:
+            SW[:, 0, t + 1] = c * (self.tauP64 * g64).sum(dim=1)
+            SW[:, 1:t + 2, t + 1] = c * torch.bmm(self.Gh[:, :t + 1], g64[:, :, None]).squeeze(2)
         SW[:, t + 1, :t + 2] = SW[:, :t + 2, t + 1]
         return avg
 
@@ -423,7 +484,7 @@ class _Pass:
         """Coefficients of U_{t+1} (pivoted triangular solve) and a fresh basis direction ξ_{t+1}."""
         defect = extend_basis(self.L, self.a, self.b, self.K, self.SW, self.dropped, t, self.s.rho, self.sq)
         self.worst = torch.maximum(self.worst, defect)
-        self.B[:, t + 2] = self.draw()
+        self.B[:, t + 2] = self.draw.field(self.s.is_complex)
 
     def run(self, progress: bool) -> None:
         TT = self.s.TT
@@ -443,8 +504,11 @@ class _Pass:
         bar.update(1)
         bar.close()
 
-    def prediction(self, params: dict, extra: Optional[dict] = None) -> Prediction:
-        """The GD phase (t = K₀..TT) as a :class:`Prediction`; ``extra`` entries override ``params``."""
+    def prediction(self, params: dict, extra: Optional[dict] = None, gather: bool = False) -> Prediction:
+        """The GD phase (t = K₀..TT) as a :class:`Prediction`; ``extra`` entries override ``params``.
+        ``gather``: this process holds a share of the replicates; the per-replicate curves, kernels and
+        checks of every process are concatenated (in replicate order) before the means and standard
+        errors are formed, so the result is the one process's that solves them all."""
         s = self.s
         sl = slice(s.K0, s.TT + 1)
         C, cV = two_time_covariance(self.a, self.b, self.K, self.SW, s.rho, s.TT + 1)
@@ -455,12 +519,21 @@ class _Pass:
             "R_g_star": self.Rgs[:, sl], "mu": self.mu[:, sl], "a": self.a[:, sl], "b": self.b[:, sl],
             "c_V": cV[:, sl], "C_g": self.SW[:, gd_idx][:, :, gd_idx] / s.delta,
         }
-        params = dict(params, dropped_directions=int(self.dropped.sum()), factorisation_defect=float(self.worst.max()))
+        dropped, defect = int(self.dropped.sum()), float(self.worst.max())
+        curves = dict(m=self.a[:, sl], q=self.q[:, sl], loss=self.loss[:, sl], grad_norm=self.gnorm[:, sl],
+                      grad_signal=self.gsig[:, sl], grad_iterate=self.giter[:, sl])
+        checks = dict(self.checks)
+        if gather:
+            cat = lambda t: D.all_gather_cat(t.contiguous(), 0)          # noqa: E731
+            curves = {k: cat(v) for k, v in curves.items()}
+            kernels = {k: cat(v) for k, v in kernels.items()}
+            checks = {k: cat(v) for k, v in checks.items()}
+            dropped = sum(D.all_gather_object(dropped))
+            defect = max(D.all_gather_object(defect))
+        params = dict(params, dropped_directions=dropped, factorisation_defect=defect)
         params.update(extra or {})
-        return Prediction.from_replicates(
-            iteration=torch.arange(s.steps + 1), step=s.etas, m=self.a[:, sl], q=self.q[:, sl],
-            loss=self.loss[:, sl], grad_norm=self.gnorm[:, sl], grad_signal=self.gsig[:, sl],
-            grad_iterate=self.giter[:, sl], kernels=kernels, params=params, checks=self.checks)
+        return Prediction.from_replicates(iteration=torch.arange(s.steps + 1), step=s.etas, kernels=kernels,
+                                          params=params, checks=checks, **curves)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +548,7 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
                samples: int = 100_000, replicates: int = 8, seed: int = 0, seeds: Optional[Sequence[int]] = None,
                device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
                chunk_size: Optional[int] = None, progress: bool = True, params: Optional[dict] = None,
-               check_stability: bool = True, threads: Optional[int] = 1) -> Prediction:
+               check_stability: bool = True, threads: Optional[int] = 1, distributed: bool = True) -> Prediction:
     r"""Solve the discrete-time DMFT of gradient descent by one causal Monte-Carlo pass (module docstring).
 
     The lower-level entry point of :func:`dmft`: the model and the spectral quantities are explicit.
@@ -501,6 +574,11 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
         progress, params, check_stability: tqdm bar; extra entries of ``Prediction.params``; warn
             above the stability rule. threads: CPU threads for the solve (restored afterwards; None
             keeps torch's setting).
+        distributed: inside a process group of several processes (:mod:`phasetorch.distributed`,
+            ``torchrun``), every process solves a contiguous share of the replicates (each drawn from
+            its own seed, as one process would) and the per-replicate curves are gathered before the
+            means and standard errors: every rank returns the single-process prediction. False: solve
+            every replicate here.
     """
     with _cpu_threads(threads, device):
         model = model if model is not None else phase_retrieval()
@@ -508,21 +586,43 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
                             threads)
         delta, steps, l2, samples, replicates = (num[k] for k in ("delta", "steps", "l2", "samples", "replicates"))
         seed, power_shift, chunk_size = num["seed"], num["power_shift"], num["chunk_size"]
+        if not isinstance(model, SingleIndexModel):
+            raise TypeError(f"model must be a phasetorch.theory.SingleIndexModel, got {type(model).__name__}")
+        if mu == "auto" and not model.smooth_link:
+            mu = "stein"                       # a jump of the link in s: the pathwise ∂f/∂s misses it
         mu = _check_modes(init, mu, dtype)
         c0 = check_number(init_norm, "init_norm (c₀ = ‖x₀‖)", 0.0, strict=True)
         rho_p, K0 = _start_overlap(init, model, rho, lam_star, T, init_overlap, power_steps)
         mus = step_sizes(step, schedule, steps)
         dev = torch.device(device) if device is not None else torch.device("cpu")
+        per_entry = (68 if model.is_complex else 32) * (2 if dtype == torch.float64 else 1)
+        check_memory(per_entry * replicates * samples * (steps + 1),
+                     f"the DMFT populations ({replicates} × {samples} samples × {steps + 1} times)",
+                     "use fewer samples, replicates or steps", device=dev)
         seeds = replicate_seeds(seed, replicates) if seeds is None else _check_seeds(seeds)
+        all_seeds = seeds
+        size = D.world_size() if distributed and D.is_active() else 1
+        if size > 1:            # the replicates are independent populations: each process solves its share
+            D.check_same([delta, steps, l2, model.name, init, samples, all_seeds], "DMFT settings")
+            if len(all_seeds) < size:
+                raise ValueError(f"dmft: {len(all_seeds)} replicates cannot be split over {size} processes; use "
+                                 f"replicates ≥ {size}")
+            lo, hi = D.shard_range(len(all_seeds), D.rank(), size)
+            seeds = all_seeds[lo:hi]
         R, N = len(seeds), samples
         draw = _Draws(seeds, N, dev, dtype)
-        S, G, eps = draw(), draw(), draw()
+        S, G = draw.field(model.is_complex), draw.field(model.is_complex)
+        eps = draw()
         law = start_law(model, S, G, eps, rho_p, T=T if init != "warm" else None,
                         lam_star=lam_star if init == "spectral" else None, pathwise=mu == "pathwise")
-        eta_safe = _safe_step(model, law, delta, c0, l2, mus, steps, check_stability)
+        tau_max = float((1 + law.tau).abs().max())
+        if size > 1:
+            tau_max = max(D.all_gather_object(tau_max))
+        eta_safe = _safe_step(model, tau_max, delta, c0, l2, mus, steps, check_stability and D.is_main())
         setup = _Setup(delta=delta, steps=steps, K0=K0, rho=rho_p, c0=c0, l2=l2, pathwise=mu == "pathwise",
                        power_shift=float(power_shift), mus=mus, eta_safe=eta_safe, R=R, N=N,
-                       chunk=chunk_length(N, R, K0 + steps + 1, dev, chunk_size), dtype=dtype, device=dev)
+                       chunk=chunk_length(N, R, K0 + steps + 1, dev, chunk_size), dtype=dtype, device=dev,
+                       is_complex=model.is_complex)
         run = _Pass(setup, model, law, draw)
         if init == "spectral":
             run.checks.update(law.anchors(delta, rho_p))
@@ -530,20 +630,26 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
         info = dict(delta=delta, step=(float(step) if step is not None else None),
                     schedule=(None if schedule is None and step is not None else
                               ("wf_ramp" if schedule is None else getattr(schedule, "__name__", "callable"))),
-                    l2=l2, noise=model.noise, model=model.name, samples=N, replicates=R, seed=int(seed), seeds=seeds,
+                    l2=l2, noise=model.noise, model=model.name, field=model.field, loss_kind=model.kind,
+                    algorithm=model.algorithm,
+                    samples=N, replicates=len(all_seeds), seed=int(seed), seeds=all_seeds,
                     rho=(float(rho) if rho is not None else None),
                     lam_star=(float(lam_star) if lam_star is not None else None),
                     init=init, init_overlap=(rho_p if init != "spectral" else None), init_norm=c0,
                     power_steps=K0, power_shift=float(power_shift) if init == "power" else None, mu=mu,
                     dtype=str(dtype).replace("torch.", ""), safe_step=eta_safe * c0 ** 2)
-        return run.prediction(info, params)
+        return run.prediction(info, params, gather=size > 1)
 
 
-def _spectral_inputs(delta: float, preprocessing, noise: float, init: str, name: str):
-    """(λ*, ρ, λ₁(D) limit, elementwise T) of the spectral estimator; all None for a warm start."""
+def _spectral_inputs(delta: float, preprocessing, model: SingleIndexModel, init: str, name: str):
+    """(λ*, ρ, λ₁(D) limit, elementwise T) of the spectral estimator of the model's link; all None for a warm start."""
     if init == "warm":
         return None, None, None, None
-    lim = spectral_limits(delta, preprocessing=preprocessing, field="real", noise=noise)
+    if model.mean_y <= 0:
+        raise ValueError(f"model {model.name!r} has E y = {model.mean_y} ≤ 0: no spectral start (the link carries no "
+                         "second-order information after normalising y by its mean); use init='warm' with "
+                         "init_overlap=ρ₀")
+    lim = spectral_limits(delta, preprocessing=preprocessing, field=model.field, noise=model.noise, link=model)
     rho, lam_star = float(lim.rho), float(lim.lam_star)
     eigenvalue = float(lim.eigenvalue) if getattr(lim, "eigenvalue", None) is not None else None
     T = getattr(lim, "T", None)
@@ -561,19 +667,24 @@ def _spectral_inputs(delta: float, preprocessing, noise: float, init: str, name:
 
 
 def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Callable[[int], float]] = None,
-         l2: float = 0.0, steps: int, preprocessing="optimal", noise: float = 0.0, field: str = "real",
+         l2: float = 0.0, steps: int, preprocessing="optimal", noise: Optional[float] = None,
+         field: Optional[str] = None, model: Optional[SingleIndexModel] = None,
          samples: int = 100_000, replicates: int = 8, seed: int = 0,
          device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
          progress: bool = True, init: str = "spectral", init_overlap: Optional[float] = None,
-         power_steps: int = 50, power_shift: float = 0.0, mu: str = "auto",
-         chunk_size: Optional[int] = None, threads: Optional[int] = 1) -> Prediction:
-    r"""DMFT prediction of spectral-initialised (regularised) Wirtinger flow on real Gaussian phase retrieval.
+         init_norm: float = 1.0, power_steps: int = 50, power_shift: float = 0.0, mu: str = "auto",
+         chunk_size: Optional[int] = None, threads: Optional[int] = 1, distributed: bool = True) -> Prediction:
+    r"""DMFT prediction of spectral-initialised (regularised) gradient descent on a single-index model.
 
-    Predicts ``reconstruct(op, y, algorithm="wf", init="spectral", preprocessing=preprocessing,
-    step=step, l2=l2)`` on a real ``GaussianMeasurement`` with m = δn measurements of ‖x*‖ = 1 and
-    intensities y = |Ax*|² + σε (``noise`` = σ), as n → ∞ (theory.md §4; Chen & Shen, arXiv
-    2509.23527): GD on L(x) = (1/4m) Σ (⟨a_i,x⟩² − y_i)² + (λ/2)‖x‖² (λ = ``l2``) from
-    x₀ = √(mean y) v̂.
+    Default model: Gaussian phase retrieval with the intensity loss (regularised Wirtinger flow):
+    predicts ``reconstruct(op, y, algorithm="wf", init="spectral", preprocessing=preprocessing,
+    step=step, l2=l2)`` on a ``GaussianMeasurement`` (real, or complex with ``field="complex"``:
+    E|A_ij|² = 1) with m = δn measurements of ‖x*‖ = 1 and intensities y = |Ax*|² + σε (``noise`` = σ),
+    as n → ∞ (theory.md §4, docs/theory.md for the complex field; Chen & Shen, arXiv 2509.23527):
+    GD on L(x) = (1/4m) Σ (|a_iᴴx|² − y_i)² + (λ/2)‖x‖² (λ = ``l2``) from x₀ = √(mean y) v̂, with the
+    library's gradient 2∂L/∂x̄ (autograd's) in the complex field. ``model=`` any
+    :class:`~phasetorch.theory.SingleIndexModel` (e.g. :func:`~phasetorch.theory.amplitude_phase_retrieval`,
+    :func:`~phasetorch.theory.linear_regression`, :func:`~phasetorch.theory.logistic_classification`).
 
     Args:
         delta: δ = m/n. steps: GD iterations T (prediction for t = 0..T).
@@ -582,54 +693,54 @@ def dmft(delta: float, *, step: Optional[float] = None, schedule: Optional[Calla
             the ``wf`` preset's Candès ramp μ_t = min(1 − e^{−t/330}, 0.2). l2: λ of the ridge term.
         preprocessing: a name of :mod:`phasetorch.init.preprocessing` or a callable T(ŷ); ``"identity"``
             is refused (no outlier eigenvalue in the proportional limit); rank-based names need an
-            elementwise form from ``spectral_limits``. noise: σ. field: ``"real"`` only.
+            elementwise form from ``spectral_limits``.
+        noise, field: σ and ``"real"``/``"complex"`` of the default model (None: 0 and real; with
+            ``model=`` they must agree with the model or be None). model: a SingleIndexModel.
         samples, replicates: Monte-Carlo samples N per replicate; populations (SEs over them; ≥ 8).
         seed, device, dtype, progress: replicate seeds; where / in which precision the populations
-            live (kernels are float64); tqdm bar.
-        init, init_overlap, power_steps, power_shift: ``"spectral"`` (default), ``"warm"`` (overlap
-            ``init_overlap``) or ``"power"`` (power iteration on D + ``power_shift``·I from a warm start
-            with overlap ``init_overlap`` (default 0.5), then GD). The shift must make λ₁(D) + c dominate
-            both bulk edges (``mm`` at δ = 4: bulk [−1.1, 0.24], λ₁ = 0.437, c = 0.43 converges like
-            0.77^{2K}); for ``optimal`` the bulk reaches T ≥ −999 and power iteration is impractical.
+            live (kernels are float64; complex fields use the matching complex dtype); tqdm bar.
+        init, init_overlap, init_norm, power_steps, power_shift: ``"spectral"`` (default), ``"warm"``
+            (x₀ = c(ρ₀x* + √(1−ρ₀²)w), overlap ``init_overlap``, c = ``init_norm``) or ``"power"`` (power
+            iteration on D + ``power_shift``·I from a warm start with overlap ``init_overlap`` (default
+            0.5), then GD). The shift must make λ₁(D) + c dominate both bulk edges (``mm`` at δ = 4:
+            bulk [−1.1, 0.24], λ₁ = 0.437, c = 0.43 converges like 0.77^{2K}); for ``optimal`` the bulk
+            reaches T ≥ −999 and power iteration is impractical.
         mu: ``"pathwise"``, ``"stein"`` or ``"auto"``: pathwise for ``optimal``, ``mm``, ``clipped`` and
-            the warm start, Stein otherwise. chunk_size, threads: see :func:`solve_dmft`.
+            the warm start (when the link is smooth), Stein otherwise. chunk_size, threads: see
+            :func:`solve_dmft`.
 
     Returns:
         :class:`~phasetorch.theory.prediction.Prediction` (columns iteration, loss, grad_norm, step,
         norm, rel_error, overlap, inner (= m), q, each with a standard error).
 
-    Warns: RuntimeWarning when the step exceeds r_max < √(2δ/η), r_max ≈ 5 c₀ max(1 + τ).
-    Raises: ValueError for the complex field, ``"identity"``, δ below the spectral threshold, bad
-    arguments; :class:`phasetorch.errors.DivergenceError` (naming the step) on non-finite values.
+    Warns: RuntimeWarning when the step exceeds the model's stability rule (quartic loss:
+    r_max < √(2δ/η), r_max ≈ 5 c₀ max(1 + τ)).
+    Raises: ValueError for ``"identity"``, δ below the spectral threshold, a spectral start of a model with
+    E y ≤ 0, bad arguments; :class:`phasetorch.errors.DivergenceError` (naming the step) on non-finite values.
     """
-    if field != "real":
-        if field == "complex":
-            raise ValueError("the complex-field DMFT (holomorphic and antiholomorphic responses) is not available; "
-                             "phasetorch.theory.spectral_limits does support field='complex' for the spectral start")
-        raise ValueError(f"field must be 'real' (got {field!r})")
-    if isinstance(preprocessing, str) and preprocessing == "identity":
+    if isinstance(preprocessing, str) and preprocessing == "identity" and init != "warm":
         raise ValueError("preprocessing 'identity' (Candès WF, T(y) = y) has no outlier eigenvalue in the "
                          "proportional limit: T is unbounded, the top eigenvector localises and its overlap ρ → 0 as "
                          "n grows, so the spectral start and this DMFT do not apply. Use 'optimal', 'mm', 'trimmed' "
                          "or 'clipped'.")
+    model = resolve_model(model, field, noise)
     name = preprocessing if isinstance(preprocessing, str) else getattr(preprocessing, "__name__", "callable")
     # every number is checked before any work (solve_dmft checks them again, cheaply)
     delta = _check_numbers(delta, steps, l2, samples, replicates, seed, power_steps, power_shift, chunk_size,
                           threads)["delta"]
-    noise = check_number(noise, "noise (σ ≥ 0 of y = |Ax*|² + σε)", 0.0)
     if init_overlap is not None:
         check_number(init_overlap, "init_overlap (ρ₀ of the start)", 0.0, high=1.0)
     if step is not None:
         check_number(step, "step (the constant μ, in units of 1/‖x₀‖²)", 0.0, strict=True)
     _check_modes(init, mu, dtype)
-    lam_star, rho, eigenvalue, T = _spectral_inputs(delta, preprocessing, noise, init, name)
+    lam_star, rho, eigenvalue, T = _spectral_inputs(delta, preprocessing, model, init, name)
     if mu == "auto":
         smooth = init == "warm" or (isinstance(preprocessing, str) and preprocessing in SMOOTH_PREPROCESSING)
-        mu = "pathwise" if smooth else "stein"
-    return solve_dmft(delta, steps=steps, model=phase_retrieval(noise), lam_star=lam_star, rho=rho, T=T,
-                      step=step, schedule=schedule, l2=l2, init=init, init_overlap=init_overlap,
+        mu = "pathwise" if smooth and model.smooth_link else "stein"
+    return solve_dmft(delta, steps=steps, model=model, lam_star=lam_star, rho=rho, T=T,
+                      step=step, schedule=schedule, l2=l2, init=init, init_overlap=init_overlap, init_norm=init_norm,
                       power_steps=power_steps, power_shift=power_shift, mu=mu, samples=samples,
                       replicates=replicates, seed=seed, device=device, dtype=dtype, chunk_size=chunk_size,
-                      threads=threads, progress=progress,
-                      params=dict(preprocessing=(name if init != "warm" else None), field=field,
+                      threads=threads, progress=progress and D.is_main(), distributed=distributed,
+                      params=dict(preprocessing=(name if init != "warm" else None), field=model.field,
                                   eigenvalue=eigenvalue))

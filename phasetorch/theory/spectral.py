@@ -60,10 +60,10 @@ import torch
 
 from ..init import preprocessing as pp
 from ..tensors import check_number
-from .quadrature import brentq, composite_legendre, find_bracket
+from .quadrature import brentq, composite_legendre, find_bracket, gauss_hermite, gauss_laguerre
 
 __all__ = ["SpectralLimits", "spectral_limits", "spectral_overlap", "spectral_threshold", "rank_threshold",
-           "signal_law"]
+           "signal_law", "link_law"]
 
 _F64 = torch.float64
 FIELDS = ("real", "complex")
@@ -154,6 +154,43 @@ def _noisy_law(field: str, sigma: float, breaks: Tuple[float, ...]) -> SignalLaw
     w = wy[keep] * p[keep]
     s2 = m2[keep] / p[keep]
     return SignalLaw(s2=s2, y=y[keep], w=w / w.sum())
+
+
+LINK_NODES = 240        # Gauss–Hermite (real) / Gauss–Laguerre (complex) nodes in s for a general link
+LINK_NOISE_NODES = 24  # Gauss–Hermite nodes in ε
+
+
+def link_law(link, field: str = "real") -> SignalLaw:
+    r"""Quadrature of (|S|², Ŷ = f(S, ε)/E f) for a general link (a SingleIndexModel or a callable f(s, ε)).
+
+    Real: Gauss–Hermite in S (``LINK_NODES``) × Gauss–Hermite in ε (``LINK_NOISE_NODES``). Complex:
+    the link must be circularly symmetric (f(e^{iφ}s, ε) = f(s, ε)), so S = √E with E = |S|² ~ Exp(1)
+    by Gauss–Laguerre. A product rule: spectrally accurate for smooth f and T, first order across
+    jumps of T∘f (use it for the links :func:`signal_law` does not cover).
+    """
+    f = getattr(link, "link", link)
+    if not callable(f):
+        raise ValueError(f"link must be a SingleIndexModel or a callable f(s, eps), got {type(link).__name__}")
+    e, we = gauss_hermite(LINK_NOISE_NODES)
+    if field == "real":
+        s, ws = gauss_hermite(LINK_NODES)
+        S = s[:, None].expand(-1, e.numel())
+        s2 = S * S
+    else:
+        x, ws = gauss_laguerre(min(LINK_NODES, 150))
+        S = torch.complex(x.sqrt(), torch.zeros_like(x))[:, None].expand(-1, e.numel())
+        s2 = x[:, None].expand(-1, e.numel())
+    y = f(S, e[None, :].expand(S.shape[0], -1))
+    if not isinstance(y, torch.Tensor) or y.shape != s2.shape:
+        raise ValueError("the link f(s, eps) must map tensors to a tensor of their shape")
+    y = y.to(_F64)
+    w = (ws[:, None] * we[None, :])
+    w = w / w.sum()
+    mean = float((w * y).sum())
+    if not math.isfinite(mean) or mean <= 0:
+        raise ValueError(f"the link has E y = {mean:.4g} ≤ 0: the spectral matrix of y/E y is not defined (an odd "
+                         "link such as sign(s) carries no second-order information); use a warm start")
+    return SignalLaw(s2=s2.reshape(-1).to(_F64), y=(y / mean).reshape(-1), w=w.reshape(-1))
 
 
 def signal_law(field: str = "real", noise: float = 0.0, breaks: Sequence[float] = ()) -> SignalLaw:
@@ -344,10 +381,10 @@ class SpectralLimits:
 class _Problem:
     """Expectations of the Lu–Li formulas for one (δ, T, field, noise)."""
 
-    def __init__(self, delta: float, prep: _Prep, field: str, noise: float):
+    def __init__(self, delta: float, prep: _Prep, field: str, noise: float, link=None):
         self.delta = delta
         self.prep = prep
-        law = signal_law(field, noise, prep.breaks)
+        law = signal_law(field, noise, prep.breaks) if _is_intensity(link) else link_law(link, field)
         self.s2, self.w = law.s2, law.w
         self.z = _evaluate(prep.T, law.y)
         self.z_max = max(prep.z_max, float(self.z.max()))
@@ -394,9 +431,30 @@ class _Problem:
         return self.lam(brentq(lambda u: self.dpsi(self.lam(u)), br[0], br[1], xtol=1e-13))
 
 
-def _limits(delta: float, preprocessing, field: str, noise: float) -> SpectralLimits:
-    prep = _prep(preprocessing, delta, field, noise)
-    pb = _Problem(delta, prep, field, noise)
+def _is_intensity(link) -> bool:
+    """True for the default link y = |s|² + σε (no link, or a model declaring ``intensity_link``)."""
+    return link is None or bool(getattr(link, "intensity_link", False))
+
+
+def _link_args(field: str, noise: float, link):
+    """(field, noise, link) with a model's own field and noise (a contradiction is a ValueError)."""
+    if link is None:
+        return field, noise, None
+    mf = getattr(link, "field", None)
+    if mf is not None:
+        field = mf
+    mn = getattr(link, "noise", None)
+    if mn is not None:
+        noise = float(mn)
+    if not _is_intensity(link) and not callable(getattr(link, "link", link)):
+        raise ValueError(f"link must be a SingleIndexModel or a callable f(s, eps), got {type(link).__name__}")
+    return field, noise, link
+
+
+def _limits(delta: float, preprocessing, field: str, noise: float, link=None) -> SpectralLimits:
+    prep = _prep(preprocessing, delta, field, noise) if _is_intensity(link) else _prep_link(preprocessing, delta,
+                                                                                              field, link)
+    pb = _Problem(delta, prep, field, noise, link)
     lam_star = pb.lam_star()
     lam_bar = pb.lam_bar()
     if math.isnan(lam_star):
@@ -416,8 +474,24 @@ def _limits(delta: float, preprocessing, field: str, noise: float) -> SpectralLi
                           lam_bar=lam_bar, z_max=pb.z_max, dpsi=dpsi)
 
 
+def _prep_link(preprocessing, delta: float, field: str, link) -> _Prep:
+    """The preprocessing on the law of a general link: a name's elementwise T (bounded ones) or a callable."""
+    if isinstance(preprocessing, str):
+        if preprocessing not in ("optimal", "mm", "trimmed", "clipped"):
+            raise ValueError(f"preprocessing {preprocessing!r} has no asymptotic theory for a general link; use "
+                             "'optimal', 'mm', 'trimmed', 'clipped' or a bounded callable T(ŷ)")
+        T = pp.elementwise(preprocessing, delta)
+    elif callable(preprocessing):
+        T = preprocessing
+    else:
+        raise ValueError(f"preprocessing must be a name or a callable T(ŷ), got {type(preprocessing).__name__}")
+    law = link_law(link, field)
+    z = _evaluate(T, law.y)
+    return _Prep(T, float(z.max()), (), isinstance(preprocessing, str) and preprocessing == "mm")
+
+
 def spectral_limits(delta: float, preprocessing: Union[str, Callable] = "optimal", field: str = "real",
-                    noise: float = 0.0) -> SpectralLimits:
+                    noise: float = 0.0, link=None) -> SpectralLimits:
     r"""λ*, ρ, the top-eigenvalue limit and τ of the spectral estimator at δ = m/n.
 
     Parameters
@@ -427,48 +501,60 @@ def spectral_limits(delta: float, preprocessing: Union[str, Callable] = "optimal
         ``weighted``) or a bounded callable T(ŷ).
     field : ``"real"`` (S ~ N(0,1), Y = S²) or ``"complex"`` (|S|² ~ Exp(1)).
     noise : σ of additive Gaussian noise on the intensities, Y = |S|² + σε.
+    link : a :class:`~phasetorch.theory.SingleIndexModel` (its link, field and noise are used) or a
+        callable f(s, ε) for any other link y = f(S, ε) (:func:`link_law`; complex links must be
+        circularly symmetric); None: the intensity link.
 
     Example: ``spectral_limits(4.0).rho2`` → 0.92449 (real, ``optimal``), λ* = 13.2140 (13.2433 for the unfloored 1 − 1/ŷ).
     """
-    return _limits(_check_delta(delta), preprocessing, _check_field(field), _check_noise(noise))
+    field, noise, link = _link_args(field, noise, link)
+    return _limits(_check_delta(delta), preprocessing, _check_field(field), _check_noise(noise), link)
 
 
 def spectral_overlap(delta, preprocessing: Union[str, Callable] = "optimal", field: str = "real",
-                     noise: float = 0.0):
+                     noise: float = 0.0, link=None):
     r"""Asymptotic cosine ρ = lim |⟨v̂, x*⟩|/‖x*‖ of the spectral estimator (0 below threshold).
 
-    ``delta`` a number → float; array-like → float64 tensor of the same shape.
+    ``delta`` a number → float; array-like → float64 tensor of the same shape. ``link``: as in
+    :func:`spectral_limits` (a model or a callable f(s, ε)).
     """
+    field, noise, link = _link_args(field, noise, link)
     field, noise = _check_field(field), _check_noise(noise)
     if isinstance(delta, (int, float)):
-        return spectral_limits(delta, preprocessing, field, noise).rho
+        return spectral_limits(delta, preprocessing, field, noise, link).rho
     try:
         d = torch.as_tensor(delta, dtype=_F64)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"delta must be a number δ = m/n > 0 or an array of them, got {delta!r}") from None
-    flat = [spectral_limits(float(v), preprocessing, field, noise).rho for v in d.reshape(-1)]
+    flat = [spectral_limits(float(v), preprocessing, field, noise, link).rho for v in d.reshape(-1)]
     return torch.tensor(flat, dtype=_F64).reshape(d.shape)
 
 
 def spectral_threshold(preprocessing: Union[str, Callable] = "optimal", field: str = "real",
-                       noise: float = 0.0, *, delta_min: float = 1e-2, delta_max: float = 1e3) -> float:
+                       noise: float = 0.0, *, delta_min: float = 1e-2, delta_max: float = 1e3, link=None) -> float:
     r"""Weak-recovery threshold δ_c = inf{δ : ψ'_δ(λ*_δ) > 0} of a preprocessing.
 
     Computed from the formula: F(δ) = ψ'_δ(λ*_δ) (−1 when λ*_δ does not exist) is scanned on a
     geometric grid of δ ∈ [delta_min, delta_max] and the first sign change from ≤ 0 to > 0 is
     refined by Brent's method. ``optimal``: 1/2 (real), 1 (complex); ``mm``: 1/2 (real).
-    Raises ValueError when no threshold lies in the range.
+    ``link``: as in :func:`spectral_limits`. Raises ValueError when no threshold lies in the range.
     """
+    field, noise, link = _link_args(field, noise, link)
     field = _check_field(field)
     noise = _check_noise(noise)
     delta_min = check_number(delta_min, "delta_min", 0.0, strict=True)
     delta_max = check_number(delta_max, "delta_max", delta_min, strict=True)
-    fixed = None if (isinstance(preprocessing, str) and preprocessing == "mm") else \
-        _prep(preprocessing, 1.0, field, noise)
+
+    def make(delta: float) -> _Prep:
+        if _is_intensity(link):
+            return _prep(preprocessing, delta, field, noise)
+        return _prep_link(preprocessing, delta, field, link)
+
+    fixed = None if (isinstance(preprocessing, str) and preprocessing == "mm") else make(1.0)
 
     def F(delta: float) -> float:
-        prep = fixed if fixed is not None else _prep(preprocessing, delta, field, noise)
-        pb = _Problem(delta, prep, field, noise)
+        prep = fixed if fixed is not None else make(delta)
+        pb = _Problem(delta, prep, field, noise, link)
         ls = pb.lam_star()
         if math.isnan(ls):
             return -1.0

@@ -281,7 +281,7 @@ def _log_following(pred, config, seeds=4, seed=0):
 @pytest.mark.parametrize("changes,why", [
     (dict(operator={"type": "CodedDiffraction", "complex": True}), "Gaussian"),
     (dict(operator={"type": "GaussianEnsemble", "complex": True}, field="complex"), "real field"),
-    (dict(field="complex"), "real field"),
+    (dict(field="complex"), "but their operator is real"),
     (dict(algorithm="raf"), "algorithm 'raf'"),
     (dict(delta=3.0), "δ = 3 in the logs, 4 in the prediction"),
     (dict(step=0.05, step_rule=0.05), "constant step μ = 0.1"),

@@ -9,6 +9,7 @@ of the checkout (not installed with the package).
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ def run_bench(argv: Sequence[str], script: Path) -> int:
                        f"of phasetorch (git clone, then pip install -e .)")
     old_argv = sys.argv
     sys.argv = [str(script)] + list(argv)
+    os.environ["PHASETORCH_BENCH_VIA_CLI"] = "1"          # the script's usage then says 'phasetorch bench'
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exc:
@@ -59,4 +61,5 @@ def run_bench(argv: Sequence[str], script: Path) -> int:
         return 1
     finally:
         sys.argv = old_argv
+        os.environ.pop("PHASETORCH_BENCH_VIA_CLI", None)
     return 0

@@ -80,7 +80,8 @@ def device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
-THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)"
+THREADS_HELP = ("CPU threads for torch (default: the idle cores, round(cores − 1-minute load average), at least 1; "
+                "OMP_NUM_THREADS is respected)")
 
 
 def common_options() -> Parser:

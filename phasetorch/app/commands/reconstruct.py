@@ -11,13 +11,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import torch
+
 from ...optim.presets import PRESETS
 from ..common import Echo, UsageError, fmt_value, resolve_device
 from ..jobs import (ALGORITHMS, INITS, PROJECTION_ALGORITHMS, default_algorithm, load_problem, reconstruction_job,
                     simulate_problem)
 from .options import positive_float, positive_int, problem_kwargs, problem_options
 
-__all__ = ["register", "run", "preprocessing_choice", "report_lines"]
+__all__ = ["register", "run", "preprocessing_choice", "report_lines", "add_distributed_options"]
+
+
+def add_distributed_options(p) -> None:
+    """``--distributed`` and ``--dist-timeout`` (for the commands that run under ``torchrun``)."""
+    g = p.add_argument_group("multi-process runs")
+    g.add_argument("--distributed", action="store_true",
+                   help="run as one rank of a torch.distributed group (launch with torchrun --nproc_per_node N "
+                        "-m phasetorch …): gloo on CPU, NCCL with --device cuda; rank 0 writes and prints")
+    g.add_argument("--dist-timeout", type=positive_float, default=120.0, metavar="SECONDS",
+                   help="a rank that dies or stops answering ends the job on every rank after this long "
+                        "(default 120)")
 
 
 def register(sub, common) -> None:
@@ -45,6 +58,7 @@ def register(sub, common) -> None:
     s.add_argument("--step", type=positive_float, default=None, help="constant step μ (μ/‖x₀‖²); default: the "
                    "algorithm's schedule")
     p.add_argument("--out", required=True, help="output directory")
+    add_distributed_options(p)
     p.set_defaults(handler=run)
 
 
@@ -68,6 +82,10 @@ def preprocessing_choice(choice: Optional[str], algorithm: Optional[str], init: 
 def report_lines(summary: Dict[str, Any], out) -> Dict[str, str]:
     """{"result": the result line (always printed), "files": the files line (chatter)}."""
     parts = [f"iterations {fmt_value(summary['iterations'], '{}')}"]
+    if "status" in summary:
+        parts.append(f"status {fmt_value(summary['status'], '{}')}")
+    if "residual" in summary:
+        parts.append(f"data residual {fmt_value(summary['residual'])}")
     if "rel_error" in summary:
         parts.insert(0, f"relative error {fmt_value(summary['rel_error'])}")
         parts.insert(1, f"PSNR {fmt_value(summary['psnr'], '{:.2f}')} dB")
@@ -78,6 +96,12 @@ def report_lines(summary: Dict[str, Any], out) -> Dict[str, str]:
 
 def run(args, echo: Echo) -> int:
     device = resolve_device(args.device)
+    distributed = bool(getattr(args, "distributed", False))
+    if distributed and device.type == "cuda":                  # the GPU the process group gave this rank
+        device = torch.device("cuda", torch.cuda.current_device())
+    if distributed and (args.measurements is not None or args.operator is not None):
+        raise UsageError("--distributed simulates the problem from IMAGE on every rank (each rank generates only its "
+                         "rows of the operator); saved --measurements/--operator files hold the whole operator")
     if args.measurements is not None or args.operator is not None:
         if args.image is not None:
             raise UsageError("give either IMAGE or --measurements/--operator, not both")
@@ -90,7 +114,8 @@ def run(args, echo: Echo) -> int:
     else:
         if args.image is None:
             raise UsageError("give an IMAGE (PNG/JPEG or .pt object), or --measurements and --operator")
-        problem = simulate_problem(args.image, None, echo=echo, **problem_kwargs(args))
+        kwargs = dict(problem_kwargs(args), device=device)
+        problem = simulate_problem(args.image, None, echo=echo, distributed=distributed, **kwargs)
     algorithm = args.algorithm
     projection = algorithm in PROJECTION_ALGORITHMS or (algorithm is None and problem["support"] is not None)
     support = problem["support"] if projection else None
@@ -101,7 +126,7 @@ def run(args, echo: Echo) -> int:
                                                                     problem["op"]), support=support,
                                  nonnegative=bool(problem["nonnegative"]) and support is not None, seed=args.seed,
                                  display=problem["display"], progress=not args.quiet, echo=echo,
-                                 meta=problem["meta"])
+                                 meta=problem["meta"], write=getattr(args, "write", True))
     lines = report_lines(summary, args.out)
     echo.result(lines["result"])
     echo(lines["files"])

@@ -6,6 +6,7 @@ from .. import sweep as sw
 from ..common import Echo, UsageError, resolve_device
 from ..jobs import ALGORITHMS, INITS
 from .options import device, nonneg_int, positive_float, positive_int
+from .reconstruct import add_distributed_options
 
 __all__ = ["register", "run"]
 
@@ -32,6 +33,7 @@ def register(sub, common) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--seed", type=nonneg_int, default=0, help="base seed (default 0)")
     p.add_argument("--out", required=True, help="output directory (resumes what is there)")
+    add_distributed_options(p)      # --distributed: the cells are dealt out over the ranks, rank 0 writes
     p.set_defaults(handler=run)
 
 
@@ -49,6 +51,8 @@ def run(args, echo: Echo) -> int:
                            tol=args.tol, max_iter=args.iters, init=args.init, preprocessing=args.preprocessing,
                            dtype=args.dtype, seed=args.seed, device=str(dev), progress=not args.quiet,
                            log=echo)
+    if not getattr(args, "write", True):          # a distributed run's other ranks: rank 0 writes the figure
+        return 0
     fig_path = sw.write_figure(results, args.out, sw.reference_lines(args.field, args.preprocessing))
     for line in sw.summary_lines(results, algorithms):
         echo.result(line)

@@ -6,8 +6,10 @@ from typing import List, Sequence
 
 from ... import io as pio
 from ...logs import TrainingLog
+from ...theory import check_describes, phase_retrieval, spectral_threshold
 from ..common import CLIError, Echo, UsageError, resolve_device
-from ..jobs import check_recoverable, check_theory_log, noise_sigma, sup_gap_lines, theory_job
+from ..jobs import THEORY_OPERATORS, WF_RAMP, noise_sigma, sup_gap_lines, theory_job
+from .reconstruct import add_distributed_options
 from .options import device, noise_spec, nonneg_float, nonneg_int, positive_float, positive_int
 from .train import THEORY_NOISE_HELP
 
@@ -16,9 +18,10 @@ __all__ = ["register", "run"]
 
 def register(sub, common) -> None:
     p = sub.add_parser("theory", parents=[common], help="solve the DMFT and overlay it on simulation logs",
-                       description="Solve the DMFT of spectral-initialised (regularized) WF on real Gaussian phase "
-                       "retrieval; write prediction.json and overlay.png; with --logs, print the sup gap between "
-                       "theory and simulation. Parameters not given default to the first log's config.")
+                       description="Solve the DMFT of spectral-initialised (regularized) WF on real or complex "
+                       "Gaussian phase retrieval; write prediction.json and overlay.png; with --logs, print the sup gap "
+                       "between theory and simulation. Parameters not given (field included) default to the first "
+                       "log's config; logs the theory does not describe are refused.")
     p.add_argument("--delta", type=positive_float, default=None, help="δ = m/n")
     p.add_argument("--steps", type=positive_int, default=None, help="number of GD steps")
     p.add_argument("--l2", type=nonneg_float, default=None, help="ridge λ (default 0 or the log's)")
@@ -27,6 +30,8 @@ def register(sub, common) -> None:
     p.add_argument("--preprocessing", default=None, help="spectral preprocessing (default optimal or the log's)")
     p.add_argument("--noise", type=noise_spec, default=None, help=THEORY_NOISE_HELP + " (default: the log's, or "
                    "none)")
+    p.add_argument("--field", choices=("real", "complex"), default=None, help="real (default) or complex "
+                   "Gaussian phase retrieval (default: the log's)")
     p.add_argument("--samples", type=positive_int, default=50_000, help="Monte-Carlo samples (default 5e4)")
     p.add_argument("--replicates", type=positive_int, default=4, help="independent replicates (default 4)")
     p.add_argument("--logs", nargs="+", metavar="LOG.json", default=None, help="simulation logs to compare with")
@@ -34,6 +39,7 @@ def register(sub, common) -> None:
                    "(default), cuda or cuda:N")
     p.add_argument("--seed", type=nonneg_int, default=0, help="Monte-Carlo seed (default 0)")
     p.add_argument("--out", required=True, help="output directory")
+    add_distributed_options(p)      # --distributed: the replicates are split over the ranks, rank 0 writes
     p.set_defaults(handler=run)
 
 
@@ -49,13 +55,62 @@ def _read_logs(paths: Sequence[str]) -> List[TrainingLog]:
             log = TrainingLog.from_dict(pio.load_json(p))
         except (ValueError, KeyError, TypeError) as exc:
             raise CLIError(f"{p} is not a phasetorch log ({exc}); give log.json files of phasetorch train") from None
-        check_theory_log(log, f"log {p}")
+        _precheck(log, f"log {p}")
         logs.append(log)
     return logs
 
 
 #: The settings every log must share with the theory (the prediction is one curve).
-SHARED = ("delta", "l2", "step", "preprocessing", "noise")
+SHARED = ("delta", "l2", "step", "preprocessing", "noise", "field")
+
+
+def _log_field(cfg: dict) -> str:
+    """The field of a log: its ``field`` key, else its operator's ``complex`` flag, else real."""
+    op = cfg.get("operator") if isinstance(cfg.get("operator"), dict) else {}
+    return cfg.get("field") or ("complex" if op.get("complex") else "real")
+
+
+def _precheck(log, name: str) -> None:
+    """Refuse (CLIError) a log no DMFT here describes, before its settings are read: a non-Gaussian operator,
+    a step schedule, no l2/step record, no spectral start."""
+    cfg = log.config
+    op = cfg.get("operator") if isinstance(cfg.get("operator"), dict) else {}
+    if op.get("type") not in THEORY_OPERATORS:
+        raise CLIError(f"{name} was made with a {op.get('type') or 'unrecorded'} operator; the DMFT describes "
+                       f"i.i.d. Gaussian measurements only (real Gaussian, or complex Gaussian with --field "
+                       f"complex; phasetorch train)")
+    missing = [k for k in ("l2", "step") if k not in cfg]
+    if missing:
+        raise CLIError(f"{name} does not record {' and '.join(missing)}; the DMFT needs the ridge λ and the step "
+                       f"of the run (logs of phasetorch train have them)")
+    step = cfg.get("step")
+    if isinstance(step, (list, dict)) or (step is None and cfg.get("step_rule", WF_RAMP) != WF_RAMP):
+        raise CLIError(f"{name} was made with a step schedule ({cfg.get('step_rule') or step}); the DMFT takes "
+                       f"a constant step or the default WF ramp: rerun train with --step η")
+    if cfg.get("preprocessing") is None:
+        raise CLIError(f"{name} does not start from a spectral estimate (init {cfg.get('init')!r}); the DMFT "
+                       f"describes spectral-initialised runs")
+
+
+def _check_logs(logs, paths, params: dict) -> None:
+    """Refuse (CLIError) logs the DMFT of ``params`` does not describe: :func:`phasetorch.theory.check_describes`
+    (the model's algorithm, wf; the field; δ, λ, step, preprocessing, noise)."""
+    for p, log in zip(paths, logs):
+        try:
+            check_describes(params, [log])
+        except ValueError as exc:
+            raise CLIError(f"log {p}: {exc}".replace("\n", " ")) from None
+
+
+def _recoverable(delta: float, preprocessing: str, noise: float, field: str) -> None:
+    try:
+        dc = float(spectral_threshold(preprocessing, field=field, noise=noise))
+    except ValueError:
+        return
+    if delta <= dc:
+        raise CLIError(f"δ = {delta:g} is at or below the spectral weak-recovery threshold δ_c = {dc:.4g} of "
+                       f"'{preprocessing}' ({field} field): the spectral start is uninformative there; use --delta "
+                       f"above {dc:.4g}")
 
 
 def run(args, echo: Echo) -> int:
@@ -83,21 +138,29 @@ def run(args, echo: Echo) -> int:
     step = pick("step", args.step, "eta")
     preprocessing = pick("preprocessing", args.preprocessing) or "optimal"
     noise = noise_sigma(args.noise) if args.noise is not None else float(cfg.get("noise") or 0.0)
+    field = args.field or (_log_field(cfg) if logs else "real")
     if logs:
         given = {"delta": args.delta, "l2": args.l2, "step": args.step, "preprocessing": args.preprocessing,
-                 "noise": None if args.noise is None else noise}
+                 "noise": None if args.noise is None else noise, "field": args.field}
         diff = [f"--{k} {given[k]} (the log has {cfg.get(k)!r})" for k in given
                 if given[k] is not None and cfg.get(k) is not None and given[k] != cfg.get(k)]
         if diff:
             raise CLIError(f"{'; '.join(diff)}: the theory would describe another run than the log's; drop the "
                            f"option, or simulate that setting")
-    check_recoverable(float(delta), preprocessing, noise)
-    echo(f"solving the DMFT: δ = {float(delta):g}, λ = {float(l2 or 0):g}, η = {step if step is not None else 'default'}, "
-         f"{int(steps)} steps, {args.samples} samples × {args.replicates} replicates")
-    res = theory_job(args.out, delta=float(delta), steps=int(steps), l2=float(l2 or 0.0),
-                     step=None if step is None else float(step), preprocessing=preprocessing, noise=noise,
-                     samples=args.samples, replicates=args.replicates, seed=args.seed, logs=logs,
-                     device=resolve_device(args.device), progress=not args.quiet)
+    model = phase_retrieval(noise, field=field)
+    if logs:
+        _check_logs(logs, args.logs, dict(delta=float(delta), l2=float(l2 or 0.0),
+                                          step=None if step is None else float(step), schedule=None,
+                                          preprocessing=preprocessing, noise=noise, init="spectral", field=field,
+                                          model=model.name, algorithm=model.algorithm))
+    _recoverable(float(delta), preprocessing, noise, field)
+    echo(f"solving the DMFT ({field} field): δ = {float(delta):g}, λ = {float(l2 or 0):g}, "
+         f"η = {step if step is not None else 'default'}, {int(steps)} steps, {args.samples} samples × "
+         f"{args.replicates} replicates")
+    res = _solve(args.out, model=model, delta=float(delta), steps=int(steps), l2=float(l2 or 0.0),
+                 step=None if step is None else float(step), preprocessing=preprocessing, samples=args.samples,
+                 replicates=args.replicates, seed=args.seed, logs=logs, device=resolve_device(args.device),
+                 progress=not args.quiet, write=getattr(args, "write", True))
     if res["comparison"] is not None:
         for line in sup_gap_lines(res["comparison"]):
             echo.result(line)
@@ -105,3 +168,12 @@ def run(args, echo: Echo) -> int:
         echo.result("solved (no --logs given, so no gap to report)")
     echo(f"wrote {', '.join(res['files'])}")
     return 0
+
+
+def _solve(out, *, model, delta, steps, l2, step, preprocessing, samples, replicates, seed, logs, device, progress,
+           write=True):
+    """Solve the DMFT of ``model`` and compare it with the logs (:func:`~phasetorch.app.jobs.theory_job`):
+    writes prediction.json, overlay.png and (with logs) comparison.json under ``out``."""
+    return theory_job(out, delta=delta, steps=steps, l2=l2, step=step, preprocessing=preprocessing, samples=samples,
+                      replicates=replicates, seed=seed, logs=logs, device=device, progress=progress, model=model,
+                      write=write)

@@ -8,6 +8,7 @@ from ...tensors import mean_se
 from ..common import Echo, resolve_device
 from ..figures import has_column, log_column
 from ..jobs import TRAIN_ALGORITHMS, noise_sigma, train_job
+from .reconstruct import add_distributed_options
 from .options import device, noise_spec, nonneg_float, nonneg_int, positive_float, positive_int
 
 #: ``--noise`` of ``train`` and ``theory``: the DMFT's additive Gaussian noise, in the reconstruct syntax.
@@ -40,6 +41,7 @@ def register(sub, common) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--seed", type=nonneg_int, default=0, help="first seed (seeds S, S+1, …; default 0)")
     p.add_argument("--out", required=True, help="output directory")
+    add_distributed_options(p)      # --distributed: the seeds are split over the ranks, rank 0 writes
     p.set_defaults(handler=run)
 
 
@@ -50,7 +52,8 @@ def run(args, echo: Echo) -> int:
          f"{args.seeds} seeds, {args.steps} steps")
     log = train_job(args.out, delta=args.delta, dim=args.dim, seeds=args.seeds, steps=args.steps, l2=args.l2,
                     step=args.step, preprocessing=args.preprocessing, noise=sigma, field=args.field,
-                    algorithm=args.algorithm, seed=args.seed, device=dev, progress=not args.quiet)
+                    algorithm=args.algorithm, seed=args.seed, device=dev, progress=not args.quiet,
+                    write=getattr(args, "write", True))
     if has_column(log, "overlap"):
         final = log_column(log, "overlap")[-1].reshape(-1)
         m, se = mean_se(final[torch.isfinite(final)])   # diverged seeds (non-finite) left out

@@ -1,0 +1,470 @@
+/* One-read dense passes for phasetorch (phasetorch/physics/kernels.py compiles and loads this file).
+ *
+ * A is a row-major m x n matrix (float32, float64, or complex64/complex128 stored as interleaved
+ * (re, im) pairs), x holds B signals (B x n, row-major). Three modes:
+ *
+ *   PT_FUSED    z = A x, v_i = phi(c z_i, q_i, w_i) per row, g = sum_i conj(A_i)^T v_i, in ONE read of A
+ *               (each block of PT_R rows is reused from L1/L2 by the adjoint right after its forward
+ *               dot products); also |c z_i|^2, the weights used and sum_i w_i l_i per signal.
+ *   PT_LINEAR   z = A x                     (one read of A)
+ *   PT_ADJOINT  g = A^H v, v given in `z`   (one read of A)
+ *
+ * The rows are split into a fixed number of chunks (a function of the sizes only, never of the thread
+ * count); OpenMP threads take chunks dynamically (a thread descheduled on a busy machine does not hold
+ * the others up), each chunk accumulates its part of g and of the values in its own buffer, and the
+ * buffers are summed in chunk order: results are bit-reproducible whatever the number of threads. Complex arithmetic is reduced to real dot products and axpys on the interleaved rows:
+ *   Re(a.x) = sum_k a[k] xc[k], xc = (xr, -xi, ...);  Im(a.x) = sum_k a[k] xs[k], xs = (xi, xr, ...)
+ *   conj(a) v accumulates H += vr a and G += vi a; finally g_re = H_re + G_im, g_im = G_re - H_im.
+ *
+ * The pointwise maps (v = phi(r), r = c z) mirror phasetorch/losses.py:
+ *   PT_MAP_SCALE      v = q r (q = 1 when absent), no value
+ *   PT_MAP_INTENSITY  v = (|r|^2 - q) r,        l = (|r|^2 - q)^2 / 4          (q = y)
+ *   PT_MAP_AMPLITUDE  v = r - q sgn(r),          l = (|r| - q)^2 / 2            (q = psi)
+ *   PT_MAP_POISSON    v = (2 - 2 q / |r|^2) r,   l = |r|^2 - q log max(|r|^2, tiny)   (q = y+)
+ *   PT_MAP_TAF        amplitude with w = 1{|r| (1 + p0) >= q}
+ *   PT_MAP_RAF        amplitude with w = |r| / (|r| + p1 q)  (1 when the denominator is 0)
+ * Fixed weights (w != NULL) replace the map's own.
+ */
+#ifndef PT_BODY
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define PT_FUSED 0
+#define PT_LINEAR 1
+#define PT_ADJOINT 2
+
+#define PT_MAP_SCALE 0
+#define PT_MAP_INTENSITY 1
+#define PT_MAP_AMPLITUDE 2
+#define PT_MAP_POISSON 3
+#define PT_MAP_TAF 4
+#define PT_MAP_RAF 5
+
+#ifndef PT_R
+#define PT_R 8          /* rows per block: PT_R rows of A are reused from cache by the adjoint */
+#endif
+#ifndef PT_PF_DOT
+#define PT_PF_DOT 0     /* software prefetch distance (REALs) of the forward dot products, 0 = none */
+#endif
+#define PT_ALIGN 64
+#define PT_MAX_CHUNKS 16
+#define PT_CHUNK_BYTES (8 << 20)  /* at most this much accumulator memory in all (fewer chunks for large B n) */
+
+typedef struct {
+    int64_t m, n, B;
+    int32_t is_complex, mode, map, nthreads;
+    const void *A;        /* m x n */
+    const void *x;        /* B x n (LINEAR, FUSED) */
+    void *z;              /* B x m: output z = A x (LINEAR, FUSED); input v (ADJOINT) */
+    void *g;              /* B x n: output A^H v (ADJOINT, FUSED) */
+    const void *q;        /* per-row data, row b at q + b * q_stride (q_stride 0: shared), or NULL */
+    int64_t q_stride;
+    const void *w;        /* fixed weights, same layout as q (w_stride), or NULL */
+    int64_t w_stride;
+    void *a2;             /* output |c z|^2 (B x m, real) or NULL */
+    void *w_out;          /* output weights used (B x m, real) or NULL */
+    double *value;        /* output sum_i w_i l_i per signal (B) or NULL */
+    double scale, p0, p1, tiny;
+} pt_args;
+
+static void *pt_alloc(size_t bytes) {
+    size_t size = (bytes + PT_ALIGN - 1) / PT_ALIGN * PT_ALIGN;
+    return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
+}
+
+int pt_abi_version(void) { return 1; }
+
+#define PT_BODY
+#define REAL float
+#define SFX(name) name##_f32
+#ifdef __AVX512F__
+#define VL 16
+#define VEC __m512
+#define MASK __mmask16
+#define LOADU _mm512_loadu_ps
+#define MLOAD _mm512_maskz_loadu_ps
+#define STOREU _mm512_storeu_ps
+#define MSTORE _mm512_mask_storeu_ps
+#define FMA _mm512_fmadd_ps
+#define SET1 _mm512_set1_ps
+#define ZERO _mm512_setzero_ps
+#define RED _mm512_reduce_add_ps
+#endif
+#include __FILE__
+#undef REAL
+#undef SFX
+#ifdef __AVX512F__
+#undef VL
+#undef VEC
+#undef MASK
+#undef LOADU
+#undef MLOAD
+#undef STOREU
+#undef MSTORE
+#undef FMA
+#undef SET1
+#undef ZERO
+#undef RED
+#define VL 8
+#define VEC __m512d
+#define MASK __mmask8
+#define LOADU _mm512_loadu_pd
+#define MLOAD _mm512_maskz_loadu_pd
+#define STOREU _mm512_storeu_pd
+#define MSTORE _mm512_mask_storeu_pd
+#define FMA _mm512_fmadd_pd
+#define SET1 _mm512_set1_pd
+#define ZERO _mm512_setzero_pd
+#define RED _mm512_reduce_add_pd
+#endif
+#define REAL double
+#define SFX(name) name##_f64
+#include __FILE__
+#undef REAL
+#undef SFX
+
+int pt_pass(const pt_args *p, int dtype_bits) {
+    if (p->m < 1 || p->n < 1 || p->B < 1) return 1;
+    if (dtype_bits == 32) return pt_pass_f32(p);
+    if (dtype_bits == 64) return pt_pass_f64(p);
+    return 2;
+}
+
+#else  /* ===================================================================== body, per REAL type */
+
+/* z_r = a_r . x for the PT_R rows a[r] (complex: zr = a.xc, zi = a.xs on the interleaved rows) */
+static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u, const REAL *s, int cplx,
+                                REAL *zr, REAL *zi) {
+#ifdef __AVX512F__
+    VEC cr[PT_R], ci[PT_R];
+    int64_t k = 0;
+#pragma GCC unroll 8
+    for (int r = 0; r < PT_R; r++) { cr[r] = ZERO(); ci[r] = ZERO(); }
+    if (cplx) {
+        for (; k + VL <= rl; k += VL) {
+            const VEC xu = LOADU(u + k), xs = LOADU(s + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) {
+                if (PT_PF_DOT) _mm_prefetch((const char *)(a[r] + k + PT_PF_DOT), _MM_HINT_T0);
+                const VEC av = LOADU(a[r] + k);
+                cr[r] = FMA(av, xu, cr[r]);
+                ci[r] = FMA(av, xs, ci[r]);
+            }
+        }
+        if (k < rl) {
+            const MASK mk = (MASK)((1u << (rl - k)) - 1);
+            const VEC xu = MLOAD(mk, u + k), xs = MLOAD(mk, s + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) {
+                const VEC av = MLOAD(mk, a[r] + k);
+                cr[r] = FMA(av, xu, cr[r]);
+                ci[r] = FMA(av, xs, ci[r]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < PT_R; r++) { zr[r] = RED(cr[r]); zi[r] = RED(ci[r]); }
+    } else {
+        /* two accumulators per row: the FMA latency is hidden with PT_R rows in flight */
+        for (; k + VL <= rl; k += VL) {
+            const VEC xu = LOADU(u + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) cr[r] = FMA(LOADU(a[r] + k), xu, cr[r]);
+        }
+        if (k < rl) {
+            const MASK mk = (MASK)((1u << (rl - k)) - 1);
+            const VEC xu = MLOAD(mk, u + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) cr[r] = FMA(MLOAD(mk, a[r] + k), xu, cr[r]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < PT_R; r++) { zr[r] = RED(cr[r]); zi[r] = 0; }
+    }
+#else
+    for (int r = 0; r < PT_R; r++) {
+        const REAL *ar = a[r];
+        REAL s0 = 0, s1 = 0;
+        if (cplx) {
+#pragma omp simd reduction(+ : s0, s1)
+            for (int64_t k = 0; k < rl; k++) { s0 += ar[k] * u[k]; s1 += ar[k] * s[k]; }
+        } else {
+#pragma omp simd reduction(+ : s0)
+            for (int64_t k = 0; k < rl; k++) s0 += ar[k] * u[k];
+        }
+        zr[r] = s0; zi[r] = s1;
+    }
+#endif
+}
+
+/* H += sum_r vr[r] a[r] (and G += sum_r vi[r] a[r] when complex) */
+static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr, const REAL *vi, int cplx,
+                                REAL *H, REAL *G, const REAL *next) {
+#ifdef __AVX512F__
+    VEC br[PT_R], bi[PT_R];
+    int64_t k = 0;
+#pragma GCC unroll 8
+    for (int r = 0; r < PT_R; r++) { br[r] = SET1(vr[r]); bi[r] = SET1(vi[r]); }
+    if (cplx) {
+        for (; k + VL <= rl; k += VL) {
+            VEC h = LOADU(H + k), g = LOADU(G + k);
+            if (next) {               /* the next block's rows, while this one is reused from cache */
+#pragma GCC unroll 8
+                for (int r = 0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), _MM_HINT_T0);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) {
+                const VEC av = LOADU(a[r] + k);
+                h = FMA(av, br[r], h);
+                g = FMA(av, bi[r], g);
+            }
+            STOREU(H + k, h);
+            STOREU(G + k, g);
+        }
+        if (k < rl) {
+            const MASK mk = (MASK)((1u << (rl - k)) - 1);
+            VEC h = MLOAD(mk, H + k), g = MLOAD(mk, G + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) {
+                const VEC av = MLOAD(mk, a[r] + k);
+                h = FMA(av, br[r], h);
+                g = FMA(av, bi[r], g);
+            }
+            MSTORE(H + k, mk, h);
+            MSTORE(G + k, mk, g);
+        }
+    } else {
+        for (; k + VL <= rl; k += VL) {
+            VEC h = LOADU(H + k);
+            if (next) {
+#pragma GCC unroll 8
+                for (int r = 0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), _MM_HINT_T0);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) h = FMA(LOADU(a[r] + k), br[r], h);
+            STOREU(H + k, h);
+        }
+        if (k < rl) {
+            const MASK mk = (MASK)((1u << (rl - k)) - 1);
+            VEC h = MLOAD(mk, H + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < PT_R; r++) h = FMA(MLOAD(mk, a[r] + k), br[r], h);
+            MSTORE(H + k, mk, h);
+        }
+    }
+#else
+    (void)next;
+#pragma omp simd
+    for (int64_t k = 0; k < rl; k++) {
+        REAL h = H[k];
+        for (int r = 0; r < PT_R; r++) h += vr[r] * a[r][k];
+        H[k] = h;
+    }
+    if (cplx) {
+#pragma omp simd
+        for (int64_t k = 0; k < rl; k++) {
+            REAL g = G[k];
+            for (int r = 0; r < PT_R; r++) g += vi[r] * a[r][k];
+            G[k] = g;
+        }
+    }
+#endif
+}
+
+/* v = w phi(r) for one row of one signal (r = rr + i ri; ri = 0 for real data); returns w l in *ell */
+static inline void SFX(pt_map)(const pt_args *p, int cplx, REAL rr, REAL ri, REAL q, int has_q, const REAL *wfix,
+                               REAL *vr, REAL *vi, REAL *a2_out, REAL *w_used, double *ell) {
+    REAL a2 = cplx ? rr * rr + ri * ri : rr * rr;
+    REAL w = 1, gr, gi;
+    double l = 0;
+    *a2_out = a2;
+    switch (p->map) {
+    case PT_MAP_INTENSITY: {
+        REAL dev = a2 - q;
+        gr = dev * rr; gi = dev * ri;
+        l = 0.25 * (double)dev * (double)dev;
+        break;
+    }
+    case PT_MAP_AMPLITUDE:
+    case PT_MAP_TAF:
+    case PT_MAP_RAF: {
+        REAL a, sr, si;
+        if (cplx) {
+            a = sqrt(a2);
+            REAL inv = a > 0 ? (REAL)1 / a : (REAL)0;
+            sr = rr * inv; si = ri * inv;
+        } else {
+            a = fabs(rr);
+            sr = (REAL)((rr > 0) - (rr < 0)); si = 0;
+        }
+        gr = rr - q * sr; gi = ri - q * si;
+        REAL d = a - q;
+        l = 0.5 * (double)d * (double)d;
+        if (p->map == PT_MAP_TAF) {
+            w = a * (REAL)(1 + p->p0) >= q ? (REAL)1 : (REAL)0;
+        } else if (p->map == PT_MAP_RAF) {
+            REAL den = a + (REAL)p->p1 * q;
+            w = den > 0 ? a / den : (REAL)1;
+        }
+        break;
+    }
+    case PT_MAP_POISSON: {
+        REAL tiny = (REAL)p->tiny;
+        REAL inv = a2 >= tiny ? (REAL)1 / a2 : (REAL)0;
+        REAL f = 2 - 2 * q * inv;
+        gr = f * rr; gi = f * ri;
+        l = (double)(a2 - q * (REAL)log(a2 > tiny ? a2 : tiny));
+        break;
+    }
+    default: {            /* PT_MAP_SCALE */
+        REAL s = has_q ? q : (REAL)1;
+        gr = s * rr; gi = s * ri;
+        break;
+    }
+    }
+    if (wfix) w = *wfix;
+    if (wfix || p->map == PT_MAP_TAF || p->map == PT_MAP_RAF) {
+        gr = w * gr; gi = w * gi;
+        l = (double)(w * (REAL)l);
+    }
+    *vr = gr; *vi = gi; *w_used = w; *ell = l;
+}
+
+static int SFX(pt_pass)(const pt_args *p) {
+    const int64_t m = p->m, n = p->n, B = p->B;
+    const int cplx = p->is_complex, mode = p->mode;
+    const int64_t rl = cplx ? 2 * n : n;               /* REALs per row */
+    const REAL *A = (const REAL *)p->A;
+    const REAL *X = (const REAL *)p->x;
+    REAL *Z = (REAL *)p->z;
+    REAL *Gout = (REAL *)p->g;
+    const REAL *Q = (const REAL *)p->q, *W = (const REAL *)p->w;
+    REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
+    const REAL c = (REAL)p->scale;
+    const int accumulate = mode != PT_LINEAR, forward = mode != PT_ADJOINT;
+    const int64_t nacc = cplx ? 2 : 1;                 /* accumulators per signal: H (and G) */
+    const int64_t per_chunk = accumulate ? B * nacc * rl : 0;
+    const int64_t blocks = (m + PT_R - 1) / PT_R;
+    int64_t chunks = blocks < PT_MAX_CHUNKS ? blocks : PT_MAX_CHUNKS;
+    if (accumulate) {
+        int64_t fit = PT_CHUNK_BYTES / (per_chunk * (int64_t)sizeof(REAL));
+        if (fit < chunks) chunks = fit < 1 ? 1 : fit;
+    }
+    int nt = p->nthreads < 1 ? 1 : p->nthreads;
+    if ((int64_t)nt > chunks) nt = (int)chunks;
+    REAL *xa = NULL, *acc = NULL;
+    double *vals = NULL;
+
+    if (forward && cplx) {                             /* xc = (xr, -xi), xs = (xi, xr) per signal */
+        xa = (REAL *)pt_alloc((size_t)(B * 2 * rl) * sizeof(REAL));
+        if (!xa) return 3;
+        for (int64_t b = 0; b < B; b++) {
+            const REAL *xb = X + b * rl;
+            REAL *xc = xa + b * 2 * rl, *xs = xc + rl;
+            for (int64_t j = 0; j < n; j++) {
+                xc[2 * j] = xb[2 * j]; xc[2 * j + 1] = -xb[2 * j + 1];
+                xs[2 * j] = xb[2 * j + 1]; xs[2 * j + 1] = xb[2 * j];
+            }
+        }
+    }
+    if (accumulate) {
+        acc = (REAL *)pt_alloc((size_t)(chunks * per_chunk) * sizeof(REAL));
+        if (!acc) { free(xa); return 3; }
+    }
+    if (p->value) {
+        vals = (double *)calloc((size_t)(chunks * B), sizeof(double));
+        if (!vals) { free(xa); free(acc); return 3; }
+    }
+
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t ch = 0; ch < chunks; ch++) {
+        const int64_t i0 = blocks * ch / chunks * PT_R;
+        int64_t i1 = blocks * (ch + 1) / chunks * PT_R;
+        if (i1 > m) i1 = m;
+        REAL *H = accumulate ? acc + ch * per_chunk : NULL;
+        double *val = vals ? vals + ch * B : NULL;
+        if (H) memset(H, 0, (size_t)per_chunk * sizeof(REAL));
+
+        for (int64_t i = i0; i < i1; i += PT_R) {
+            const int rr = (int)(i1 - i < PT_R ? i1 - i : PT_R);
+            const REAL *a[PT_R];
+            for (int r = 0; r < PT_R; r++) a[r] = A + (r < rr ? i + r : i) * rl;   /* ghost rows: v = 0 */
+            for (int64_t b = 0; b < B; b++) {
+                REAL vr[PT_R] = {0}, vi[PT_R] = {0};
+                if (forward) {
+                    REAL zr[PT_R], zi[PT_R];
+                    const REAL *u = cplx ? xa + b * 2 * rl : X + b * rl, *s = cplx ? u + rl : NULL;
+                    SFX(pt_dots)(a, rl, u, s, cplx, zr, zi);
+                    for (int k = 0; k < rr; k++) {
+                        const int64_t row = i + k, o = b * m + row;
+                        if (cplx) { Z[2 * o] = zr[k]; Z[2 * o + 1] = zi[k]; } else Z[o] = zr[k];
+                        if (mode == PT_FUSED) {
+                            const REAL q = Q ? Q[b * p->q_stride + row] : (REAL)0;
+                            const REAL *wf = W ? W + b * p->w_stride + row : NULL;
+                            REAL a2v, wu;
+                            double ell;
+                            SFX(pt_map)(p, cplx, c * zr[k], c * zi[k], q, Q != NULL, wf, &vr[k], &vi[k], &a2v, &wu, &ell);
+                            if (A2) A2[o] = a2v;
+                            if (WO) WO[o] = wu;
+                            if (val) val[b] += ell;
+                        }
+                    }
+                } else {
+                    for (int k = 0; k < rr; k++) {
+                        const int64_t o = b * m + i + k;
+                        if (cplx) { vr[k] = Z[2 * o]; vi[k] = Z[2 * o + 1]; } else vr[k] = Z[o];
+                    }
+                }
+                if (!accumulate) continue;
+                REAL *Hb = H + b * nacc * rl;
+                const REAL *next = (b == B - 1 && i + 2 * PT_R <= i1) ? A + (i + PT_R) * rl : NULL;
+                SFX(pt_axpy)(a, rl, vr, vi, cplx, Hb, cplx ? Hb + rl : NULL, next);
+            }
+        }
+        }   /* chunks (the implicit barrier of the loop precedes the sums below) */
+
+        if (accumulate) {               /* sum the chunk buffers in chunk order, columns split over threads */
+            const int64_t c0 = n * t / T, c1 = n * (t + 1) / T;
+            for (int64_t b = 0; b < B; b++) {
+                REAL *gb = Gout + b * rl;
+                for (int64_t j = c0; j < c1; j++) {
+                    if (cplx) {
+                        REAL re = 0, im = 0;
+                        for (int64_t s = 0; s < chunks; s++) {
+                            const REAL *Hs = acc + s * per_chunk + b * 2 * rl, *Gs = Hs + rl;
+                            re += Hs[2 * j] + Gs[2 * j + 1];
+                            im += Gs[2 * j] - Hs[2 * j + 1];
+                        }
+                        gb[2 * j] = re; gb[2 * j + 1] = im;
+                    } else {
+                        REAL s_ = 0;
+                        for (int64_t s = 0; s < chunks; s++) s_ += acc[s * per_chunk + b * rl + j];
+                        gb[j] = s_;
+                    }
+                }
+            }
+        }
+    }
+
+    if (p->value) {
+        for (int64_t b = 0; b < B; b++) {
+            double s = 0;
+            for (int64_t ch = 0; ch < chunks; ch++) s += vals[ch * B + b];
+            p->value[b] = s;
+        }
+    }
+    free(xa);
+    free(acc);
+    free(vals);
+    return 0;
+}
+
+#endif

@@ -1,0 +1,370 @@
+r"""One-read dense passes on the CPU: a small C kernel compiled at first use (``phasetorch/csrc/fused_dense.c``).
+
+A gradient evaluation of a dense model (``loss.evaluate`` → ``op.linear_adjoint``) computes z = Ax,
+v = φ(z) measurement by measurement and Aᴴv. Through ``torch.matmul`` that is two BLAS products
+(or a row-block loop of them) whose complex matrix–vector speed on a CPU is far below the memory
+bandwidth; the kernel here does the whole pass in **one read of A**: OpenMP threads take row
+ranges, and for every block of 4 rows it forms the dot products with the B signals, applies φ, and
+accumulates conj(A_i)ᵀ v_i while the rows are still in L1/L2. φ is one of a few closed forms chosen
+by an integer code (:class:`Map`) that a loss supplies as a :class:`PointwiseMap`; a pass with any
+other ``fn`` runs as two one-read kernel calls (z = Ax; v = fn(z) in torch; Aᴴv).
+
+Compilation: ``gcc -O3 -march=native -fopenmp -shared -fPIC`` (``$CC`` or ``gcc``), once per
+source/flags/compiler/CPU, into ``$PHASETORCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/phasetorch``
+or ``~/.cache/phasetorch``); the library is compiled under a temporary name and renamed
+atomically, so concurrent processes are safe. Without a compiler, or when compilation or loading
+fails, everything falls back to the torch path (logged at debug level; :func:`status` says which
+path is in force and why). ``PHASETORCH_KERNELS=0`` disables the kernel (read at every call).
+
+Only contiguous CPU tensors of one dtype (float32/float64/complex64/complex128) with the same
+dtype for A and x take the kernel; anything else (GPU, a real A with a complex x, …) keeps the
+torch path. Results equal the torch path's up to summation order (not bit-identical).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "fused_dense.c"
+#: compiler flags (part of the cache key)
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+#: environment variable that disables the kernel when set to 0/false/no/off
+ENV_SWITCH = "PHASETORCH_KERNELS"
+#: environment variable overriding the cache directory of the compiled library
+ENV_CACHE = "PHASETORCH_CACHE_DIR"
+ABI_VERSION = 1
+#: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
+SERIAL_WORK = 1 << 16
+
+#: more signals than this at once go through torch.matmul (MKL's matrix–matrix products are compute-efficient
+#: there; the kernel's edge is the bandwidth-bound regime of few signals)
+MAX_BATCH = 16
+
+FUSED, LINEAR, ADJOINT = 0, 1, 2
+
+
+class Map:
+    """Codes of the pointwise maps v = w·φ(r) the fused kernel applies (r = c·z, q = per-measurement data)."""
+
+    SCALE = 0          #: v = q r (q = 1 when no data); no value
+    INTENSITY = 1      #: v = (|r|² − q) r, ℓ = (|r|² − q)²/4, q = y
+    AMPLITUDE = 2      #: v = r − q sgn r, ℓ = (|r| − q)²/2, q = ψ
+    POISSON = 3        #: v = (2 − 2q/|r|²) r, ℓ = |r|² − q log max(|r|², tiny), q = y₊
+    TRUNCATED_AMPLITUDE = 4    #: amplitude with w = 1{|r|(1 + p0) ≥ q} (TAF, p0 = γ)
+    REWEIGHTED_AMPLITUDE = 5   #: amplitude with w = |r| / (|r| + p1 q) (RAF, p1 = β)
+
+    #: the maps whose weights the kernel computes (returned in ``PointwiseMap.weights_out``)
+    WEIGHTED = frozenset({TRUNCATED_AMPLITUDE, REWEIGHTED_AMPLITUDE})
+
+
+@dataclass
+class PointwiseMap:
+    """A closed-form ``fn`` for :meth:`MeasurementOperator.linear_adjoint`, attached to it as ``fn.pointwise``.
+
+    ``code`` (a :class:`Map`), ``data`` q (shape broadcastable to ``(*batch, m)``, or None),
+    ``scale`` c (the kernel applies φ to r = c·z), ``weights`` (fixed weights replacing the map's
+    own, or None), parameters ``p0``, ``p1``. An operator that runs the kernel fills the outputs:
+    ``a2`` = |r|² (``(*batch, m)``), ``weights_out`` (the weights used, for the weighted maps),
+    ``total`` = Σ_i w_i ℓ_i per signal (batch shape, in float64) and sets ``done``.
+    """
+
+    code: int
+    data: Optional[torch.Tensor] = None
+    scale: float = 1.0
+    weights: Optional[torch.Tensor] = None
+    p0: float = 0.0
+    p1: float = 0.0
+    done: bool = False
+    a2: Optional[torch.Tensor] = None
+    weights_out: Optional[torch.Tensor] = None
+    total: Optional[torch.Tensor] = None
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [("m", ctypes.c_int64), ("n", ctypes.c_int64), ("B", ctypes.c_int64),
+                ("is_complex", ctypes.c_int32), ("mode", ctypes.c_int32), ("map", ctypes.c_int32),
+                ("nthreads", ctypes.c_int32),
+                ("A", ctypes.c_void_p), ("x", ctypes.c_void_p), ("z", ctypes.c_void_p), ("g", ctypes.c_void_p),
+                ("q", ctypes.c_void_p), ("q_stride", ctypes.c_int64), ("w", ctypes.c_void_p),
+                ("w_stride", ctypes.c_int64), ("a2", ctypes.c_void_p), ("w_out", ctypes.c_void_p),
+                ("value", ctypes.c_void_p), ("scale", ctypes.c_double), ("p0", ctypes.c_double),
+                ("p1", ctypes.c_double), ("tiny", ctypes.c_double)]
+
+
+_LOCK = threading.Lock()
+#: how many kernel calls of each mode ran in this process (for tests and diagnostics)
+CALLS = {"fused": 0, "linear": 0, "adjoint": 0}
+_STATE = {"lib": None, "tried": False, "reason": "not loaded yet", "path": None}
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept: ``$PHASETORCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/phasetorch``,
+    else ``~/.cache/phasetorch``."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "phasetorch"
+
+
+def compiler() -> Optional[str]:
+    """The C compiler used (``$CC`` if set, else ``gcc``), as a full path, or None if absent."""
+    return shutil.which(os.environ.get("CC") or "gcc")
+
+
+def _machine_key() -> str:
+    """What ``-march=native`` depends on: the CPU model and its feature flags."""
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    parts.append(line.strip())
+                if not line.strip() and len(parts) > 1:
+                    break                                      # the first processor is enough
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def library_path(cc: str) -> Path:
+    """Cache path of the library for this source, flags, compiler (path and version) and machine."""
+    try:
+        version = subprocess.run([cc, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True,
+                                 timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        version = "?"
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), version.encode(),
+                 _machine_key().encode(), str(ABI_VERSION).encode()):
+        h.update(part)
+        h.update(b"\0")
+    return cache_dir() / f"fused_dense-{h.hexdigest()[:20]}.so"
+
+
+def build(cc: str, target: Path) -> Path:
+    """Compile the kernel into ``target`` (under a temporary name in the same directory, then an
+    atomic rename: a concurrent build of the same library is harmless). Raises on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[:2000]}")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load(path: Path):
+    lib = ctypes.CDLL(str(path))
+    if lib.pt_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{path} has ABI version {lib.pt_abi_version()}, expected {ABI_VERSION}")
+    lib.pt_pass.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
+    lib.pt_pass.restype = ctypes.c_int
+    return lib
+
+
+def load():
+    """The loaded library (compiling it on first use), or None where it cannot be built or loaded."""
+    if _STATE["tried"]:
+        return _STATE["lib"]
+    with _LOCK:
+        if _STATE["tried"]:
+            return _STATE["lib"]
+        lib, reason, path = None, None, None
+        try:
+            cc = compiler()
+            if cc is None:
+                raise RuntimeError(f"no C compiler ({os.environ.get('CC') or 'gcc'}) on PATH")
+            if not SOURCE.is_file():
+                raise RuntimeError(f"kernel source {SOURCE} is missing")
+            path = library_path(cc)
+            if not path.is_file():
+                logger.debug("phasetorch kernels: compiling %s into %s", SOURCE, path)
+                build(cc, path)
+            lib = _load(path)
+            logger.debug("phasetorch kernels: loaded %s", path)
+        except Exception as err:  # any failure means the torch path, never an error for the user
+            lib, reason = None, f"{type(err).__name__}: {err}"
+            logger.debug("phasetorch kernels: falling back to torch (%s)", reason)
+        _STATE.update(lib=lib, reason=reason, path=None if lib is None else str(path), tried=True)
+        return lib
+
+
+def reset() -> None:
+    """Forget the loaded library (the next use compiles or loads it again; for tests)."""
+    with _LOCK:
+        _STATE.update(lib=None, tried=False, reason="not loaded yet", path=None)
+
+
+def enabled() -> bool:
+    """False when ``PHASETORCH_KERNELS`` is 0/false/no/off (read at every call)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def available() -> bool:
+    """Whether the kernel is enabled and its library loads (compiling it if needed)."""
+    return enabled() and load() is not None
+
+
+def status() -> dict:
+    """``{"path": "c-kernel" | "torch", "reason": why not the kernel (or None), "library": path}``."""
+    if not enabled():
+        return {"path": "torch", "reason": f"disabled by {ENV_SWITCH}={os.environ.get(ENV_SWITCH)}", "library": None}
+    lib = load()
+    return {"path": "torch" if lib is None else "c-kernel", "reason": _STATE["reason"], "library": _STATE["path"]}
+
+
+# ---------------------------------------------------------------------------- eligibility
+def _bits(dtype: torch.dtype) -> int:
+    return {torch.float32: 32, torch.complex64: 32, torch.float64: 64, torch.complex128: 64}.get(dtype, 0)
+
+
+def usable(A: torch.Tensor, x: Optional[torch.Tensor] = None) -> bool:
+    """Whether a pass of ``x`` (flattened signals, or measurements for an adjoint) through ``A`` can take
+    the kernel: CPU, the same float32/float64/complex dtype, a contiguous row-major ``A``, no autograd
+    graph to record (the kernel's outputs have no ``grad_fn``), and the kernel enabled and loaded."""
+    if A.device.type != "cpu" or A.dim() != 2 or not _bits(A.dtype) or not A.is_contiguous() or A.is_conj() or A.is_neg():
+        return False
+    if x is not None and (x.device.type != "cpu" or x.dtype != A.dtype or x.dim() != 2 or x.shape[0] > MAX_BATCH
+                          or x.shape[0] == 0):      # an empty batch: torch's path returns the empty result
+        return False
+    if A.numel() == 0:
+        return False
+    if torch.is_grad_enabled() and (A.requires_grad or (x is not None and x.requires_grad)):
+        return False
+    return available()
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as plain contiguous memory (lazy conjugation and negation resolved)."""
+    return t.resolve_conj().resolve_neg().contiguous()
+
+
+def _per_signal(t: Optional[torch.Tensor], batch, m: int, dtype: torch.dtype):
+    """``(tensor, stride)``: per-measurement data as a contiguous (B, m) block (stride m) or one shared row (stride 0)."""
+    if t is None:
+        return None, 0
+    t = _plain(t.to(dtype))
+    if t.numel() == m:
+        return t.reshape(m).contiguous(), 0
+    B = 1
+    for s in batch:
+        B *= s
+    return t.expand(*batch, m).reshape(B, m).contiguous(), m
+
+
+def _threads(m: int, n: int, B: int) -> int:
+    return 1 if m * n * B < SERIAL_WORK else max(1, torch.get_num_threads())
+
+
+def _run(args: _Args, bits: int) -> None:
+    CALLS[("fused", "linear", "adjoint")[args.mode]] += 1
+    rc = load().pt_pass(ctypes.byref(args), bits)
+    if rc != 0:
+        raise RuntimeError(f"phasetorch kernel failed (code {rc})")
+
+
+def _args(A: torch.Tensor, B: int, mode: int) -> _Args:
+    m, n = A.shape
+    a = _Args()
+    a.m, a.n, a.B = m, n, B
+    a.is_complex, a.mode, a.map = int(A.is_complex()), mode, Map.SCALE
+    a.nthreads = _threads(m, n, B)
+    a.A = A.data_ptr()
+    a.scale, a.tiny = 1.0, float(torch.finfo(A.real.dtype if A.is_complex() else A.dtype).tiny)
+    return a
+
+
+# ---------------------------------------------------------------------------- the products
+def linear(A: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+    """z = rows of ``xf`` (B, n) times Aᵀ → (B, m), one read of A (``usable(A, xf)`` must hold)."""
+    xf = _plain(xf)
+    B = xf.shape[0]
+    z = torch.empty(B, A.shape[0], dtype=A.dtype)
+    a = _args(A, B, LINEAR)
+    a.x, a.z = xf.data_ptr(), z.data_ptr()
+    _run(a, _bits(A.dtype))
+    return z
+
+
+def adjoint(A: torch.Tensor, zf: torch.Tensor) -> torch.Tensor:
+    """Aᴴz for each row of ``zf`` (B, m) → (B, n), one read of A (``usable(A, zf)`` must hold)."""
+    zf = _plain(zf)
+    B = zf.shape[0]
+    g = torch.empty(B, A.shape[1], dtype=A.dtype)
+    a = _args(A, B, ADJOINT)
+    a.z, a.g = zf.data_ptr(), g.data_ptr()
+    _run(a, _bits(A.dtype))
+    return g
+
+
+def fused(A: torch.Tensor, xf: torch.Tensor, spec: PointwiseMap, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(z, Aᴴv)`` with v = w·φ(c·z) (``spec``), one read of A; fills ``spec``'s outputs (shapes ``(*batch, …)``)."""
+    xf = _plain(xf)
+    m, n = A.shape
+    B = xf.shape[0]
+    real = A.real.dtype if A.is_complex() else A.dtype
+    z = torch.empty(B, m, dtype=A.dtype)
+    g = torch.empty(B, n, dtype=A.dtype)
+    a2 = torch.empty(B, m, dtype=real)
+    weighted = spec.weights is None and spec.code in Map.WEIGHTED
+    w_out = torch.empty(B, m, dtype=real) if weighted else None
+    total = torch.empty(B, dtype=torch.float64)
+    q, q_stride = _per_signal(spec.data, batch, m, real)
+    w, w_stride = _per_signal(spec.weights, batch, m, real)
+    a = _args(A, B, FUSED)
+    a.map, a.scale, a.p0, a.p1 = int(spec.code), float(spec.scale), float(spec.p0), float(spec.p1)
+    a.x, a.z, a.g = xf.data_ptr(), z.data_ptr(), g.data_ptr()
+    a.q, a.q_stride, a.w, a.w_stride = _ptr(q), q_stride, _ptr(w), w_stride
+    a.a2, a.w_out, a.value = a2.data_ptr(), _ptr(w_out), total.data_ptr()
+    _run(a, _bits(A.dtype))
+    spec.a2 = a2.reshape(*batch, m)
+    spec.weights_out = None if w_out is None else w_out.reshape(*batch, m)
+    spec.total = total.reshape(batch)
+    spec.done = True
+    return z, g
+
+
+def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
+    """``(z, Aᴴ fn(z, None))`` for flattened signals ``x`` (B, n) through the kernel, or None where it does
+    not apply. A ``fn`` carrying a :class:`PointwiseMap` (``fn.pointwise``) runs fused in one read of A;
+    any other ``fn`` runs as two one-read passes. ``fn`` receives z of shape ``(*batch, m)``."""
+    if not usable(A, x):
+        return None
+    spec = getattr(fn, "pointwise", None)
+    if isinstance(spec, PointwiseMap):
+        return fused(A, x, spec, batch)
+    z = linear(A, x)
+    v = fn(z.reshape(*batch, A.shape[0]), None).reshape(z.shape)
+    if v.dtype != A.dtype:
+        v = v.to(A.dtype)
+    return z, adjoint(A, v)
+
+
+__all__ = ["Map", "PointwiseMap", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
+           "fused", "dense_linear_adjoint", "CALLS", "cache_dir", "library_path", "build", "compiler"]

@@ -1,0 +1,340 @@
+"""The one-read C kernel of phasetorch.physics.kernels against the torch path.
+
+Every comparison runs the same call twice, with ``PHASETORCH_KERNELS=0`` (the torch path) and with
+the kernel, and checks that the kernel actually ran. Summation orders differ, so results agree to
+rounding (norm-wise relative 2e-6 in float32/complex64, 1e-12 in float64/complex128), not bit for bit;
+where a float32 result is ill-conditioned (the Poisson gradient's 1/|r|² factor), the kernel's error
+against a float64 evaluation of the same float32 data must be within 2× the torch path's.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import phasetorch as pt
+from phasetorch.losses import LOSSES, AmplitudeLoss, ReweightedAmplitudeLoss
+from phasetorch.physics import GaussianMeasurement, MatrixMeasurement, kernels as K
+
+F32, F64 = torch.float32, torch.float64
+TOL = {F32: 2e-6, F64: 1e-12}
+
+pytestmark = pytest.mark.skipif(not K.available(), reason=f"C kernel unavailable: {K.status()['reason']}")
+
+
+@pytest.fixture(autouse=True)
+def _kernels_on(monkeypatch):
+    monkeypatch.delenv(K.ENV_SWITCH, raising=False)
+
+
+def both(monkeypatch, fn):
+    """(torch path result, kernel result, kernel calls made)."""
+    monkeypatch.setenv(K.ENV_SWITCH, "0")
+    before = dict(K.CALLS)
+    plain = fn()
+    assert K.CALLS == before                            # disabled: the kernel never runs
+    monkeypatch.delenv(K.ENV_SWITCH)
+    kern = fn()
+    return plain, kern, {k: K.CALLS[k] - before[k] for k in K.CALLS}
+
+
+def _norm(t):
+    return float(t.to(torch.complex128 if t.is_complex() else F64).abs().pow(2).sum().sqrt())
+
+
+def close(a, b, rdt, what="", exact=None):
+    """b (kernel) equals a (torch path) to TOL; or, given ``exact`` (a float64 evaluation), b is at
+    most twice as far from it as a is."""
+    if a is None or b is None:
+        assert a is None and b is None, what
+        return
+    assert a.shape == b.shape and a.dtype == b.dtype, what
+    err, ref = _norm(a - b), max(_norm(a), 1e-30)
+    if err <= TOL[rdt] * ref:
+        return
+    assert exact is not None, f"{what}: relative error {err / ref:.2e}"
+    e_plain, e_kern = _norm(a.to(exact.dtype) - exact), _norm(b.to(exact.dtype) - exact)
+    assert e_kern <= 2 * e_plain + TOL[rdt] * ref, f"{what}: kernel error {e_kern / ref:.2e}, torch {e_plain / ref:.2e}"
+
+
+def problem(n, m, B, complex_, rdt, seed=0, op=None):
+    op = op if op is not None else GaussianMeasurement(n, m, complex=complex_, seed=seed, dtype=rdt)
+    g = torch.Generator().manual_seed(seed + 1)
+    shape = (n,) if B is None else (B, n)
+    sdt = op.signal_dtype
+    xs = torch.randn(*shape, dtype=sdt, generator=g)
+    y = op(xs) + 0.05 * torch.randn(*shape[:-1], op.m, dtype=rdt, generator=g)   # some y < 0
+    x = xs + 0.3 * torch.randn(*shape, dtype=sdt, generator=g)
+    return op, x, y
+
+
+def make_loss(name, op, l2=0.0):
+    if name == "amplitude_reweighted":
+        return ReweightedAmplitudeLoss(op, 5.0, l2=l2)
+    return LOSSES[name](op, l2=l2)
+
+
+# ---------------------------------------------------------------------------- losses, every preset's
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("complex_", [True, False])
+@pytest.mark.parametrize("rdt", [F32, F64])
+@pytest.mark.parametrize("B", [None, 1, 3])
+def test_evaluate_matches_torch_path(monkeypatch, name, complex_, rdt, B):
+    n, m = (5, 37) if B != 3 else (19, 101)              # odd sizes: vector tails, partial row blocks
+    op, x, y = problem(n, m, B, complex_, rdt)
+    loss = make_loss(name, op, l2=0.1)
+    d = loss.prepare(y)
+    a, b, calls = both(monkeypatch, lambda: loss.evaluate(x, d))
+    ex = None
+    if rdt == F32:                                         # the same float32 data, evaluated in float64
+        op64 = copy.deepcopy(op).to(F64)
+        ex = make_loss(name, op64, l2=0.1).evaluate(x.to(op64.signal_dtype), y.to(F64))
+    if loss.separable_weights:
+        assert calls["fused"] == 1 and calls["linear"] == 0    # one fused pass, nothing else
+    else:
+        assert calls["linear"] == 1 and calls["adjoint"] == 1  # truncated Poisson: K needs all of r first
+    close(a.value, b.value, rdt, "value", ex and ex.value)
+    close(a.grad, b.grad, rdt, "grad", ex and ex.grad)
+    close(a.r, b.r, rdt, "r", ex and ex.r)
+    close(a.weights, b.weights, rdt, "weights", ex and ex.weights)
+    close(a.fields.a, b.fields.a, rdt, "|r|", ex and ex.fields.a)
+    close(loss.residual(a.fields, d), loss.residual(b.fields, d), rdt, "residual")
+    # the value-only call (line searches) and the gradient of the separate products
+    va, vb, _ = both(monkeypatch, lambda: loss.value(x, d))
+    close(va[0], vb[0], rdt, "value only")
+
+
+@pytest.mark.parametrize("name", ["amplitude_truncated", "amplitude_reweighted", "poisson_truncated"])
+def test_fixed_weights_take_the_fused_pass(monkeypatch, name):
+    op, x, y = problem(7, 53, 2, True, F64)
+    loss = make_loss(name, op)
+    w = torch.rand(2, 53, dtype=F64, generator=torch.Generator().manual_seed(3))
+    a, b, calls = both(monkeypatch, lambda: loss.value_and_grad(x, y, weights=w))
+    assert calls["fused"] == 1
+    for u, v, what in zip(a, b, ("value", "grad", "r", "weights")):
+        close(u, v, F64, what)
+    assert b[3] is w
+
+
+def test_matrix_measurement_scale_image_signal_and_batch_shape(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    A = 0.3 * torch.randn(45, 12, dtype=torch.complex128, generator=g)     # entry_energy ≠ 1: r = Ax/√e
+    op = MatrixMeasurement(A, signal_shape=(3, 4))
+    assert abs(op.entry_energy - 1) > 0.5
+    xs = torch.randn(2, 3, 3, 4, dtype=torch.complex128, generator=g)
+    y = op(xs)
+    x = xs + 0.2 * torch.randn(2, 3, 3, 4, dtype=torch.complex128, generator=g)
+    for name in ("intensity", "amplitude", "poisson", "amplitude_reweighted"):
+        loss = make_loss(name, op, l2=0.2)
+        a, b, calls = both(monkeypatch, lambda: loss.evaluate(x, y))
+        assert calls["fused"] == 1 and b.grad.shape == x.shape and b.r.shape == (2, 3, 45)
+        close(a.value, b.value, F64, name)
+        close(a.grad, b.grad, F64, name)
+        close(a.r, b.r, F64, name)
+    # one y shared by all signals
+    loss = AmplitudeLoss(op)
+    a, b, _ = both(monkeypatch, lambda: loss.evaluate(x, y[0, 0]))
+    close(a.grad, b.grad, F64, "shared y")
+
+
+def test_real_signal_of_a_complex_operator_and_subclass_safety(monkeypatch):
+    op, _, y = problem(6, 40, 2, True, F64)
+    x = torch.randn(2, 6, dtype=F64, generator=torch.Generator().manual_seed(5))   # real x, complex A
+    loss = AmplitudeLoss(op)
+    a, b, calls = both(monkeypatch, lambda: loss.evaluate(x, y))
+    assert calls["fused"] == 1 and not b.grad.is_complex()
+    close(a.grad, b.grad, F64, "real x")
+
+    class Damped(AmplitudeLoss):                    # a changed gradient: the kernel's closed form must not be used
+        def _dell(self, p, d):
+            return 0.5 * super()._dell(p, d)
+    damped = Damped(op)
+    a, b, calls = both(monkeypatch, lambda: damped.evaluate(x, y))
+    assert calls["fused"] == 0
+    close(a.grad, b.grad, F64, "subclass")
+    torch.testing.assert_close(b.grad, 0.5 * loss.evaluate(x, y).grad, rtol=1e-12, atol=0)
+
+
+def test_autograd_is_untouched(monkeypatch):
+    op, x, y = problem(5, 37, 2, True, F64)
+    loss = AmplitudeLoss(op)
+    xx = x.clone().requires_grad_(True)
+    loss(xx, y).sum().backward()                    # differentiable: the torch products are used
+    torch.testing.assert_close(xx.grad, loss.evaluate(x, y).grad, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------- products and generic passes
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, F32, F64])
+@pytest.mark.parametrize("B", [1, 4])
+def test_products_and_generic_linear_adjoint(monkeypatch, dtype, B):
+    complex_ = dtype.is_complex
+    rdt = F32 if dtype in (torch.complex64, F32) else F64
+    op, x, y = problem(13, 67, B, complex_, rdt)
+    z = op.linear(x)
+    a, b, calls = both(monkeypatch, lambda: (op.linear(x), op.adjoint(z)))
+    assert calls["linear"] == 1 and calls["adjoint"] == 1
+    close(a[0], b[0], rdt, "linear")
+    close(a[1], b[1], rdt, "adjoint")
+    t = torch.tanh(y)
+
+    def fn(zz, index):                               # a spectral-style T(y)·z with no closed form
+        return zz * (t if index is None else t[..., index])
+    a, b, calls = both(monkeypatch, lambda: op.linear_adjoint(x, fn))
+    assert calls["linear"] == 1 and calls["adjoint"] == 1    # two one-read passes
+    close(a[0], b[0], rdt, "z")
+    close(a[1], b[1], rdt, "Aᴴ fn(z)")
+    # the same map as a PointwiseMap (SCALE) in one fused pass
+    A = op.matrix()
+    zk, gk = K.fused(A, x.reshape(B, -1), K.PointwiseMap(K.Map.SCALE, t), (B,))
+    close(a[1].reshape(B, -1), gk, rdt, "fused SCALE")
+    zk, gk = K.fused(A, x.reshape(B, -1), K.PointwiseMap(K.Map.SCALE), (B,))
+    close(op.adjoint(op.linear(x)).reshape(B, -1), gk, rdt, "fused AᴴA x")
+
+
+def test_real_matrix_with_complex_signal_and_non_contiguous_matrix_keep_torch(monkeypatch):
+    op, _, y = problem(5, 30, 2, False, F64)
+    xc = torch.randn(2, 5, dtype=torch.complex128, generator=torch.Generator().manual_seed(2))
+    a, b, calls = both(monkeypatch, lambda: AmplitudeLoss(op).evaluate(xc, y))
+    assert sum(calls.values()) == 0
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    At = torch.randn(9, 30, dtype=F64, generator=torch.Generator().manual_seed(4)).T    # a transposed view
+    mop = MatrixMeasurement(At)
+    x = torch.randn(9, dtype=F64)
+    a, b, calls = both(monkeypatch, lambda: mop.linear(x))
+    assert calls["linear"] == (1 if mop.matrix().is_contiguous() else 0)
+    close(a, b, F64, "non-contiguous")
+
+
+def test_large_batches_keep_torch(monkeypatch):
+    op, x, y = problem(5, 37, K.MAX_BATCH + 1, True, F64)
+    a, b, calls = both(monkeypatch, lambda: AmplitudeLoss(op).evaluate(x, y))
+    assert sum(calls.values()) == 0
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    op, x, y = problem(64, 4096, 2, True, F64)      # large enough to run in parallel (16 chunks)
+    loss = AmplitudeLoss(op)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = loss.evaluate(x, y)
+        torch.set_num_threads(max(2, threads))
+        b = loss.evaluate(x, y)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a.grad, b.grad) and torch.equal(a.value, b.value) and torch.equal(a.r, b.r)
+
+
+# ---------------------------------------------------------------------------- reconstruct
+@pytest.mark.parametrize("preset", ["wf", "raf", "lbfgs", "taf", "twf"])
+def test_reconstruct_equals_the_torch_path(monkeypatch, preset):
+    op, _, _ = problem(16, 128, None, True, F64)
+    g = torch.Generator().manual_seed(7)
+    xs = torch.randn(2, 16, dtype=torch.complex128, generator=g)
+    y = op(xs)
+    a, b, calls = both(monkeypatch, lambda: pt.reconstruct(op, y, preset, max_iter=60, progress=False, seed=0))
+    assert sum(calls.values()) > 0
+    torch.testing.assert_close(a.x, b.x, rtol=1e-9, atol=1e-9)
+    assert torch.equal(a.iterations, b.iterations)
+
+
+def test_reconstruct_float32(monkeypatch):
+    op, _, _ = problem(16, 128, None, True, F32)
+    xs = torch.randn(16, dtype=torch.complex64, generator=torch.Generator().manual_seed(7))
+    y = op(xs)
+    a, b, calls = both(monkeypatch, lambda: pt.reconstruct(op, y, "raf", max_iter=40, progress=False, seed=0))
+    assert calls["fused"] > 0
+    assert float((a.x - b.x).norm() / a.x.norm()) < 1e-4                # 40 iterations of float32 rounding
+    assert pt.metrics.relative_error(b.x, xs) < 2 * pt.metrics.relative_error(a.x, xs) + 1e-4
+
+
+# ---------------------------------------------------------------------------- building, caching, fallback
+def test_status_and_disabling(monkeypatch):
+    st = K.status()
+    assert st["path"] == "c-kernel" and st["reason"] is None and Path(st["library"]).is_file()
+    assert Path(st["library"]).parent == K.cache_dir()
+    monkeypatch.setenv(K.ENV_SWITCH, "0")
+    assert K.status()["path"] == "torch" and "PHASETORCH_KERNELS" in K.status()["reason"]
+    assert not K.available() and not K.usable(GaussianMeasurement(4, 8).matrix())
+
+
+def _fresh(monkeypatch, tmp_path, **env):
+    monkeypatch.setenv(K.ENV_CACHE, str(tmp_path / "cache"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    K.reset()
+
+
+def test_missing_compiler_falls_back_to_torch(monkeypatch, tmp_path):
+    op, x, y = problem(5, 37, 2, True, F64)
+    try:
+        _fresh(monkeypatch, tmp_path, CC=str(tmp_path / "no-such-cc"))
+        st = K.status()
+        assert st["path"] == "torch" and "no C compiler" in st["reason"]
+        before = dict(K.CALLS)
+        ev = AmplitudeLoss(op).evaluate(x, y)                 # works, through torch
+        assert K.CALLS == before and torch.isfinite(ev.grad).all()
+    finally:
+        monkeypatch.undo()
+        K.reset()
+    assert K.available()
+
+
+def test_failed_compilation_falls_back_to_torch(monkeypatch, tmp_path):
+    bad = tmp_path / "broken.c"
+    bad.write_text("this is not C\n")
+    try:
+        _fresh(monkeypatch, tmp_path)
+        monkeypatch.setattr(K, "SOURCE", bad)
+        st = K.status()
+        assert st["path"] == "torch" and "failed" in st["reason"]
+        assert not list((tmp_path / "cache").glob("*.tmp*"))      # no temporary file left behind
+    finally:
+        monkeypatch.undo()
+        K.reset()
+    assert K.available()
+
+
+def test_concurrent_builds_are_safe(tmp_path):
+    cc = K.compiler()
+    target = tmp_path / "cache" / "fused_dense-test.so"
+    errors = []
+
+    def build():
+        try:
+            K.build(cc, target)
+        except Exception as err:  # noqa: BLE001 - collected and reported below
+            errors.append(err)
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]       # one library, no temporaries
+    # two processes compiling into one fresh cache at once both get a working kernel
+    env = {**os.environ, K.ENV_CACHE: str(tmp_path / "shared")}
+    code = "from phasetorch.physics import kernels as K; print(K.status()['path'])"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert outs == ["c-kernel", "c-kernel"]
+    files = list((tmp_path / "shared").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".so"
+
+
+def test_cache_key_changes_with_the_source(monkeypatch, tmp_path):
+    cc = K.compiler()
+    a = K.library_path(cc)
+    src = tmp_path / "k.c"
+    src.write_bytes(K.SOURCE.read_bytes() + b"\n/* changed */\n")
+    monkeypatch.setattr(K, "SOURCE", src)
+    assert K.library_path(cc) != a
+    monkeypatch.setenv(K.ENV_CACHE, str(tmp_path / "elsewhere"))
+    assert K.library_path(cc).parent == tmp_path / "elsewhere"

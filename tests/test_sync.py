@@ -1,0 +1,129 @@
+"""Sync-free iterations (issue 18, item 3): every decision of the loop — stopping, status, divergence
+freezing, line-search acceptance, the safeguard — is taken on the device; the host reads the device
+once every ``sync_every`` = k iterations. Counted here on the CPU with a dispatch-mode counter (every
+``aten._local_scalar_dense``: ``.item()``, ``bool(t)``, ``float(t)``, ``int(t)``) plus ``Tensor.tolist``
+and ``Tensor.numpy``; and the result does not depend on k."""
+
+import collections
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import phasetorch as pt
+from phasetorch.errors import DivergenceError
+from phasetorch.optim.presets import PRESETS
+
+GRADIENT_AND_LBFGS = ["wf", "twf", "rwf", "taf", "raf", "af", "lbfgs", "auto"]
+ALL = GRADIENT_AND_LBFGS + ["gs", "hio"]
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operations that copy a device value to the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.counts["_local_scalar_dense"] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._tolist, self._numpy = torch.Tensor.tolist, torch.Tensor.numpy
+        counts, tolist, numpy = self.counts, self._tolist, self._numpy
+
+        def counted_tolist(t):
+            counts["tolist"] += 1
+            return tolist(t)
+
+        def counted_numpy(t, *a, **k):
+            counts["numpy"] += 1
+            return numpy(t, *a, **k)
+
+        torch.Tensor.tolist, torch.Tensor.numpy = counted_tolist, counted_numpy
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist, torch.Tensor.numpy = self._tolist, self._numpy
+        return super().__exit__(*exc)
+
+    @property
+    def total(self):
+        return sum(self.counts.values())
+
+
+@pytest.fixture(scope="module")
+def problem():
+    op = pt.GaussianMeasurement(24, 192, complex=True, seed=0, dtype=torch.float64)
+    x = torch.randn(3, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    y = pt.GaussianNoise(0.05, seed=2, relative=True, event_dims=1)(op(x))
+    return op, x, y, pt.spectral_init(op, y, seed=0)
+
+
+def test_every_preset_is_in_the_list():
+    assert set(ALL) == set(PRESETS)
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_host_reads_are_amortised_to_one_per_k_iterations(problem, algorithm):
+    op, _, y, x0 = problem
+    k = 10
+    reads, ran = [], []
+    for iters in (10, 50):
+        with HostReads() as counter:
+            rec = pt.reconstruct(op, y, algorithm, init=x0, max_iter=iters, tol=0, progress=False, sync_every=k)
+        reads.append(counter.total)
+        ran.append(int(rec.log["iteration"][-1]))
+    per_iteration = (reads[1] - reads[0]) / (ran[1] - ran[0])
+    assert per_iteration <= 1 / k + 1e-12, (algorithm, reads, ran)
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_the_result_and_the_log_do_not_depend_on_k(problem, algorithm):
+    """Samples stop at different iterations (noisy data, tol > 0); k = 1, 3 and 16 give the same
+    iterate, status, iteration counts and log (every column but the wall time), bit for bit."""
+    op, x, y, x0 = problem
+    recs = [pt.reconstruct(op, y, algorithm, init=x0, max_iter=500, tol=1e-5, progress=False, sync_every=k,
+                           x_true=x) for k in (1, 3, 16)]
+    ref = recs[0]
+    assert len(set(ref.iterations.tolist())) > 1 or algorithm in ("gs", "hio")   # samples stop apart
+    for rec in recs[1:]:
+        assert torch.equal(rec.x, ref.x)
+        assert torch.equal(rec.status, ref.status) and torch.equal(rec.iterations, ref.iterations)
+        assert torch.equal(rec.log["iteration"], ref.log["iteration"])
+        for col in ref.log.columns:
+            if col not in ("iteration", "time"):
+                assert torch.equal(rec.log[col].nan_to_num(-1.0), ref.log[col].nan_to_num(-1.0)), col
+
+
+def test_divergence_is_frozen_on_the_device_and_reported_at_the_next_read():
+    """A step far above the stability limit: with k = 8 the diverging sample is frozen at the same
+    iterate and the same iteration as with k = 1, and the warning names the same iteration."""
+    op = pt.GaussianMeasurement(16, 128, complex=False, seed=0, dtype=torch.float64)
+    x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = op(x)
+    x0 = pt.spectral_init(op, y, seed=0)
+    y = torch.stack([y[0], y[1] * 100])               # the second sample (its start 10× too small) diverges
+    out = []
+    for k in (1, 8):
+        with pytest.warns(RuntimeWarning, match=r"diverged at iteration (\d+)") as w:
+            rec = pt.reconstruct(op, y, "wf", init=x0, step=0.2, safeguard=False, max_iter=200, progress=False,
+                                 sync_every=k)
+        out.append((rec, str(w[0].message)))
+    (r1, m1), (r8, m8) = out
+    assert r1.status_names()[1] == "diverged" and torch.equal(r1.x, r8.x) and torch.equal(r1.iterations, r8.iterations)
+    assert m1.split(";")[0] == m8.split(";")[0]
+    with pytest.raises(DivergenceError):
+        pt.reconstruct(op, y, "wf", init=x0, step=0.2, safeguard=False, max_iter=200, progress=False, sync_every=8,
+                       on_divergence="raise")
+
+
+def test_sync_every_is_validated_and_recorded(problem):
+    op, _, y, x0 = problem
+    with pytest.raises(ValueError, match="sync_every must be an int ≥ 1"):
+        pt.reconstruct(op, y, "wf", init=x0, sync_every=0, progress=False)
+    rec = pt.reconstruct(op, y, "raf", init=x0, max_iter=5, sync_every=4, progress=False)
+    assert rec.log.config["sync_every"] == 4
+    assert pt.reconstruct(op, y, "raf", init=x0, max_iter=5, progress=False).log.config["sync_every"] == 1
