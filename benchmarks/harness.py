@@ -579,21 +579,6 @@ def row_roofline(ctx: Context) -> dict:
 GRADIENT_GOAL = 1.5
 
 
-def _toggle_kernels(on: bool, fn: Callable[[], Any]) -> Callable[[], Any]:
-    """``fn`` run with the C kernels of :mod:`phasetorch.physics.kernels` switched on or off."""
-    def run():
-        old = os.environ.get(pt_kernels.ENV_SWITCH)
-        os.environ[pt_kernels.ENV_SWITCH] = "1" if on else "0"
-        try:
-            return fn()
-        finally:
-            if old is None:
-                os.environ.pop(pt_kernels.ENV_SWITCH, None)
-            else:
-                os.environ[pt_kernels.ENV_SWITCH] = old
-    return run
-
-
 def _gradient_roofline(ctx: Context, n: int, m: int, cfg: dict) -> dict:
     """One full gradient evaluation (``AmplitudeLoss.evaluate``: value, gradient and r, as ``reconstruct``
     computes it) of the complex Gaussian model over the read-once limit (the fastest of a few kernels that
@@ -610,7 +595,7 @@ def _gradient_roofline(ctx: Context, n: int, m: int, cfg: dict) -> dict:
         reads = {"read: sum": lambda ra=ra: ra.sum(), "read: amax": lambda ra=ra: ra.amax(),
                  "read: vector_norm": lambda ra=ra: torch.linalg.vector_norm(ra)}
         fns = {**reads, "gradient": lambda loss=loss, x=x, d=d: loss.evaluate(x, d),
-               "gradient, torch path": _toggle_kernels(False, lambda loss=loss, x=x, d=d: loss.evaluate(x, d))}
+               "gradient, torch path": pt_kernels.switched(False, lambda loss=loss, x=x, d=d: loss.evaluate(x, d))}
         t = _micro(ctx, fns, repeats=cfg["repeats"] if ctx.mode != "dry" else 1, min_sample_s=cfg["min_sample_s"])
         best = min(reads, key=lambda k: t[k]["median_s"])
         read = t[best]["median_s"]

@@ -45,20 +45,6 @@ DTYPES = {"complex64": (True, torch.float32), "complex128": (True, torch.float64
 GOAL = 1.5
 
 
-def with_kernels(on: bool, fn):
-    def run():
-        old = os.environ.get(kernels.ENV_SWITCH)
-        os.environ[kernels.ENV_SWITCH] = "1" if on else "0"
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ[kernels.ENV_SWITCH]
-            else:
-                os.environ[kernels.ENV_SWITCH] = old
-    return run
-
-
 def measure(fns: dict, repeats: int, min_sample: float) -> dict:
     """Seconds per call of each function: interleaved rounds (order alternating), each sample ≥ min_sample s."""
     number = {}
@@ -104,8 +90,8 @@ def case(dtype_name: str, n: int, m: int, B: int, loss_name: str, repeats: int, 
     xf = x.reshape(-1, n)
     fns = {"read: sum": lambda: ra.sum(), "read: amax": lambda: ra.amax(),
            "read: vector_norm": lambda: torch.linalg.vector_norm(ra),
-           "torch": with_kernels(False, lambda: loss.evaluate(x, d)),
-           "kernel": with_kernels(True, lambda: loss.evaluate(x, d))}
+           "torch": kernels.switched(False, lambda: loss.evaluate(x, d)),
+           "kernel": kernels.switched(True, lambda: loss.evaluate(x, d))}
     if spec_of is not None and kernels.available():
         fns["kernel pass"] = lambda: kernels.fused(A, xf, spec_of(), xf.shape[:1])
     if not kernels.available():

@@ -34,7 +34,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -215,6 +215,22 @@ def reset() -> None:
     """Forget the loaded library (the next use compiles or loads it again; for tests)."""
     with _LOCK:
         _STATE.update(lib=None, tried=False, reason="not loaded yet", path=None)
+
+
+def switched(on: bool, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` wrapped to run with the kernels switched on or off (:data:`ENV_SWITCH`, restored after):
+    the benchmark and scripts/gradient_roofline.py time both paths side by side with it."""
+    def run():
+        old = os.environ.get(ENV_SWITCH)
+        os.environ[ENV_SWITCH] = "1" if on else "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop(ENV_SWITCH, None)
+            else:
+                os.environ[ENV_SWITCH] = old
+    return run
 
 
 def enabled() -> bool:
