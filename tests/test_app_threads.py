@@ -1,5 +1,7 @@
 """The CLI's default thread count: the idle cores, measured from the load average (issue 14, item 5)."""
 
+import os
+
 import torch
 
 from phasetorch.app import cli
@@ -16,9 +18,20 @@ def test_rule_uses_the_idle_cores():
     assert n == 6 and "load average 2.00" in why and "8 cores" in why
 
 
-def test_default_reads_this_machine():
-    n, _ = choose_threads()
-    assert 1 <= n <= usable_cores()
+def test_default_reads_the_load_average_and_the_affinity(monkeypatch):
+    """Without arguments the rule reads os.getloadavg() and the usable cores; an unknown load means all cores."""
+    cores = usable_cores()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert choose_threads() == (cores, f"{cores} of {cores} cores (1-minute load average 0.00)")
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores) + 3.0, 0.0, 0.0))
+    assert choose_threads()[0] == 1
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    n, why = choose_threads()
+    assert n == cores and "unknown" in why
 
 
 def test_cli_sets_the_chosen_threads_unless_told(monkeypatch, capsys):
