@@ -545,6 +545,12 @@ def op_config(op) -> Any:
         return {"type": type(op).__name__}
 
 
+def keep_previous(mask: torch.Tensor, current, previous) -> tuple:
+    """Per sample, the previous value where ``mask`` holds, else the current one, for each pair of
+    (B, …) tensors (None stays None: a quantity the algorithm does not have)."""
+    return tuple(None if cur is None else where_sample(mask, old, cur) for cur, old in zip(current, previous))
+
+
 @dataclass
 class Divergence:
     """The first divergence of a sample: iteration, flat index, loss and initial loss."""
@@ -691,16 +697,14 @@ class Driver:
                 res = self.loss.residual(ev.fields, self.data)
                 step_t = torch.where(active, out.alpha.to(rdt), zero)
                 retry = torch.zeros_like(active) if out.retry is None else active & out.retry
+                previous = (x_prev, f_prev, res_prev, r_prev, G_prev)
                 if out.accepted is not None:   # samples that stayed at x keep x's evaluation
-                    hold = ~(active & out.accepted)
-                    x, f, res, r, G = (None if new is None else where_sample(hold, old, new) for new, old in
-                                       ((x, x_prev), (f, f_prev), (res, res_prev), (r, r_prev), (G, G_prev)))
+                    x, f, res, r, G = keep_previous(~(active & out.accepted), (x, f, res, r, G), previous)
                 bad = active & (~torch.isfinite(f) | (f > f_limit))
                 div_t = torch.where(bad, t, div_t)
                 div_f = torch.where(bad, f, div_f)
                 diverged = diverged | bad
-                x, f, res, r, G = (None if new is None else where_sample(bad, old, new) for new, old in
-                                   ((x, x_prev), (f, f_prev), (res, res_prev), (r, r_prev), (G, G_prev)))
+                x, f, res, r, G = keep_previous(bad, (x, f, res, r, G), previous)
                 step_t = torch.where(bad, zero, step_t)
                 status = torch.where(bad, torch.full_like(status, Status.DIVERGED), status)
                 iterations = torch.where(bad, torch.full_like(iterations, t - 1), iterations)

@@ -70,8 +70,9 @@ def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: t
 
     Uses ``ctx.evaluate_full`` when present (the driver: value, gradient and cache in one pass;
     the returned cache is that evaluation, which the driver keeps for the accepted samples only),
-    else ``ctx.evaluate`` (its cache is merged with ``ctx.cache`` per sample). Returns
-    ``(ok, x_new, f_new, cache)`` with x_new = x_α where ok, else x.
+    else ``ctx.evaluate`` (a value only: the returned cache is None, since the trial's cache is
+    wrong for the rejected samples). Returns ``(ok, x_new, f_new, cache)`` with x_new = x_α where
+    ok, else x.
     """
     x_try = x + bview(alpha, x).to(x.dtype) * direction
     if ctx.project is not None:
@@ -79,9 +80,7 @@ def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: t
     if ctx.evaluate_full is not None:
         cache, f_try = ctx.evaluate_full(x_try)
     else:
-        f_try, cache = ctx.evaluate(x_try)
-        if cache is not None and ctx.cache is not None:
-            cache = None                      # the driver re-evaluates at the kept points
+        f_try, cache = ctx.evaluate(x_try)[0], None
     ok = ctx.active & torch.isfinite(f_try) & (f_try <= f + c * dot(grad, x_try - x) + rtol * f.abs())
     return ok, where_sample(ok, x_try, x), torch.where(ok, f_try, f), cache
 
