@@ -87,6 +87,7 @@ from phasetorch.physics import CodedDiffraction, GaussianEnsemble, GaussianMeasu
 from phasetorch.physics import kernels as pt_kernels
 from phasetorch.solve import Status, reconstruct
 from phasetorch.tensors import check_int
+from phasetorch.tensors import dtype_name as _dtype_name
 from phasetorch.theory import dmft
 
 PEER_HINT = "not installed (pip install -e '.[bench]')"
@@ -114,6 +115,8 @@ ROWS = {
                           "m = 8n, complex128)", "≥ 1×"),
     10: ("sharding", "Sharded reconstruction over 2 processes (gloo, CPU): memory per rank and strong scaling",
          "≤ 1.1× the 1/N + replicated memory"),
+    11: ("streamed_gaussian", "Streamed Gaussian operator: one product A x (A regenerated) vs drawing the same "
+                              "number of normal variates with torch.randn on the device", "≤ 2×"),
 }
 
 # Sizes per mode. "full" is the side-by-side benchmark (≲ 15 min on 2 idle cores), "quick" a
@@ -131,6 +134,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, Any]]] = {
         8: dict(phasetorch_epochs=40, ptychi_epochs=80),
         9: dict(n=(64, 256, 1024), delta=8, iters=(10, 60)),
         10: dict(n=2048, delta=8, iters=10),
+        11: dict(n=2048, m=200_000, block_rows=4096),
     },
     "quick": {
         1: dict(n=1024, delta=8, cdp_shape=(128, 128), cdp_masks=8, repeats=5, min_sample_s=0.01),
@@ -147,6 +151,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, Any]]] = {
         8: dict(phasetorch_epochs=10, ptychi_epochs=20),
         9: dict(n=(64, 256), delta=8, iters=(5, 25)),
         10: dict(n=512, delta=8, iters=5),
+        11: dict(n=2048, m=20_000, block_rows=4096),
     },
     "dry": {
         1: dict(n=32, delta=8, cdp_shape=(16, 16), cdp_masks=2, repeats=1, min_sample_s=0.0),
@@ -162,6 +167,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, Any]]] = {
         8: dict(phasetorch_epochs=1, ptychi_epochs=1),
         9: dict(n=(16,), delta=8, iters=(2, 5)),
         10: dict(n=256, delta=8, iters=2),
+        11: dict(n=16, m=200, block_rows=64),
     },
 }
 DEFAULT_REPEATS = {"full": 5, "quick": 5, "dry": 1}
@@ -1356,10 +1362,59 @@ def row_sharding(ctx: Context) -> dict:
                       "the time ratio is bounded by the idle cores of the machine"]}
 
 
+# ============================================================================ row 11: streamed Gaussian operator
+def row_streamed(ctx: Context) -> dict:
+    """One product A x of a streamed GaussianMeasurement (nothing stored: every block of rows is
+    regenerated from its counters, :mod:`phasetorch.philox`) against the time to draw the same number of
+    normal variates (2·m·n, in blocks of the same size) with ``torch.randn`` on the device, in the
+    operator's precision. Ratio = product / draw (≤ 2: generation dominates, the product rides on it).
+    The torch path (``PHASETORCH_KERNELS=0``: the same matrix from torch ops) is reported beside it."""
+    cfg = ctx.settings(11)
+    n, m, br = cfg["n"], cfg["m"], cfg["block_rows"]
+    dev = ctx.device
+    comparisons, entries = [], []
+    for real in (torch.float32, torch.float64):
+        op = GaussianMeasurement(n, m, seed=ctx.seed, streamed=True, block_rows=br, dtype=real).to(dev)
+        g = torch.Generator(device=dev).manual_seed(ctx.seed)
+        x = torch.randn(1, n, dtype=op.signal_dtype, device=dev, generator=g)
+
+        def product():
+            return op.linear(x)
+
+        def draw():
+            for start in range(0, m, br):
+                torch.randn(min(br, m - start), n, 2, dtype=real, device=dev, generator=g)
+
+        product_plain = pt_kernels.switched(False, product)
+        t = {"product": [], "draw": [], "plain": []}
+        product(), draw()                                          # warm-up (and the kernel's compilation)
+        for _ in range(max(1, ctx.repeats)):
+            t["product"].append(ctx.clock(product)[0])
+            t["draw"].append(ctx.clock(draw)[0])
+        t["plain"].append(ctx.clock(product_plain)[0])             # once: slow on a CPU, reported only
+        med = {k: _median(v) for k, v in t.items()}
+        ratio = med["product"] / med["draw"] if med["draw"] > 0 else None
+        label = f"streamed GaussianMeasurement {_dtype_name(op.signal_dtype)} n={n}, m={m}: A x"
+        comparisons.append(_cmp(label, {"seconds": med["product"]},
+                                {"contender": f"torch.randn of {2 * m * n:.3g} {_dtype_name(real)}", "seconds": med["draw"]},
+                                ratio, "≤ 2"))
+        entries.append({"dtype": _dtype_name(op.signal_dtype), "n": n, "m": m, "block_rows": br,
+                        "product_s": med["product"], "draw_s": med["draw"], "torch_path_product_s": med["plain"],
+                        "kernel_path": pt_kernels.status()["path"] if dev.type == "cpu" else "torch",
+                        "ratio": ratio})
+        ctx.log(f"    {_dtype_name(op.signal_dtype):<10} product {med['product']:.3f} s  draw {med['draw']:.3f} s  "
+                f"ratio {_fmt_ratio(ratio)}  (torch path {med['plain']:.3f} s)")
+    worst = max((c["ratio"] for c in comparisons if c["ratio"] is not None), default=None)
+    return {"ratio": worst, "met": None if worst is None else worst <= 2.0, "comparisons": comparisons,
+            "entries": entries, "ratio_meaning": "worst streamed product time / time to draw as many normals",
+            "notes": ["the reference draws 2·m·n real normals with torch.randn (CPU: mt19937; CUDA: Philox) in "
+                      "blocks of block_rows rows; the operator's matrix is the same on every device"]}
+
+
 ROW_FUNCTIONS: Dict[int, Callable[[Context], dict]] = {
     1: row_roofline, 2: row_gaussian_time, 3: row_cdp_time, 4: row_spectral, 5: row_batching,
     6: row_dmft, 7: row_success, 8: row_ptychography, 9: row_iteration_cost,
-    10: row_sharding,
+    10: row_sharding, 11: row_streamed,
 }
 
 

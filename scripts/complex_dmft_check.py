@@ -37,7 +37,7 @@ def run_case(delta, l2, step, args):
     t_dmft = time.time() - t0
     t0 = time.time()
     log = simulate(delta, dim=args.dim, seeds=args.seeds, step=step, l2=l2, steps=args.steps, field="complex",
-                   preprocessing=args.preprocessing, seed=args.seed + 1, progress=False)
+                   preprocessing=args.preprocessing, seed=args.seed + 1, progress=False, chunk=args.chunk)
     t_sim = time.time() - t0
     cmp = compare(pred, log, quantities=QUANTITIES)
     fp = fixed_point(delta, l2=l2, field="complex", preprocessing=args.preprocessing)
@@ -73,7 +73,7 @@ def table(rows, args):
             f"{r['fixed_point_overlap']:.4f} | {'yes' if ok else 'NO'} ({r['verdict']}) |")
     out.append("")
     out.append(f"Command: `python scripts/complex_dmft_check.py --dim {args.dim} --seeds {args.seeds} --steps "
-               f"{args.steps} --samples {args.samples} --replicates {args.replicates}`; times (s): "
+               f"{args.steps} --samples {args.samples} --replicates {args.replicates} --deltas {args.deltas} --l2s {args.l2s}`; times (s): "
                + ", ".join(f"δ={r['delta']:g} λ={r['l2']:g}: DMFT {r['time_dmft_s']:.0f}, sim {r['time_sim_s']:.0f}"
                            for r in rows) + ".")
     return "\n".join(out) + "\n"
@@ -91,6 +91,7 @@ def main(argv):
     p.add_argument("--replicates", type=int, default=8)
     p.add_argument("--preprocessing", default="optimal")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=16, help="simulations run at once (memory: chunk·δ·dim² entries)")
     p.add_argument("--out", default="results/complex_dmft.md")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -240,6 +240,30 @@ def test_theory_without_logs_and_refusals(capsys, tmp_path):
     _assert_clean_error(code, err, "field")
 
 
+def test_train_af_then_theory_picks_the_amplitude_model(capsys, tmp_path):
+    tr = tmp_path / "af"
+    code, _, err = _run(capsys, "train", "--delta", 4, "--dim", 60, "--seeds", 2, "--steps", 3, "--algorithm", "af",
+                        "--step", 0.5, "--field", "complex", "--out", tr, "--quiet")
+    assert code == 0, err
+    from phasetorch.logs import TrainingLog
+
+    cfg = TrainingLog.from_json(tr / "log.json").config
+    assert cfg["algorithm"] == "af" and cfg["theory_model"] == "amplitude_phase_retrieval"
+    th = tmp_path / "th"
+    code, stdout, err = _run(capsys, "theory", "--logs", tr / "log.json", "--samples", 2000, "--replicates", 2,
+                             "--out", th)
+    assert code == 0, err
+    pred = json.loads((th / "prediction.json").read_text())
+    assert "amplitude_phase_retrieval" in json.dumps(pred) and "amplitude_phase_retrieval" in err + stdout
+    # the intensity-loss theory does not describe an amplitude-loss run
+    code, _, err = _run(capsys, "theory", "--logs", tr / "log.json", "--algorithm", "wf", "--out", tmp_path / "x")
+    _assert_clean_error(code, err, "amplitude_phase_retrieval", "drop the option")
+    # af has no default step ramp
+    code, _, err = _run(capsys, "train", "--delta", 4, "--dim", 20, "--steps", 2, "--algorithm", "af",
+                        "--out", tmp_path / "y")
+    _assert_clean_error(code, err, "--step")
+
+
 def test_theory_below_the_threshold_is_refused(capsys, tmp_path):
     code, _, err = _run(capsys, "theory", "--delta", 0.3, "--steps", 5, "--out", tmp_path / "t")
     _assert_clean_error(code, err, "threshold")

@@ -310,3 +310,37 @@ def test_lbfgs_two_loop_equals_the_textbook_recursion_per_sample(dtype, stored):
         torch.testing.assert_close(d, -grad, rtol=0, atol=0)
     else:
         assert (dot(d, grad) < 0).all()             # a descent direction
+
+
+def test_adapter_safeguard_keeps_a_user_loop_monotone():
+    """RAF's torch.optim adapter with a closure rejects trial steps that raise a sample's loss (the
+    preset's safeguard, as reconstruct): on problems where its constant step blows up unguarded."""
+    from phasetorch.losses import ReweightedAmplitudeLoss
+
+    def run(seed, **kw):
+        op = GaussianMeasurement((6, 6), 216, complex=False, seed=seed, dtype=torch.float64)
+        g = torch.Generator().manual_seed(4)
+        xs = torch.zeros(2, 6, 6, dtype=torch.float64)
+        xs[:, 1:5, 2:5] = 1.0 + 0.1 * torch.rand(2, 4, 3, generator=g, dtype=torch.float64)
+        y = op(xs)
+        loss = ReweightedAmplitudeLoss(op, 10.0)
+        x = (xs + 0.3 * torch.randn(xs.shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+        opt = optim.ReweightedAmplitudeFlow([x], batch_dims=1, **kw)
+
+        def closure():
+            opt.zero_grad()
+            f = loss(x, y)
+            f.sum().backward()
+            return f
+        fs = [closure().detach()]
+        for _ in range(40):
+            opt.step(closure)
+            fs.append(loss(x, y).detach())
+        return torch.stack(fs)
+
+    assert optim.ReweightedAmplitudeFlow([torch.zeros(3, requires_grad=True)]).param_groups[0]["safeguard"]
+    for seed in (9, 11):
+        fs = run(seed)
+        assert torch.isfinite(fs).all() and (fs[1:] <= fs[:-1] * (1 + 1e-12)).all() and (fs[-1] < 0.2 * fs[0]).all()
+    unguarded = run(9, safeguard=False)
+    assert not (torch.isfinite(unguarded[-1]) & (unguarded[-1] < unguarded[0])).all()     # it does blow up

@@ -509,7 +509,7 @@ def test_spectral_init_on_an_amplitude_model_equals_the_intensity_problem():
     assert torch.equal(spectral_init(LinkMeasurement(op, "amplitude"), a, seed=2), ref)
     assert torch.equal(spectral_matrix(amp, a), spectral_matrix(op, a.square()))
     # a noisy model goes through: negative noisy amplitudes are signed squares, never NaN
-    noisy = MeasurementModel(op, link="amplitude", noise=GaussianNoise(0.5, seed=1))
+    noisy = MeasurementModel(op, link="amplitude", noise=GaussianNoise(1.5, seed=1))
     yn = noisy(x)
     assert (yn < 0).any()
     xn = spectral_init(noisy, yn, seed=2)

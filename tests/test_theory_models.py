@@ -65,3 +65,32 @@ def test_complex_amplitude_loss_matches_simulation():
     wf = th.simulate(4.0, dim=40, seeds=2, step=0.5, steps=1, field="complex", progress=False)
     with pytest.raises(ValueError, match="algorithm"):
         th.check_describes(p, wf)
+
+
+def test_real_amplitude_loss_matches_simulation_in_float64_and_float32():
+    model = th.amplitude_phase_retrieval(field="real")
+    kw = dict(model=model, step=0.5, l2=0.0, steps=8)
+    p = th.dmft(4.0, samples=20_000, replicates=4, seed=3, progress=False, **kw)
+    log = th.simulate(4.0, dim=300, seeds=6, progress=False, **kw)
+    assert log.config["algorithm"] == "af" and log.config["field"] == "real"
+    th.check_describes(p, log)
+    _agree(p, log)
+    # the smoothed sign's derivative stays finite far from 0 in float32 (it overflowed once)
+    r = torch.tensor([-50.0, -1.0, 0.0, 1e-3, 3.0, 1e4])
+    for dt in (torch.float32, torch.float64):
+        gr = model.g_r(r.to(dt), torch.ones(6, dtype=dt))
+        assert torch.isfinite(gr).all() and gr[0] == 1 and gr[-1] == 1 and gr[2] == pytest.approx(1 - 1 / 0.02)
+    p32 = th.dmft(4.0, samples=20_000, replicates=4, seed=3, dtype=torch.float32, progress=False, **kw)
+    assert torch.isfinite(p32["m"]).all() and (p32["m"] - p["m"]).abs().max() < 1e-3
+
+
+def test_relu_regression_warm_start_matches_simulation_and_fixed_point():
+    model = th.relu_regression(0.1)
+    assert model.mean_y == pytest.approx(0.3989422804)
+    kw = dict(model=model, init="warm", init_overlap=0.3, step=0.5, l2=0.05, steps=15)
+    p = th.dmft(3.0, samples=20_000, replicates=4, seed=1, progress=False, **kw)
+    log = th.simulate(3.0, dim=300, seeds=6, progress=False, **kw)
+    th.check_describes(p, log)
+    _agree(p, log)
+    fp = th.fixed_point(3.0, l2=0.05, model=model, start=0.3)
+    assert fp.converged and fp.m == pytest.approx(float(p["m"][-1]), abs=3e-3)

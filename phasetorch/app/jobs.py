@@ -62,12 +62,12 @@ from ..physics import (CodedDiffraction, GaussianMeasurement, OversampledFourier
 from ..physics.noise import GaussianNoise, PoissonNoise
 from ..solve import reconstruct
 from ..tensors import abs2, available_memory, check_number, inner, sum_dims
-from ..theory import compare, dmft, simulate, spectral_threshold
+from ..theory import amplitude_phase_retrieval, compare, dmft, phase_retrieval, simulate, spectral_threshold
 from .common import CLIError, Echo, UsageError, fmt_value
 from .figures import (circular_mean_phase, convergence_figure, grid_figure, phase_view, prediction_figure,
                       save_display, signal_figure, theory_figure)
 
-__all__ = ["ALGORITHMS", "PROJECTION_ALGORITHMS", "SUPPORT_ALGORITHMS", "TRAIN_ALGORITHMS", "MODELS", "INITS",
+__all__ = ["ALGORITHMS", "PROJECTION_ALGORITHMS", "SUPPORT_ALGORITHMS", "TRAIN_ALGORITHMS", "THEORY_MODELS", "TRAIN_MODEL", "MODELS", "INITS",
            "NOISE_KINDS", "NOISE_HELP", "GAUSSIAN_MAX_BYTES", "LOW_PHOTONS", "parse_noise", "noise_sigma",
            "photons_per_measurement", "build_operator", "make_noise", "problem_bytes", "available_memory",
            "check_memory", "object_support", "load_object", "simulate_problem", "load_problem", "twin_metrics",
@@ -85,7 +85,12 @@ SUPPORT_ALGORITHMS: Tuple[str, ...] = tuple(n for n, p in PRESETS.items() if p.n
 #: What :func:`train_job` runs: plain gradient descent on the intensity loss, the algorithm
 #: :func:`phasetorch.theory.simulate` runs (Wirtinger flow) and the DMFT describes.
 TRAIN_ALGORITHMS: Tuple[str, ...] = tuple(n for n, p in PRESETS.items()
-                                          if p.loss == "intensity" and not p.loss_choices)
+                                          if p.loss == "intensity" and not p.loss_choices) + ("af",)
+#: The single-index model whose DMFT describes each of :data:`TRAIN_ALGORITHMS` (name → constructor
+#: ``(noise, field)``): wf runs GD on the intensity loss, af on the amplitude loss.
+THEORY_MODELS: Dict[str, Any] = {"phase_retrieval": phase_retrieval,
+                                 "amplitude_phase_retrieval": amplitude_phase_retrieval}
+TRAIN_MODEL: Dict[str, str] = {"wf": "phase_retrieval", "af": "amplitude_phase_retrieval"}
 MODELS = ("cdp", "gaussian", "structured", "fourier")
 #: The named initialisations of :func:`phasetorch.reconstruct` (a tensor start is the library's).
 INITS = ("spectral", "random")
@@ -662,16 +667,20 @@ def train_job(out, *, delta: float, dim: int, seeds: int, steps: int, l2: float 
 
     Seeds ``seed, seed+1, …, seed+seeds−1``; ``step=None`` uses the WF preset's schedule;
     ``noise`` is σ of y = |Ax*|² + σε (the theory's units: E y = 1); ``algorithm`` is one of
-    :data:`TRAIN_ALGORITHMS`. Writes ``out/log.json`` and ``out/log.csv``; returns the
+    :data:`TRAIN_ALGORITHMS` (wf: intensity loss; af: amplitude loss, constant ``step`` only). Writes ``out/log.json`` and ``out/log.csv``; returns the
     :class:`~phasetorch.logs.TrainingLog`.
     """
     if algorithm not in TRAIN_ALGORITHMS:
-        raise ValueError(f"train runs {', '.join(TRAIN_ALGORITHMS)} (gradient descent on the intensity loss, "
-                         f"what the theory describes), got {algorithm!r}")
+        raise ValueError(f"train runs {', '.join(TRAIN_ALGORITHMS)} (gradient descent on the intensity or the "
+                         f"amplitude loss, what the theory describes), got {algorithm!r}")
+    if algorithm != "wf" and step is None:
+        raise ValueError(f"train --algorithm {algorithm}: give a constant --step η (the DMFT describes a constant "
+                         f"step; only wf has a default ramp)")
     outp = Path(out)
+    model = THEORY_MODELS[TRAIN_MODEL[algorithm]](float(noise), field=field)
     log = simulate(float(delta), dim=int(dim), seeds=_seed_list(seed, seeds), steps=int(steps),
                    step=None if step is None else float(step), l2=float(l2), preprocessing=preprocessing,
-                   noise=float(noise), field=field, device=device, progress=progress)
+                   model=model, device=device, progress=progress)
     if write:
         save_log(log, outp / "log.json")
         pio.atomic_write(outp / "log.csv", log.to_csv)

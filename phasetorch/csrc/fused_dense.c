@@ -79,7 +79,7 @@ static void *pt_alloc(size_t bytes) {
     return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
 }
 
-int pt_abi_version(void) { return 1; }
+int pt_abi_version(void) { return 2; }
 
 #define PT_BODY
 #define REAL float
@@ -135,6 +135,116 @@ int pt_pass(const pt_args *p, int dtype_bits) {
     if (dtype_bits == 32) return pt_pass_f32(p);
     if (dtype_bits == 64) return pt_pass_f64(p);
     return 2;
+}
+
+/* ------------------------------------------------------------------ counter-based Gaussian rows
+ * pt_gaussian: rows row0 .. row0+rows-1 of the Gaussian matrix of `seed` (n columns) into `out`
+ * (float32 or float64; complex entries interleaved), exactly as phasetorch/philox.py defines them:
+ * Philox4x32-10 of counter (j, i lo, i hi, 0) under key (seed lo, seed hi), a 53-bit Box-Muller pair
+ * in IEEE basic operations in a fixed order (the library is compiled with -ffp-contract=off, so no
+ * multiply-add is fused and the torch version gives the same bits). */
+#define PT_GCH 256        /* pairs per inner chunk (vectorised loop over them) */
+
+static inline uint64_t pt_bits_of(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+static inline double pt_double_of(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+
+static void pt_gauss_chunk(uint32_t j0, int64_t cnt, uint32_t r_lo, uint32_t r_hi, uint32_t key0, uint32_t key1,
+                           double *restrict z0, double *restrict z1) {
+    const double LN2_HI = 6.93147180369123816490e-01, LN2_LO = 1.90821492927058770002e-10;
+    const double SQRT_HALF = 0.70710678118654757, PI_HALF = 1.5707963267948966;
+    double LC[11], SC[9], CC[10];
+    for (int k = 0; k < 11; k++) LC[k] = 1.0 / (double)(2 * k + 1);
+    {
+        double f = 1.0;                         /* k! exactly (k <= 18 < 2^53) */
+        double fact[19];
+        fact[0] = 1.0;
+        for (int k = 1; k < 19; k++) { f *= (double)k; fact[k] = f; }
+        for (int k = 0; k < 9; k++) SC[k] = (k % 2 ? -1.0 : 1.0) / fact[2 * k + 1];
+        for (int k = 0; k < 10; k++) CC[k] = (k % 2 ? -1.0 : 1.0) / fact[2 * k];
+    }
+#pragma omp simd
+    for (int64_t t = 0; t < cnt; t++) {
+        uint32_t c0 = j0 + (uint32_t)t, c1 = r_lo, c2 = r_hi, c3 = 0, k0 = key0, k1 = key1;
+#pragma GCC unroll 10
+        for (int rd = 0; rd < 10; rd++) {
+            const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+            const uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0, hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+            c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
+            k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+        }
+        const uint64_t a = ((uint64_t)c0 << 21) | (c1 >> 11);
+        const int64_t b = (int64_t)((((uint64_t)c2 << 21) | (c3 >> 11)));
+        /* a + 1 = m 2^e, m in [1/2, 1) (frexp by the exponent field; a + 1 <= 2^53 is exact in double) */
+        const uint64_t bits = pt_bits_of((double)(int64_t)(a + 1));
+        const int64_t e = (int64_t)((bits >> 52) & 0x7FF) - 1022;
+        double m = pt_double_of((bits & 0x800FFFFFFFFFFFFFull) | 0x3FE0000000000000ull);
+        const int low = m < SQRT_HALF;
+        m = low ? m + m : m;
+        const double E = (double)(e - low - 53);
+        const double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+        double pl = LC[10];
+#pragma GCC unroll 10
+        for (int k = 9; k >= 0; k--) pl = pl * s2 + LC[k];
+        const double log_u = E * LN2_HI + (E * LN2_LO + (s + s) * pl);
+        const double rad = sqrt(-2.0 * log_u);
+        const int64_t q = (b + ((int64_t)1 << 50)) >> 51;
+        const double alpha = (double)(b - (q << 51)) * 4.4408920985006262e-16 * PI_HALF;   /* 2^-51 */
+        const double a2 = alpha * alpha;
+        double ps = SC[8], pc = CC[9];
+#pragma GCC unroll 8
+        for (int k = 7; k >= 0; k--) ps = ps * a2 + SC[k];
+#pragma GCC unroll 9
+        for (int k = 8; k >= 0; k--) pc = pc * a2 + CC[k];
+        const double sa = alpha * ps, ca = pc;
+        const int qq = (int)(q & 3);
+        const double sin_t = qq == 0 ? sa : (qq == 1 ? ca : (qq == 2 ? -sa : -ca));
+        const double cos_t = qq == 0 ? ca : (qq == 1 ? -sa : (qq == 2 ? -ca : sa));
+        z0[t] = rad * cos_t;
+        z1[t] = rad * sin_t;
+    }
+}
+
+int pt_gaussian(uint64_t seed, int64_t row0, int64_t rows, int64_t n, int32_t is_complex, int32_t bits,
+                void *out, int32_t nthreads) {
+    if (rows < 0 || n < 1 || row0 < 0 || (bits != 32 && bits != 64)) return 1;
+    const int64_t pairs = is_complex ? n : (n + 1) / 2;
+    if (pairs > 0xFFFFFFFFll) return 3;
+    const uint32_t key0 = (uint32_t)seed, key1 = (uint32_t)(seed >> 32);
+    const double SQRT_HALF = 0.70710678118654757;
+    const int64_t per_row = is_complex ? 2 * n : n;
+    const int64_t nchunks = (pairs + PT_GCH - 1) / PT_GCH;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static)
+    for (int64_t w = 0; w < rows * nchunks; w++) {
+        const int64_t i = w / nchunks, c = w % nchunks;
+        const uint64_t r = (uint64_t)(row0 + i);
+        const int64_t j0 = c * PT_GCH, cnt = (pairs - j0 < PT_GCH) ? pairs - j0 : PT_GCH;
+        double z0[PT_GCH], z1[PT_GCH];
+        pt_gauss_chunk((uint32_t)j0, cnt, (uint32_t)r, (uint32_t)(r >> 32), key0, key1, z0, z1);
+        if (bits == 64) {
+            double *o = (double *)out + i * per_row;
+            if (is_complex) {
+                for (int64_t t = 0; t < cnt; t++) { o[2 * (j0 + t)] = z0[t] * SQRT_HALF; o[2 * (j0 + t) + 1] = z1[t] * SQRT_HALF; }
+            } else {
+                for (int64_t t = 0; t < cnt; t++) {
+                    o[2 * (j0 + t)] = z0[t];
+                    if (2 * (j0 + t) + 1 < n) o[2 * (j0 + t) + 1] = z1[t];
+                }
+            }
+        } else {
+            float *o = (float *)out + i * per_row;
+            if (is_complex) {
+                for (int64_t t = 0; t < cnt; t++) {
+                    o[2 * (j0 + t)] = (float)(z0[t] * SQRT_HALF); o[2 * (j0 + t) + 1] = (float)(z1[t] * SQRT_HALF);
+                }
+            } else {
+                for (int64_t t = 0; t < cnt; t++) {
+                    o[2 * (j0 + t)] = (float)z0[t];
+                    if (2 * (j0 + t) + 1 < n) o[2 * (j0 + t) + 1] = (float)z1[t];
+                }
+            }
+        }
+    }
+    return 0;
 }
 
 #else  /* ===================================================================== body, per REAL type */

@@ -43,7 +43,7 @@ from .gradient import GradientAlgorithm
 from .lbfgs import LBFGSAlgorithm
 from .presets import get_preset
 from .projections import Constraint, ErrorReduction, HybridInputOutputAlgorithm, tight_frame_constant
-from .steps import RULE_NAMES, Armijo, BarzilaiBorwein, Constant, Schedule, StepRule, WFRamp
+from .steps import RULE_NAMES, Armijo, BarzilaiBorwein, Constant, Safeguarded, Schedule, StepRule, WFRamp
 
 __all__ = ["PhaseOptimizer", "GradientDescent", "WirtingerFlow", "TruncatedWirtingerFlow", "ReshapedWirtingerFlow",
            "AmplitudeFlow", "TruncatedAmplitudeFlow", "ReweightedAmplitudeFlow", "LBFGS", "GerchbergSaxton",
@@ -147,7 +147,7 @@ class PhaseOptimizer(Optimizer):
             return 1.0 / n2
         return torch.ones_like(n2)
 
-    def algorithm(self, group: dict) -> Algorithm:  # pragma: no cover - abstract
+    def algorithm(self, group: dict, closure: bool = False) -> Algorithm:  # pragma: no cover - abstract
         raise NotImplementedError  # abstract
 
     # ------------------------------------------------------------------ the step
@@ -155,7 +155,7 @@ class PhaseOptimizer(Optimizer):
     def step(self, closure=None):
         group = self.param_groups[0]
         p = self.param
-        alg = self.algorithm(group)
+        alg = self.algorithm(group, closure is not None)
         f = grad = evaluate = None
         if closure is not None and not (alg.uses_gradient or alg.needs_values):
             with torch.enable_grad():                 # projection methods: the closure only reports the loss
@@ -176,6 +176,9 @@ class PhaseOptimizer(Optimizer):
         if not st:
             st.update(alg.init_state(x, self.step_scale(x, group)))
             st["step"] = torch.zeros((), dtype=torch.float64)
+        else:                      # e.g. a first step without a closure, then one with: the safeguard's state
+            for k, v in alg.init_state(x, st.get("scale", self.step_scale(x, group))).items():
+                st.setdefault(k, v)
         st["step"] += 1
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         alg_state = {k: v for k, v in st.items() if k not in ("step", "last_step")}
@@ -223,13 +226,20 @@ class GradientDescent(PhaseOptimizer):
     scale : ``"x0"`` multiplies μ by 1/‖x₀‖² per sample (the WF normalisation, for the quartic
         intensity loss) or ``"none"`` (amplitude and Poisson losses). Default: the preset's loss.
     batch_dims : leading batch dimensions of x.
+    safeguard : when ``step(closure)`` gets a closure, make a constant / scheduled / ramped step
+        monotone (:class:`~phasetorch.optim.steps.Safeguarded`, what ``reconstruct`` does): a trial that
+        raises a sample's loss is rejected (the sample stays) and its step halved, then regrown by 2 on
+        acceptance — one extra closure call per step. Default: the preset's (on for every WF-family
+        preset; off for plain :class:`GradientDescent`). Without a closure the rule runs unguarded.
     """
 
     preset: Optional[str] = None
     base_mu = 0.1
+    #: whether the preset's safeguard applies to closure steps by default
+    closure_safeguard = True
 
     def __init__(self, params, lr: Optional[float] = None, step=None, schedule=None, mu: Optional[float] = None,
-                 scale: Optional[str] = None, batch_dims: int = 0) -> None:
+                 scale: Optional[str] = None, batch_dims: int = 0, safeguard: Optional[bool] = None) -> None:
         params = list(params) if not isinstance(params, torch.Tensor) else [params]
         x = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
         complex_x = isinstance(x, torch.Tensor) and x.is_complex()
@@ -249,7 +259,10 @@ class GradientDescent(PhaseOptimizer):
             scale = "x0" if (p is not None and p.loss_class(p.defaults(complex_x)).scale_power == 2) else "none"
         if scale not in ("x0", "none"):
             raise ValueError(f"scale must be 'x0' (μ/‖x₀‖²) or 'none', got {scale!r}")
-        defaults = {"lr": lr, "rule": rule, "scale": scale, **self.rule_defaults(p, complex_x)}
+        if safeguard is None:
+            safeguard = bool(p.defaults(complex_x).get("safeguard", False)) and self.closure_safeguard if p else False
+        defaults = {"lr": lr, "rule": rule, "scale": scale, "safeguard": bool(safeguard),
+                    **self.rule_defaults(p, complex_x)}
         super().__init__(params, defaults, batch_dims)
         self.schedule = schedule
 
@@ -275,8 +288,11 @@ class GradientDescent(PhaseOptimizer):
             return Schedule(self.schedule, lr)
         return BarzilaiBorwein(lr, kind)
 
-    def algorithm(self, group):
-        return GradientAlgorithm(self.make_rule(group))
+    def algorithm(self, group, closure: bool = False):
+        rule = self.make_rule(group)
+        if closure and group.get("safeguard", False) and isinstance(rule, (Constant, Schedule, WFRamp)):
+            rule = Safeguarded(rule)
+        return GradientAlgorithm(rule)
 
     @property
     def rule(self) -> StepRule:
@@ -296,12 +312,13 @@ class WirtingerFlow(GradientDescent):
     preset = "wf"
 
     def __init__(self, params, lr=None, step=None, schedule=None, tau0: Optional[float] = None, mu=None,
-                 mu_max: Optional[float] = None, scale=None, batch_dims: int = 0) -> None:
+                 mu_max: Optional[float] = None, scale=None, batch_dims: int = 0,
+                 safeguard: Optional[bool] = None) -> None:
         self._tau0 = tau0
         if mu_max is not None and lr is not None:
             raise ValueError("mu_max is the ramp's μ, i.e. lr: pass one of them")
         super().__init__(params, lr=lr if mu_max is None else mu_max, step=step, schedule=schedule, mu=mu,
-                         scale=scale, batch_dims=batch_dims)
+                         scale=scale, batch_dims=batch_dims, safeguard=safeguard)
 
     def default_rule(self):
         return "wf_ramp"
@@ -312,9 +329,14 @@ class WirtingerFlow(GradientDescent):
 
 
 class TruncatedWirtingerFlow(GradientDescent):
-    """Truncated WF (Chen & Candès 2017): x ← x − μ∇f on :class:`~phasetorch.losses.TruncatedPoissonLoss`."""
+    """Truncated WF (Chen & Candès 2017): x ← x − μ∇f on :class:`~phasetorch.losses.TruncatedPoissonLoss`.
+
+    No closure safeguard by default: the truncation set moves with x, so the loss a closure returns
+    jumps where a measurement enters or leaves it (``reconstruct`` compares with the weights frozen
+    at x, which a closure cannot do); pass ``safeguard=True`` to reject rises of that loss anyway."""
 
     preset = "twf"
+    closure_safeguard = False
 
 
 class ReshapedWirtingerFlow(GradientDescent):
@@ -363,7 +385,7 @@ class LBFGS(PhaseOptimizer):
             raise ValueError(f"scale must be 'x0' or 'none', got {scale!r}")
         super().__init__(params, {"lr": lr, "memory": memory, "scale": scale}, batch_dims)
 
-    def algorithm(self, group):
+    def algorithm(self, group, closure: bool = False):
         return LBFGSAlgorithm(memory=group["memory"], mu0=group["lr"])
 
 
@@ -414,7 +436,7 @@ class GerchbergSaxton(ProjectionOptimizer):
                          {"lr": check_number(lr, "lr (the relaxation)", low=0.0, strict=True),
                           "cg_steps": check_int(cg, "cg_steps", 1)})
 
-    def algorithm(self, group):
+    def algorithm(self, group, closure: bool = False):
         return ErrorReduction(self.op, self.psi, self.constraint, group["cg_steps"], self.tight)
 
 
@@ -435,6 +457,6 @@ class HybridInputOutput(ProjectionOptimizer):
                          {"lr": HybridInputOutputAlgorithm.check_beta(b),
                           "cg_steps": check_int(d["cg_steps"] if cg_steps is None else cg_steps, "cg_steps", 1)})
 
-    def algorithm(self, group):
+    def algorithm(self, group, closure: bool = False):
         return HybridInputOutputAlgorithm(self.op, self.psi, self.constraint, group["lr"], group["cg_steps"],
                                           self.tight)

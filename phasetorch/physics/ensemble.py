@@ -24,8 +24,8 @@ class GaussianEnsemble(MeasurementOperator):
     (e.g. the seeds of a simulation, :func:`phasetorch.theory.simulate`) as one batch through any
     solver, with one batched matrix product per application (``torch.bmm``) instead of a loop.
 
-    A_k is exactly ``GaussianMeasurement(n, m, complex, seed=seeds[k], block_rows=block_rows).matrix()``
-    (same row-block seeds and draws; entries N(0,1) real or (g₁+ig₂)/√2 complex, E|A_ij|² = 1, so
+    A_k is exactly ``GaussianMeasurement(n, m, complex, seed=seeds[k]).matrix()``
+    (the same counter-based entries; N(0,1) real or (g₁+ig₂)/√2 complex, E|A_ij|² = 1, so
     ``entry_energy = 1``; Candès, Li & Soltanolkotabi 2015).
 
     Parameters
@@ -33,7 +33,7 @@ class GaussianEnsemble(MeasurementOperator):
     n, m : unknowns and measurements per problem. count : number of independent matrices.
     complex : complex (default) or real Gaussian entries.
     seeds : one int seed per matrix; or ``seed`` / ``generator`` from which ``count`` seeds are drawn.
-    block_rows : row-block size of the seed schedule (keep the default to match GaussianMeasurement).
+    block_rows : rows per block of the members' streamed products (A does not depend on it).
     dtype : real dtype (float32 default). Memory: count·m·n entries.
     """
 

@@ -10,17 +10,34 @@ import torch
 
 from .base import MeasurementOperator
 from ..tensors import as_shape, check_flag, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from . import kernels
+from ..philox import gaussian_rows_torch
 from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_dense_pass, pointwise_dense_pass, row_blocks
 from .registry import register_operator
 
 
-def _gaussian_block(rows: int, n: int, is_complex: bool, seed: int, dtype: torch.dtype) -> torch.Tensor:
-    """Rows of A drawn from a generator seeded with ``seed`` (float64 draw, then cast: exact across dtypes)."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    if is_complex:
-        block = torch.randn(rows, n, 2, generator=g, dtype=torch.float64) * (0.5 ** 0.5)
-        return torch.view_as_complex(block).to(complex_dtype_of(dtype))
-    return torch.randn(rows, n, generator=g, dtype=torch.float64).to(dtype)
+#: the torch path generates at most this many entry pairs at once (its integer temporaries take ~100 B each)
+TORCH_PAIRS = 1 << 20
+
+
+def gaussian_rows(seed: int, row0: int, rows: int, n: int, is_complex: bool, dtype: torch.dtype,
+                  device: Union[str, torch.device, None] = None) -> torch.Tensor:
+    """Rows ``row0 .. row0 + rows − 1`` of the Gaussian matrix of ``seed`` (counter-based: entry (i, k)
+    depends on (seed, i, k) only, :mod:`phasetorch.philox`), generated on ``device`` in the real dtype
+    ``dtype`` (complex rows in the matching complex dtype). On the CPU the compiled kernel
+    (:func:`phasetorch.physics.kernels.gaussian_rows`) computes them, elsewhere (or with
+    ``PHASETORCH_KERNELS=0``) torch ops; both give the same Philox words and the same transform (float64
+    variates equal to about 1 ulp: torch's CPU sqrt is not always correctly rounded)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cpu" and kernels.available():
+        return kernels.gaussian_rows(seed, row0, rows, n, is_complex, dtype)
+    pairs = n if is_complex else (n + 1) // 2
+    step = max(1, TORCH_PAIRS // max(1, pairs))
+    parts = [gaussian_rows_torch(seed, r, min(step, row0 + rows - r), n, is_complex, dtype, device)
+             for r in range(row0, row0 + rows, step)]
+    if not parts:
+        return gaussian_rows_torch(seed, row0, 0, n, is_complex, dtype, device)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
 
 @register_operator
@@ -40,12 +57,15 @@ class GaussianMeasurement(MeasurementOperator):
         Number of measurements (an int ≥ 1; floats such as 2.7 are refused).
     complex : bool
         Complex (default) or real Gaussian entries.
-    seed, generator : reproducibility (one of them). The matrix is drawn in row blocks, each from
-        its own seed derived from ``seed``, so the stored and the streamed modes give the same A.
+    seed, generator : reproducibility (one of them). Entry (i, k) is a pure function of
+        (seed, i, k) (Philox4x32-10 and a fixed Box–Muller transform, :mod:`phasetorch.philox`), so
+        the stored and the streamed modes, every ``block_rows``, every shard
+        (:class:`~phasetorch.physics.ShardedGaussian`) and every device give the same A.
     streamed : bool
-        Do not store A: regenerate each block of ``block_rows`` rows from its seed at every
-        application (for m·n too large to hold in memory; costs one RNG pass per product).
-    block_rows : int ≥ 1, rows per block of the seed schedule (and of a streamed product).
+        Do not store A: regenerate each block of ``block_rows`` rows at every application (for m·n
+        too large to hold in memory; costs one generation pass per product, on the operator's
+        device: the compiled kernel on the CPU, torch ops elsewhere).
+    block_rows : int ≥ 1, rows per block of a streamed product (A does not depend on it).
     dtype : real dtype of the operator, float32 (default) or float64; ``op.to(torch.float64)`` also works.
 
     Only A is stored (no Aᴴ copy, no pseudo-inverse). ``linear`` computes ``x @ Aᵀ`` and
@@ -73,14 +93,12 @@ class GaussianMeasurement(MeasurementOperator):
                          "use streamed=True (blocks generated on the fly), or fewer measurements/unknowns")
             self.register_random("A", self._matrix(dtype))
 
-    def _block_seeds(self):
-        for k, start in enumerate(range(0, self.m, self.block_rows)):
-            yield start, min(self.m, start + self.block_rows), (self.seed + 7919 * k) % (2**63 - 1)
+    def _block_ranges(self):
+        for start in range(0, self.m, self.block_rows):
+            yield start, min(self.m, start + self.block_rows)
 
-    def _matrix(self, dtype: torch.dtype) -> torch.Tensor:
-        blocks = [_gaussian_block(stop - start, self.n, self.is_complex, s, dtype)
-                  for start, stop, s in self._block_seeds()]
-        return torch.cat(blocks, 0)
+    def _matrix(self, dtype: torch.dtype, device=None) -> torch.Tensor:
+        return gaussian_rows(self.seed, 0, self.m, self.n, self.is_complex, dtype, device)
 
     @property
     def entry_energy(self) -> float:
@@ -89,15 +107,16 @@ class GaussianMeasurement(MeasurementOperator):
     def matrix(self) -> torch.Tensor:
         """The m×n matrix A (generated on the fly in streamed mode)."""
         if self.streamed:
-            return self._matrix(self.real_dtype).to(self.device)
+            return self._matrix(self.real_dtype, self.device)
         return self.buffer("A")
 
     def _blocks(self):
         if not self.streamed:
             yield 0, self.m, self.buffer("A")
             return
-        for start, stop, s in self._block_seeds():
-            yield start, stop, _gaussian_block(stop - start, self.n, self.is_complex, s, self.real_dtype).to(self.device)
+        for start, stop in self._block_ranges():
+            yield start, stop, gaussian_rows(self.seed, start, stop - start, self.n, self.is_complex, self.real_dtype,
+                                             self.device)
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: x.dim() - len(self.signal_shape)]

@@ -9,7 +9,7 @@ accumulates conj(A_i)ᵀ v_i while the rows are still in L1/L2. φ is one of a f
 by an integer code (:class:`Map`) that a loss supplies as a :class:`PointwiseMap`; a pass with any
 other ``fn`` runs as two one-read kernel calls (z = Ax; v = fn(z) in torch; Aᴴv).
 
-Compilation: ``gcc -O3 -march=native -fopenmp -shared -fPIC`` (``$CC`` or ``gcc``), once per
+Compilation: ``gcc -O3 -march=native -ffp-contract=off -fno-math-errno -fopenmp -shared -fPIC`` (``$CC`` or ``gcc``), once per
 source/flags/compiler/CPU, into ``$PHASETORCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/phasetorch``
 or ``~/.cache/phasetorch``); the library is compiled under a temporary name and renamed
 atomically, so concurrent processes are safe. Without a compiler, or when compilation or loading
@@ -42,12 +42,12 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "fused_dense.c"
 #: compiler flags (part of the cache key)
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 #: environment variable that disables the kernel when set to 0/false/no/off
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
 ENV_CACHE = "PHASETORCH_CACHE_DIR"
-ABI_VERSION = 1
+ABI_VERSION = 2
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
 
@@ -108,7 +108,7 @@ class _Args(ctypes.Structure):
 
 _LOCK = threading.Lock()
 #: how many kernel calls of each mode ran in this process (for tests and diagnostics)
-CALLS = {"fused": 0, "linear": 0, "adjoint": 0}
+CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0}
 _STATE = {"lib": None, "tried": False, "reason": "not loaded yet", "path": None}
 
 
@@ -181,6 +181,9 @@ def _load(path: Path):
         raise RuntimeError(f"{path} has ABI version {lib.pt_abi_version()}, expected {ABI_VERSION}")
     lib.pt_pass.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
     lib.pt_pass.restype = ctypes.c_int
+    lib.pt_gaussian.argtypes = [ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
+                                ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
+    lib.pt_gaussian.restype = ctypes.c_int
     return lib
 
 
@@ -384,3 +387,24 @@ def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
 
 __all__ = ["Map", "PointwiseMap", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
            "fused", "dense_linear_adjoint", "CALLS", "cache_dir", "library_path", "build", "compiler"]
+
+
+# ---------------------------------------------------------------------------- Gaussian rows
+def gaussian_rows(seed: int, row0: int, rows: int, n: int, is_complex: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``row0 .. row0 + rows − 1`` of the counter-based Gaussian matrix of ``seed`` on the CPU
+    (:mod:`phasetorch.philox` defines them; this is its compiled form, bit-identical to
+    :func:`phasetorch.philox.gaussian_rows_torch`). ``dtype``: float32 or float64 (the real dtype;
+    complex rows come back as the matching complex dtype). Needs :func:`available`."""
+    bits = _bits(dtype)
+    if not bits or dtype.is_complex:
+        raise ValueError(f"gaussian_rows: dtype must be float32 or float64, got {dtype}")
+    out = torch.empty(rows, n, 2, dtype=dtype) if is_complex else torch.empty(rows, n, dtype=dtype)
+    if rows == 0:
+        return torch.view_as_complex(out) if is_complex else out
+    CALLS["gaussian"] += 1
+    threads = 1 if rows * n < SERIAL_WORK // 8 else max(1, torch.get_num_threads())
+    rc = load().pt_gaussian(int(seed) & ((1 << 64) - 1), int(row0), int(rows), int(n), int(is_complex), bits,
+                            out.data_ptr(), threads)
+    if rc != 0:
+        raise RuntimeError(f"phasetorch gaussian kernel failed (code {rc})")
+    return torch.view_as_complex(out) if is_complex else out

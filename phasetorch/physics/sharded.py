@@ -15,7 +15,7 @@ is replicated. On each rank:
 
 The shards are exactly the rows the single-process operator has for the same seed:
 :class:`ShardedGaussian` regenerates the rows [start, stop) of
-:class:`~phasetorch.physics.GaussianMeasurement`'s block scheme locally (never the whole matrix),
+:class:`~phasetorch.physics.GaussianMeasurement` (counter-based entries) locally (never the whole matrix),
 :class:`ShardedCodedDiffraction` keeps the masks [start, stop) of
 :class:`~phasetorch.physics.CodedDiffraction`, :class:`ShardedMatrix` a row block of a user matrix
 (:meth:`ShardedMatrix.from_file` reads only those rows of a saved matrix). Hence
@@ -40,22 +40,16 @@ import torch
 from .base import MeasurementOperator
 from .coded_diffraction import MASKS, draw_masks
 from .fourier import fft_dims, fft_shape
-from .gaussian import GaussianMeasurement
+from .gaussian import gaussian_rows
 from .matrix import dense_adjoint, dense_linear, fuse_pays, fused_linear_adjoint, row_blocks
 from .registry import register_operator
 from .. import distributed as D
 from ..tensors import (Shape, abs2, as_shape, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype,
                        real_dtype_of, resolve_seed)
 
-__all__ = ["ShardedOperator", "ShardedGaussian", "ShardedCodedDiffraction", "ShardedMatrix", "gaussian_block_seed"]
+__all__ = ["ShardedOperator", "ShardedGaussian", "ShardedCodedDiffraction", "ShardedMatrix"]
 
 Rows = Optional[Tuple[int, int]]
-
-
-def gaussian_block_seed(seed: int, k: int) -> int:
-    """The seed of block k of :class:`~phasetorch.physics.GaussianMeasurement`'s row blocks
-    (block k = rows [k·block_rows, (k+1)·block_rows), drawn from this seed)."""
-    return (int(seed) + 7919 * int(k)) % (2 ** 63 - 1)
 
 
 class ShardedOperator:
@@ -204,10 +198,9 @@ class ShardedGaussian(ShardedOperator, MeasurementOperator):
     r"""This rank's rows of :class:`~phasetorch.physics.GaussianMeasurement` (same arguments, same A).
 
     The rows [start, stop) (``rows``; default the balanced split of :func:`phasetorch.distributed.shard_range`)
-    are generated locally from the seed schedule of the whole operator (block k of ``block_rows``
-    rows from :func:`gaussian_block_seed`), so the union of the shards is exactly the matrix
-    ``GaussianMeasurement(n, m, complex, seed, block_rows=block_rows)`` — for every number of
-    processes. ``streamed=True`` stores nothing and regenerates the local blocks at every product.
+    are generated locally (entry (i, k) is a function of (seed, i, k) only, :mod:`phasetorch.philox`),
+    so the union of the shards is exactly the matrix ``GaussianMeasurement(n, m, complex, seed)`` —
+    for every number of processes and every ``block_rows``. ``streamed=True`` stores nothing and regenerates the local blocks at every product.
     ``generator`` is refused when the ranks' generators would give different seeds (checked).
     """
 
@@ -237,28 +230,19 @@ class ShardedGaussian(ShardedOperator, MeasurementOperator):
                 A[lo:hi] = block
             self.register_random("A", A)
 
-    def _pieces(self):
-        """(local start, local stop, global block k, block rows, slice of the block) for the local rows."""
+    def _generate(self, dtype, device=None):
+        """(local start, local stop, rows) for the local rows, ``block_rows`` at a time."""
         start, stop = self.rows
-        b = self.block_rows
-        for k in range(start // b, (stop - 1) // b + 1):
-            b0, b1 = k * b, min(self.m, (k + 1) * b)
-            lo, hi = max(b0, start), min(b1, stop)
-            yield lo - start, hi - start, k, b1 - b0, slice(lo - b0, hi - b0)
-
-    def _generate(self, dtype):
-        for lo, hi, k, rows, part in self._pieces():
-            whole = GaussianMeasurement(self.n, rows, complex=self.is_complex, seed=gaussian_block_seed(self.seed, k),
-                                        streamed=True, block_rows=rows, dtype=dtype).matrix()
-            block = whole if (part.start == 0 and part.stop == rows) else whole[part].clone()
-            yield lo, hi, block
+        for lo in range(start, stop, self.block_rows):
+            hi = min(stop, lo + self.block_rows)
+            yield lo - start, hi - start, gaussian_rows(self.seed, lo, hi - lo, self.n, self.is_complex, dtype, device)
 
     def _blocks(self):
         if not self.streamed:
             yield 0, self.measurement_shape[0], self.buffer("A")
             return
-        for lo, hi, A in self._generate(self.real_dtype):
-            yield lo, hi, A.to(self.device)
+        for lo, hi, A in self._generate(self.real_dtype, self.device):
+            yield lo, hi, A
 
     @property
     def entry_energy(self) -> float:

@@ -8,7 +8,7 @@ Chen & Shen 2025, arXiv 2509.23527; Lu & Li 2017; Mondelli & Montanari 2018; Luo
 * :class:`SingleIndexModel` (link y = f(s, ε), loss ℓ(r; y), real or complex field; derivatives given
   or by autograd, :func:`single_index_model`) and the shipped models :func:`phase_retrieval`
   (intensity loss, real/complex), :func:`amplitude_phase_retrieval`, :func:`linear_regression`,
-  :func:`logistic_classification`;
+  :func:`logistic_classification`, :func:`relu_regression`;
 * :func:`dmft` → :class:`Prediction` — the whole GD trajectory (dynamical mean-field theory), for
   the real and the complex field (``field=``) and any model (``model=``);
 * :func:`fixed_point` — its long-time limit;
@@ -21,7 +21,7 @@ The DMFT is split into :mod:`.model` (single-index models, the start's law), :mo
 (the time-stepping solver, :func:`~phasetorch.theory.solver.solve_dmft` and :func:`dmft`).
 """
 
-from .model import (SingleIndexModel, amplitude_phase_retrieval, linear_regression, logistic_classification,
+from .model import (SingleIndexModel, amplitude_phase_retrieval, linear_regression, logistic_classification, relu_regression,
                     phase_retrieval, single_index_model)
 from .spectral import SpectralLimits, spectral_limits, spectral_overlap, spectral_threshold, rank_threshold
 from .fixed_point import FixedPoint, fixed_point
@@ -32,6 +32,6 @@ from .compare import Comparison, check_describes, compare
 from .overlay import overlay
 
 __all__ = ["SingleIndexModel", "single_index_model", "phase_retrieval", "amplitude_phase_retrieval",
-           "linear_regression", "logistic_classification", "spectral_limits", "spectral_overlap", "spectral_threshold", "rank_threshold", "SpectralLimits",
+           "linear_regression", "logistic_classification", "relu_regression", "spectral_limits", "spectral_overlap", "spectral_threshold", "rank_threshold", "SpectralLimits",
            "fixed_point", "FixedPoint", "dmft", "Prediction", "simulate", "overlay", "compare", "Comparison",
            "check_describes"]

@@ -314,7 +314,8 @@ def amplitude_phase_retrieval(noise: float = 0.0, field: str = "complex") -> Sin
         return r - torch.sqrt(y.clamp(min=0)) * torch.tanh(r / eps)
 
     def g_r_real(r, y):
-        return 1 - torch.sqrt(y.clamp(min=0)) / eps / torch.cosh(r / eps).clamp(max=1e150) ** 2
+        z = torch.exp(-2 * (r / eps).abs())          # sech²(u) = 4z/(1 + z)², z = e^{−2|u|}: no overflow in float32
+        return 1 - torch.sqrt(y.clamp(min=0)) / eps * 4 * z / (1 + z) ** 2
 
     def g_y_real(r, y):
         return -0.5 * torch.tanh(r / eps) / torch.sqrt(y.clamp(min=1e-30)) * (y > 0)
@@ -369,6 +370,22 @@ def logistic_classification(noise: float = 0.0) -> SingleIndexModel:
         link=lambda s, e: torch.where(s + sigma * e >= 0, torch.ones_like(s), -torch.ones_like(s)),
         link_ds=lambda s, e: torch.zeros_like(s),
         loss=lambda r, y: torch.nn.functional.softplus(-y * r), g=g, g_r=g_r, g_y=g_y)
+
+
+def relu_regression(noise: float = 0.0) -> SingleIndexModel:
+    r"""Single-index regression with a ReLU link, y = max(s, 0) + σε, fitted by least squares
+    ℓ = (r − y)²/2 (a misspecified linear model: g = r − y, g' = 1, ∂_y g = −1).
+
+    The link has a kink at s = 0 but is continuous, so μ = E[∂f/∂s] = P(s > 0) = 1/2 is taken
+    pathwise. E y = 1/√(2π); the estimator's direction converges to x* (E[y s] = 1/2 > 0), its norm
+    to the regression coefficient, shrunk by the ridge. Use a warm start (``init="warm"``).
+    """
+    sigma = check_noise(noise)
+    return SingleIndexModel(
+        name="relu_regression", noise=sigma, mean_y=1.0 / math.sqrt(2 * math.pi), stability="quadratic",
+        link=lambda s, e: torch.relu(s) + sigma * e, link_ds=lambda s, e: (s > 0).to(s.dtype),
+        loss=lambda r, y: 0.5 * (r - y) ** 2, g=lambda r, y: r - y,
+        g_r=lambda r, y: torch.ones_like(r), g_y=lambda r, y: -torch.ones_like(r))
 
 
 def _cbrt(x: torch.Tensor) -> torch.Tensor:

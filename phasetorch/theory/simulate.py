@@ -144,12 +144,24 @@ def _own_descent(op: GaussianEnsemble, y: torch.Tensor, model: SingleIndexModel,
     return log
 
 
+def _joined(logs: list, seed_list: list, **extra) -> TrainingLog:
+    """One log of the parts ``logs`` (runs over consecutive shares of ``seed_list``): per-seed config
+    entries concatenated, ``extra`` (e.g. processes=, chunk=) recorded."""
+    cfg = dict(logs[0].config, seeds=seed_list, **extra,
+               spectral_eigenvalue=(None if logs[0].config.get("spectral_eigenvalue") is None else
+                                    [e for lg in logs for e in lg.config["spectral_eigenvalue"]]))
+    for key in ("status", "converged", "iterations"):
+        if key in cfg and isinstance(cfg[key], list):
+            cfg[key] = [v for lg in logs for v in lg.config[key]]
+    return TrainingLog.join(logs, cfg)
+
+
 def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: Optional[float], l2: float = 0.0,
              steps: int, preprocessing="optimal", noise: Optional[float] = None, field: Optional[str] = None,
              model: Optional[SingleIndexModel] = None, init: str = "spectral", init_overlap: Optional[float] = None,
              init_norm: float = 1.0, schedule: Optional[Callable[[int], float]] = None, seed: int = 0,
              device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float64,
-             progress: bool = True, distributed: bool = True):
+             progress: bool = True, distributed: bool = True, chunk: Optional[int] = None):
     r"""Run spectral-initialised (regularised) gradient descent on ``len(seeds)`` independent problems.
 
     Parameters
@@ -173,6 +185,9 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
         from its own seed, so it is the problem a single process would run) and return, on every
         rank, the joined log of all seeds (:meth:`~phasetorch.logs.TrainingLog.join`). False: run
         every seed here.
+    chunk : run at most this many problems at once (their matrices are held together: memory
+        chunk·m·dim entries instead of len(seeds)·m·dim) and join the logs; every problem is built
+        from its own seed, so the result is the same as one run over all seeds (to rounding, ~1e-12).
 
     Returns
     -------
@@ -183,7 +198,7 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
     ``theory_model``, ``init``, ``seeds``, ``seed`` and ``spectral_eigenvalue`` (top eigenvalue of D
     per seed; spectral starts).
 
-    Memory: len(seeds)·m·dim matrix entries.
+    Memory: len(seeds)·m·dim matrix entries (``chunk``·m·dim with ``chunk``).
     Raises :class:`phasetorch.errors.DivergenceError` if a run diverges (step too large).
     """
     delta = check_number(delta, "delta (= m/n, measurements per unknown)", 0.0, strict=True)
@@ -229,14 +244,16 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
                         preprocessing=preprocessing, model=model, init=init, init_overlap=init_overlap,
                         init_norm=init_norm, schedule=schedule, seed=seed, device=device, dtype=dtype,
                         progress=progress and D.is_main(), distributed=False)
-        logs = D.all_gather_object(part)
-        cfg = dict(logs[0].config, seeds=seed_list, processes=size,
-                   spectral_eigenvalue=(None if logs[0].config.get("spectral_eigenvalue") is None else
-                                        [e for lg in logs for e in lg.config["spectral_eigenvalue"]]))
-        for key in ("status", "converged", "iterations"):
-            if key in cfg and isinstance(cfg[key], list):
-                cfg[key] = [v for lg in logs for v in lg.config[key]]
-        return TrainingLog.join(logs, cfg)
+        return _joined(D.all_gather_object(part), seed_list, processes=size)
+    if chunk is not None:
+        chunk = check_int(chunk, "chunk (the most problems run at once)", 1)
+        if chunk < len(seed_list):
+            parts = [simulate(delta, dim=dim, seeds=seed_list[lo:lo + chunk], step=step, l2=l2, steps=steps,
+                              preprocessing=preprocessing, model=model, init=init, init_overlap=init_overlap,
+                              init_norm=init_norm, schedule=schedule, seed=seed, device=device, dtype=dtype,
+                              progress=progress, distributed=False)
+                     for lo in range(0, len(seed_list), chunk)]
+            return _joined(parts, seed_list, chunk=chunk)
     count = len(seed_list)
     is_complex = model.is_complex
     try:

@@ -6,9 +6,9 @@ from typing import List, Sequence
 
 from ... import io as pio
 from ...logs import TrainingLog
-from ...theory import check_describes, phase_retrieval, spectral_threshold
+from ...theory import check_describes, spectral_threshold
 from ..common import CLIError, Echo, UsageError, resolve_device
-from ..jobs import THEORY_OPERATORS, WF_RAMP, noise_sigma, sup_gap_lines, theory_job
+from ..jobs import THEORY_MODELS, THEORY_OPERATORS, TRAIN_ALGORITHMS, TRAIN_MODEL, WF_RAMP, noise_sigma, sup_gap_lines, theory_job
 from .reconstruct import add_distributed_options
 from .options import device, noise_spec, nonneg_float, nonneg_int, positive_float, positive_int
 from .train import THEORY_NOISE_HELP
@@ -32,6 +32,8 @@ def register(sub, common) -> None:
                    "none)")
     p.add_argument("--field", choices=("real", "complex"), default=None, help="real (default) or complex "
                    "Gaussian phase retrieval (default: the log's)")
+    p.add_argument("--algorithm", choices=TRAIN_ALGORITHMS, default=None, help="wf (intensity loss, default) or af "
+                   "(amplitude loss): the gradient descent whose DMFT is solved (default: the log's)")
     p.add_argument("--samples", type=positive_int, default=50_000, help="Monte-Carlo samples (default 5e4)")
     p.add_argument("--replicates", type=positive_int, default=4, help="independent replicates (default 4)")
     p.add_argument("--logs", nargs="+", metavar="LOG.json", default=None, help="simulation logs to compare with")
@@ -61,7 +63,7 @@ def _read_logs(paths: Sequence[str]) -> List[TrainingLog]:
 
 
 #: The settings every log must share with the theory (the prediction is one curve).
-SHARED = ("delta", "l2", "step", "preprocessing", "noise", "field")
+SHARED = ("delta", "l2", "step", "preprocessing", "noise", "field", "theory_model")
 
 
 def _log_field(cfg: dict) -> str:
@@ -90,6 +92,27 @@ def _precheck(log, name: str) -> None:
     if cfg.get("preprocessing") is None:
         raise CLIError(f"{name} does not start from a spectral estimate (init {cfg.get('init')!r}); the DMFT "
                        f"describes spectral-initialised runs")
+
+
+def _model_name(cfg: dict, algorithm, from_log: bool) -> str:
+    """The single-index model of the run: ``--algorithm`` (wf → phase_retrieval, af →
+    amplitude_phase_retrieval), else the log's ``theory_model``, else its algorithm's."""
+    if algorithm is not None:
+        name = TRAIN_MODEL[algorithm]
+        if from_log and cfg.get("theory_model") not in (None, name):
+            raise CLIError(f"--algorithm {algorithm} is GD on {name!r}; the log simulates {cfg['theory_model']!r}: "
+                           f"drop the option")
+        return name
+    name = cfg.get("theory_model")
+    if name is None:
+        name = TRAIN_MODEL.get(cfg.get("algorithm") or "wf")
+        if name is None:
+            raise CLIError(f"the log ran algorithm {cfg.get('algorithm')!r}; the DMFT here describes "
+                           f"{' and '.join(TRAIN_ALGORITHMS)} (GD with a constant step)")
+    if name not in THEORY_MODELS:
+        raise CLIError(f"the log simulates the single-index model {name!r}; the command line solves the DMFT of "
+                       f"{', '.join(THEORY_MODELS)} (other models: phasetorch.theory.dmft(model=...) from Python)")
+    return name
 
 
 def _check_logs(logs, paths, params: dict) -> None:
@@ -147,14 +170,14 @@ def run(args, echo: Echo) -> int:
         if diff:
             raise CLIError(f"{'; '.join(diff)}: the theory would describe another run than the log's; drop the "
                            f"option, or simulate that setting")
-    model = phase_retrieval(noise, field=field)
+    model = THEORY_MODELS[_model_name(cfg, args.algorithm, bool(logs))](noise, field=field)
     if logs:
         _check_logs(logs, args.logs, dict(delta=float(delta), l2=float(l2 or 0.0),
                                           step=None if step is None else float(step), schedule=None,
                                           preprocessing=preprocessing, noise=noise, init="spectral", field=field,
                                           model=model.name, algorithm=model.algorithm))
     _recoverable(float(delta), preprocessing, noise, field)
-    echo(f"solving the DMFT ({field} field): δ = {float(delta):g}, λ = {float(l2 or 0):g}, "
+    echo(f"solving the DMFT of {model.name} ({field} field): δ = {float(delta):g}, λ = {float(l2 or 0):g}, "
          f"η = {step if step is not None else 'default'}, {int(steps)} steps, {args.samples} samples × "
          f"{args.replicates} replicates")
     res = _solve(args.out, model=model, delta=float(delta), steps=int(steps), l2=float(l2 or 0.0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...tensors import mean_se
-from ..common import Echo, resolve_device
+from ..common import Echo, UsageError, resolve_device
 from ..figures import has_column, log_column
 from ..jobs import TRAIN_ALGORITHMS, noise_sigma, train_job
 from .reconstruct import add_distributed_options
@@ -30,8 +30,8 @@ def register(sub, common) -> None:
     p.add_argument("--seeds", type=positive_int, default=8, help="number of independent runs (default 8)")
     p.add_argument("--steps", type=positive_int, required=True, help="number of GD steps")
     p.add_argument("--algorithm", choices=TRAIN_ALGORITHMS, default=TRAIN_ALGORITHMS[0],
-                   help=f"{', '.join(TRAIN_ALGORITHMS)}: gradient descent on the intensity loss, the algorithm the "
-                        f"theory describes (default {TRAIN_ALGORITHMS[0]})")
+                   help="wf: gradient descent on the intensity loss (default); af: on the amplitude loss (needs "
+                        "--step); the algorithms the theory describes")
     p.add_argument("--l2", type=nonneg_float, default=0.0, help="ridge λ (regularized WF; default 0)")
     p.add_argument("--noise", type=noise_spec, default="none", help=THEORY_NOISE_HELP)
     p.add_argument("--step", type=positive_float, default=None, help="constant step η (default: the library's)")
@@ -46,6 +46,9 @@ def register(sub, common) -> None:
 
 
 def run(args, echo: Echo) -> int:
+    if args.algorithm != "wf" and args.step is None:
+        raise UsageError(f"train --algorithm {args.algorithm} needs a constant --step η (the DMFT describes a "
+                         f"constant step; only wf has a default ramp)")
     dev = resolve_device(args.device)
     sigma = noise_sigma(args.noise)
     echo(f"simulating {args.algorithm} (λ = {args.l2:g}) from a spectral start: δ = {args.delta:g}, d = {args.dim}, "
