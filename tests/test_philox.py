@@ -95,3 +95,9 @@ def test_entries_are_standard_gaussian():
     assert abs(float(A.abs().square().mean()) - 1) < 5 / math.sqrt(A.numel())
     R = gaussian_rows(11, 0, 300, 7, False, torch.float64)           # odd n: the last pair half-used
     assert R.shape == (300, 7) and abs(float(R.square().mean()) - 1) < 0.15
+
+
+def test_a_streamed_block_too_large_for_memory_is_refused_clearly():
+    op = GaussianMeasurement(10 ** 7, 10 ** 9, streamed=True, seed=0)          # construction stores nothing
+    with pytest.raises(ValueError, match="block_rows"):
+        op(torch.zeros(10 ** 7, dtype=torch.complex64))

@@ -29,6 +29,9 @@ def gaussian_rows(seed: int, row0: int, rows: int, n: int, is_complex: bool, dty
     ``PHASETORCH_KERNELS=0``) torch ops; both give the same Philox words and the same transform (float64
     variates equal to about 1 ulp: torch's CPU sqrt is not always correctly rounded)."""
     device = torch.device("cpu") if device is None else torch.device(device)
+    check_memory(rows * n * (2 if is_complex else 1) * torch.finfo(dtype).bits / 8,
+                 f"a block of {rows}×{n} Gaussian rows", "lower block_rows (a streamed operator generates "
+                 "block_rows rows at a time), or fewer unknowns")
     if device.type == "cpu" and kernels.available():
         return kernels.gaussian_rows(seed, row0, rows, n, is_complex, dtype)
     pairs = n if is_complex else (n + 1) // 2
