@@ -177,7 +177,8 @@ class PhaseOptimizer(Optimizer):
             st.update(alg.init_state(x, self.step_scale(x, group)))
             st["step"] = torch.zeros((), dtype=torch.float64)
         else:                      # e.g. a first step without a closure, then one with: the safeguard's state
-            for k, v in alg.init_state(x, st.get("scale", self.step_scale(x, group))).items():
+            scale = st["scale"] if "scale" in st else self.step_scale(x, group)
+            for k, v in alg.init_state(x, scale).items():
                 st.setdefault(k, v)
         st["step"] += 1
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
