@@ -3,11 +3,11 @@ r"""Counter-based Gaussian variates: Philox4x32-10 and an exactly specified Box�
 Entry (i, k) of a Gaussian matrix is a pure function of (seed, i, k): no generator state, so a block
 of rows can be generated anywhere (any block size, any shard, any device) and it is the same block.
 ``phasetorch.physics.GaussianMeasurement`` draws its matrix with :func:`gaussian_rows`; the CPU has
-a compiled version of the same arithmetic (``phasetorch/csrc/fused_dense.c``, ``pt_gaussian``) that
-gives the same bits.
+a compiled version of the same arithmetic (``phasetorch/csrc/fused_dense.c``, ``pt_gaussian``).
 
 Definition (every step is an IEEE-754 basic operation — integer ops, +, −, ×, ÷, √ in float64 —
-in a fixed order, so the torch version here, the C version and a GPU give the same bits):
+in a fixed order; the Philox words agree exactly everywhere, the float64 variates agree to the
+rounding of √: the C kernel's is correctly rounded, torch's vectorised CPU sqrt can be one ulp off):
 
 1. **Philox4x32-10** (Salmon, Moraes, Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2,
    3", SC'11) with key (k₀, k₁) = (seed mod 2³², ⌊seed/2³²⌋) and counter

@@ -142,7 +142,8 @@ int pt_pass(const pt_args *p, int dtype_bits) {
  * (float32 or float64; complex entries interleaved), exactly as phasetorch/philox.py defines them:
  * Philox4x32-10 of counter (j, i lo, i hi, 0) under key (seed lo, seed hi), a 53-bit Box-Muller pair
  * in IEEE basic operations in a fixed order (the library is compiled with -ffp-contract=off, so no
- * multiply-add is fused and the torch version gives the same bits). */
+ * multiply-add is fused: the torch version gives the same Philox words and the same variates up to
+ * its sqrt, which on the CPU can be one ulp from the correctly rounded one used here). */
 #define PT_GCH 256        /* pairs per inner chunk (vectorised loop over them) */
 
 static inline uint64_t pt_bits_of(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }

@@ -176,9 +176,9 @@ class PhaseOptimizer(Optimizer):
         if not st:
             st.update(alg.init_state(x, self.step_scale(x, group)))
             st["step"] = torch.zeros((), dtype=torch.float64)
-        else:                      # e.g. a first step without a closure, then one with: the safeguard's state
-            scale = st["scale"] if "scale" in st else self.step_scale(x, group)
-            for k, v in alg.init_state(x, scale).items():
+        elif isinstance(getattr(alg, "rule", None), Safeguarded) and "sg_gamma" not in st:
+            # the one way a closure changes the algorithm: a first step without a closure, then one with
+            for k, v in alg.init_state(x, st["scale"]).items():
                 st.setdefault(k, v)
         st["step"] += 1
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
