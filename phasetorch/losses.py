@@ -67,10 +67,17 @@ class MeasurementData:
     y_pos: torch.Tensor
     psi: torch.Tensor
     norm_psi: torch.Tensor
+    #: ‖ψ‖ where positive, else 1 (the residual's divisor; formed once, not at every evaluation)
+    den_psi: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.den_psi is None:
+            self.den_psi = torch.where(self.norm_psi > 0, self.norm_psi, torch.ones_like(self.norm_psi))
 
     def take(self, part: slice) -> "MeasurementData":
         """The measurements ``part`` (a slice of the last dimension); ``norm_psi`` stays the full one."""
-        return MeasurementData(self.y[..., part], self.y_pos[..., part], self.psi[..., part], self.norm_psi)
+        return MeasurementData(self.y[..., part], self.y_pos[..., part], self.psi[..., part], self.norm_psi,
+                               self.den_psi)
 
 
 class Fields:
@@ -379,9 +386,7 @@ class PhaseRetrievalLoss(nn.Module):
         """Relative amplitude residual ‖|r| − ψ‖ / ‖ψ‖ per sample (‖|r|‖ when ψ = 0); r: tensor or Fields."""
         d = self.prepare(y)
         a = r if isinstance(r, Fields) else Fields(r)
-        num = self.op.measurement_sum((a.a - d.psi).square()).sqrt()
-        den = d.norm_psi
-        return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), num)
+        return self.op.measurement_sum((a.a - d.psi).square()).sqrt() / d.den_psi      # ψ = 0: ‖|r|‖ / 1
 
     def hyperparameters(self) -> dict:
         """The loss's parameters (for logs)."""

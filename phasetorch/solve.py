@@ -684,64 +684,76 @@ class Driver:
         div_f = torch.zeros_like(f)                                    # loss at the divergence
         diverged = torch.zeros(B, dtype=torch.bool, device=dev)
         reported = 0                                                   # divergences already turned into messages
+        if k == 1 and max_iter and not bool(active.any()):
+            max_iter = 0                               # nothing to run (a later stage with every sample done)
+        stall2 = (STALL_GRADIENT * g0).square()        # ‖∇f‖² above it: a stop without a move is a stall
         try:
             for t in range(1, max_iter + 1):
                 running = active
                 x_prev, f_prev, res_prev, G_prev, r_prev = x, f, res, G, r
                 ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r))
                 out = self.alg.step(state, t, x, f, G, ctx)
-                x = where_sample(active, out.x, x)
+                x = out.x            # inactive samples' moves are undone by the keep below, with their evaluations
                 ev = out.cache if isinstance(out.cache, Evaluation) else \
                     self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
                 f, G, r = ev.value, ev.grad, ev.r
                 res = self.loss.residual(ev.fields, self.data)
-                step_t = torch.where(active, out.alpha.to(rdt), zero)
-                retry = torch.zeros_like(active) if out.retry is None else active & out.retry
-                previous = (x_prev, f_prev, res_prev, r_prev, G_prev)
-                if out.accepted is not None:   # samples that stayed at x keep x's evaluation
-                    x, f, res, r, G = keep_previous(~(active & out.accepted), (x, f, res, r, G), previous)
-                bad = active & (~torch.isfinite(f) | (f > f_limit))
-                div_t = torch.where(bad, t, div_t)
+                moved = active if out.accepted is None else active & out.accepted
+                bad = moved & ~((f <= f_limit) & (f > -math.inf))     # NaN, ±inf or above the limit
                 div_f = torch.where(bad, f, div_f)
-                diverged = diverged | bad
-                x, f, res, r, G = keep_previous(bad, (x, f, res, r, G), previous)
-                step_t = torch.where(bad, zero, step_t)
-                status = torch.where(bad, torch.full_like(status, Status.DIVERGED), status)
-                iterations = torch.where(bad, torch.full_like(iterations, t - 1), iterations)
+                # one select for every kept quantity: samples that did not move or that diverged keep
+                # the previous iterate and its evaluation
+                x, f, res, r, G = keep_previous(~moved | bad, (x, f, res, r, G), (x_prev, f_prev, res_prev, r_prev, G_prev))
+                div_t.masked_fill_(bad, t)
+                diverged |= bad
+                status.masked_fill_(bad, Status.DIVERGED)
+                iterations.masked_fill_(bad, t - 1)
                 ok = active & ~bad
+                step_t = torch.where(ok, out.alpha.to(rdt), 0.0)
+                gn2 = None
                 if tol > 0:
                     fit = res <= tol
-                    stop = ok & ~retry & (fit | ((res - res_prev).abs() <= tol * res_prev))
-                    stuck = ~fit & ~(norm2(x - x_prev) > 0)
-                    stuck = stuck & (norm2(G).sqrt() > STALL_GRADIENT * g0) if G is not None else torch.zeros_like(fit)
-                    code = torch.where(stuck, torch.full_like(status, Status.STALLED),
-                                       torch.full_like(status, Status.CONVERGED))
-                    status = torch.where(stop, code, status)
-                    iterations = torch.where(stop, torch.full_like(iterations, t), iterations)
+                    stop = ok & (fit | ((res - res_prev).abs() <= tol * res_prev))
+                    if out.retry is not None:          # a rejected trial retries: not a stop
+                        stop = stop & ~out.retry
+                    if G is not None:
+                        gn2 = norm2(G)
+                        # stalled: stopped without a fit, without moving, with a gradient that is not small
+                        stuck = (x == x_prev).reshape(B, -1).all(1) & ~fit & (gn2 > stall2)
+                        status.masked_fill_(stop, Status.CONVERGED).masked_fill_(stop & stuck, Status.STALLED)
+                    else:
+                        status.masked_fill_(stop, Status.CONVERGED)
+                    iterations.masked_fill_(stop, t)
                     active = ok & ~stop
                 else:
                     active = ok
-                ran = running.any()
-                t_end = torch.where(ran, t, t_end)
-                step_end = torch.where(ran, step_t, step_end)
+                if k > 1:                              # which iteration of the block ran last (read with the block)
+                    ran = running.any()
+                    t_end = torch.where(ran, t, t_end)
+                    step_end = torch.where(ran, step_t, step_end)
+                else:                                  # a read every iteration: this one ran (else the loop ended)
+                    step_end = step_t
                 stopped_by_cb = False
                 if callback is not None:
                     info = {"loss": f.reshape(self.batch), "residual": res.reshape(self.batch),
                             "active": active.reshape(self.batch)}
                     stopped_by_cb = bool(callback(t, self.view(x), info))
                 if t % log_every == 0:
-                    self.record(t, x, f, self.grad_norm(G, x, r), step_t, res)
+                    self.record(t, x, f, gn2.sqrt() if gn2 is not None else self.grad_norm(G, x, r), step_t, res)
                     last_row = t
                 if bar is not None:
                     bar.update(1)
                 if t % k == 0 or t == max_iter or stopped_by_cb:
                     # the one host read of a block of k iterations: is anything left, did anything diverge
-                    any_left, n_div, t_last = torch.stack([active.any().long(), diverged.sum(), t_end]).tolist()
+                    if k > 1:
+                        n_left, n_div, t_last = torch.stack([active.sum(), diverged.sum(), t_end]).tolist()
+                    else:
+                        (n_left, n_div), t_last = torch.stack([active.sum(), diverged.sum()]).tolist(), t
                     if n_div > reported:
                         reported = self.note_divergences(diverged, div_t, div_f, f0, x)
                     if bar is not None:
                         self.update_bar(bar, f, x)
-                    if not any_left or stopped_by_cb:
+                    if not n_left or stopped_by_cb:
                         if stopped_by_cb:
                             iterations = torch.where(active, torch.full_like(iterations, t), iterations)
                             t_last = t

@@ -13,6 +13,7 @@ f'(x; d) = Re⟨∇f, d⟩ for real and complex x alike.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -62,6 +63,13 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
     return alpha, x_new, f_new, cache_new
 
 
+def scaled(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample step ``(B,)`` shaped to multiply a direction like ``x`` (a real α times a complex
+    direction promotes inside the product: no separate cast)."""
+    a = bview(alpha, x)
+    return a if x.is_complex() or a.dtype == x.dtype else a.to(x.dtype)
+
+
 def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor, alpha: torch.Tensor,
               ctx, c: float = 0.0, rtol: float = 0.0):
     r"""One trial of a line search, decided on the device (no host read): x_α = P(x + α d) is
@@ -74,15 +82,19 @@ def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: t
     wrong for the rejected samples). Returns ``(ok, x_new, f_new, cache)`` with x_new = x_α where
     ok, else x.
     """
-    x_try = x + bview(alpha, x).to(x.dtype) * direction
+    x_try = x + scaled(alpha, x) * direction
     if ctx.project is not None:
         x_try = ctx.project(x_try)
     if ctx.evaluate_full is not None:
         cache, f_try = ctx.evaluate_full(x_try)
     else:
         f_try, cache = ctx.evaluate(x_try)[0], None
-    ok = ctx.active & torch.isfinite(f_try) & (f_try <= f + c * dot(grad, x_try - x) + rtol * f.abs())
+    bound = f + rtol * f.abs() if rtol else f
+    if c:                                     # c = 0 (the safeguard's test): no directional derivative
+        bound = bound + c * dot(grad, x_try - x)
+    # the bound is finite (f is), so ≤ rejects NaN and +inf; > −inf rejects −inf (cheaper than isfinite)
+    ok = ctx.active & (f_try <= bound) & (f_try > -math.inf)
     return ok, where_sample(ok, x_try, x), torch.where(ok, f_try, f), cache
 
 
-__all__ = ["backtracking", "one_trial", "Evaluate", "Project"]
+__all__ = ["backtracking", "one_trial", "scaled", "Evaluate", "Project"]

@@ -326,14 +326,13 @@ class Safeguarded(StepRule):
         active = ctx.active
         base = self.rule.alpha(t, scale, mu)
         gamma = state["sg_gamma"]
-        alpha = torch.where(active, gamma * base, torch.zeros_like(base))
+        alpha = gamma * base                  # inactive samples' trials are never accepted (ok ⊂ active)
         ok, x_new, f_new, cache = one_trial(x, f, grad, direction, alpha, ctx, 0.0, 64 * torch.finfo(f.dtype).eps)
-        floor = 2.0 ** -self.max_halvings
-        can_halve = gamma > floor
-        state["sg_gamma"] = torch.where(ok, torch.clamp(2 * gamma, max=1.0),
-                                        torch.where(active & can_halve, gamma / 2, gamma))
-        state.update(accepted=ok, retry=active & ~ok & can_halve)
-        return torch.where(ok, alpha, torch.zeros_like(alpha)), x_new, f_new, cache
+        retry = active & ~ok & (gamma > 2.0 ** -self.max_halvings)
+        # γ ← min(1, 2γ) where accepted, γ/2 where retrying, else γ (γ ≤ 1 always: one clamp suffices)
+        state["sg_gamma"] = (gamma * torch.where(ok, 2.0, torch.where(retry, 0.5, 1.0))).clamp_(max=1.0)
+        state.update(accepted=ok, retry=retry)
+        return torch.where(ok, alpha, 0.0), x_new, f_new, cache
 
     def alpha(self, t, scale, mu=None):
         return None
