@@ -32,7 +32,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -132,11 +132,38 @@ class TrainingLog:
         self.config: Dict[str, Any] = dict(config or {})
         self._columns: List[str] = ["iteration"]
         self._on_device = False                 # whether some record still lives on an accelerator
-        self._data: Dict[str, List[Any]] = {"iteration": []}
+        self._store: Dict[str, List[Any]] = {"iteration": []}
+        #: records of :meth:`append_stacked` not yet split into columns: (iteration, names, values, time)
+        self._pending: List[Tuple[int, Tuple[str, ...], torch.Tensor, float]] = []
         for c in columns or ():
             self._add_column(c)
 
     # ------------------------------------------------------------------ building
+    @property
+    def _data(self) -> Dict[str, List[Any]]:
+        """The columns, record by record (pending stacked records are split in first)."""
+        if self._pending:
+            self._settle()
+        return self._store
+
+    def _settle(self) -> None:
+        """Split the pending stacked records into their columns: one stack and one conversion for all
+        of them (a solver loop pays one tensor operation per record, not one per column)."""
+        pending, self._pending = self._pending, []
+        i = 0
+        while i < len(pending):                      # runs of records with the same columns
+            j = i
+            while j < len(pending) and pending[j][1] == pending[i][1]:
+                j += 1
+            names = pending[i][1]
+            block = torch.stack([p[2] for p in pending[i:j]]).to(torch.float64)       # (records, K, B)
+            for (it, _, _, tm), rec in zip(pending[i:j], block.unbind(0)):
+                rows: Dict[str, Any] = dict(zip(names, rec.unbind(0)))
+                if "time" in self._store:
+                    rows["time"] = tm
+                self._push(it, rows)
+            i = j
+
     def _add_column(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a column name must be a non-empty string, got {name!r}")
@@ -191,14 +218,15 @@ class TrainingLog:
         """Append one validated record; columns absent from ``rows`` get NaN."""
         self._on_device = self._on_device or any(isinstance(v, torch.Tensor) and v.device.type != "cpu"
                                                  for v in rows.values())
-        self._data["iteration"].append(iteration)
+        data = self._data                     # earlier pending records first (keeps the order)
+        data["iteration"].append(iteration)
         for name in self._columns[1:]:
             if name in rows:
-                self._data[name].append(rows[name])
+                data[name].append(rows[name])
             elif name in SCALAR_COLUMNS:
-                self._data[name].append(float("nan"))
+                data[name].append(float("nan"))
             else:
-                self._data[name].append(torch.full((self.batch_size,), float("nan"), dtype=torch.float64))
+                data[name].append(torch.full((self.batch_size,), float("nan"), dtype=torch.float64))
 
     def append_stacked(self, iteration: int, names: Sequence[str], values: torch.Tensor, time: float) -> None:
         """Fast path of :meth:`append` for a solver loop: per-sample columns ``names`` given as the
@@ -207,13 +235,11 @@ class TrainingLog:
         plus the ``time`` of the record. Columns must already exist."""
         if values.dim() != 2 or values.shape[0] != len(names) or values.shape[1] != self.batch_size:
             raise ValueError(f"values must have shape ({len(names)}, {self.batch_size}), got {tuple(values.shape)}")
-        missing = [nm for nm in names if nm not in self._data]
+        missing = [nm for nm in names if nm not in self._store]
         if missing or values.is_complex():
             raise ValueError(f"append_stacked needs existing columns and real values (missing: {missing})")
-        rows: Dict[str, Any] = dict(zip(names, values.detach().to(torch.float64).unbind(0)))
-        if "time" in self._data:
-            rows["time"] = float(time)
-        self._push(int(iteration), rows)
+        # kept whole until the log is read (:meth:`_settle`); the values stay on their device until then
+        self._pending.append((int(iteration), tuple(names), values.detach(), float(time)))
 
     @classmethod
     def join(cls, logs: Sequence["TrainingLog"], config: Optional[dict] = None) -> "TrainingLog":

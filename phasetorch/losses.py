@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .physics.base import MeasurementOperator
-from .physics.kernels import Map, PointwiseMap
+from .physics.kernels import FusedPlan, Map, PointwiseMap
 from .tensors import abs2, check_number, sum_dims
 
 __all__ = ["MeasurementData", "Evaluation", "Fields", "PhaseRetrievalLoss", "IntensityLoss", "AmplitudeLoss",
@@ -324,6 +324,61 @@ class PhaseRetrievalLoss(nn.Module):
             if w is not None:
                 ell = w * ell
             return Evaluation(self._reduce(ell, x), g, r, w, p)
+
+    def evaluator(self, y, batch) -> Callable[[torch.Tensor], "Evaluation"]:
+        """``x ↦ evaluate(x, y)`` (value, closed-form gradient, r, weights, fields) prepared once for an
+        iteration loop over signals of batch shape ``batch``.
+
+        Where the operator holds a dense A for the fused C kernel (:meth:`MeasurementOperator.kernel_matrix`)
+        and this loss has a closed-form pointwise map, the kernel's arguments are set up here
+        (:class:`~phasetorch.physics.kernels.FusedPlan`) and a call only runs the pass and the two
+        scalings :meth:`evaluate` applies: the same arithmetic, bit-identical results. Anything else —
+        no such A or map, an ``x`` the plan does not fit — is :meth:`evaluate` itself. ``y`` is validated
+        here; ``x`` must be the loop's own iterate (its shape is checked, its pairing with y is not)."""
+        d = self.prepare(y)
+        A = self.op.kernel_matrix()
+        c = 1.0 / math.sqrt(self.op.entry_energy)
+        own = all(_owner(type(self), k) is PhaseRetrievalLoss
+                  for k in ("evaluate", "_fused_gradient", "_reduce_total", "_from_adjoint"))
+        spec = self._kernel_map(d, None, c) if A is not None and self.separable_weights and own else None
+        plan = FusedPlan.build(A, spec, batch) if spec is not None else None
+        if plan is None:
+            return lambda x: self.evaluate(x, d)
+        shape = (*plan.batch, *self.op.signal_shape)
+        g_scale = 1.0 / (self.op.m * math.sqrt(self.op.entry_energy))
+        l2, m, rdt, reduce_sum = self.l2, self.op.m, self.op.real_dtype, self.op.reduce_sum
+        k = len(self.op.signal_shape)
+
+        def evaluate(x: torch.Tensor) -> Evaluation:
+            xf = x.reshape(plan.B, -1) if tuple(x.shape) == shape else None
+            if xf is None or not plan.accepts(xf):
+                return self.evaluate(x, d)
+            with torch.no_grad():
+                z, u, a2, w, total = plan(xf)
+                r = (z * c if c != 1.0 else z).view(*plan.batch, m)
+                g = (u * g_scale).view(shape)
+                if l2:
+                    g = g + l2 * x
+                p = Fields(r)
+                p._a2 = a2
+                val = (reduce_sum(total) / m).to(rdt)                 # = _reduce_total(total, x, r)
+                if l2:
+                    val = val + 0.5 * l2 * sum_dims(abs2(x), k)
+                return Evaluation(val, g, r, w, p)
+
+        return evaluate
+
+    def frozen_value(self, ev: "Evaluation", x: torch.Tensor, y, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        """f at the point ``x`` of the evaluation ``ev`` with the per-measurement ``weights`` in place of its
+        own (None: all ones) — the trial value a line search compares when the weights are frozen at the
+        current point. Uses ``ev``'s fields (|r|², |r|): no product with A. Equals
+        ``value(x, y, r=ev.r, weights=weights)[0]`` up to the rounding of |r|²."""
+        d = self.prepare(y)
+        with torch.no_grad():
+            ell = self._ell(ev.fields, d)
+            if weights is not None:
+                ell = weights * ell
+            return self._reduce(ell, x)
 
     def _fused_gradient(self, x: torch.Tensor, d: MeasurementData, weights: Optional[torch.Tensor]):
         """``(r, ∇f without the ridge, Fields(r), w)`` from one ``op.linear_adjoint`` pass: the

@@ -578,6 +578,7 @@ class Driver:
             cols += ["rel_error", "overlap", "inner"]
             self.record_names += ["rel_error", "overlap", "inner"]
         self.log = TrainingLog(batch, config, cols) if log is None else log
+        self.evaluate = loss.evaluator(data, (self.B,))   # value + gradient at an iterate, prepared once
         self.offset = offset                   # a later stage continues an earlier stage's log
         self.sync_every = sync_every           # decisions are read from the device every k iterations
         self.divergences: List[Divergence] = []
@@ -588,7 +589,8 @@ class Driver:
         if self.xt is not None:
             vals += list(truth_metrics(x, self.xt))
         rdt = self.op.real_dtype
-        self.log.append_stacked(t + self.offset, self.record_names, torch.stack([v.to(rdt) for v in vals]),
+        self.log.append_stacked(t + self.offset, self.record_names,
+                                torch.stack([v if v.dtype == rdt else v.to(rdt) for v in vals]),
                                 time.perf_counter() - self.t_start)
 
     def view(self, x):
@@ -630,16 +632,19 @@ class Driver:
 
         return evaluate
 
-    def full_eval(self, x, r):
+    def full_eval(self, x, r, w=None):
         """``x_try -> (evaluation at x_try, its value with the weights frozen at x)``: the evaluation
-        the loop needs at an accepted point, with the trial value a line search compares."""
+        the loop needs at an accepted point, with the trial value a line search compares. ``w``: the
+        weights of x's own evaluation (adaptive losses; recomputed from r when None)."""
         loss, data = self.loss, self.data
+        full = self.evaluate
 
         def evaluate(x_try):
-            ev = loss.evaluate(x_try, data)
+            ev = full(x_try)
             if not loss.adaptive_weights:
                 return ev, ev.value
-            return ev, loss.value(x_try, data, r=ev.r, weights=loss.weights(x, data, r))[0]
+            frozen = loss.weights(x, data, r) if w is None else w
+            return ev, loss.frozen_value(ev, x_try, data, frozen)
 
         return evaluate
 
@@ -657,6 +662,8 @@ class Driver:
 
         ev = self.loss.evaluate(x, self.data)
         f, G, r = ev.value, ev.grad, ev.r
+        adaptive = self.loss.adaptive_weights     # the weights of x's evaluation are kept for the line search
+        W = ev.weights if adaptive else None
         if not bool(torch.isfinite(f).all()):
             idx = (~torch.isfinite(f)).nonzero().reshape(-1).tolist()[:8]
             raise ValueError(f"the loss at the initial point is not finite for sample(s) {idx}: the intensities overflow "
@@ -690,12 +697,12 @@ class Driver:
         try:
             for t in range(1, max_iter + 1):
                 running = active
-                x_prev, f_prev, res_prev, G_prev, r_prev = x, f, res, G, r
-                ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r))
+                x_prev, f_prev, res_prev, G_prev, r_prev, W_prev = x, f, res, G, r, W
+                ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r, W))
                 out = self.alg.step(state, t, x, f, G, ctx)
                 x = out.x            # inactive samples' moves are undone by the keep below, with their evaluations
-                ev = out.cache if isinstance(out.cache, Evaluation) else \
-                    self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
+                ev = out.cache if isinstance(out.cache, Evaluation) else self.evaluate(x) \
+                    if out.cache is None and grads else self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
                 f, G, r = ev.value, ev.grad, ev.r
                 res = self.loss.residual(ev.fields, self.data)
                 moved = active if out.accepted is None else active & out.accepted
@@ -703,7 +710,9 @@ class Driver:
                 div_f = torch.where(bad, f, div_f)
                 # one select for every kept quantity: samples that did not move or that diverged keep
                 # the previous iterate and its evaluation
-                x, f, res, r, G = keep_previous(~moved | bad, (x, f, res, r, G), (x_prev, f_prev, res_prev, r_prev, G_prev))
+                W = ev.weights if adaptive else None
+                x, f, res, r, G, W = keep_previous(~moved | bad, (x, f, res, r, G, W),
+                                                   (x_prev, f_prev, res_prev, r_prev, G_prev, W_prev))
                 div_t.masked_fill_(bad, t)
                 diverged |= bad
                 status.masked_fill_(bad, Status.DIVERGED)

@@ -305,7 +305,9 @@ def test_lbfgs_two_loop_equals_the_textbook_recursion_per_sample(dtype, stored):
     for b in range(3):
         ref = two_loop_reference(kept[b][:10], grad[b])
         torch.testing.assert_close(d[b], ref, rtol=1e-11, atol=1e-12)
-    torch.testing.assert_close(alg.direction(st, grad, depth=min(10, stored)), d, rtol=0, atol=0)
+    # fewer slots: the same direction (the unused slots add exact zeros, but the batched products and
+    # triangular solves may sum in another order: an ulp)
+    torch.testing.assert_close(alg.direction(st, grad, depth=min(10, stored)), d, rtol=1e-13, atol=1e-15)
     if stored == 0:
         torch.testing.assert_close(d, -grad, rtol=0, atol=0)
     else:

@@ -80,7 +80,8 @@ def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: t
     the returned cache is that evaluation, which the driver keeps for the accepted samples only),
     else ``ctx.evaluate`` (a value only: the returned cache is None, since the trial's cache is
     wrong for the rejected samples). Returns ``(ok, x_new, f_new, cache)`` with x_new = x_α where
-    ok, else x.
+    ok, else x — except with ``ctx.evaluate_full`` (the driver, which keeps x and its evaluation for
+    the samples its ``StepResult.accepted`` rejects): then x_new, f_new are the trial's for every sample.
     """
     x_try = x + scaled(alpha, x) * direction
     if ctx.project is not None:
@@ -94,6 +95,8 @@ def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: t
         bound = bound + c * dot(grad, x_try - x)
     # the bound is finite (f is), so ≤ rejects NaN and +inf; > −inf rejects −inf (cheaper than isfinite)
     ok = ctx.active & (f_try <= bound) & (f_try > -math.inf)
+    if ctx.evaluate_full is not None:         # the driver keeps x (and its evaluation) where not ok
+        return ok, x_try, f_try, cache
     return ok, where_sample(ok, x_try, x), torch.where(ok, f_try, f), cache
 
 

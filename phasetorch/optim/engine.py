@@ -42,7 +42,9 @@ class StepContext:
     evaluate_full : ``evaluate_full(x_trial) -> (evaluation, f)``: the driver's complete evaluation at
         a trial point (value, gradient and cache in one pass, returned as ``StepResult.cache`` when
         the trial is taken, so the driver does not evaluate it again) and the trial value ``f`` as
-        ``evaluate`` gives it; None when unavailable (the torch adapters).
+        ``evaluate`` gives it; None when unavailable (the torch adapters). When it is given, the
+        caller keeps x and its evaluation for every sample that ``StepResult.accepted`` rejects, so a
+        step that reports ``accepted`` may return the trial point for all samples.
     """
 
     evaluate: Optional[Callable] = None

@@ -18,12 +18,15 @@ while an iteration costs one evaluation (the log's iterations count evaluations)
 line search fails ``max_backtracks`` times does not move (the driver reports it as stalled).
 
 State (all tensors, leading memory or batch dimension): ``S``, ``Y`` (M, B, …) the pairs, newest
-first, ``rho`` (M, B), ``count`` (B,) the pairs held, ``x_prev``/``g_prev`` the point and gradient
+first, ``count`` (B,) the pairs held, ``x_prev``/``g_prev`` the point and gradient
 of the last direction, ``has_prev`` (B,), ``d`` the direction, ``trial``/``tries`` (B,) the line
-search's step and trial count, ``accepted``/``retry`` (B,) bool, ``scale`` (B,).
+search's step and trial count, ``accepted``/``retry`` (B,) bool, ``scale`` (B,). The direction is
+formed from S and Y in the compact representation (see :meth:`LBFGSAlgorithm.direction`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -32,11 +35,6 @@ from .base import one_trial
 from .engine import Algorithm, State, StepResult
 
 __all__ = ["LBFGSAlgorithm"]
-
-
-def rows_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot products of real (B, D) tensors as one batched matrix product: shape (B,)."""
-    return torch.bmm(u.unsqueeze(1), v.unsqueeze(2)).reshape(-1)
 
 
 def real_rows(t: torch.Tensor, lead: int) -> torch.Tensor:
@@ -64,7 +62,6 @@ class LBFGSAlgorithm(Algorithm):
         rdt = x.real.dtype if x.is_complex() else x.dtype
         S = torch.zeros(M, *x.shape, dtype=x.dtype, device=x.device)
         return {"scale": scale, "S": S, "Y": torch.zeros_like(S),
-                "rho": torch.zeros(M, B, dtype=rdt, device=x.device),
                 "count": torch.zeros(B, dtype=torch.long, device=x.device),
                 "x_prev": torch.zeros_like(x), "g_prev": torch.zeros_like(x),
                 "has_prev": torch.zeros(B, dtype=torch.bool, device=x.device),
@@ -77,35 +74,49 @@ class LBFGSAlgorithm(Algorithm):
         """Store the pair (s, g) as the newest (slot 0; older pairs move down one slot) for the active
         samples that satisfy the curvature condition — masked writes, no host read."""
         sy = dot(s, g)
-        ok = active & (sy > 1e-10 * (norm2(s) * norm2(g)).sqrt()) & torch.isfinite(sy)
-        S, Y, rho = st["S"], st["Y"], st["rho"]
+        ok = active & (sy > 1e-10 * (norm2(s) * norm2(g)).sqrt()) & (sy < math.inf)
+        S, Y = st["S"], st["Y"]
         mask = ok.reshape(1, -1, *([1] * (S.dim() - 2)))
         st["S"] = torch.where(mask, torch.cat([s.unsqueeze(0), S[:-1]]), S)
         st["Y"] = torch.where(mask, torch.cat([g.unsqueeze(0), Y[:-1]]), Y)
-        inv = 1.0 / torch.where(ok, sy, torch.ones_like(sy))
-        st["rho"] = torch.where(ok.unsqueeze(0), torch.cat([inv.unsqueeze(0), rho[:-1]]), rho)
-        st["count"] = torch.where(ok, torch.clamp(st["count"] + 1, max=self.memory), st["count"])
+        st["count"] = (st["count"] + ok).clamp_(max=self.memory)
 
     def direction(self, st: State, grad: torch.Tensor, depth: int) -> torch.Tensor:
-        """−H∇f by the two-loop recursion, per sample, over the newest ``depth`` slots (a bound on
-        every sample's pair count known without a host read); slot j is used by the samples with
-        j < count (masked), so a batch equals single runs. −∇f for an empty memory."""
-        S, Y, rho, count = real_rows(st["S"], 2), real_rows(st["Y"], 2), st["rho"], st["count"]
-        q = real_rows(grad, 1).clone()                                           # (B, D)
-        alphas = []
-        for j in range(depth):                           # newest → oldest
-            a = torch.where(j < count, rho[j] * rows_dot(S[j], q), torch.zeros_like(rho[j]))
-            q = torch.addcmul(q, a.unsqueeze(-1), Y[j], value=-1)
-            alphas.append(a)
-        if depth:
-            yy = rows_dot(Y[0], Y[0])
-            gamma = torch.where(count > 0, rows_dot(S[0], Y[0]) / yy.clamp_min(torch.finfo(yy.dtype).tiny),
-                                torch.ones_like(yy))
-            q = gamma.unsqueeze(-1) * q
-        for j in reversed(range(depth)):                 # oldest → newest
-            b = torch.where(j < count, rho[j] * rows_dot(Y[j], q), torch.zeros_like(rho[j]))
-            q = torch.addcmul(q, (alphas[j] - b).unsqueeze(-1), S[j])
-        q = q.neg_()
+        r"""−H∇f per sample, H the L-BFGS inverse-Hessian model of the newest ``depth`` slots (a bound
+        on every sample's pair count known without a host read; slot j counts for the samples with
+        j < count). −∇f for an empty memory.
+
+        Computed in the compact form of Byrd, Nocedal & Schnabel ("Representations of quasi-Newton
+        matrices and their use in limited memory methods", Math. Program. 63, 1994, eq. 3.2), which
+        is the two-loop recursion's H in a fixed number of batched products whatever the memory:
+        with the pairs as the rows of S, Y (slot order, newest first), a = S∇f, b = Y∇f, R the lower
+        triangle of SYᵀ (s_kᵀy_l for slot k at least as old as l), D its diagonal and γ = s₀ᵀy₀/y₀ᵀy₀,
+
+            u = R⁻¹a,   p = R⁻ᵀ((D + γ YYᵀ) u − γ b),   H∇f = γ∇f + Sᵀp − γ Yᵀu.
+
+        Unused slots get a unit row and column in R and D and zero a, b, so they drop out exactly."""
+        if depth == 0:
+            return -grad
+        S = real_rows(st["S"], 2)[:depth].transpose(0, 1)                      # (B, k, D)
+        Y = real_rows(st["Y"], 2)[:depth].transpose(0, 1)
+        count = st["count"]
+        g = real_rows(grad, 1)                                                   # (B, D)
+        used = torch.arange(depth, device=g.device) < count.unsqueeze(-1)        # (B, k)
+        both = used.unsqueeze(-1) & used.unsqueeze(-2)                           # (B, k, k)
+        eye = torch.eye(depth, dtype=g.dtype, device=g.device)
+        SY, YY = torch.bmm(S, Y.mT), torch.bmm(Y, Y.mT)
+        ab = torch.bmm(torch.cat([S, Y], 1), g.unsqueeze(-1)) * used.repeat(1, 2).unsqueeze(-1)   # (B, 2k, 1)
+        a, b = ab[:, :depth], ab[:, depth:]
+        R = torch.where(both, SY, eye).tril()
+        diag = R.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)                        # D (1 on unused slots)
+        yy0 = YY[:, 0, 0]
+        gamma = torch.where(count > 0, SY[:, 0, 0] / yy0.clamp_min(torch.finfo(yy0.dtype).tiny),
+                            torch.ones_like(yy0)).reshape(-1, 1, 1)
+        u = torch.linalg.solve_triangular(R, a, upper=False)
+        rhs = diag * u + gamma * (torch.bmm(torch.where(both, YY, 0.0), u) - b)
+        p = torch.linalg.solve_triangular(R.mT, rhs, upper=True)
+        hg = gamma.reshape(-1, 1) * g + torch.bmm(torch.cat([S, Y], 1).mT, torch.cat([p, -gamma * u], 1)).squeeze(-1)
+        q = hg.neg_()
         if grad.is_complex():
             return torch.view_as_complex(q.reshape(*grad.shape, 2))
         return q.reshape(grad.shape)
@@ -119,21 +130,19 @@ class LBFGSAlgorithm(Algorithm):
         self.push(state, x - state["x_prev"], grad - state["g_prev"], new & state["has_prev"])
         d = self.direction(state, grad, min(self.memory, max(int(t) - 1, 0)))
         slope = dot(grad, d)
-        bad = ~(slope < 0) | ~torch.isfinite(slope)
+        bad = ~((slope < 0) & (slope > -math.inf))          # not a (finite) descent direction
         d = torch.where(bview(bad, d), -grad, d)
-        state["count"] = torch.where(new & bad, torch.zeros_like(state["count"]), state["count"])
-        alpha0 = torch.where(state["count"] > 0, torch.ones_like(state["scale"]),
-                             (self.mu if mu is None else mu) * state["scale"])
+        state["count"] = state["count"].masked_fill(new & bad, 0)
+        alpha0 = torch.where(state["count"] > 0, 1.0, (self.mu if mu is None else mu) * state["scale"])
         d = where_sample(new, d, state["d"])
-        alpha = torch.where(new, alpha0, state["trial"] * self.shrink)
-        alpha = torch.where(active, alpha, torch.zeros_like(alpha))
-        tries = torch.where(retrying, state["tries"] + 1, torch.zeros_like(state["tries"]))
+        alpha = torch.where(active, torch.where(new, alpha0, state["trial"] * self.shrink), 0.0)
+        tries = (state["tries"] + 1) * retrying
         ok, x_new, f_new, cache = one_trial(x, f, grad, d, alpha, ctx, self.c)
         give_up = active & ~ok & (tries + 1 >= self.max_backtracks)
         retry = active & ~ok & ~give_up
         state.update(x_prev=where_sample(new, x, state["x_prev"]), g_prev=where_sample(new, grad, state["g_prev"]),
                      has_prev=state["has_prev"] | new, d=d, trial=alpha, tries=tries, accepted=ok, retry=retry)
-        return StepResult(torch.where(ok, alpha, torch.zeros_like(alpha)), x_new, f_new, cache, ok, retry)
+        return StepResult(torch.where(ok, alpha, 0.0), x_new, f_new, cache, ok, retry)
 
     def describe(self):
         return {"rule": "lbfgs_armijo", "mu0": self.mu, "memory": self.memory}

@@ -19,7 +19,7 @@ keep them complex (plain ``nn.Module.to`` would drop imaginary parts of complex 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -214,6 +214,13 @@ class MeasurementOperator(nn.Module):
         if self.is_complex and not x.is_complex():
             x = x.to(self.signal_dtype)
         return self._linear_adjoint(x, fn)
+
+    def kernel_matrix(self) -> Optional[torch.Tensor]:
+        """The stored row-major m×n matrix that :meth:`linear_adjoint` hands to the fused dense C kernel
+        when a pointwise map applies (:mod:`~phasetorch.physics.kernels`), or None (every operator
+        without a stored dense A). A loss uses it to prepare its evaluation once per run
+        (:meth:`~phasetorch.losses.PhaseRetrievalLoss.evaluator`)."""
+        return None
 
     def fuses(self, vectors: int) -> bool:
         """Whether :meth:`linear_adjoint` on ``vectors`` signals at once costs less than

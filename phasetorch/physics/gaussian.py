@@ -141,6 +141,9 @@ class GaussianMeasurement(MeasurementOperator):
             x = part if x is None else x + part
         return x.reshape(*batch, *self.signal_shape)
 
+    def kernel_matrix(self) -> Optional[torch.Tensor]:
+        return None if self.streamed else self.buffer("A")
+
     def fuses(self, vectors: int) -> bool:
         """Streamed: always (each block is generated once instead of twice); stored: see
         :func:`~phasetorch.physics.matrix.fuse_pays`."""

@@ -369,6 +369,63 @@ def fused(A: torch.Tensor, xf: torch.Tensor, spec: PointwiseMap, batch) -> Tuple
     return z, g
 
 
+class FusedPlan:
+    """:func:`fused` prepared once for a fixed ``A``, map and batch (an iteration loop calls it at every
+    step): the argument block, the contiguous per-measurement data and the thread count are set up at
+    construction, so a call only allocates the outputs and runs the pass. Same arithmetic as
+    :func:`fused` (bit-identical results). Build it with :meth:`build`, which returns None where the
+    kernel does not apply."""
+
+    __slots__ = ("A", "batch", "B", "m", "n", "bits", "real", "args", "q", "w", "weighted")
+
+    def __init__(self, A: torch.Tensor, spec: PointwiseMap, batch) -> None:
+        m, n = A.shape
+        B = 1
+        for s_ in batch:
+            B *= s_
+        self.A, self.batch, self.B, self.m, self.n = A, tuple(batch), B, m, n
+        self.bits = _bits(A.dtype)
+        self.real = A.real.dtype if A.is_complex() else A.dtype
+        self.weighted = spec.weights is None and spec.code in Map.WEIGHTED
+        self.q, q_stride = _per_signal(spec.data, batch, m, self.real)      # kept alive with the plan
+        self.w, w_stride = _per_signal(spec.weights, batch, m, self.real)
+        a = _args(A, B, FUSED)
+        a.map, a.scale, a.p0, a.p1 = int(spec.code), float(spec.scale), float(spec.p0), float(spec.p1)
+        a.q, a.q_stride, a.w, a.w_stride = _ptr(self.q), q_stride, _ptr(self.w), w_stride
+        self.args = a
+
+    @classmethod
+    def build(cls, A: torch.Tensor, spec: Optional[PointwiseMap], batch) -> Optional["FusedPlan"]:
+        if spec is None or A.dim() != 2:
+            return None
+        B = 1
+        for s_ in batch:
+            B *= s_
+        probe = torch.empty(B, A.shape[1], dtype=A.dtype, device=A.device)
+        return cls(A, spec, batch) if usable(A, probe) else None
+
+    def accepts(self, xf: torch.Tensor) -> bool:
+        """Whether flattened signals ``xf`` fit the plan (shape, dtype, CPU; the call runs without autograd)."""
+        return xf.dtype == self.A.dtype and tuple(xf.shape) == (self.B, self.n) and xf.device.type == "cpu"
+
+    def __call__(self, xf: torch.Tensor):
+        """``(z, Aᴴv, |r|², weights or None, Σ w ℓ per signal (float64))`` for ``xf`` (B, n), batch-shaped
+        outputs as :func:`fused` leaves them in the spec."""
+        xf = _plain(xf)
+        B, m, n = self.B, self.m, self.n
+        z = torch.empty(B, m, dtype=self.A.dtype)
+        g = torch.empty(B, n, dtype=self.A.dtype)
+        a2 = torch.empty(B, m, dtype=self.real)
+        w_out = torch.empty(B, m, dtype=self.real) if self.weighted else None
+        total = torch.empty(B, dtype=torch.float64)
+        a = self.args
+        a.x, a.z, a.g, a.a2, a.w_out, a.value = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), \
+            _ptr(w_out), total.data_ptr()
+        _run(a, self.bits)
+        batch = self.batch
+        return (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total.view(batch))
+
+
 def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
     """``(z, Aᴴ fn(z, None))`` for flattened signals ``x`` (B, n) through the kernel, or None where it does
     not apply. A ``fn`` carrying a :class:`PointwiseMap` (``fn.pointwise``) runs fused in one read of A;
@@ -385,7 +442,7 @@ def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
     return z, adjoint(A, v)
 
 
-__all__ = ["Map", "PointwiseMap", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
+__all__ = ["Map", "PointwiseMap", "FusedPlan", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
            "fused", "dense_linear_adjoint", "CALLS", "cache_dir", "library_path", "build", "compiler"]
 
 

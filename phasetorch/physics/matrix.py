@@ -199,6 +199,9 @@ class MatrixMeasurement(MeasurementOperator):
         x = dense_adjoint(z.reshape(-1, self.m), self.buffer("A"))
         return x.reshape(*batch, *self.signal_shape)
 
+    def kernel_matrix(self) -> Optional[torch.Tensor]:
+        return self.buffer("A")
+
     def fuses(self, vectors: int) -> bool:
         """See :func:`fuse_pays` (large A, CPU, two or more signals)."""
         return fuse_pays(self.buffer("A"), vectors)
