@@ -345,26 +345,37 @@ class PhaseRetrievalLoss(nn.Module):
         if plan is None:
             return lambda x: self.evaluate(x, d)
         shape = (*plan.batch, *self.op.signal_shape)
-        g_scale = 1.0 / (self.op.m * math.sqrt(self.op.entry_energy))
-        l2, m, rdt, reduce_sum = self.l2, self.op.m, self.op.real_dtype, self.op.reduce_sum
+        rdt = self.op.real_dtype
+        # the constants as 0-dim tensors (a Python scalar is wrapped at every product); same values
+        g_scale = torch.tensor(1.0 / (self.op.m * math.sqrt(self.op.entry_energy)), dtype=rdt)
+        c_t = torch.tensor(c, dtype=rdt)
+        l2, m = self.l2, self.op.m
+        reduce_sum = None if type(self.op).reduce_sum is MeasurementOperator.reduce_sum else self.op.reduce_sum
         k = len(self.op.signal_shape)
+
+        def run(x: torch.Tensor, xf: torch.Tensor) -> Evaluation:
+            z, u, a2, w, total = plan(xf)
+            r = (z * c_t if c != 1.0 else z).view(*plan.batch, m)
+            g = (u * g_scale).view(shape)
+            if l2:
+                g = g + l2 * x
+            p = Fields(r)
+            p._a2 = a2
+            val = (total if reduce_sum is None else reduce_sum(total)) / m     # = _reduce_total(total, x, r)
+            if val.dtype != rdt:
+                val = val.to(rdt)
+            if l2:
+                val = val + 0.5 * l2 * sum_dims(abs2(x), k)
+            return Evaluation(val, g, r, w, p)
 
         def evaluate(x: torch.Tensor) -> Evaluation:
             xf = x.reshape(plan.B, -1) if tuple(x.shape) == shape else None
             if xf is None or not plan.accepts(xf):
                 return self.evaluate(x, d)
-            with torch.no_grad():
-                z, u, a2, w, total = plan(xf)
-                r = (z * c if c != 1.0 else z).view(*plan.batch, m)
-                g = (u * g_scale).view(shape)
-                if l2:
-                    g = g + l2 * x
-                p = Fields(r)
-                p._a2 = a2
-                val = (reduce_sum(total) / m).to(rdt)                 # = _reduce_total(total, x, r)
-                if l2:
-                    val = val + 0.5 * l2 * sum_dims(abs2(x), k)
-                return Evaluation(val, g, r, w, p)
+            if torch.is_grad_enabled():
+                with torch.no_grad():
+                    return run(x, xf)
+            return run(x, xf)
 
         return evaluate
 

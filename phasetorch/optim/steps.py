@@ -288,6 +288,10 @@ class BarzilaiBorwein(StepRule):
         return f"bb from mu0={self.mu:g}"
 
 
+#: the safeguard's rounding slack 64ε per real dtype
+_SLACK = {dt: 64 * torch.finfo(dt).eps for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
 class Safeguarded(StepRule):
     r"""A step rule made monotone: α_t = γ_t·α_t^rule, and a trial that raises the loss,
     f(x_α) > f(x) (adaptive weights frozen at x; a rounding slack of 64ε·|f|), is rejected: the
@@ -327,7 +331,7 @@ class Safeguarded(StepRule):
         base = self.rule.alpha(t, scale, mu)
         gamma = state["sg_gamma"]
         alpha = gamma * base                  # inactive samples' trials are never accepted (ok ⊂ active)
-        ok, x_new, f_new, cache = one_trial(x, f, grad, direction, alpha, ctx, 0.0, 64 * torch.finfo(f.dtype).eps)
+        ok, x_new, f_new, cache = one_trial(x, f, grad, direction, alpha, ctx, 0.0, _SLACK[f.dtype])
         retry = active & ~ok & (gamma > 2.0 ** -self.max_halvings)
         # γ ← min(1, 2γ) where accepted, γ/2 where retrying, else γ (γ ≤ 1 always: one clamp suffices)
         state["sg_gamma"] = (gamma * torch.where(ok, 2.0, torch.where(retry, 0.5, 1.0))).clamp_(max=1.0)
