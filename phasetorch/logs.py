@@ -239,7 +239,8 @@ class TrainingLog:
         if missing or values.is_complex():
             raise ValueError(f"append_stacked needs existing columns and real values (missing: {missing})")
         # kept whole until the log is read (:meth:`_settle`); the values stay on their device until then
-        self._pending.append((int(iteration), tuple(names), values.detach(), float(time)))
+        self._pending.append((int(iteration), tuple(names), values.detach() if values.requires_grad else values,
+                              float(time)))
 
     @classmethod
     def join(cls, logs: Sequence["TrainingLog"], config: Optional[dict] = None) -> "TrainingLog":

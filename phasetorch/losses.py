@@ -377,6 +377,7 @@ class PhaseRetrievalLoss(nn.Module):
                     return run(x, xf)
             return run(x, xf)
 
+        evaluate.plan = plan                     # (the prepared pass; absent on the plain evaluate path)
         return evaluate
 
     def frozen_value(self, ev: "Evaluation", x: torch.Tensor, y, weights: Optional[torch.Tensor]) -> torch.Tensor:

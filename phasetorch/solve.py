@@ -718,7 +718,7 @@ class Driver:
                 status.masked_fill_(bad, Status.DIVERGED)
                 iterations.masked_fill_(bad, t - 1)
                 ok = active & ~bad
-                step_t = torch.where(ok, out.alpha.to(rdt), 0.0)
+                step_t = out.alpha.to(rdt) * ok                   # α where the sample moved, else 0 (α finite)
                 gn2 = None
                 if tol > 0:
                     fit = res <= tol
@@ -757,7 +757,7 @@ class Driver:
                     if k > 1:
                         n_left, n_div, t_last = torch.stack([active.sum(), diverged.sum(), t_end]).tolist()
                     else:
-                        (n_left, n_div), t_last = torch.stack([active.sum(), diverged.sum()]).tolist(), t
+                        (n_left, n_div), t_last = torch.stack([active, diverged]).sum(1).tolist(), t
                     if n_div > reported:
                         reported = self.note_divergences(diverged, div_t, div_f, f0, x)
                     if bar is not None:

@@ -83,7 +83,7 @@ def bview(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def where_sample(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample select: rows of ``a`` where ``mask`` (shape ``(B,)``), rows of ``b`` elsewhere."""
-    return torch.where(bview(mask, a), a, b)
+    return torch.where(mask if a.dim() == 1 else bview(mask, a), a, b)
 
 
 # ---------------------------------------------------------------------------------------- dtypes

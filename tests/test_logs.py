@@ -205,3 +205,21 @@ def test_writes_are_atomic_and_leave_the_previous_file(tmp_path, monkeypatch):
         log.to_json(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         log.to_csv(tmp_path / "no" / "such" / "log.csv")
+
+
+def test_stacked_records_keep_their_order_among_plain_appends():
+    """Stacked records are split into columns only when the log is read; records appended in between
+    by ``append`` (with or without values), or with another set of columns, keep their place."""
+    log = TrainingLog((2,), {}, ["loss", "step", "time"])
+    log.append_stacked(0, ["loss", "step"], torch.tensor([[1.0, 2.0], [0.1, 0.2]], dtype=torch.float64), 0.0)
+    log.append_stacked(1, ["loss"], torch.tensor([[3.0, 4.0]]), 0.5)           # float32, other columns
+    log.append(2, loss=[5.0, 6.0], time=1.0)
+    log.append(3)                                                                # no values at all
+    log.append_stacked(4, ["loss", "step"], torch.tensor([[7.0, 8.0], [0.3, 0.4]], dtype=torch.float64), 2.0)
+    assert log["iteration"].tolist() == [0, 1, 2, 3, 4]
+    assert log["loss"][:, 0].tolist()[:3] == [1.0, 3.0, 5.0] and log["loss"][4].tolist() == [7.0, 8.0]
+    assert log["loss"][3].isnan().all() and log["step"][1].isnan().all() and log["step"][4, 1] == 0.4
+    assert log["time"].tolist()[:3] == [0.0, 0.5, 1.0] and log["loss"].dtype == torch.float64
+    assert len(log) == 5 and log.drop_after(2) == 2 and len(log) == 3
+    log.append_stacked(3, ["loss", "step"], torch.zeros(2, 2, dtype=torch.float64), 3.0)
+    assert log.select([1])["loss"].reshape(-1).tolist() == [2.0, 4.0, 6.0, 0.0]

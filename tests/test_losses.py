@@ -249,3 +249,36 @@ def test_fused_pass_gives_the_two_product_evaluation(name, complex_, monkeypatch
     frozen = plain.weights if plain.weights is not None else torch.rand(y.shape, dtype=F64)
     torch.testing.assert_close(loss.evaluate(x, y, weights=frozen).grad,
                                loss.evaluate(x, y, r=loss.measure(x), weights=frozen).grad, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_prepared_evaluator_equals_evaluate_bit_for_bit(name, dtype):
+    """``loss.evaluator(y, batch)`` (the loop's evaluation, a prepared fused C pass where the operator
+    has a dense kernel matrix) gives exactly ``evaluate``'s value, gradient, r, weights and |r|²; an x
+    it was not prepared for (another batch) goes through ``evaluate`` itself, with its clear error."""
+    op, x, y = _problem(True, batch=(2,))
+    op, x, y = op.to(dtype), x.to(op.signal_dtype if dtype == F64 else torch.complex64), y.to(dtype)
+    loss = _make(name, op, l2=0.1)
+    ev = loss.evaluator(y, (2,))
+    from phasetorch.physics import kernels
+    # prepared wherever the kernel runs and the weights are measurement-wise (TWF's need a mean over all)
+    assert hasattr(ev, "plan") == (kernels.available() and loss.separable_weights)
+    ref, got = loss.evaluate(x, y), ev(x)
+    for a, b in ((ref.value, got.value), (ref.grad, got.grad), (ref.r, got.r), (ref.fields.a2, got.fields.a2)):
+        assert torch.equal(a, b)
+    assert (ref.weights is None) == (got.weights is None)
+    if ref.weights is not None:
+        assert torch.equal(ref.weights, got.weights)
+    with pytest.raises(ValueError, match="batch shape"):            # not the prepared batch: evaluate's checks
+        ev(x[:1])
+
+
+@pytest.mark.parametrize("name", ["amplitude_truncated", "amplitude_reweighted", "poisson_truncated"])
+def test_frozen_value_is_the_value_with_the_given_weights(name):
+    op, x, y = _problem(True)
+    loss = _make(name, op, l2=0.2)
+    w = loss.weights(x + 0.3, y)                                     # the weights of another point
+    ev = loss.evaluate(x, y)
+    torch.testing.assert_close(loss.frozen_value(ev, x, y, w), loss.value(x, y, weights=w)[0], rtol=1e-13, atol=0)
+    torch.testing.assert_close(loss.frozen_value(ev, x, y, ev.weights), ev.value, rtol=1e-13, atol=0)

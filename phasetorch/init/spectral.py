@@ -387,7 +387,7 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
             return z * (Ti.reshape(z.shape) if part is None else Ti[..., part])
 
         if Ti.dtype == op.real_dtype:              # the same map in closed form: one fused C pass on a dense A
-            weigh.pointwise = PointwiseMap(Map.SCALE, Ti.reshape(b, op.m) if len(op.measurement_shape) == 1 else Ti)
+            weigh.pointwise = PointwiseMap(Map.SCALE, Ti)
 
         return op.linear_adjoint(v.reshape(b, *sig), weigh)[1].reshape(b, n)
 

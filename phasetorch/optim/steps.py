@@ -292,6 +292,18 @@ class BarzilaiBorwein(StepRule):
 _SLACK = {dt: 64 * torch.finfo(dt).eps for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
+_FACTORS: dict = {}
+
+
+def _factors(t: torch.Tensor):
+    """The factors ½, 1, 2 as 0-dim tensors of ``t``'s dtype and device (a Python scalar in a select is
+    wrapped into a tensor at every call)."""
+    key = (t.dtype, t.device)
+    if key not in _FACTORS:
+        _FACTORS[key] = tuple(torch.tensor(v, dtype=t.dtype, device=t.device) for v in (0.5, 1.0, 2.0))
+    return _FACTORS[key]
+
+
 class Safeguarded(StepRule):
     r"""A step rule made monotone: α_t = γ_t·α_t^rule, and a trial that raises the loss,
     f(x_α) > f(x) (adaptive weights frozen at x; a rounding slack of 64ε·|f|), is rejected: the
@@ -334,9 +346,10 @@ class Safeguarded(StepRule):
         ok, x_new, f_new, cache = one_trial(x, f, grad, direction, alpha, ctx, 0.0, _SLACK[f.dtype])
         retry = active & ~ok & (gamma > 2.0 ** -self.max_halvings)
         # γ ← min(1, 2γ) where accepted, γ/2 where retrying, else γ (γ ≤ 1 always: one clamp suffices)
-        state["sg_gamma"] = (gamma * torch.where(ok, 2.0, torch.where(retry, 0.5, 1.0))).clamp_(max=1.0)
+        half, one, two = _factors(gamma)
+        state["sg_gamma"] = (gamma * torch.where(ok, two, torch.where(retry, half, one))).clamp_(max=1.0)
         state.update(accepted=ok, retry=retry)
-        return torch.where(ok, alpha, 0.0), x_new, f_new, cache
+        return alpha * ok, x_new, f_new, cache          # α where accepted, else 0 (α is finite)
 
     def alpha(self, t, scale, mu=None):
         return None
