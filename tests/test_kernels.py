@@ -244,6 +244,18 @@ def test_reconstruct_equals_the_torch_path(monkeypatch, preset):
     assert torch.equal(a.iterations, b.iterations)
 
 
+@pytest.mark.parametrize("preprocessing", ["optimal", "mm", "trimmed"])
+def test_spectral_start_takes_one_fused_pass_per_product(monkeypatch, preprocessing):
+    """The spectral start's Gram products T ⊙ (A v) ↦ Aᴴ(T ⊙ A v) run as one fused kernel pass each
+    (the weighting as a closed-form map) and give the torch path's start."""
+    op, _, _ = problem(16, 128, None, True, F64)
+    xs = torch.randn(2, 16, dtype=torch.complex128, generator=torch.Generator().manual_seed(3))
+    y = op(xs)
+    a, b, calls = both(monkeypatch, lambda: pt.spectral_init(op, y, preprocessing=preprocessing, seed=0))
+    assert calls["fused"] > 5 and calls["linear"] == calls["adjoint"] == 0
+    torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
+
+
 def test_reconstruct_float32(monkeypatch):
     op, _, _ = problem(16, 128, None, True, F32)
     xs = torch.randn(16, dtype=torch.complex64, generator=torch.Generator().manual_seed(7))
