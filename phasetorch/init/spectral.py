@@ -379,8 +379,14 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
             full[idx] = v
             return apply_gram(full, torch.arange(B, device=v.device))[idx]
         if batch_indexed:
-            z = op.linear(v.reshape(*batch, *sig))
-            return op.adjoint(z * T.reshape(z.shape)).reshape(b, n)
+            Tb = T.reshape(*batch, *op.measurement_shape)
+
+            def weigh_all(z, part):                # z ↦ T ⊙ z (every sample: the operator is batch-indexed)
+                return z * (Tb if part is None else Tb[..., part])
+
+            if Tb.dtype == op.real_dtype:          # closed form: one fused pass per member on a CPU
+                weigh_all.pointwise = PointwiseMap(Map.SCALE, Tb)
+            return op.linear_adjoint(v.reshape(*batch, *sig), weigh_all)[1].reshape(b, n)
         Ti = T if idx.numel() == B and b == B else T.index_select(0, idx)
 
         def weigh(z, part):                        # z ↦ T ⊙ z, measurement by measurement
