@@ -239,6 +239,7 @@ class TrainingLog:
         if missing or values.is_complex():
             raise ValueError(f"append_stacked needs existing columns and real values (missing: {missing})")
         # kept whole until the log is read (:meth:`_settle`); the values stay on their device until then
+        self._on_device = self._on_device or values.device.type != "cpu"
         self._pending.append((int(iteration), tuple(names), values.detach() if values.requires_grad else values,
                               float(time)))
 
@@ -285,6 +286,8 @@ class TrainingLog:
     def _to_host(self) -> None:
         """Move the records still on an accelerator to the CPU: one copy per column and device
         (nothing to do, and no walk over the records, once they are all on the host)."""
+        if self._pending:
+            self._settle()                    # pending records mark the log as on a device when they are
         if not self._on_device:
             return
         self._on_device = False

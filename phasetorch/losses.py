@@ -338,9 +338,8 @@ class PhaseRetrievalLoss(nn.Module):
         d = self.prepare(y)
         A = self.op.kernel_matrix()
         c = 1.0 / math.sqrt(self.op.entry_energy)
-        own = all(_owner(type(self), k) is PhaseRetrievalLoss
-                  for k in ("evaluate", "_fused_gradient", "_reduce_total", "_from_adjoint"))
-        spec = self._kernel_map(d, None, c) if A is not None and self.separable_weights and own else None
+        spec = self._kernel_map(d, None, c) if A is not None and self.separable_weights and self.own_evaluation() \
+            else None
         plan = FusedPlan.build(A, spec, batch) if spec is not None else None
         if plan is None:
             return lambda x: self.evaluate(x, d)
@@ -379,6 +378,14 @@ class PhaseRetrievalLoss(nn.Module):
 
         evaluate.plan = plan                     # (the prepared pass; absent on the plain evaluate path)
         return evaluate
+
+    def own_evaluation(self) -> bool:
+        """Whether this loss evaluates through the base class's own machinery (no subclass redefines
+        ``evaluate``, ``value``, ``weights`` or their pieces): then :meth:`evaluator` may prepare the pass
+        and :meth:`frozen_value` may reuse an evaluation's fields."""
+        return all(_owner(type(self), k) is PhaseRetrievalLoss
+                   for k in ("evaluate", "value", "weights", "_reduce", "_fused_gradient", "_reduce_total",
+                             "_from_adjoint"))
 
     def frozen_value(self, ev: "Evaluation", x: torch.Tensor, y, weights: Optional[torch.Tensor]) -> torch.Tensor:
         """f at the point ``x`` of the evaluation ``ev`` with the per-measurement ``weights`` in place of its

@@ -638,11 +638,14 @@ class Driver:
         weights of x's own evaluation (adaptive losses; recomputed from r when None)."""
         loss, data = self.loss, self.data
         full = self.evaluate
+        fast_frozen = loss.own_evaluation()
 
         def evaluate(x_try):
             ev = full(x_try)
             if not loss.adaptive_weights:
                 return ev, ev.value
+            if not fast_frozen:             # a loss that redefines evaluate/value/weights: its own value
+                return ev, loss.value(x_try, data, r=ev.r, weights=loss.weights(x, data, r))[0]
             frozen = loss.weights(x, data, r) if w is None else w
             return ev, loss.frozen_value(ev, x_try, data, frozen)
 
@@ -693,7 +696,7 @@ class Driver:
         reported = 0                                                   # divergences already turned into messages
         if k == 1 and max_iter and not bool(active.any()):
             max_iter = 0                               # nothing to run (a later stage with every sample done)
-        stall2 = (STALL_GRADIENT * g0).square()        # ‖∇f‖² above it: a stop without a move is a stall
+        stall = STALL_GRADIENT * g0                    # ‖∇f‖ above it: a stop without a move is a stall
         try:
             for t in range(1, max_iter + 1):
                 running = active
@@ -706,7 +709,7 @@ class Driver:
                 f, G, r = ev.value, ev.grad, ev.r
                 res = self.loss.residual(ev.fields, self.data)
                 moved = active if out.accepted is None else active & out.accepted
-                bad = moved & ~((f <= f_limit) & (f > -math.inf))     # NaN, ±inf or above the limit
+                bad = moved & ~((f <= f_limit) & (f.abs() < math.inf))   # NaN, ±inf or above the limit
                 div_f = torch.where(bad, f, div_f)
                 # one select for every kept quantity: samples that did not move or that diverged keep
                 # the previous iterate and its evaluation
@@ -719,16 +722,16 @@ class Driver:
                 iterations.masked_fill_(bad, t - 1)
                 ok = active & ~bad
                 step_t = out.alpha.to(rdt) * ok                   # α where the sample moved, else 0 (α finite)
-                gn2 = None
+                gn = None
                 if tol > 0:
                     fit = res <= tol
                     stop = ok & (fit | ((res - res_prev).abs() <= tol * res_prev))
                     if out.retry is not None:          # a rejected trial retries: not a stop
                         stop = stop & ~out.retry
                     if G is not None:
-                        gn2 = norm2(G)
+                        gn = norm2(G).sqrt()
                         # stalled: stopped without a fit, without moving, with a gradient that is not small
-                        stuck = (x == x_prev).reshape(B, -1).all(1) & ~fit & (gn2 > stall2)
+                        stuck = (x == x_prev).reshape(B, -1).all(1) & ~fit & (gn > stall)
                         status.masked_fill_(stop, Status.CONVERGED).masked_fill_(stop & stuck, Status.STALLED)
                     else:
                         status.masked_fill_(stop, Status.CONVERGED)
@@ -748,7 +751,7 @@ class Driver:
                             "active": active.reshape(self.batch)}
                     stopped_by_cb = bool(callback(t, self.view(x), info))
                 if t % log_every == 0:
-                    self.record(t, x, f, gn2.sqrt() if gn2 is not None else self.grad_norm(G, x, r), step_t, res)
+                    self.record(t, x, f, gn if gn is not None else self.grad_norm(G, x, r), step_t, res)
                     last_row = t
                 if bar is not None:
                     bar.update(1)

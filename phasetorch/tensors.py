@@ -37,7 +37,7 @@ def abs2(z: torch.Tensor) -> torch.Tensor:
 
     Complex: the squares of the real view summed over its last axis of two (one add per entry, so
     exactly Re² + Im²; three tensor operations instead of seven)."""
-    return torch.view_as_real(z).square().sum(-1) if z.is_complex() else z.square()
+    return torch.view_as_real(z.resolve_conj()).square().sum(-1) if z.is_complex() else z.square()
 
 
 def sum_dims(t: torch.Tensor, k: int) -> torch.Tensor:

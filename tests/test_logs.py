@@ -223,3 +223,15 @@ def test_stacked_records_keep_their_order_among_plain_appends():
     assert len(log) == 5 and log.drop_after(2) == 2 and len(log) == 3
     log.append_stacked(3, ["loss", "step"], torch.zeros(2, 2, dtype=torch.float64), 3.0)
     assert log.select([1])["loss"].reshape(-1).tolist() == [2.0, 4.0, 6.0, 0.0]
+
+
+def test_stacked_records_on_a_device_are_moved_to_the_host_when_read():
+    """A record appended stacked on another device marks the log as on a device at once, so reading,
+    selecting or writing it moves every record to the CPU (meta stands in for an accelerator here)."""
+    log = TrainingLog((2,), {}, ["loss", "time"])
+    log.append_stacked(0, ["loss"], torch.ones(1, 2, device="meta"), 0.0)
+    assert log._on_device
+    log._pending[0] = (0, ("loss",), torch.ones(1, 2, dtype=torch.float64), 0.0)   # meta has no values to copy
+    log._on_device = True
+    sel = log.select([1])
+    assert sel["loss"].device.type == "cpu" and not log._on_device

@@ -345,3 +345,44 @@ def test_early_divergence_from_a_poor_start_names_the_preprocessing():
     assert auto.log.config["preprocessing"] == "optimal"
     rec = reconstruct(op, y, "wf", preprocessing="optimal", max_iter=50, progress=False, seed=0)
     assert float(_rel(rec.x, xs, 2)) < 0.3
+
+
+def test_a_loss_that_redefines_evaluate_keeps_its_own_trial_values():
+    """A user subclass that adds a term in ``evaluate`` is not bypassed by the loop's fast paths: the
+    line search's trial value with frozen weights is the subclass's own value."""
+    from phasetorch.losses import Evaluation, TruncatedAmplitudeLoss
+    from phasetorch.solve import Driver
+    from phasetorch.tensors import norm2
+
+    class Penalised(TruncatedAmplitudeLoss):
+        def evaluate(self, x, y, r=None, weights=None, grad=True):
+            ev = super().evaluate(x, y, r, weights, grad)
+            return Evaluation(ev.value + 0.5 * norm2(x), None if ev.grad is None else ev.grad + x, ev.r,
+                              ev.weights, ev.fields)
+
+    op = GaussianMeasurement(8, 64, complex=False, seed=0, dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    xt = torch.randn(2, 8, generator=g, dtype=F64)
+    loss = Penalised(op)
+    data = loss.prepare(op(xt))
+    assert not loss.own_evaluation() and TruncatedAmplitudeLoss(op).own_evaluation()
+    x = xt + 0.1 * torch.randn(xt.shape, generator=g, dtype=F64)
+    x_try = x + 0.05 * torch.randn(xt.shape, generator=g, dtype=F64)
+    drv = Driver.__new__(Driver)
+    drv.loss, drv.data, drv.evaluate = loss, data, loss.evaluator(data, (2,))
+    ev0 = loss.evaluate(x, data)
+    _, f_try = drv.full_eval(x, ev0.r, ev0.weights)(x_try)
+    torch.testing.assert_close(f_try, loss.value(x_try, data, weights=loss.weights(x, data, ev0.r))[0])
+
+
+def test_an_overflowing_loss_is_caught_at_once_in_float32():
+    """f = +inf is a divergence even where the divergence limit itself overflows (float32, |f₀| ≳ 1e32):
+    caught at the iteration it happens, the sample frozen at its last finite iterate."""
+    op = GaussianMeasurement(16, 128, complex=False, seed=0, dtype=torch.float32)
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(1)) * 6e7
+    y = op(x)
+    with pytest.raises(DivergenceError) as err:
+        reconstruct(op, y, algorithm="wf", step=1e4, safeguard=False, max_iter=6, progress=False, seed=0,
+                    init=1.3 * x)
+    assert err.value.iteration == 1
+    assert torch.isfinite(IntensityLoss(op)(err.value.x, y)).all()

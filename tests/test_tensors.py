@@ -73,3 +73,13 @@ def test_prediction_with_nan_is_strict_json(tmp_path):
     back = Prediction.from_json(path)
     assert torch.equal(back.per_replicate["overlap"].isnan(), pred.per_replicate["overlap"].isnan())
     assert float(back.per_replicate["overlap"][0, 0]) == 0.5
+
+
+def test_abs2_norm2_dot_accept_conjugate_views():
+    from phasetorch.tensors import abs2, dot, norm2
+    z = torch.randn(3, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    zc = z.conj()                                    # a lazy conjugate view (e.g. an ensemble's adjoint)
+    assert zc.is_conj()
+    torch.testing.assert_close(abs2(zc), z.abs() ** 2, rtol=1e-14, atol=0)
+    torch.testing.assert_close(norm2(zc), (z.abs() ** 2).sum(1), rtol=1e-14, atol=0)
+    torch.testing.assert_close(dot(zc, z), (z * z).real.sum(1), rtol=1e-13, atol=1e-13)

@@ -67,7 +67,8 @@ def scaled(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A per-sample step ``(B,)`` shaped to multiply a direction like ``x`` (a real α times a complex
     direction promotes inside the product: no separate cast)."""
     a = bview(alpha, x)
-    return a if x.is_complex() or a.dtype == x.dtype else a.to(x.dtype)
+    rdt = x.real.dtype if x.is_complex() else x.dtype
+    return a if a.dtype == rdt else a.to(rdt)
 
 
 def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor, alpha: torch.Tensor,
@@ -93,8 +94,8 @@ def one_trial(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction: t
     bound = f + rtol * f.abs() if rtol else f
     if c:                                     # c = 0 (the safeguard's test): no directional derivative
         bound = bound + c * dot(grad, x_try - x)
-    # the bound is finite (f is), so ≤ rejects NaN and +inf; > −inf rejects −inf (cheaper than isfinite)
-    ok = ctx.active & (f_try <= bound) & (f_try > -math.inf)
+    # ≤ rejects NaN; |f| < inf rejects ±inf even where the bound overflowed (cheaper than isfinite)
+    ok = ctx.active & (f_try <= bound) & (f_try.abs() < math.inf)
     if ctx.evaluate_full is not None:         # the driver keeps x (and its evaluation) where not ok
         return ok, x_try, f_try, cache
     return ok, where_sample(ok, x_try, x), torch.where(ok, f_try, f), cache
