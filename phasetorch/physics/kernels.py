@@ -343,29 +343,10 @@ def adjoint(A: torch.Tensor, zf: torch.Tensor) -> torch.Tensor:
 
 
 def fused(A: torch.Tensor, xf: torch.Tensor, spec: PointwiseMap, batch) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(z, Aᴴv)`` with v = w·φ(c·z) (``spec``), one read of A; fills ``spec``'s outputs (shapes ``(*batch, …)``)."""
-    xf = _plain(xf)
-    m, n = A.shape
-    B = xf.shape[0]
-    real = A.real.dtype if A.is_complex() else A.dtype
-    z = torch.empty(B, m, dtype=A.dtype)
-    g = torch.empty(B, n, dtype=A.dtype)
-    a2 = torch.empty(B, m, dtype=real)
-    weighted = spec.weights is None and spec.code in Map.WEIGHTED
-    w_out = torch.empty(B, m, dtype=real) if weighted else None
-    total = torch.empty(B, dtype=torch.float64)
-    q, q_stride = _per_signal(spec.data, batch, m, real)
-    w, w_stride = _per_signal(spec.weights, batch, m, real)
-    a = _args(A, B, FUSED)
-    a.map, a.scale, a.p0, a.p1 = int(spec.code), float(spec.scale), float(spec.p0), float(spec.p1)
-    a.x, a.z, a.g = xf.data_ptr(), z.data_ptr(), g.data_ptr()
-    a.q, a.q_stride, a.w, a.w_stride = _ptr(q), q_stride, _ptr(w), w_stride
-    a.a2, a.w_out, a.value = a2.data_ptr(), _ptr(w_out), total.data_ptr()
-    _run(a, _bits(A.dtype))
-    spec.a2 = a2.reshape(*batch, m)
-    spec.weights_out = None if w_out is None else w_out.reshape(*batch, m)
-    spec.total = total.reshape(batch)
-    spec.done = True
+    """``(z, Aᴴv)`` with v = w·φ(c·z) (``spec``), one read of A; fills ``spec``'s outputs (shapes ``(*batch, …)``).
+    A one-off :class:`FusedPlan` (``xf`` holds prod(batch) signals)."""
+    z, g, a2, w_out, total = FusedPlan(A, spec, batch)(xf)
+    spec.a2, spec.weights_out, spec.total, spec.done = a2, w_out, total, True
     return z, g
 
 
