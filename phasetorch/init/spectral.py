@@ -378,24 +378,17 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
             full = v.new_zeros(B, n)
             full[idx] = v
             return apply_gram(full, torch.arange(B, device=v.device))[idx]
-        if batch_indexed:
-            Tb = T.reshape(*batch, *op.measurement_shape)
-
-            def weigh_all(z, part):                # z ↦ T ⊙ z (every sample: the operator is batch-indexed)
-                return z * (Tb if part is None else Tb[..., part])
-
-            if Tb.dtype == op.real_dtype:          # closed form: one fused pass per member on a CPU
-                weigh_all.pointwise = PointwiseMap(Map.SCALE, Tb)
-            return op.linear_adjoint(v.reshape(*batch, *sig), weigh_all)[1].reshape(b, n)
-        Ti = T if idx.numel() == B and b == B else T.index_select(0, idx)
+        if batch_indexed:                          # every sample (the batch indexes the operator's matrices)
+            Ti, shape = T.reshape(*batch, *op.measurement_shape), (*batch, *sig)
+        else:
+            Ti, shape = (T if idx.numel() == B and b == B else T.index_select(0, idx)), (b, *sig)
 
         def weigh(z, part):                        # z ↦ T ⊙ z, measurement by measurement
             return z * (Ti.reshape(z.shape) if part is None else Ti[..., part])
 
         if Ti.dtype == op.real_dtype:              # the same map in closed form: one fused C pass on a dense A
             weigh.pointwise = PointwiseMap(Map.SCALE, Ti)
-
-        return op.linear_adjoint(v.reshape(b, *sig), weigh)[1].reshape(b, n)
+        return op.linear_adjoint(v.reshape(shape), weigh)[1].reshape(b, n)
 
     def matvec(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         b = v.shape[0]

@@ -64,8 +64,8 @@ def backtracking(x: torch.Tensor, f: torch.Tensor, grad: torch.Tensor, direction
 
 
 def scaled(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-sample step ``(B,)`` shaped to multiply a direction like ``x`` (a real α times a complex
-    direction promotes inside the product: no separate cast)."""
+    """A per-sample step ``(B,)`` shaped to multiply a direction like ``x``, in x's real dtype (a real α
+    times a complex direction promotes inside the product: no cast to complex)."""
     a = bview(alpha, x)
     rdt = x.real.dtype if x.is_complex() else x.dtype
     return a if a.dtype == rdt else a.to(rdt)
