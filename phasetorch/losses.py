@@ -129,6 +129,9 @@ class Evaluation:
     r: torch.Tensor
     weights: Optional[torch.Tensor]
     fields: "Fields"
+    #: the value with other (frozen) weights when the evaluation was asked for it (a prepared
+    #: evaluator's ``frozen=``), else None
+    frozen: Optional[torch.Tensor] = None
 
 
 def _owner(cls: type, name: str) -> Optional[type]:
@@ -346,7 +349,12 @@ class PhaseRetrievalLoss(nn.Module):
             else None
         plan = FusedPlan.build(A, spec, batch) if spec is not None else None
         if plan is None:
-            return lambda x: self.evaluate(x, d)
+            def plain(x: torch.Tensor, frozen: Optional[torch.Tensor] = None) -> Evaluation:
+                ev = self.evaluate(x, d)
+                if frozen is not None:
+                    ev.frozen = self.frozen_value(ev, x, d, frozen)
+                return ev
+            return plain
         shape = (*plan.batch, *self.op.signal_shape)
         rdt = self.op.real_dtype
         # the constants as 0-dim tensors (a Python scalar is wrapped at every product); same values
@@ -356,8 +364,8 @@ class PhaseRetrievalLoss(nn.Module):
         reduce_sum = None if type(self.op).reduce_sum is MeasurementOperator.reduce_sum else self.op.reduce_sum
         k = len(self.op.signal_shape)
 
-        def run(x: torch.Tensor, xf: torch.Tensor) -> Evaluation:
-            z, u, a2, w, total = plan(xf)
+        def run(x: torch.Tensor, xf: torch.Tensor, frozen) -> Evaluation:
+            z, u, a2, w, total, *tz = plan(xf, frozen)
             r = (z * c_t if c != 1.0 else z).view(*plan.batch, m)
             g = (u * g_scale).view(shape)
             if l2:
@@ -367,18 +375,36 @@ class PhaseRetrievalLoss(nn.Module):
             val = (total if reduce_sum is None else reduce_sum(total)) / m     # = _reduce_total(total, x, r)
             if val.dtype != rdt:
                 val = val.to(rdt)
+            fz = None
+            if tz:                                  # the value with the frozen weights, from the same pass
+                fz = (tz[0] if reduce_sum is None else reduce_sum(tz[0])) / m
+                if fz.dtype != rdt:
+                    fz = fz.to(rdt)
             if l2:
-                val = val + 0.5 * l2 * sum_dims(abs2(x), k)
-            return Evaluation(val, g, r, w, p)
+                ridge = 0.5 * l2 * sum_dims(abs2(x), k)
+                val = val + ridge
+                fz = None if fz is None else fz + ridge
+            return Evaluation(val, g, r, w, p, fz)
 
-        def evaluate(x: torch.Tensor) -> Evaluation:
+        def evaluate(x: torch.Tensor, frozen: Optional[torch.Tensor] = None) -> Evaluation:
+            """The evaluation at x; ``frozen`` weights (the current point's, of an adaptive loss): its
+            ``frozen`` value too, summed in the pass (:meth:`frozen_value` up to the summation order)."""
             xf = x.reshape(plan.B, -1) if tuple(x.shape) == shape else None
             if xf is None or not plan.accepts(xf):
-                return self.evaluate(x, d)
+                ev = self.evaluate(x, d)
+                if frozen is not None:
+                    ev.frozen = self.frozen_value(ev, x, d, frozen)
+                return ev
+            if frozen is not None and (frozen.dtype != rdt or frozen.numel() != plan.B * m):
+                frozen = None
+            elif frozen is not None:
+                frozen = frozen.contiguous()
             if torch.is_grad_enabled():
                 with torch.no_grad():
-                    return run(x, xf)
-            return run(x, xf)
+                    ev = run(x, xf, frozen)
+            else:
+                ev = run(x, xf, frozen)
+            return ev
 
         evaluate.plan = plan                     # (the prepared pass; absent on the plain evaluate path)
         return evaluate

@@ -40,7 +40,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -51,6 +51,7 @@ from .logs import TrainingLog
 from .losses import Evaluation, check_intensities
 from .physics import MeasurementModel, resolve_model
 from .physics.base import MeasurementOperator
+from .optim.compiled import BLOCK, GradientBlock
 from .optim.engine import Algorithm, StepContext
 from .optim.presets import Preset, Setting, get_preset
 from .optim.projections import Constraint
@@ -641,13 +642,14 @@ class Driver:
         fast_frozen = loss.own_evaluation()
 
         def evaluate(x_try):
-            ev = full(x_try)
             if not loss.adaptive_weights:
+                ev = full(x_try)
                 return ev, ev.value
             if not fast_frozen:             # a loss that redefines evaluate/value/weights: its own value
+                ev = full(x_try)
                 return ev, loss.value(x_try, data, r=ev.r, weights=loss.weights(x, data, r))[0]
-            frozen = loss.weights(x, data, r) if w is None else w
-            return ev, loss.frozen_value(ev, x_try, data, frozen)
+            ev = full(x_try, loss.weights(x, data, r) if w is None else w)   # the frozen value in the same pass
+            return ev, ev.frozen
 
         return evaluate
 
@@ -697,8 +699,18 @@ class Driver:
         if k == 1 and max_iter and not bool(active.any()):
             max_iter = 0                               # nothing to run (a later stage with every sample done)
         stall = STALL_GRADIENT * g0                    # ‖∇f‖ above it: a stop without a move is a stall
+        book = {"active": active, "status": status, "iterations": iterations, "div_t": div_t, "div_f": div_f,
+                "diverged": diverged}
+        block = GradientBlock.build(self, tol, log_every, callback, f, G, W, res, state, f_limit, stall, book,
+                                    (Status.CONVERGED, Status.STALLED, Status.DIVERGED)) \
+            if max_iter and bool(active.any()) else None
         try:
-            for t in range(1, max_iter + 1):
+            if block is not None:       # the same loop compiled, up to BLOCK iterations per C call
+                t_last, last_row = self.run_compiled(block, max_iter, bar, book, f0)
+                x, f, G, W, res, step_end = block.x.view_as(x), block.f, block.G.view_as(G), block.weights, \
+                    block.res, block.step
+                block.state_out(state)
+            for t in range(1, (max_iter if block is None else 0) + 1):
                 running = active
                 x_prev, f_prev, res_prev, G_prev, r_prev, W_prev = x, f, res, G, r, W
                 ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r, W))
@@ -781,6 +793,26 @@ class Driver:
                 self.record(t_last, x, f, self.grad_norm(G, x, r), step_end, res)
         status = torch.where(status == Status.RUNNING, torch.full_like(status, Status.MAX_ITER), status)
         return self.finish(x, status, iterations)
+
+    def run_compiled(self, block: GradientBlock, max_iter: int, bar, book: dict, f0) -> Tuple[int, int]:
+        """The loop of :meth:`run` through :class:`~phasetorch.optim.compiled.GradientBlock` (its state and
+        ``book``, the driver's bookkeeping tensors, updated in place). Returns (last iteration run, last record)."""
+        t_last, last_row = 0, -1
+        names, offset, t0 = self.record_names, self.offset, self.t_start
+        while t_last < max_iter:
+            t_done, new_div, records = block.run(t_last, min(BLOCK, max_iter - t_last))
+            for t, values, when in records:
+                self.log.append_stacked(t + offset, names, values, when - t0)
+                last_row = t
+            if bar is not None:
+                bar.update(t_done - t_last)
+                self.update_bar(bar, block.f, block.x.view_as(self.x0))
+            t_last = t_done
+            if new_div:
+                self.note_divergences(book["diverged"], book["div_t"], book["div_f"], f0, block.x.view_as(self.x0))
+            if not bool(book["active"].any()):
+                break
+        return t_last, last_row
 
     def grad_norm(self, G, x, r) -> torch.Tensor:
         """‖∇f‖ per sample for the log (evaluated for projection methods, which do not use it)."""

@@ -54,6 +54,13 @@ class HostReads(TorchDispatchMode):
         return sum(self.counts.values())
 
 
+@pytest.fixture(autouse=True)
+def torch_loop(monkeypatch):
+    """These tests are about the torch loop (the one an accelerator runs): the compiled CPU loop of the
+    gradient presets (phasetorch.optim.compiled, tests/test_compiled.py) is switched off here."""
+    monkeypatch.setenv("PHASETORCH_COMPILED_LOOP", "0")
+
+
 @pytest.fixture(scope="module")
 def problem():
     op = pt.GaussianMeasurement(24, 192, complex=True, seed=0, dtype=torch.float64)

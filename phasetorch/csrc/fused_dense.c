@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -55,6 +56,7 @@
 #endif
 #define PT_ALIGN 64
 #define PT_MAX_CHUNKS 16
+#define PT_MAX_BLOCK_B 64   /* most signals in one pt_gd_block call */
 #define PT_CHUNK_BYTES (8 << 20)  /* at most this much accumulator memory in all (fewer chunks for large B n) */
 
 typedef struct {
@@ -72,14 +74,65 @@ typedef struct {
     void *w_out;          /* output weights used (B x m, real) or NULL */
     double *value;        /* output sum_i w_i l_i per signal (B) or NULL */
     double scale, p0, p1, tiny;
+    const void *wz;       /* frozen weights (same layout as q, wz_stride) or NULL: then also ... */
+    int64_t wz_stride;
+    double *value_z;      /* ... output sum_i wz_i l_i per signal (B): a line search's trial value */
 } pt_args;
+
+
+/* ------------------------------------------------------------------ k iterations of gradient descent
+ * pt_gd_block runs up to k iterations of phasetorch's driver loop (phasetorch/solve.py, Driver.run)
+ * for gradient descent with a fixed-step rule (constant or WF ramp: mu[s] = the rule's mu_t),
+ * optionally safeguarded (phasetorch/optim/steps.py, Safeguarded), on the fused pass above:
+ *   trial   alpha = gamma mu_t s (safeguarded) or mu_t s (active samples only), x_try = x + alpha (-G)
+ *   pass    f(x_try), G(x_try) = g_scale A^H v (+ l2 x_try), |r|^2, own weights (one read of A)
+ *   accept  f_cmp <= f + slack |f| (f_cmp: the trial value with the weights frozen at x for the
+ *           adaptive losses), retry while gamma > gamma_min, gamma <- min(1, 2 gamma) / gamma/2
+ *   driver  divergence (f > f_limit or not finite: frozen, status DIVERGED, iterations t-1), the keep,
+ *           the stopping test on the amplitude residual (CONVERGED / STALLED), the log records
+ *           (loss, grad_norm, step, norm, residual [, rel_error, overlap, inner]) every log_every.
+ * Element-wise arithmetic is that of the torch loop, in the same order and precision (the iterates
+ * are bit-identical while the decisions agree); reductions (norms, the frozen trial value, the
+ * residual) are summed in double here, in torch in its own order (equal to rounding).
+ * It returns after k iterations, after an iteration with a new divergence, or once no sample is
+ * active (t_done = the last iteration run, n_rec records written). */
+typedef struct {
+    pt_args pass;
+    int64_t k, t0, log_every, n_rec, t_done, psi_stride;
+    int32_t safeguard, adaptive, truth, tol_on, new_div, st_converged, st_stalled, st_diverged;
+    const double *mu;
+    double g_scale, l2, slack, tol, gamma_min;
+    void *x, *G, *f, *res, *W, *gamma;
+    const void *scale, *f_limit, *stall, *psi, *den_psi, *xt;
+    uint8_t *active, *diverged, *accepted, *retry;
+    int8_t *status;
+    int64_t *iterations, *div_t;
+    void *div_f;
+    void *x_try, *z, *g, *a2, *w;
+    double *total;
+    void *rec;
+    int64_t *rec_t;
+    double *rec_time;
+    void *step;          /* the step column of the last iteration run (B) */
+    /* TWF (twf = 1): the truncated Poisson loss, whose weights need K = mean_i |y_i - |r_i|^2| first: a
+     * forward pass (z = A x_try), the weights and v = w (2 - 2 y/|r|^2) r here, then an adjoint pass of v */
+    int32_t twf, pad_;
+    double alpha_lb, alpha_ub, alpha_h;
+    void *v;             /* B x m, the adjoint's input (TWF) */
+} pt_block;
+
+static double pt_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static void *pt_alloc(size_t bytes) {
     size_t size = (bytes + PT_ALIGN - 1) / PT_ALIGN * PT_ALIGN;
     return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
 }
 
-int pt_abi_version(void) { return 2; }
+int pt_abi_version(void) { return 3; }
 
 #define PT_BODY
 #define REAL float
@@ -134,6 +187,14 @@ int pt_pass(const pt_args *p, int dtype_bits) {
     if (p->m < 1 || p->n < 1 || p->B < 1) return 1;
     if (dtype_bits == 32) return pt_pass_f32(p);
     if (dtype_bits == 64) return pt_pass_f64(p);
+    return 2;
+}
+
+
+int pt_gd_block(pt_block *p, int dtype_bits) {
+    if (p->pass.m < 1 || p->pass.n < 1 || p->pass.B < 1 || p->k < 0) return 1;
+    if (dtype_bits == 32) return pt_gd_block_f32(p);
+    if (dtype_bits == 64) return pt_gd_block_f64(p);
     return 2;
 }
 
@@ -389,7 +450,7 @@ static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr
 
 /* v = w phi(r) for one row of one signal (r = rr + i ri; ri = 0 for real data); returns w l in *ell */
 static inline void SFX(pt_map)(const pt_args *p, int cplx, REAL rr, REAL ri, REAL q, int has_q, const REAL *wfix,
-                               REAL *vr, REAL *vi, REAL *a2_out, REAL *w_used, double *ell) {
+                               REAL *vr, REAL *vi, REAL *a2_out, REAL *w_used, double *ell, double *ell_raw) {
     REAL a2 = cplx ? rr * rr + ri * ri : rr * rr;
     REAL w = 1, gr, gi;
     double l = 0;
@@ -438,6 +499,7 @@ static inline void SFX(pt_map)(const pt_args *p, int cplx, REAL rr, REAL ri, REA
         break;
     }
     }
+    *ell_raw = l;
     if (wfix) w = *wfix;
     if (wfix || p->map == PT_MAP_TAF || p->map == PT_MAP_RAF) {
         gr = w * gr; gi = w * gi;
@@ -455,6 +517,7 @@ static int SFX(pt_pass)(const pt_args *p) {
     REAL *Z = (REAL *)p->z;
     REAL *Gout = (REAL *)p->g;
     const REAL *Q = (const REAL *)p->q, *W = (const REAL *)p->w;
+    const REAL *WZ = p->value && p->value_z && mode == PT_FUSED ? (const REAL *)p->wz : NULL;
     REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
     const REAL c = (REAL)p->scale;
     const int accumulate = mode != PT_LINEAR, forward = mode != PT_ADJOINT;
@@ -488,7 +551,7 @@ static int SFX(pt_pass)(const pt_args *p) {
         if (!acc) { free(xa); return 3; }
     }
     if (p->value) {
-        vals = (double *)calloc((size_t)(chunks * B), sizeof(double));
+        vals = (double *)calloc((size_t)((WZ ? 2 : 1) * chunks * B), sizeof(double));
         if (!vals) { free(xa); free(acc); return 3; }
     }
 
@@ -502,6 +565,7 @@ static int SFX(pt_pass)(const pt_args *p) {
         if (i1 > m) i1 = m;
         REAL *H = accumulate ? acc + ch * per_chunk : NULL;
         double *val = vals ? vals + ch * B : NULL;
+        double *valz = vals && WZ ? vals + (chunks + ch) * B : NULL;
         if (H) memset(H, 0, (size_t)per_chunk * sizeof(REAL));
 
         for (int64_t i = i0; i < i1; i += PT_R) {
@@ -521,11 +585,12 @@ static int SFX(pt_pass)(const pt_args *p) {
                             const REAL q = Q ? Q[b * p->q_stride + row] : (REAL)0;
                             const REAL *wf = W ? W + b * p->w_stride + row : NULL;
                             REAL a2v, wu;
-                            double ell;
-                            SFX(pt_map)(p, cplx, c * zr[k], c * zi[k], q, Q != NULL, wf, &vr[k], &vi[k], &a2v, &wu, &ell);
+                            double ell, raw;
+                            SFX(pt_map)(p, cplx, c * zr[k], c * zi[k], q, Q != NULL, wf, &vr[k], &vi[k], &a2v, &wu, &ell, &raw);
                             if (A2) A2[o] = a2v;
                             if (WO) WO[o] = wu;
                             if (val) val[b] += ell;
+                            if (valz) valz[b] += (double)(WZ[b * p->wz_stride + row] * (REAL)raw);
                         }
                     }
                 } else {
@@ -570,11 +635,248 @@ static int SFX(pt_pass)(const pt_args *p) {
             double s = 0;
             for (int64_t ch = 0; ch < chunks; ch++) s += vals[ch * B + b];
             p->value[b] = s;
+            if (WZ) {
+                double sz = 0;
+                for (int64_t ch = 0; ch < chunks; ch++) sz += vals[(chunks + ch) * B + b];
+                p->value_z[b] = sz;
+            }
         }
     }
     free(xa);
     free(acc);
     free(vals);
+    return 0;
+}
+
+
+/* sum_j |v_j|^2 over rl REALs, in double */
+static inline double SFX(pt_sq)(const REAL *v, int64_t rl) {
+    double s = 0;
+    for (int64_t j = 0; j < rl; j++) s += (double)v[j] * (double)v[j];
+    return s;
+}
+
+/* l_i as phasetorch/losses.py computes it from |r|^2: amplitude (a - q)^2 / 2, Poisson a2 - q log max(a2, tiny) */
+static inline REAL SFX(pt_ell)(int map, REAL a2, REAL q, REAL tiny) {
+    if (map == PT_MAP_POISSON) return a2 - q * (REAL)log(a2 > tiny ? a2 : tiny);
+    const REAL d = (REAL)sqrt(a2) - q;
+    return (REAL)0.5 * (d * d);
+}
+
+/* TWF's evaluation at x_try: z = A x_try, then per sample nx = ||x_try||, K = mean |y - |r|^2|, the weights
+ * w = 1{lb <= |r|/nx <= ub, |y - |r|^2| <= (alpha_h K) |r|/nx}, v = w (2 - 2 y inv(|r|^2)) r, sum w l; g = A^H v */
+static int SFX(pt_twf_eval)(const pt_block *p, pt_args *a) {
+    const int64_t m = a->m, n = a->n, B = a->B;
+    const int cplx = a->is_complex;
+    const int64_t rl = cplx ? 2 * n : n;
+    const REAL c = (REAL)a->scale, tiny = (REAL)a->tiny;
+    const REAL lb = (REAL)p->alpha_lb, ub = (REAL)p->alpha_ub, ah = (REAL)p->alpha_h;
+    pt_args lin = *a;
+    lin.mode = PT_LINEAR;
+    lin.value = NULL; lin.a2 = NULL; lin.w_out = NULL;
+    int rc = SFX(pt_pass)(&lin);
+    if (rc) return rc;
+    const REAL *Z = (const REAL *)a->z, *X = (const REAL *)a->x;
+    REAL *A2 = (REAL *)a->a2, *WO = (REAL *)a->w_out, *V = (REAL *)p->v;
+    for (int64_t b = 0; b < B; b++) {
+        const REAL *q = (const REAL *)a->q + b * a->q_stride;
+        const REAL nx = (REAL)sqrt(SFX(pt_sq)(X + b * rl, rl));
+        const REAL nxc = nx > tiny ? nx : tiny;
+        double kacc = 0;
+        for (int64_t i = 0; i < m; i++) {
+            const int64_t o = b * m + i;
+            const REAL rr = c * Z[cplx ? 2 * o : o], ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
+            const REAL a2 = cplx ? rr * rr + ri * ri : rr * rr;
+            A2[o] = a2;
+            kacc += (double)(REAL)fabs(q[i] - a2);
+        }
+        const REAL K = (REAL)(kacc / (double)m), ahK = ah * K;
+        double tot = 0;
+        for (int64_t i = 0; i < m; i++) {
+            const int64_t o = b * m + i;
+            const REAL a2 = A2[o], ar = (REAL)sqrt(a2), ratio = ar / nxc, dev = (REAL)fabs(q[i] - a2);
+            const REAL w = (ratio >= lb && ratio <= ub && dev <= ahK * ratio) ? (REAL)1 : (REAL)0;
+            WO[o] = w;
+            const REAL inv = a2 >= tiny ? (REAL)1 / a2 : (REAL)0;
+            const REAL fct = 2 - 2 * q[i] * inv;
+            const REAL rr = c * Z[cplx ? 2 * o : o], ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
+            if (cplx) { V[2 * o] = w * (fct * rr); V[2 * o + 1] = w * (fct * ri); } else V[o] = w * (fct * rr);
+            tot += (double)(w * SFX(pt_ell)(PT_MAP_POISSON, a2, q[i], tiny));
+        }
+        a->value[b] = tot;
+    }
+    pt_args adj = *a;
+    adj.mode = PT_ADJOINT;
+    adj.z = p->v;
+    adj.value = NULL; adj.a2 = NULL; adj.w_out = NULL;     /* (a pass with value != NULL writes it) */
+    return SFX(pt_pass)(&adj);
+}
+
+static int SFX(pt_gd_block)(pt_block *p) {
+    const int64_t m = p->pass.m, n = p->pass.n, B = p->pass.B;
+    const int cplx = p->pass.is_complex;
+    const int64_t rl = cplx ? 2 * n : n;
+    REAL *x = (REAL *)p->x, *G = (REAL *)p->G, *f = (REAL *)p->f, *res = (REAL *)p->res;
+    REAL *W = (REAL *)p->W, *gamma = (REAL *)p->gamma, *div_f = (REAL *)p->div_f;
+    const REAL *scale = (const REAL *)p->scale, *f_limit = (const REAL *)p->f_limit;
+    const REAL *stall = (const REAL *)p->stall, *psi = (const REAL *)p->psi, *den = (const REAL *)p->den_psi;
+    const REAL *xt = (const REAL *)p->xt;
+    REAL *x_try = (REAL *)p->x_try, *g = (REAL *)p->g, *a2 = (REAL *)p->a2, *w = (REAL *)p->w;
+    REAL *rec = (REAL *)p->rec;
+    const int ncols = p->truth ? 8 : 5;
+    const REAL g_scale = (REAL)p->g_scale, l2 = (REAL)p->l2, half_l2 = (REAL)(0.5 * p->l2);
+    const REAL slack = (REAL)p->slack, tol = (REAL)p->tol, gamma_min = (REAL)p->gamma_min;
+    const REAL inf = (REAL)INFINITY;
+    REAL alpha[PT_MAX_BLOCK_B];
+    if (B > PT_MAX_BLOCK_B) return 4;
+    pt_args a = p->pass;
+    a.mode = PT_FUSED;
+    a.x = x_try; a.z = p->z; a.g = g; a.a2 = a2; a.w_out = p->adaptive ? w : NULL; a.value = p->total;
+    a.w = NULL; a.w_stride = 0;
+    /* the adaptive fused maps (TAF/RAF): the trial's value with the weights frozen at x from the same pass */
+    double *total_z = p->adaptive && !p->twf ? p->total + B : NULL;
+    a.wz = total_z ? p->W : NULL; a.wz_stride = m; a.value_z = total_z;
+    p->n_rec = 0; p->new_div = 0; p->t_done = p->t0;
+
+    for (int64_t s = 0; s < p->k; s++) {
+        const int64_t t = p->t0 + s + 1;
+        const REAL mu_t = (REAL)p->mu[s];
+        for (int64_t b = 0; b < B; b++) {          /* the trial point (every sample, as the torch loop) */
+            const REAL base = mu_t * scale[b];
+            REAL al = p->safeguard ? gamma[b] * base : (p->active[b] ? base : (REAL)0);
+            alpha[b] = al;
+            const REAL *xb = x + b * rl, *Gb = G + b * rl;
+            REAL *xr = x_try + b * rl;
+            for (int64_t j = 0; j < rl; j++) xr[j] = xb[j] + al * (-Gb[j]);
+        }
+        int rc = p->twf ? SFX(pt_twf_eval)(p, &a) : SFX(pt_pass)(&a);
+        if (rc) return rc;
+        int any_active = 0;
+        const int record = t % p->log_every == 0;
+        REAL *row = record ? rec + p->n_rec * ncols * B : NULL;
+        for (int64_t b = 0; b < B; b++) {
+            REAL *xr = x_try + b * rl, *gb = g + b * rl, *xb = x + b * rl, *Gb = G + b * rl;
+            const REAL *a2b = a2 + b * m, *wb = w + b * m, *Wb = p->adaptive ? W + b * m : NULL;
+            const REAL *pb = psi + b * p->psi_stride;
+            const int act = p->active[b];
+            /* the evaluation at the trial: value (own weights), gradient */
+            REAL f_full = (REAL)(p->total[b] / (double)m);
+            for (int64_t j = 0; j < rl; j++) gb[j] = gb[j] * g_scale;
+            if (p->l2 != 0) {
+                for (int64_t j = 0; j < rl; j++) gb[j] = gb[j] + l2 * xr[j];
+                f_full = f_full + half_l2 * (REAL)SFX(pt_sq)(xr, rl);
+            }
+            int moved = act, retry = 0;
+            REAL oa = alpha[b];
+            if (p->safeguard) {
+                REAL f_cmp = f_full;
+                if (p->adaptive) {       /* the trial's value with the weights frozen at x */
+                    double acc = 0;
+                    if (total_z) acc = total_z[b];
+                    else {               /* TWF: from |r|^2 (|r| = (|r|^2)^(1/2), as Fields.a) */
+                        const REAL *q = (const REAL *)p->pass.q + b * p->pass.q_stride;
+                        for (int64_t i = 0; i < m; i++)
+                            acc += (double)(Wb[i] * SFX(pt_ell)(PT_MAP_POISSON, a2b[i], q[i], (REAL)p->pass.tiny));
+                    }
+                    f_cmp = (REAL)(acc / (double)m);
+                    if (p->l2 != 0) f_cmp = f_cmp + half_l2 * (REAL)SFX(pt_sq)(xr, rl);
+                }
+                const REAL bound = f[b] + slack * (REAL)fabs(f[b]);
+                const int ok = act && (f_cmp <= bound) && ((REAL)fabs(f_cmp) < inf);
+                retry = act && !ok && (gamma[b] > gamma_min);
+                REAL gm = gamma[b] * (ok ? (REAL)2 : retry ? (REAL)0.5 : (REAL)1);
+                gamma[b] = gm > (REAL)1 ? (REAL)1 : gm;
+                p->accepted[b] = (uint8_t)ok;
+                p->retry[b] = (uint8_t)retry;
+                oa = alpha[b] * (REAL)ok;
+                moved = ok;
+            }
+            const int bad = moved && !((f_full <= f_limit[b]) && ((REAL)fabs(f_full) < inf));
+            if (bad) {
+                div_f[b] = f_full; p->div_t[b] = t; p->diverged[b] = 1;
+                p->status[b] = (int8_t)p->st_diverged; p->iterations[b] = t - 1;
+                p->new_div = 1;
+            }
+            const REAL res_prev = res[b];
+            int same = 1;                               /* x unchanged by this iteration */
+            if (moved && !bad) {
+                for (int64_t j = 0; j < rl; j++) { same &= xr[j] == xb[j]; xb[j] = xr[j]; }
+                memcpy(Gb, gb, (size_t)rl * sizeof(REAL));
+                f[b] = f_full;
+                if (p->adaptive) memcpy(W + b * m, wb, (size_t)m * sizeof(REAL));
+                double acc = 0;
+                for (int64_t i = 0; i < m; i++) {
+                    REAL d = (REAL)sqrt(a2b[i]) - pb[i];
+                    acc += (double)(d * d);
+                }
+                res[b] = (REAL)sqrt(acc) / den[b];
+            }
+            const int ok2 = act && !bad;
+            const REAL step = oa * (REAL)ok2;
+            ((REAL *)p->step)[b] = step;
+            const REAL gn = (REAL)sqrt(SFX(pt_sq)(Gb, rl));
+            int still = ok2;
+            if (p->tol_on) {
+                const int fit = res[b] <= tol;
+                int stop = ok2 && (fit || (REAL)fabs(res[b] - res_prev) <= tol * res_prev) && !retry;
+                if (stop) {
+                    const int stuck = same && !fit && gn > stall[b];
+                    p->status[b] = (int8_t)(stuck ? p->st_stalled : p->st_converged);
+                    p->iterations[b] = t;
+                }
+                still = ok2 && !stop;
+            }
+            p->active[b] = (uint8_t)still;
+            any_active |= still;
+            if (row) {
+                row[0 * B + b] = f[b];
+                row[1 * B + b] = gn;
+                row[2 * B + b] = step;
+                row[3 * B + b] = (REAL)sqrt(SFX(pt_sq)(xb, rl));
+                row[4 * B + b] = res[b];
+                if (p->truth) {          /* c = <xt, x>, rel = ||x e^{-i arg c} - xt|| / ||xt||, |c|/(||x|| ||xt||), |c|/||xt||^2 */
+                    const REAL *tb = xt + b * rl;
+                    double cr = 0, ci = 0, nt2 = 0, nx2 = 0;
+                    for (int64_t j = 0; j < (cplx ? n : rl); j++) {
+                        if (cplx) {
+                            const double tr = tb[2 * j], ti = tb[2 * j + 1], vr = xb[2 * j], vi = xb[2 * j + 1];
+                            cr += tr * vr + ti * vi; ci += tr * vi - ti * vr;
+                            nt2 += tr * tr + ti * ti; nx2 += vr * vr + vi * vi;
+                        } else {
+                            cr += (double)tb[j] * (double)xb[j];
+                            nt2 += (double)tb[j] * (double)tb[j]; nx2 += (double)xb[j] * (double)xb[j];
+                        }
+                    }
+                    const double ac = cplx ? sqrt(cr * cr + ci * ci) : fabs(cr);
+                    double ur = 1, ui = 0;                   /* unit = conj(c)/|c| (sign(c) for real) */
+                    if (cplx) { if (ac > 0) { ur = cr / ac; ui = -ci / ac; } }
+                    else if (cr < 0) ur = -1;
+                    double e2 = 0;
+                    for (int64_t j = 0; j < (cplx ? n : rl); j++) {
+                        if (cplx) {
+                            const double vr = xb[2 * j], vi = xb[2 * j + 1];
+                            const double er = vr * ur - vi * ui - tb[2 * j], ei = vr * ui + vi * ur - tb[2 * j + 1];
+                            e2 += er * er + ei * ei;
+                        } else {
+                            const double e = ur * xb[j] - tb[j];
+                            e2 += e * e;
+                        }
+                    }
+                    const double dn = sqrt(nx2 * nt2);
+                    row[5 * B + b] = (REAL)sqrt(e2 / nt2);
+                    row[6 * B + b] = (REAL)(dn > 0 ? ac / dn : 0.0);
+                    row[7 * B + b] = (REAL)(ac / nt2);
+                }
+            }
+        }
+        if (row) {
+            p->rec_t[p->n_rec] = t;
+            p->rec_time[p->n_rec] = pt_now();
+            p->n_rec++;
+        }
+        p->t_done = t;
+        if (p->new_div || !any_active) break;
+    }
     return 0;
 }
 

@@ -36,7 +36,7 @@ from ..tensors import bview, check_number, dot, norm2
 from .base import one_trial
 
 __all__ = ["StepRule", "Constant", "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "Safeguarded", "make_step_rule",
-           "RULE_NAMES", "wf_ramp"]
+           "RULE_NAMES", "wf_ramp", "slack"]
 
 State = Dict[str, torch.Tensor]
 
@@ -290,6 +290,11 @@ class BarzilaiBorwein(StepRule):
 
 #: the safeguard's rounding slack 64ε per real dtype
 _SLACK = {dt: 64 * torch.finfo(dt).eps for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def slack(dtype: torch.dtype) -> float:
+    """The safeguard's rounding slack 64ε of a real dtype: a trial is accepted while f(x_α) ≤ f(x) + 64ε·|f(x)|."""
+    return _SLACK[dtype]
 
 
 _FACTORS: dict = {}

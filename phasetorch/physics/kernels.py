@@ -47,7 +47,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopen
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
 ENV_CACHE = "PHASETORCH_CACHE_DIR"
-ABI_VERSION = 2
+ABI_VERSION = 3
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
 
@@ -103,12 +103,50 @@ class _Args(ctypes.Structure):
                 ("q", ctypes.c_void_p), ("q_stride", ctypes.c_int64), ("w", ctypes.c_void_p),
                 ("w_stride", ctypes.c_int64), ("a2", ctypes.c_void_p), ("w_out", ctypes.c_void_p),
                 ("value", ctypes.c_void_p), ("scale", ctypes.c_double), ("p0", ctypes.c_double),
-                ("p1", ctypes.c_double), ("tiny", ctypes.c_double)]
+                ("p1", ctypes.c_double), ("tiny", ctypes.c_double),
+                ("wz", ctypes.c_void_p), ("wz_stride", ctypes.c_int64), ("value_z", ctypes.c_void_p)]
+
+
+#: the argument block of one fused pass (``pt_args`` of the C source)
+PassArgs = _Args
+
+
+class BlockArgs(ctypes.Structure):
+    """``pt_block`` of the C source: k iterations of the driver's gradient loop (:mod:`phasetorch.optim.compiled`
+    fills it; the field comments of the C source say what each holds)."""
+
+    _fields_ = [("pass_", _Args),
+                ("k", ctypes.c_int64), ("t0", ctypes.c_int64), ("log_every", ctypes.c_int64),
+                ("n_rec", ctypes.c_int64), ("t_done", ctypes.c_int64), ("psi_stride", ctypes.c_int64),
+                ("safeguard", ctypes.c_int32), ("adaptive", ctypes.c_int32), ("truth", ctypes.c_int32),
+                ("tol_on", ctypes.c_int32), ("new_div", ctypes.c_int32), ("st_converged", ctypes.c_int32),
+                ("st_stalled", ctypes.c_int32), ("st_diverged", ctypes.c_int32),
+                ("mu", ctypes.c_void_p),
+                ("g_scale", ctypes.c_double), ("l2", ctypes.c_double), ("slack", ctypes.c_double),
+                ("tol", ctypes.c_double), ("gamma_min", ctypes.c_double)] + \
+        [(name, ctypes.c_void_p) for name in (
+            "x", "G", "f", "res", "W", "gamma", "scale", "f_limit", "stall", "psi", "den_psi", "xt",
+            "active", "diverged", "accepted", "retry", "status", "iterations", "div_t", "div_f",
+            "x_try", "z", "g", "a2", "w", "total", "rec", "rec_t", "rec_time", "step")] + \
+        [("twf", ctypes.c_int32), ("pad_", ctypes.c_int32), ("alpha_lb", ctypes.c_double),
+         ("alpha_ub", ctypes.c_double), ("alpha_h", ctypes.c_double), ("v", ctypes.c_void_p)]
+
+
+#: most signals one :func:`gradient_block` call takes (``PT_MAX_BLOCK_B`` of the C source)
+MAX_BLOCK_BATCH = 64
+
+
+def gradient_block(args: BlockArgs, bits: int) -> None:
+    """Run ``pt_gd_block`` on a filled :class:`BlockArgs` (needs :func:`available`); raises on a kernel error."""
+    CALLS["block"] += 1
+    rc = load().pt_gd_block(ctypes.byref(args), bits)
+    if rc != 0:
+        raise RuntimeError(f"phasetorch gradient block failed (code {rc})")
 
 
 _LOCK = threading.Lock()
 #: how many kernel calls of each mode ran in this process (for tests and diagnostics)
-CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0}
+CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0, "block": 0}
 _STATE = {"lib": None, "tried": False, "reason": "not loaded yet", "path": None}
 
 
@@ -184,6 +222,8 @@ def _load(path: Path):
     lib.pt_gaussian.argtypes = [ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
                                 ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
     lib.pt_gaussian.restype = ctypes.c_int
+    lib.pt_gd_block.argtypes = [ctypes.POINTER(BlockArgs), ctypes.c_int]
+    lib.pt_gd_block.restype = ctypes.c_int
     return lib
 
 
@@ -389,22 +429,31 @@ class FusedPlan:
         """Whether flattened signals ``xf`` fit the plan (shape, dtype, CPU; the call runs without autograd)."""
         return xf.dtype == self.A.dtype and tuple(xf.shape) == (self.B, self.n) and xf.device.type == "cpu"
 
-    def __call__(self, xf: torch.Tensor):
+    def __call__(self, xf: torch.Tensor, frozen: Optional[torch.Tensor] = None):
         """``(z, Aᴴv, |r|², weights or None, Σ w ℓ per signal (float64))`` for ``xf`` (B, n), batch-shaped
-        outputs as :func:`fused` leaves them in the spec."""
+        outputs as :func:`fused` leaves them in the spec. With ``frozen`` weights (a contiguous real
+        ``(*batch, m)`` tensor) a sixth output: Σ frozen·ℓ per signal (float64), summed in the same pass
+        (a line search's trial value with the weights of the current point)."""
         xf = _plain(xf)
         B, m, n = self.B, self.m, self.n
         z = torch.empty(B, m, dtype=self.A.dtype)
         g = torch.empty(B, n, dtype=self.A.dtype)
         a2 = torch.empty(B, m, dtype=self.real)
         w_out = torch.empty(B, m, dtype=self.real) if self.weighted else None
-        total = torch.empty(B, dtype=torch.float64)
+        total = torch.empty(B if frozen is None else 2 * B, dtype=torch.float64)
         a = self.args
         a.x, a.z, a.g, a.a2, a.w_out, a.value = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), \
             _ptr(w_out), total.data_ptr()
+        if frozen is not None:
+            if frozen.dtype != self.real or frozen.numel() != B * m or not frozen.is_contiguous():
+                raise ValueError(f"frozen weights must be a contiguous {self.real} tensor of {B}×{m} entries")
+            a.wz, a.wz_stride, a.value_z = frozen.data_ptr(), m, total.data_ptr() + 8 * B
         _run(a, self.bits)
+        if frozen is not None:
+            a.wz, a.value_z = None, None
         batch = self.batch
-        return (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total.view(batch))
+        out = (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total[:B].view(batch))
+        return out if frozen is None else out + (total[B:].view(batch),)
 
 
 def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
@@ -423,7 +472,7 @@ def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
     return z, adjoint(A, v)
 
 
-__all__ = ["Map", "PointwiseMap", "FusedPlan", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
+__all__ = ["Map", "PointwiseMap", "FusedPlan", "PassArgs", "BlockArgs", "gradient_block", "MAX_BLOCK_BATCH", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
            "fused", "dense_linear_adjoint", "CALLS", "cache_dir", "library_path", "build", "compiler"]
 
 

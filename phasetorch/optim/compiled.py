@@ -1,0 +1,211 @@
+r"""The driver's gradient-descent loop compiled: k iterations per call of a C function on a dense CPU operator.
+
+At small n an iteration of :class:`~phasetorch.solve.Driver` is some 75–125 torch operations of a few
+microseconds each around one fused pass over A (16 µs at n = 64, m = 8n): the dispatch, not the
+arithmetic, sets its cost. For the common case — :class:`~phasetorch.optim.gradient.GradientAlgorithm`
+with a fixed-step rule (:class:`~phasetorch.optim.steps.Constant`, :class:`~phasetorch.optim.steps.WFRamp`,
+a :class:`~phasetorch.optim.steps.Schedule` of plain numbers), optionally
+:class:`~phasetorch.optim.steps.Safeguarded` — on a loss whose evaluation is a prepared fused pass
+(:meth:`~phasetorch.losses.PhaseRetrievalLoss.evaluator`: a dense A in the C kernel, a closed-form
+pointwise map: intensity, amplitude, Poisson, truncated and reweighted amplitude), with no projection and
+no callback, :class:`GradientBlock` runs the same loop in ``pt_gd_block`` (``phasetorch/csrc/fused_dense.c``):
+the WF / RWF / AF / TAF / RAF presets of :func:`phasetorch.reconstruct`.
+
+What it keeps equal to the torch loop (tested in ``tests/test_compiled.py``):
+
+* every element-wise operation — the trial point x − α∇f, the pass, the scalings of the value and the
+  gradient, the safeguard's γ — is the torch loop's, in the same order and precision: the iterates are
+  bit-identical while the decisions agree;
+* the reductions — ‖∇f‖, ‖x‖, the amplitude residual, the frozen-weight trial value of TAF/RAF, the
+  truth metrics, the ridge term — are summed in double in C and in torch's order in torch: equal to
+  rounding (a decision taken on a tie may differ; the results then agree to the solver's tolerance);
+* the decisions: per-sample divergence (frozen, status ``diverged``), stopping, stall, the log records
+  (with the time each was taken), the progress bar; a block returns at once after an iteration with a new
+  divergence (so ``on_divergence='raise'`` raises at that iteration) or when no sample is left.
+
+A block is at most :data:`BLOCK` iterations (its host bookkeeping costs a few tens of µs: < 1 µs per
+iteration). ``PHASETORCH_COMPILED_LOOP=0`` (read at every run) keeps the torch loop; the kernels switch
+``PHASETORCH_KERNELS=0`` turns both off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+
+from ..losses import TruncatedPoissonLoss
+from ..physics import kernels
+from ..physics.base import MeasurementOperator
+from .gradient import GradientAlgorithm
+from .steps import Constant, Safeguarded, Schedule, WFRamp, slack
+
+__all__ = ["GradientBlock", "ENV_SWITCH", "BLOCK", "enabled"]
+
+#: environment variable that keeps the torch loop when set to 0/false/no/off
+ENV_SWITCH = "PHASETORCH_COMPILED_LOOP"
+#: most iterations per C call
+BLOCK = 256
+#: the maps the block evaluates (all closed forms of the fused kernel except the plain scaling)
+MAPS = frozenset({kernels.Map.INTENSITY, kernels.Map.AMPLITUDE, kernels.Map.POISSON,
+                  kernels.Map.TRUNCATED_AMPLITUDE, kernels.Map.REWEIGHTED_AMPLITUDE})
+
+
+def enabled() -> bool:
+    """False when ``PHASETORCH_COMPILED_LOOP`` is 0/false/no/off (read at every call)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _flat_real(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's memory as the real array the C code indexes (complex: interleaved pairs)."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+class GradientBlock:
+    """The compiled loop of one driver run (built by :meth:`build`, which says whether it applies).
+
+    It owns contiguous copies of the loop's state — x, ∇f, f, the residual, the weights at x, γ — and
+    the driver's device-side bookkeeping tensors (active, status, iterations, divergence marks), which
+    it updates in place; :meth:`run` runs iterations t0 + 1 … t0 + k and returns the log records."""
+
+    def __init__(self, loss, plan, rule, safeguard: bool, data, x, f, G, W, res, state, xt, tol: float,
+                 log_every: int, f_limit, stall, book: dict, status_codes, twf: bool = False) -> None:
+        B, m = plan.B, plan.m
+        rdt = plan.real
+        self.plan, self.rule, self.B, self.rdt = plan, rule, B, rdt
+        self.ncols = 5 if xt is None else 8
+        self.log_every = log_every
+        own = lambda t: t.detach().clone().contiguous()          # noqa: E731 (buffers the C code writes)
+        self.x, self.G = own(x.reshape(B, -1)), own(G.reshape(B, -1))
+        self.f, self.res = own(f.reshape(B)), own(res.reshape(B))
+        adaptive = plan.weighted or twf
+        self.W = own(W.reshape(B, m)) if adaptive else None
+        self.gamma = own(state["sg_gamma"]) if safeguard else None
+        self.accepted = own(state["accepted"]) if safeguard else torch.ones(B, dtype=torch.bool)
+        self.retry = own(state["retry"]) if safeguard else torch.zeros(B, dtype=torch.bool)
+        self.scale = state["scale"].to(rdt).reshape(B).contiguous()
+        self.f_limit, self.stall = f_limit.to(rdt).contiguous(), stall.to(rdt).contiguous()
+        self.psi = torch.broadcast_to(data.psi, (*plan.batch, m)).reshape(B, m).to(rdt).contiguous()
+        self.den = torch.broadcast_to(data.den_psi, plan.batch).reshape(B).to(rdt).contiguous()
+        self.xt = None if xt is None else torch.broadcast_to(xt, self.x.shape).to(x.dtype).contiguous()
+        self.book = book                     # active, status, iterations, div_t, div_f, diverged (driver's)
+        for name, t in book.items():
+            if not t.is_contiguous():
+                raise ValueError(f"the driver's {name} must be contiguous")
+        # work space of one iteration
+        self.x_try = torch.empty_like(self.x)
+        self.z = torch.empty(B, m, dtype=plan.A.dtype)
+        self.g = torch.empty_like(self.x)
+        self.a2 = torch.empty(B, m, dtype=rdt)
+        self.w = torch.empty(B, m, dtype=rdt) if adaptive else None
+        self.total = torch.empty(2 * B, dtype=torch.float64)      # Σ w ℓ, then Σ W ℓ (frozen weights)
+        self.step = torch.zeros(B, dtype=rdt)          # the step column of the last iteration run
+        self.v = torch.empty(B, m, dtype=plan.A.dtype) if twf else None
+
+        a = kernels.BlockArgs()
+        a.pass_ = plan.args
+        a.log_every, a.psi_stride = int(log_every), m
+        a.safeguard, a.adaptive, a.truth, a.tol_on = int(safeguard), int(adaptive), int(xt is not None), int(tol > 0)
+        a.st_converged, a.st_stalled, a.st_diverged = (int(c) for c in status_codes)
+        a.g_scale, a.l2, a.slack, a.tol = loss._adjoint_scale(), float(loss.l2), slack(rdt), float(tol)
+        a.gamma_min = 2.0 ** -rule.max_halvings if safeguard else 0.0
+        flat = {"x": self.x, "G": self.G, "f": self.f, "res": self.res, "W": self.W, "gamma": self.gamma,
+                "scale": self.scale, "f_limit": self.f_limit, "stall": self.stall, "psi": self.psi,
+                "den_psi": self.den, "xt": self.xt, "active": book["active"], "diverged": book["diverged"],
+                "accepted": self.accepted, "retry": self.retry, "status": book["status"],
+                "iterations": book["iterations"], "div_t": book["div_t"], "div_f": book["div_f"],
+                "x_try": self.x_try, "z": self.z, "g": self.g, "a2": self.a2, "w": self.w, "total": self.total,
+                "step": self.step, "v": self.v}
+        for name, t in flat.items():
+            setattr(a, name, _ptr(t))
+        if twf:
+            a.twf, a.alpha_lb, a.alpha_ub, a.alpha_h = 1, loss.alpha_lb, loss.alpha_ub, loss.alpha_h
+        self.args = a
+        self.inner = rule.rule if safeguard else rule
+        self.safeguard = safeguard
+
+    # ------------------------------------------------------------------ eligibility
+    @classmethod
+    def build(cls, driver, tol: float, log_every: int, callback, f, G, W, res, state, f_limit, stall, book,
+              status_codes) -> Optional["GradientBlock"]:
+        """The compiled loop of ``driver``'s run, or None where it does not apply (the torch loop runs)."""
+        if not enabled() or callback is not None or driver.project is not None:
+            return None
+        alg, loss = driver.alg, driver.loss
+        plan, twf = getattr(driver.evaluate, "plan", None), type(loss) is TruncatedPoissonLoss
+        if twf and plan is None and loss.own_evaluation() and loss.op.kernel_matrix() is not None:
+            # TWF's weights are not separable (K is a mean over all measurements): two passes per evaluation
+            # in C, with the pass arguments of the Poisson map on y₊ (the forward pass ignores the map)
+            d = loss.prepare(driver.data)
+            spec = kernels.PointwiseMap(kernels.Map.POISSON, d.y_pos, scale=1.0 / math.sqrt(loss.op.entry_energy))
+            plan = kernels.FusedPlan.build(loss.op.kernel_matrix(), spec, (driver.B,))
+        if plan is None or type(alg) is not GradientAlgorithm or int(plan.args.map) not in MAPS:
+            return None
+        if plan.B > kernels.MAX_BLOCK_BATCH or not kernels.available():
+            return None
+        if type(loss.op).reduce_sum is not MeasurementOperator.reduce_sum or not loss.own_evaluation():
+            return None
+        rule = alg.rule
+        safeguard = type(rule) is Safeguarded
+        inner = rule.rule if safeguard else rule
+        if type(inner) not in (Constant, WFRamp, Schedule):
+            return None
+        x = driver.x0
+        xf = x.reshape(plan.B, -1)
+        if not plan.accepts(xf) or G is None or G.dtype != x.dtype or ((plan.weighted or twf) and W is None):
+            return None
+        if not all(t.device.type == "cpu" for t in (f, G, res, *book.values())):
+            return None
+        if driver.xt is not None and (driver.xt.dtype.is_complex and not x.dtype.is_complex):
+            return None
+        if twf and W is None:
+            return None
+        return cls(loss, plan, rule, safeguard, driver.data, x, f, G, W, res, state, driver.xt, tol, log_every,
+                   f_limit, stall, book, status_codes, twf)
+
+    # ------------------------------------------------------------------ one block
+    def mus(self, t0: int, k: int) -> torch.Tensor:
+        """μ_t of the wrapped rule for t = t0 + 1 … t0 + k (float64; α = μ_t·s): fewer when a schedule fails
+        at a later t (the block stops before it), and the schedule's own error when it fails at t0 + 1 (as
+        the torch loop raises it at that iteration)."""
+        out = []
+        for t in range(t0 + 1, t0 + k + 1):
+            try:
+                v = self.inner.alpha(t, 1.0)        # Constant/WFRamp/Schedule: a Python float
+            except Exception:
+                if not out:
+                    raise
+                break
+            out.append(float(v))
+        return torch.tensor(out, dtype=torch.float64)
+
+    def run(self, t0: int, k: int):
+        """Iterations t0 + 1 … t0 + k at most. Returns ``(t_done, new divergence?, records)`` with records a
+        list of ``(t, values (ncols, B), time)`` (values: views of a fresh tensor, owned by the caller)."""
+        mu = self.mus(t0, k)
+        k = mu.numel()
+        a = self.args
+        rec = torch.empty(k // self.log_every + 1, self.ncols, self.B, dtype=self.rdt)
+        rec_t = torch.empty(rec.shape[0], dtype=torch.int64)
+        rec_time = torch.empty(rec.shape[0], dtype=torch.float64)
+        a.k, a.t0, a.mu = int(k), int(t0), mu.data_ptr()
+        a.rec, a.rec_t, a.rec_time = rec.data_ptr(), rec_t.data_ptr(), rec_time.data_ptr()
+        kernels.gradient_block(a, self.plan.bits)
+        n = int(a.n_rec)
+        ts, times = rec_t[:n].tolist(), rec_time[:n].tolist()
+        return int(a.t_done), bool(a.new_div), [(ts[i], rec[i], times[i]) for i in range(n)]
+
+    def state_out(self, state: dict) -> None:
+        """Write the safeguard's state (γ, accepted, retry) back into the algorithm's state dict."""
+        if self.safeguard:
+            state.update(sg_gamma=self.gamma, accepted=self.accepted, retry=self.retry)
+
+    @property
+    def weights(self) -> Optional[torch.Tensor]:
+        return None if self.W is None else self.W.view(*self.plan.batch, self.plan.m)

@@ -1,0 +1,149 @@
+"""The compiled CPU loop (phasetorch.optim.compiled, ``pt_gd_block`` of csrc/fused_dense.c) against the
+torch loop it replaces: the same iterates (bit for bit in float64), statuses, iteration counts, log and
+divergence handling; the cases it does not take fall back to the torch loop."""
+
+import pytest
+import torch
+
+import phasetorch as pt
+from phasetorch.errors import DivergenceError
+from phasetorch.optim import compiled
+from phasetorch.physics import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="the C kernel does not build here")
+
+COMPILED = ["wf", "rwf", "af", "taf", "raf", "twf"]
+
+
+def problem(dtype=torch.complex128, n=24, B=3, noise=0.05, seed=0):
+    op = pt.GaussianMeasurement(n, 8 * n, complex=dtype.is_complex, seed=seed,
+                                dtype=torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
+    x = torch.randn(B, n, dtype=dtype, generator=torch.Generator().manual_seed(seed + 1))
+    y = op(x)
+    if noise:
+        y = pt.GaussianNoise(noise, seed=seed + 2, relative=True, event_dims=1)(y)
+    return op, x, y
+
+
+def both(monkeypatch, *args, **kwargs):
+    """(compiled run, torch-loop run, number of compiled blocks the first one ran)."""
+    monkeypatch.setenv(compiled.ENV_SWITCH, "1")
+    before = kernels.CALLS["block"]
+    fast = pt.reconstruct(*args, progress=False, **kwargs)
+    blocks = kernels.CALLS["block"] - before
+    monkeypatch.setenv(compiled.ENV_SWITCH, "0")
+    plain = pt.reconstruct(*args, progress=False, **kwargs)
+    assert kernels.CALLS["block"] - before == blocks              # the switch keeps the torch loop
+    return fast, plain, blocks
+
+
+def assert_same_run(fast, plain, rtol=1e-12):
+    assert torch.equal(fast.x, plain.x)
+    assert torch.equal(fast.status, plain.status) and torch.equal(fast.iterations, plain.iterations)
+    assert torch.equal(fast.log["iteration"], plain.log["iteration"])
+    for col in plain.log.columns:
+        if col in ("iteration", "time"):
+            continue
+        a, b = fast.log[col].nan_to_num(-1.0), plain.log[col].nan_to_num(-1.0)
+        assert torch.allclose(a, b, rtol=rtol, atol=1e-300), col       # reductions: summed in another order
+
+
+@pytest.mark.parametrize("algorithm", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+def test_the_compiled_loop_is_the_torch_loop_bit_for_bit_in_float64(monkeypatch, algorithm, dtype):
+    """Noisy data, three samples stopping apart, truth metrics and a log every third iteration."""
+    op, x, y = problem(dtype)
+    fast, plain, blocks = both(monkeypatch, op, y, algorithm, max_iter=400, x_true=x, log_every=3, seed=0)
+    assert blocks >= 1
+    assert_same_run(fast, plain)
+    assert len(set(plain.iterations.tolist())) > 1                   # the samples stopped at different iterations
+    assert fast.log["time"].diff(dim=0).min() >= 0                     # the records' own times, in order
+
+
+@pytest.mark.parametrize("algorithm", ["wf", "taf", "twf"])
+def test_a_ridge_a_fixed_iteration_count_and_a_random_start(monkeypatch, algorithm):
+    op, x, y = problem(torch.complex128, B=2)
+    fast, plain, _ = both(monkeypatch, op, y, algorithm, max_iter=120, tol=0, l2=1e-2, seed=0,
+                          init=torch.randn(2, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(5)))
+    assert_same_run(fast, plain)
+    assert fast.status_names() == ["max_iter", "max_iter"]
+
+
+def test_a_step_schedule_and_a_constant_step(monkeypatch):
+    op, x, y = problem(torch.complex128)
+    for kw in ({"schedule": lambda t: 0.5 if t < 20 else 0.8}, {"step": 0.7, "safeguard": False}):
+        fast, plain, blocks = both(monkeypatch, op, y, "rwf", max_iter=200, seed=0, **kw)
+        assert blocks >= 1
+        assert_same_run(fast, plain)
+
+
+def test_a_failing_schedule_raises_at_the_same_iteration(monkeypatch):
+    op, _, y = problem(torch.complex128)
+
+    def schedule(t):
+        if t == 7:
+            raise RuntimeError("schedule broke at 7")
+        return 0.5
+
+    for on in ("1", "0"):
+        monkeypatch.setenv(compiled.ENV_SWITCH, on)
+        seen = []
+        with pytest.raises(RuntimeError, match="broke at 7"):
+            pt.reconstruct(op, y, "rwf", schedule=lambda t: seen.append(t) or schedule(t), tol=0, max_iter=50,
+                           progress=False, seed=0)
+        assert max(seen) == 7
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float32])
+def test_float32_agrees_to_rounding(monkeypatch, dtype):
+    """Single precision: the reductions' order differs, so the two loops agree to rounding (a safeguard
+    decision at the float32 noise floor may differ; not within these 40 iterations)."""
+    op, x, y = problem(dtype, noise=0.0)
+    fast, plain, _ = both(monkeypatch, op, y, "taf", max_iter=40, tol=0, seed=0)
+    err = (torch.linalg.vector_norm(fast.x - plain.x, dim=-1) / torch.linalg.vector_norm(plain.x, dim=-1)).max()
+    assert err <= 1e-5
+    assert torch.allclose(fast.log["loss"], plain.log["loss"], rtol=1e-4, atol=1e-7)
+
+
+def test_divergence_is_frozen_and_raised_at_the_same_iteration(monkeypatch):
+    op = pt.GaussianMeasurement(16, 128, complex=False, seed=0, dtype=torch.float64)
+    x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = op(x)
+    x0 = pt.spectral_init(op, y, seed=0)
+    y = torch.stack([y[0], y[1] * 100])               # the second sample (its start 10× too small) diverges
+    runs = []
+    for on in ("1", "0"):
+        monkeypatch.setenv(compiled.ENV_SWITCH, on)
+        with pytest.warns(RuntimeWarning, match=r"diverged at iteration (\d+)") as w:
+            rec = pt.reconstruct(op, y, "wf", init=x0, step=0.2, safeguard=False, max_iter=200, progress=False)
+        runs.append((rec, str(w[0].message)))
+        with pytest.raises(DivergenceError) as err:
+            pt.reconstruct(op, y, "wf", init=x0, step=0.2, safeguard=False, max_iter=200, progress=False,
+                           on_divergence="raise")
+        runs[-1] += (err.value.iteration, len(err.value.log))
+    (fast, m1, it1, n1), (plain, m2, it2, n2) = runs
+    assert fast.status_names()[1] == "diverged"
+    assert_same_run(fast, plain)
+    assert m1 == m2 and it1 == it2 and n1 == n2
+
+
+def test_a_callback_or_a_projection_keeps_the_torch_loop(monkeypatch):
+    op, x, y = problem(torch.complex128)
+    monkeypatch.setenv(compiled.ENV_SWITCH, "1")
+    before = kernels.CALLS["block"]
+    pt.reconstruct(op, y, "taf", max_iter=20, progress=False, callback=lambda t, x, info: False)
+    pt.reconstruct(op, y.abs(), "taf", max_iter=20, progress=False, real_signal=True, nonnegative=True)
+    assert kernels.CALLS["block"] == before
+    pt.reconstruct(op, y, "taf", max_iter=20, progress=False)
+    assert kernels.CALLS["block"] > before
+
+
+def test_a_batch_is_its_single_runs(monkeypatch):
+    op, x, y = problem(torch.complex128, B=4)
+    monkeypatch.setenv(compiled.ENV_SWITCH, "1")
+    batch = pt.reconstruct(op, y, "raf", max_iter=300, progress=False, seed=0)
+    for b in range(4):
+        one = pt.reconstruct(op, y[b:b + 1], "raf", max_iter=300, progress=False, seed=0,
+                             init=batch.x0[b:b + 1])
+        assert torch.allclose(one.x, batch.x[b:b + 1], rtol=0, atol=1e-12)
+        assert one.iterations.item() == batch.iterations[b].item()
