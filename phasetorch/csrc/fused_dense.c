@@ -119,6 +119,16 @@ typedef struct {
     int32_t twf, pad_;
     double alpha_lb, alpha_ub, alpha_h;
     void *v;             /* B x m, the adjoint's input (TWF) */
+    /* L-BFGS (lbfgs = 1; phasetorch/optim/lbfgs.py): per sample a ring of `memory` pairs (s, y) with
+     * <s, y> (slot j of sample b at ring index (head_b + j) mod memory, newest first), the two-loop
+     * recursion for the direction (the torch loop's compact form is the same H), one Armijo trial per
+     * iteration (a rejected sample retries the halved step at the next one, max_bt tries) */
+    int32_t lbfgs, memory, max_bt, pad2_;
+    double c_armijo, shrink, mu0;
+    void *S, *Y, *x_prev, *g_prev, *d, *trial;   /* S, Y: memory x B x rl; the others B x rl or B */
+    double *sy;                                   /* memory x B */
+    int64_t *count, *head, *tries;
+    uint8_t *has_prev;
 } pt_block;
 
 static double pt_now(void) {
@@ -712,6 +722,78 @@ static int SFX(pt_twf_eval)(const pt_block *p, pt_args *a) {
     return SFX(pt_pass)(&adj);
 }
 
+/* L-BFGS for sample b at iteration t: the pair push, the direction, the trial step (lbfgs.py, step()) */
+static REAL SFX(pt_lbfgs_prepare)(pt_block *p, int64_t b, REAL *q, double *al) {
+    const int64_t n = p->pass.n, B = p->pass.B, M = p->memory;
+    const int64_t rl = p->pass.is_complex ? 2 * n : n;
+    const REAL *x = (const REAL *)p->x + b * rl, *G = (const REAL *)p->G + b * rl;
+    REAL *S = (REAL *)p->S, *Y = (REAL *)p->Y, *xp = (REAL *)p->x_prev + b * rl, *gp = (REAL *)p->g_prev + b * rl;
+    REAL *d = (REAL *)p->d + b * rl, *trial = (REAL *)p->trial;
+    const int act = p->active[b], retrying = p->retry[b] && act, fresh = act && !retrying;
+    if (fresh && p->has_prev[b]) {                       /* push (x - x_prev, G - g_prev) if <s, y> > 0 */
+        const int64_t slot = (p->head[b] + M - 1) % M;
+        REAL *sb = S + (slot * B + b) * rl, *yb = Y + (slot * B + b) * rl;
+        double sy = 0, ss = 0, yy = 0;
+        for (int64_t j = 0; j < rl; j++) {
+            const REAL sj = x[j] - xp[j], yj = G[j] - gp[j];
+            q[j] = sj; q[rl + j] = yj;
+            sy += (double)sj * yj; ss += (double)sj * sj; yy += (double)yj * yj;
+        }
+        const REAL syr = (REAL)sy;
+        if (syr > (REAL)(1e-10 * sqrt(ss * yy)) && syr < (REAL)INFINITY) {
+            memcpy(sb, q, (size_t)rl * sizeof(REAL));
+            memcpy(yb, q + rl, (size_t)rl * sizeof(REAL));
+            p->sy[slot * B + b] = sy;
+            p->head[b] = slot;
+            if (p->count[b] < M) p->count[b]++;
+        }
+    }
+    if (fresh) {                                         /* d = -H G (two-loop recursion), -G if empty */
+        const int64_t k = p->count[b];
+        for (int64_t j = 0; j < rl; j++) q[j] = G[j];
+        for (int64_t i = 0; i < k; i++) {
+            const int64_t slot = (p->head[b] + i) % M;
+            const REAL *sb = S + (slot * B + b) * rl, *yb = Y + (slot * B + b) * rl;
+            double sq = 0;
+            for (int64_t j = 0; j < rl; j++) sq += (double)sb[j] * q[j];
+            al[i] = sq / p->sy[slot * B + b];
+            const REAL a_i = (REAL)al[i];
+            for (int64_t j = 0; j < rl; j++) q[j] -= a_i * yb[j];
+        }
+        if (k > 0) {
+            const int64_t s0 = p->head[b];
+            const REAL *y0 = Y + (s0 * B + b) * rl;
+            double yy = 0;
+            for (int64_t j = 0; j < rl; j++) yy += (double)y0[j] * y0[j];
+            const REAL gam = (REAL)(p->sy[s0 * B + b] / (yy > 1e-300 ? yy : 1e-300));
+            for (int64_t j = 0; j < rl; j++) q[j] *= gam;
+            for (int64_t i = k - 1; i >= 0; i--) {
+                const int64_t slot = (p->head[b] + i) % M;
+                const REAL *sb = S + (slot * B + b) * rl, *yb = Y + (slot * B + b) * rl;
+                double yr = 0;
+                for (int64_t j = 0; j < rl; j++) yr += (double)yb[j] * q[j];
+                const REAL c_i = (REAL)(al[i] - yr / p->sy[slot * B + b]);
+                for (int64_t j = 0; j < rl; j++) q[j] += c_i * sb[j];
+            }
+        }
+        double slope = 0;
+        for (int64_t j = 0; j < rl; j++) { d[j] = -q[j]; slope += (double)G[j] * d[j]; }
+        const REAL sl = (REAL)slope;
+        if (!(sl < 0 && sl > -(REAL)INFINITY)) {         /* not a finite descent direction: -G, memory cleared */
+            for (int64_t j = 0; j < rl; j++) d[j] = -G[j];
+            p->count[b] = 0;
+        }
+        memcpy(xp, x, (size_t)rl * sizeof(REAL));
+        memcpy(gp, G, (size_t)rl * sizeof(REAL));
+        p->has_prev[b] = 1;
+    }
+    const REAL alpha0 = p->count[b] > 0 ? (REAL)1 : (REAL)p->mu0 * ((const REAL *)p->scale)[b];
+    const REAL alpha = act ? (fresh ? alpha0 : trial[b] * (REAL)p->shrink) : (REAL)0;
+    p->tries[b] = retrying ? p->tries[b] + 1 : 0;
+    trial[b] = alpha;
+    return alpha;
+}
+
 static int SFX(pt_gd_block)(pt_block *p) {
     const int64_t m = p->pass.m, n = p->pass.n, B = p->pass.B;
     const int cplx = p->pass.is_complex;
@@ -728,7 +810,10 @@ static int SFX(pt_gd_block)(pt_block *p) {
     const REAL slack = (REAL)p->slack, tol = (REAL)p->tol, gamma_min = (REAL)p->gamma_min;
     const REAL inf = (REAL)INFINITY;
     REAL alpha[PT_MAX_BLOCK_B];
-    if (B > PT_MAX_BLOCK_B) return 4;
+    double two[64];                                     /* the two-loop's alpha_i (memory <= 64) */
+    if (B > PT_MAX_BLOCK_B || (p->lbfgs && (p->memory < 1 || p->memory > 64))) return 4;
+    REAL *work = p->lbfgs ? (REAL *)pt_alloc((size_t)(2 * rl) * sizeof(REAL)) : NULL;
+    if (p->lbfgs && !work) return 3;
     pt_args a = p->pass;
     a.mode = PT_FUSED;
     a.x = x_try; a.z = p->z; a.g = g; a.a2 = a2; a.w_out = p->adaptive ? w : NULL; a.value = p->total;
@@ -742,15 +827,22 @@ static int SFX(pt_gd_block)(pt_block *p) {
         const int64_t t = p->t0 + s + 1;
         const REAL mu_t = (REAL)p->mu[s];
         for (int64_t b = 0; b < B; b++) {          /* the trial point (every sample, as the torch loop) */
+            const REAL *xb = x + b * rl, *Gb = G + b * rl;
+            REAL *xr = x_try + b * rl;
+            if (p->lbfgs) {
+                const REAL al = SFX(pt_lbfgs_prepare)(p, b, work, two);
+                const REAL *db = (const REAL *)p->d + b * rl;
+                alpha[b] = al;
+                for (int64_t j = 0; j < rl; j++) xr[j] = xb[j] + al * db[j];
+                continue;
+            }
             const REAL base = mu_t * scale[b];
             REAL al = p->safeguard ? gamma[b] * base : (p->active[b] ? base : (REAL)0);
             alpha[b] = al;
-            const REAL *xb = x + b * rl, *Gb = G + b * rl;
-            REAL *xr = x_try + b * rl;
             for (int64_t j = 0; j < rl; j++) xr[j] = xb[j] + al * (-Gb[j]);
         }
         int rc = p->twf ? SFX(pt_twf_eval)(p, &a) : SFX(pt_pass)(&a);
-        if (rc) return rc;
+        if (rc) { free(work); return rc; }
         int any_active = 0;
         const int record = t % p->log_every == 0;
         REAL *row = record ? rec + p->n_rec * ncols * B : NULL;
@@ -768,7 +860,18 @@ static int SFX(pt_gd_block)(pt_block *p) {
             }
             int moved = act, retry = 0;
             REAL oa = alpha[b];
-            if (p->safeguard) {
+            if (p->lbfgs) {              /* Armijo: f(x_try) <= f + c <G, x_try - x> */
+                double slope = 0;
+                for (int64_t j = 0; j < rl; j++) slope += (double)Gb[j] * (REAL)(xr[j] - xb[j]);
+                const REAL bound = f[b] + (REAL)p->c_armijo * (REAL)slope;
+                const int ok = act && (f_full <= bound) && ((REAL)fabs(f_full) < inf);
+                const int give_up = act && !ok && (p->tries[b] + 1 >= p->max_bt);
+                retry = act && !ok && !give_up;
+                p->accepted[b] = (uint8_t)ok;
+                p->retry[b] = (uint8_t)retry;
+                oa = ok ? alpha[b] : (REAL)0;
+                moved = ok;
+            } else if (p->safeguard) {
                 REAL f_cmp = f_full;
                 if (p->adaptive) {       /* the trial's value with the weights frozen at x */
                     double acc = 0;
@@ -877,6 +980,7 @@ static int SFX(pt_gd_block)(pt_block *p) {
         p->t_done = t;
         if (p->new_div || !any_active) break;
     }
+    free(work);
     return 0;
 }
 

@@ -40,6 +40,7 @@ from ..losses import TruncatedPoissonLoss
 from ..physics import kernels
 from ..physics.base import MeasurementOperator
 from .gradient import GradientAlgorithm
+from .lbfgs import LBFGSAlgorithm
 from .steps import Constant, Safeguarded, Schedule, WFRamp, slack
 
 __all__ = ["GradientBlock", "ENV_SWITCH", "BLOCK", "enabled"]
@@ -48,6 +49,8 @@ __all__ = ["GradientBlock", "ENV_SWITCH", "BLOCK", "enabled"]
 ENV_SWITCH = "PHASETORCH_COMPILED_LOOP"
 #: most iterations per C call
 BLOCK = 256
+#: the largest L-BFGS memory the C code takes (``double two[64]`` there)
+MAX_MEMORY = 64
 #: the maps the block evaluates (all closed forms of the fused kernel except the plain scaling)
 MAPS = frozenset({kernels.Map.INTENSITY, kernels.Map.AMPLITUDE, kernels.Map.POISSON,
                   kernels.Map.TRUNCATED_AMPLITUDE, kernels.Map.REWEIGHTED_AMPLITUDE})
@@ -93,7 +96,7 @@ class GradientBlock:
         self.f_limit, self.stall = f_limit.to(rdt).contiguous(), stall.to(rdt).contiguous()
         self.psi = torch.broadcast_to(data.psi, (*plan.batch, m)).reshape(B, m).to(rdt).contiguous()
         self.den = torch.broadcast_to(data.den_psi, plan.batch).reshape(B).to(rdt).contiguous()
-        self.xt = None if xt is None else torch.broadcast_to(xt, self.x.shape).to(x.dtype).contiguous()
+        self.xt = None if xt is None else torch.broadcast_to(xt, x.shape).reshape(B, -1).to(x.dtype).contiguous()
         self.book = book                     # active, status, iterations, div_t, div_f, diverged (driver's)
         for name, t in book.items():
             if not t.is_contiguous():
@@ -114,7 +117,7 @@ class GradientBlock:
         a.safeguard, a.adaptive, a.truth, a.tol_on = int(safeguard), int(adaptive), int(xt is not None), int(tol > 0)
         a.st_converged, a.st_stalled, a.st_diverged = (int(c) for c in status_codes)
         a.g_scale, a.l2, a.slack, a.tol = loss._adjoint_scale(), float(loss.l2), slack(rdt), float(tol)
-        a.gamma_min = 2.0 ** -rule.max_halvings if safeguard else 0.0
+        a.gamma_min = 2.0 ** -rule.max_halvings if safeguard else 0.0       # (rule: the L-BFGS algorithm itself)
         flat = {"x": self.x, "G": self.G, "f": self.f, "res": self.res, "W": self.W, "gamma": self.gamma,
                 "scale": self.scale, "f_limit": self.f_limit, "stall": self.stall, "psi": self.psi,
                 "den_psi": self.den, "xt": self.xt, "active": book["active"], "diverged": book["diverged"],
@@ -126,8 +129,21 @@ class GradientBlock:
             setattr(a, name, _ptr(t))
         if twf:
             a.twf, a.alpha_lb, a.alpha_ub, a.alpha_h = 1, loss.alpha_lb, loss.alpha_ub, loss.alpha_h
+        self.lbfgs = isinstance(rule, LBFGSAlgorithm)
+        if self.lbfgs:                      # the algorithm's state in C's layout (ring of pairs, newest first)
+            M, rl = rule.memory, _flat_real(self.x).reshape(B, -1).shape[1]
+            self.lb = {"S": torch.zeros(M, B, rl, dtype=rdt), "Y": torch.zeros(M, B, rl, dtype=rdt),
+                       "x_prev": torch.zeros(B, rl, dtype=rdt), "g_prev": torch.zeros(B, rl, dtype=rdt),
+                       "d": torch.zeros(B, rl, dtype=rdt), "trial": torch.zeros(B, dtype=rdt),
+                       "sy": torch.zeros(M, B, dtype=torch.float64), "count": torch.zeros(B, dtype=torch.int64),
+                       "head": torch.zeros(B, dtype=torch.int64), "tries": torch.zeros(B, dtype=torch.int64),
+                       "has_prev": torch.zeros(B, dtype=torch.bool)}
+            for name, t in self.lb.items():
+                setattr(a, name, t.data_ptr())
+            a.lbfgs, a.memory, a.max_bt = 1, M, rule.max_backtracks
+            a.c_armijo, a.shrink, a.mu0 = rule.c, rule.shrink, rule.mu
         self.args = a
-        self.inner = rule.rule if safeguard else rule
+        self.inner = None if self.lbfgs else rule.rule if safeguard else rule
         self.safeguard = safeguard
 
     # ------------------------------------------------------------------ eligibility
@@ -145,17 +161,28 @@ class GradientBlock:
             d = loss.prepare(driver.data)
             spec = kernels.PointwiseMap(kernels.Map.POISSON, d.y_pos, scale=1.0 / math.sqrt(loss.op.entry_energy))
             plan = kernels.FusedPlan.build(loss.op.kernel_matrix(), spec, (driver.B,))
-        if plan is None or type(alg) is not GradientAlgorithm or int(plan.args.map) not in MAPS:
+        if plan is None or type(alg) not in (GradientAlgorithm, LBFGSAlgorithm) or int(plan.args.map) not in MAPS:
             return None
         if plan.B > kernels.MAX_BLOCK_BATCH or not kernels.available():
             return None
         if type(loss.op).reduce_sum is not MeasurementOperator.reduce_sum or not loss.own_evaluation():
             return None
+        if type(alg) is LBFGSAlgorithm:     # (its trial value is the full one: a loss with fixed weights)
+            if loss.adaptive_weights or plan.weighted or alg.memory > MAX_MEMORY:
+                return None
+            return cls._checked(driver, loss, plan, alg, False, f, G, W, res, state, tol, log_every, f_limit,
+                                stall, book, status_codes, False)
         rule = alg.rule
         safeguard = type(rule) is Safeguarded
         inner = rule.rule if safeguard else rule
         if type(inner) not in (Constant, WFRamp, Schedule):
             return None
+        return cls._checked(driver, loss, plan, rule, safeguard, f, G, W, res, state, tol, log_every, f_limit,
+                            stall, book, status_codes, twf)
+
+    @classmethod
+    def _checked(cls, driver, loss, plan, rule, safeguard, f, G, W, res, state, tol, log_every, f_limit, stall,
+                 book, status_codes, twf) -> Optional["GradientBlock"]:
         x = driver.x0
         xf = x.reshape(plan.B, -1)
         if not plan.accepts(xf) or G is None or G.dtype != x.dtype or ((plan.weighted or twf) and W is None):
@@ -163,8 +190,6 @@ class GradientBlock:
         if not all(t.device.type == "cpu" for t in (f, G, res, *book.values())):
             return None
         if driver.xt is not None and (driver.xt.dtype.is_complex and not x.dtype.is_complex):
-            return None
-        if twf and W is None:
             return None
         return cls(loss, plan, rule, safeguard, driver.data, x, f, G, W, res, state, driver.xt, tol, log_every,
                    f_limit, stall, book, status_codes, twf)
@@ -174,6 +199,8 @@ class GradientBlock:
         """μ_t of the wrapped rule for t = t0 + 1 … t0 + k (float64; α = μ_t·s): fewer when a schedule fails
         at a later t (the block stops before it), and the schedule's own error when it fails at t0 + 1 (as
         the torch loop raises it at that iteration)."""
+        if self.inner is None:              # L-BFGS: its steps come from its line search
+            return torch.zeros(k, dtype=torch.float64)
         out = []
         for t in range(t0 + 1, t0 + k + 1):
             try:

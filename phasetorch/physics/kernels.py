@@ -129,7 +129,11 @@ class BlockArgs(ctypes.Structure):
             "active", "diverged", "accepted", "retry", "status", "iterations", "div_t", "div_f",
             "x_try", "z", "g", "a2", "w", "total", "rec", "rec_t", "rec_time", "step")] + \
         [("twf", ctypes.c_int32), ("pad_", ctypes.c_int32), ("alpha_lb", ctypes.c_double),
-         ("alpha_ub", ctypes.c_double), ("alpha_h", ctypes.c_double), ("v", ctypes.c_void_p)]
+         ("alpha_ub", ctypes.c_double), ("alpha_h", ctypes.c_double), ("v", ctypes.c_void_p)] + \
+        [("lbfgs", ctypes.c_int32), ("memory", ctypes.c_int32), ("max_bt", ctypes.c_int32), ("pad2_", ctypes.c_int32),
+         ("c_armijo", ctypes.c_double), ("shrink", ctypes.c_double), ("mu0", ctypes.c_double)] + \
+        [(name, ctypes.c_void_p) for name in ("S", "Y", "x_prev", "g_prev", "d", "trial", "sy", "count", "head",
+                                              "tries", "has_prev")]
 
 
 #: most signals one :func:`gradient_block` call takes (``PT_MAX_BLOCK_B`` of the C source)
