@@ -51,7 +51,7 @@ from .logs import TrainingLog
 from .losses import Evaluation, check_intensities
 from .physics import MeasurementModel, resolve_model
 from .physics.base import MeasurementOperator
-from .optim.compiled import BLOCK, GradientBlock
+from .optim.compiled import BLOCK, BLOCK_SECONDS, FIRST_BLOCK, GradientBlock
 from .optim.engine import Algorithm, StepContext
 from .optim.presets import Preset, Setting, get_preset
 from .optim.projections import Constraint
@@ -399,6 +399,9 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         acceptance — is taken on the device each iteration; only whether anything is left to run
         (and which samples diverged, for the messages) is read every k iterations. The result and
         the log do not depend on k (tested); a larger k runs up to k − 1 idle iterations at the end.
+        On a CPU with a dense operator the gradient presets and L-BFGS run the same loop compiled
+        (:mod:`phasetorch.optim.compiled`: up to 256 iterations per C call, each decision taken at its
+        iteration, so k has nothing left to amortise there).
     **options : preset hyper-parameters — ``safeguard`` (every gradient preset: True); ``tau0``, ``mu_max`` (wf); ``alpha_lb``, ``alpha_ub``,
         ``alpha_h`` (twf); ``gamma`` (taf); ``beta`` (raf: reweighting; hio: feedback);
         ``cg_steps`` (gs, hio); ``memory``, ``loss`` (lbfgs: ``"amplitude"`` or ``"intensity"``).
@@ -799,8 +802,12 @@ class Driver:
         ``book``, the driver's bookkeeping tensors, updated in place). Returns (last iteration run, last record)."""
         t_last, last_row = 0, -1
         names, offset, t0 = self.record_names, self.offset, self.t_start
+        k = FIRST_BLOCK                 # then as many iterations as take about BLOCK_SECONDS (≤ BLOCK)
         while t_last < max_iter:
-            t_done, new_div, records = block.run(t_last, min(BLOCK, max_iter - t_last))
+            tic = time.perf_counter()
+            t_done, new_div, records = block.run(t_last, min(k, max_iter - t_last))
+            per = (time.perf_counter() - tic) / max(t_done - t_last, 1)
+            k = int(min(BLOCK, max(1.0, BLOCK_SECONDS / max(per, 1e-9))))
             for t, values, when in records:
                 self.log.append_stacked(t + offset, names, values, when - t0)
                 last_row = t

@@ -101,8 +101,9 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-#: tensor operations per iteration at most (torch 2.14; measured 74 / 83 / 124 / 207 / 218 / 258 with
-#: the dense C kernel, about 10 % headroom): a change that adds per-iteration bookkeeping shows here
+#: tensor operations per iteration at most (torch 2.14; measured 78 / 85 / 128 / 211 / 219 / 259 for
+#: wf-rwf-af / taf-raf / twf / lbfgs / gs / hio with the dense C kernel; headroom 5–10 %): a change that adds
+#: per-iteration bookkeeping shows here
 OP_BUDGET = {"wf": 82, "rwf": 82, "af": 82, "taf": 92, "raf": 92, "twf": 137, "lbfgs": 228, "gs": 240,
              "hio": 284}
 

@@ -23,8 +23,9 @@ What it keeps equal to the torch loop (tested in ``tests/test_compiled.py``):
   (with the time each was taken), the progress bar; a block returns at once after an iteration with a new
   divergence (so ``on_divergence='raise'`` raises at that iteration) or when no sample is left.
 
-A block is at most :data:`BLOCK` iterations (its host bookkeeping costs a few tens of µs: < 1 µs per
-iteration). ``PHASETORCH_COMPILED_LOOP=0`` (read at every run) keeps the torch loop; the kernels switch
+A call runs :data:`FIRST_BLOCK` iterations first, then as many as take about :data:`BLOCK_SECONDS`, at
+most :data:`BLOCK` (the host bookkeeping of a call costs a few tens of µs: < 1 µs per iteration at small n,
+and a large problem still answers Ctrl-C and moves its progress bar). ``PHASETORCH_COMPILED_LOOP=0`` (read at every run) keeps the torch loop; the kernels switch
 ``PHASETORCH_KERNELS=0`` turns both off.
 """
 
@@ -43,12 +44,16 @@ from .gradient import GradientAlgorithm
 from .lbfgs import LBFGSAlgorithm
 from .steps import Constant, Safeguarded, Schedule, WFRamp, slack
 
-__all__ = ["GradientBlock", "ENV_SWITCH", "BLOCK", "enabled"]
+__all__ = ["GradientBlock", "ENV_SWITCH", "BLOCK", "FIRST_BLOCK", "BLOCK_SECONDS", "enabled"]
 
 #: environment variable that keeps the torch loop when set to 0/false/no/off
 ENV_SWITCH = "PHASETORCH_COMPILED_LOOP"
 #: most iterations per C call
 BLOCK = 256
+#: iterations of the first call of a run; later calls run as many as take about BLOCK_SECONDS (at most
+#: BLOCK), so that a large problem still answers Ctrl-C and updates its progress bar every fraction of a second
+FIRST_BLOCK = 8
+BLOCK_SECONDS = 0.2
 #: the largest L-BFGS memory the C code takes (``double two[64]`` there)
 MAX_MEMORY = 64
 #: the maps the block evaluates (all closed forms of the fused kernel except the plain scaling)

@@ -444,20 +444,21 @@ class FusedPlan:
         g = torch.empty(B, n, dtype=self.A.dtype)
         a2 = torch.empty(B, m, dtype=self.real)
         w_out = torch.empty(B, m, dtype=self.real) if self.weighted else None
-        total = torch.empty(B if frozen is None else 2 * B, dtype=torch.float64)
+        total = torch.empty(B, dtype=torch.float64)
+        total_z = None if frozen is None else torch.empty(B, dtype=torch.float64)
         a = self.args
         a.x, a.z, a.g, a.a2, a.w_out, a.value = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), \
             _ptr(w_out), total.data_ptr()
         if frozen is not None:
             if frozen.dtype != self.real or frozen.numel() != B * m or not frozen.is_contiguous():
                 raise ValueError(f"frozen weights must be a contiguous {self.real} tensor of {B}×{m} entries")
-            a.wz, a.wz_stride, a.value_z = frozen.data_ptr(), m, total.data_ptr() + 8 * B
+            a.wz, a.wz_stride, a.value_z = frozen.data_ptr(), m, total_z.data_ptr()
         _run(a, self.bits)
         if frozen is not None:
             a.wz, a.value_z = None, None
         batch = self.batch
-        out = (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total[:B].view(batch))
-        return out if frozen is None else out + (total[B:].view(batch),)
+        out = (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total.view(batch))
+        return out if frozen is None else out + (total_z.view(batch),)
 
 
 def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
