@@ -55,7 +55,8 @@ from .optim.compiled import BLOCK, BLOCK_SECONDS, FIRST_BLOCK, GradientBlock
 from .optim.engine import Algorithm, StepContext
 from .optim.presets import Preset, Setting, get_preset
 from .optim.projections import Constraint
-from .tensors import check_int, check_number, dtype_name, inner, make_generator, norm2, real_dtype_of, where_sample
+from .tensors import check_int, check_number, default_sync_every, dtype_name, inner, make_generator, norm2, \
+    real_dtype_of, where_sample
 
 __all__ = ["reconstruct", "Reconstruction", "Status", "default_tol", "truth_metrics", "DIVERGENCE_FACTOR"]
 
@@ -146,19 +147,6 @@ class Reconstruction:
         return col[-1].reshape(self.status.shape)
 
 
-#: iterations between the loop's host reads, per device type (``sync_every=None``): on a CPU a read
-#: costs nothing and a larger k only adds up to k − 1 idle iterations after the last sample stops
-#: (measured: scripts/sync_study.py, results/sync_every.md); on an accelerator every read is a
-#: synchronisation that stalls the launch queue, so the decisions are read every 16 iterations
-#: (a default not yet measured on a GPU).
-SYNC_EVERY = {"cpu": 1, "cuda": 16}
-
-
-def default_sync_every(device) -> int:
-    """The default k of ``reconstruct(sync_every=None)`` on ``device`` (:data:`SYNC_EVERY`; 16 elsewhere)."""
-    return SYNC_EVERY.get(torch.device(device).type, 16)
-
-
 def default_tol(dtype: torch.dtype, tol: Optional[float] = None) -> float:
     """The stopping tolerance in force: ``tol`` (default 1e-10) raised to 8ε of ``dtype``; 0 stays 0."""
     tol = DEFAULT_TOL if tol is None else float(tol)
@@ -247,7 +235,8 @@ class Start:
 
 
 def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generator, spectral_options,
-                  real_signal: bool, constraint: Constraint, batch, B, progress: bool = False) -> Start:
+                  real_signal: bool, constraint: Constraint, batch, B, progress: bool = False,
+                  sync_every: Optional[int] = None) -> Start:
     """x₀ from ``init`` ("spectral", "random" or a tensor), projected and scaled as documented in :func:`reconstruct`."""
     if spectral_options is not None and not isinstance(spectral_options, dict):
         raise ValueError(f"spectral_options must be a dict of spectral_init keyword arguments, got "
@@ -263,6 +252,7 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
         kw = {**preset.spectral, **(spectral_options or {})}
         spec_kw = dict(kw)
         kw.setdefault("progress", progress)
+        kw.setdefault("sync_every", sync_every)        # the spectral start reads as seldom as the loop
         for k in ("preprocessing", "seed", "generator", "return_info", "real_signal"):
             if k in kw:
                 raise ValueError(f"spectral_options may not set {k!r}; use reconstruct's own argument")
@@ -395,7 +385,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
     on_divergence : ``"freeze"`` (default: freeze a diverging sample, warn, raise only when every
         sample diverged) or ``"raise"`` (raise :class:`~phasetorch.errors.DivergenceError` at the first).
     sync_every : k, the iterations between the loop's host reads (default: 1 on a CPU, 16 on a GPU,
-        :data:`SYNC_EVERY`). Every decision — stopping, status, divergence freezing, line-search
+        :data:`phasetorch.tensors.SYNC_EVERY`). Every decision — stopping, status, divergence freezing, line-search
         acceptance — is taken on the device each iteration; only whether anything is left to run
         (and which samples diverged, for the messages) is read every k iterations. The result and
         the log do not depend on k (tested); a larger k runs up to k − 1 idle iterations at the end.
@@ -445,7 +435,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
     if xt is not None and bool((norm2(xt) == 0).any() | ~torch.isfinite(xt).all()):
         raise ValueError("x_true must be finite and non-zero for every sample (errors are relative to ‖x_true‖)")
     start = initial_point(op, y_flat, preset, init, preprocessing, seed, generator, spectral_options, real_signal,
-                          constraint, batch, B, progress)
+                          constraint, batch, B, progress, sync_every)
 
     setting = Setting(op, y_flat.clamp_min(0).sqrt(), constraint, complex_signal)
     alg = preset.build(setting, opts, preset.step_mu(complex_signal, opts), step, schedule)

@@ -26,7 +26,7 @@ import torch
 
 Shape = Tuple[int, ...]
 
-__all__ = ["Shape", "abs2", "sum_dims", "mean_dims", "inner", "dot", "norm2", "bview", "where_sample",
+__all__ = ["SYNC_EVERY", "default_sync_every", "Shape", "abs2", "sum_dims", "mean_dims", "inner", "dot", "norm2", "bview", "where_sample",
            "real_dtype_of", "complex_dtype_of", "dtype_name", "parse_dtype", "make_generator", "resolve_seed",
            "as_shape", "check_int", "check_number", "available_memory", "check_memory", "mean_se", "to_jsonable", "from_json_float", "floats_from_json"]
 
@@ -316,3 +316,17 @@ def floats_from_json(obj: Any) -> Any:
     if isinstance(obj, list):
         return [floats_from_json(v) for v in obj]
     return from_json_float(obj)
+
+
+#: iterations between an iterative loop's host reads, per device type (``sync_every=None`` of
+#: :func:`phasetorch.reconstruct` and :func:`phasetorch.spectral_init`): on a CPU a read costs nothing
+#: and a larger k only adds up to k − 1 idle iterations after the last sample stops (measured:
+#: scripts/sync_study.py, results/sync_every.md); on an accelerator every read is a synchronisation that
+#: stalls the launch queue, so the decisions are read every 16 iterations (a default not yet measured on
+#: a GPU).
+SYNC_EVERY = {"cpu": 1, "cuda": 16}
+
+
+def default_sync_every(device) -> int:
+    """The default k of ``sync_every=None`` on ``device`` (:data:`SYNC_EVERY`; 16 elsewhere)."""
+    return SYNC_EVERY.get(torch.device(device).type, 16)

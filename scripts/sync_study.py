@@ -1,5 +1,5 @@
 """How often the solver loop should read the device (``reconstruct(sync_every=k)``): the measurement
-behind :data:`phasetorch.solve.SYNC_EVERY`.
+behind :data:`phasetorch.tensors.SYNC_EVERY`.
 
 For k in 1, 4, 16, 64 and a few presets, times a full run (same iterate for every k: the loop decides
 on the device, k only sets when the host looks) and counts the host reads. On a CPU a read is free,

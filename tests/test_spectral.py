@@ -567,8 +567,8 @@ def test_lanczos_sizes_defaults_and_errors():
 
 
 def test_lanczos_steps_build_an_orthonormal_basis_and_the_projected_matrix():
-    from phasetorch.init.eigensolvers import lanczos_expand, lanczos_extend, lanczos_start, thick_restart, \
-        lanczos_sizes, ritz_test
+    from phasetorch.init.eigensolvers import lanczos_expand, lanczos_extend, lanczos_link, lanczos_note, \
+        lanczos_start, thick_restart, lanczos_sizes, ritz_test
     N, p = 30, 8
     D = torch.stack([_symmetric(N, 1), _symmetric(N, 2)])
 
@@ -577,10 +577,11 @@ def test_lanczos_steps_build_an_orthonormal_basis_and_the_projected_matrix():
 
     v0 = torch.randn(2, N, generator=torch.Generator().manual_seed(3), dtype=F64)
     state = lanczos_start(v0 / v0.norm(dim=-1, keepdim=True), p)
-    for _ in range(p - 1):
-        lanczos_expand(state, matvec)
+    for j in range(p - 1):                 # the device's half of a step, then the host's
+        lanczos_note(state, lanczos_expand(state, matvec), j)
         lanczos_extend(state)
-    lanczos_expand(state, matvec)
+        lanczos_link(state, j)
+    lanczos_note(state, lanczos_expand(state, matvec), p - 1)
     V = state.V
     eye = torch.eye(p, dtype=F64).expand(2, p, p)
     torch.testing.assert_close(V @ V.mT, eye, atol=1e-12, rtol=0)

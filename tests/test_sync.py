@@ -169,3 +169,60 @@ def test_sync_every_is_validated_and_recorded(problem):
     rec = pt.reconstruct(op, y, "raf", init=x0, max_iter=5, sync_every=4, progress=False)
     assert rec.log.config["sync_every"] == 4
     assert pt.reconstruct(op, y, "raf", init=x0, max_iter=5, progress=False).log.config["sync_every"] == 1
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "power"])
+def test_the_spectral_start_reads_the_device_every_k_steps_with_the_same_result(problem, solver, monkeypatch):
+    """spectral_init(sync_every=k): the eigensolver's decisions (Ritz tests, breakdowns, restarts,
+    convergence) are taken on the host in order every k steps, so the steps, the convergence flags and
+    the vectors are those of k = 1 (up to the rounding of products over batches of another size: a
+    finished sample leaves the batch at the next read). Device reads: power — every host read of the
+    loop (its bookkeeping lives on the device), ≤ 1/k per step; Lanczos — the transfers of the steps'
+    (α, β) to the host, where H and its bookkeeping live: one per k steps plus one per thick restart."""
+    from phasetorch.init import eigensolvers
+    op, _, y, _ = problem
+    reads_of_steps = []
+    original = eigensolvers._read_steps
+
+    def counted(*args, **kwargs):
+        reads_of_steps.append(len(args[2]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(eigensolvers, "_read_steps", counted)
+    runs = {}
+    for k in (1, 8):
+        reads_of_steps.clear()
+        with HostReads() as counter:
+            x0, info = pt.spectral_init(op, y, "identity", solver=solver, seed=0, tol=1e-8, sync_every=k,
+                                        return_info=True, krylov_dim=12, max_iter=3000)
+        runs[k] = (x0, info, counter.total, len(reads_of_steps))
+    (x1, i1, h1, t1), (x8, i8, h8, t8) = runs[1], runs[8]
+    assert torch.equal(i1.iterations, i8.iterations) and torch.equal(i1.converged, i8.converged)
+    assert bool(i1.converged.all())
+    torch.testing.assert_close(x8, x1, rtol=0, atol=1e-10)
+    torch.testing.assert_close(i8.eigenvalue, i1.eigenvalue, rtol=1e-12, atol=0)
+    steps = int(i1.iterations.max())
+    if solver == "lanczos":
+        restarts = steps // (12 - 9)                     # basis 12, 9 vectors kept at a restart
+        assert t1 == steps and t8 <= steps / 8 + restarts + 1, (t1, t8, steps)
+    else:
+        assert steps > 40 and h1 - h8 >= steps * (1 - 1 / 8) - 8, (h1, h8, steps)    # a read per step saved
+
+
+def test_lanczos_results_do_not_depend_on_k_through_a_breakdown():
+    """A rank-3 operator: the Krylov space is exhausted after 3 steps (β ≈ 0); with k = 8 the device runs past
+    it and the host finishes the sample at the breakdown step, from the basis of that step."""
+    from phasetorch.init.eigensolvers import lanczos_top
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 40, 3, generator=g, dtype=torch.float64)
+    D = X @ X.mT
+
+    def matvec(v, idx):
+        return torch.einsum("bij,bj->bi", D[idx], v)
+
+    v0 = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    a, b = (lanczos_top(matvec, v0, tol=1e-12, krylov_dim=16, sync_every=k) for k in (1, 8))
+    assert torch.equal(a.iterations, b.iterations) and bool(a.converged.all() and b.converged.all())
+    assert int(a.iterations.max()) <= 5                  # v0 and the 3-dimensional range: 4 steps, then β ≈ 0
+    torch.testing.assert_close(b.vector, a.vector, rtol=0, atol=1e-12)
+    torch.testing.assert_close(b.eigenvalue, torch.linalg.eigvalsh(D)[:, -1], rtol=1e-10, atol=0)

@@ -3,8 +3,10 @@ r"""Matrix-free, batched eigensolvers for the top eigenpair of Hermitian operato
 Both solvers work on a *batch* of independent Hermitian operators D_b (b = 0..B−1) given only
 through a batched product ``matvec(v, idx)`` that returns D_b v_b for the rows ``v`` belonging to
 the samples ``idx``. Every sample has its own normalisation, shift, Ritz values and stopping test;
-a sample that has converged is dropped from later products (so it costs nothing more and its
-result does not depend on the other samples). A batch therefore gives what single runs give, up
+a sample that has converged is dropped from later products at the next host read (every
+``sync_every`` = k steps: the device runs k steps between reads and the host takes their decisions
+afterwards, in order, so the result does not depend on k; a finished sample costs at most k − 1
+products in vain, and its result does not depend on the other samples). A batch therefore gives what single runs give, up
 to floating-point summation order.
 
 * :func:`lanczos_top` — thick-restart Lanczos (Wu & Simon 2000, "Thick-restart Lanczos method for
@@ -197,12 +199,11 @@ def lanczos_start(v0: torch.Tensor, p: int) -> LanczosState:
                         last_test=torch.zeros(B, dtype=torch.int64), last_q=torch.full((B,), float("nan"), **f64))
 
 
-def lanczos_expand(state: LanczosState, matvec: MatVec) -> None:
-    """One Lanczos step on v = v_{j+1}: w = D v, w ← (I − V Vᴴ)² w (CGS2), α = Re⟨v, D v⟩ (the two
-    projection coefficients on v summed), β = ‖w‖; sets H_jj = α, ``hmax``, ``w``, ``beta``.
-
-    The only read-back to the host of the step: α and β of all rows, in one transfer.
-    """
+def lanczos_expand(state: LanczosState, matvec: MatVec) -> torch.Tensor:
+    """One Lanczos step on v = v_{j+1}, on the device: w = D v, w ← (I − V Vᴴ)² w (CGS2),
+    α = Re⟨v, D v⟩ (the two projection coefficients on v summed), β = ‖w‖; sets ``w`` and
+    ``beta_dev`` and returns (α, β) of all rows as one (2, b) float64 tensor on the device, which
+    :func:`lanczos_note` enters into the host's H when it is read (every ``sync_every`` steps)."""
     j, V = state.j, state.V
     w = matvec(V[:, j], state.ids_dev)
     if w.dtype != V.dtype:
@@ -213,11 +214,17 @@ def lanczos_expand(state: LanczosState, matvec: MatVec) -> None:
     c2 = _project(Vb, w)
     w = w - torch.bmm(c2.unsqueeze(1), Vb).squeeze(1)
     beta_dev = _norm(w)
-    ab = torch.stack([(c[:, j] + c2[:, j]).real.to(torch.float64), beta_dev.to(torch.float64)]).to(state.H.device)
+    state.w, state.beta_dev = w, beta_dev
+    return torch.stack([(c[:, j] + c2[:, j]).real.to(torch.float64), beta_dev.to(torch.float64)])
+
+
+def lanczos_note(state: LanczosState, ab: torch.Tensor, j: int) -> None:
+    """Enter the step of basis index ``j`` into the host state: H_jj = α, ``hmax``, ``beta`` = β
+    (``ab``: that step's (2, b) host tensor)."""
     alpha, beta = ab[0], ab[1]
     state.H[:, j, j] = alpha
     state.hmax = torch.maximum(state.hmax, torch.maximum(alpha.abs(), beta))
-    state.w, state.beta_dev, state.beta = w, beta_dev, beta
+    state.beta = beta
 
 
 @dataclass
@@ -285,16 +292,18 @@ class LanczosOutputs:
 
 
 def record_finished(out: LanczosOutputs, state: LanczosState, test: RitzTest, d: torch.Tensor,
-                    breakdown: torch.Tensor, conv: torch.Tensor, it: int) -> None:
-    """Write the results of the tested rows ``test.rows[d]``: u = V s / ‖V s‖, θ, second Ritz value
-    (from a basis of two vectors on), residual/|θ| (0 after a breakdown), steps, convergence."""
+                    breakdown: torch.Tensor, conv: torch.Tensor, it: int, j: int) -> None:
+    """Write the results of the tested rows ``test.rows[d]`` at step ``it`` (basis index ``j``):
+    u = V_{j+1} s / ‖V_{j+1} s‖, θ, second Ritz value (from a basis of two vectors on), residual/|θ|
+    (0 after a breakdown), steps, convergence. V's columns up to j are those of that step (later
+    steps only append columns until the next restart, which reads first)."""
     r = test.rows[d]
     o = state.ids[r]
-    Vb = state.basis()
+    Vb = state.V[:, : j + 1]
     u = torch.bmm(test.vector[d].to(device=Vb.device, dtype=Vb.dtype).unsqueeze(1), Vb[r.to(Vb.device)]).squeeze(1)
     out.vector[o.to(Vb.device)] = u / _norm(u).unsqueeze(-1)
     out.eigenvalue[o] = test.top[d]
-    if state.j >= 1:
+    if j >= 1:
         out.second[o] = test.values[d, -2]
     res = test.residual[d]
     out.residual[o] = torch.where(breakdown[r], torch.zeros_like(res), res) / test.top[d].abs()
@@ -303,12 +312,17 @@ def record_finished(out: LanczosOutputs, state: LanczosState, test: RitzTest, d:
 
 
 def lanczos_extend(state: LanczosState) -> None:
-    """v_{j+2} = w/β, H_{j,j+1} = H_{j+1,j} = β, j ← j + 1."""
+    """v_{j+2} = w/β on the device, j ← j + 1 (the host's H_{j,j+1} = H_{j+1,j} = β is set by
+    :func:`lanczos_link` when the step is read)."""
     j = state.j
     state.V[:, j + 1] = state.w / state.beta_dev.to(_real_dtype(state.V)).unsqueeze(-1)
+    state.j = j + 1
+
+
+def lanczos_link(state: LanczosState, j: int) -> None:
+    """H_{j,j+1} = H_{j+1,j} = β (the host's half of :func:`lanczos_extend`)."""
     state.H[:, j, j + 1] = state.beta
     state.H[:, j + 1, j] = state.beta
-    state.j = j + 1
 
 
 def thick_restart(state: LanczosState, sizes: LanczosSizes) -> None:
@@ -333,34 +347,59 @@ def thick_restart(state: LanczosState, sizes: LanczosSizes) -> None:
 
 
 def _test_and_retire(state: LanczosState, out: LanczosOutputs, rows: torch.Tensor, breakdown: torch.Tensor,
-                     it: int, tol: float, last_step: bool, bar) -> bool:
-    """Ritz-test the state rows ``rows``, schedule their next tests, record and drop the finished
-    samples (converged, broken down, or at the last step). Returns whether no sample is left."""
-    test = ritz_test(state.H, state.beta, rows, state.j, tol)
+                     it: int, j: int, tol: float, last_step: bool, finished: torch.Tensor, bar) -> None:
+    """Ritz-test the state rows ``rows`` at step ``it`` (basis index ``j``), schedule their next tests,
+    record the finished samples (converged, broken down, or at the last step) and mark them in
+    ``finished`` (host bool per state row; :func:`lanczos_top` drops them after the read)."""
+    test = ritz_test(state.H, state.beta, rows, j, tol)
     conv = (test.residual <= test.target) | breakdown[rows]
     done = conv | last_step
     if bar is not None:
         bar.update(it - bar.n)
-        bar.set_postfix(active=int(state.ids.numel()), worst=float((test.residual / test.top.abs()).max()))
+        bar.set_postfix(active=int((~finished).sum()), worst=float((test.residual / test.top.abs()).max()))
     nxt, lq = next_test_steps(test.residual, test.target, it, state.last_q[rows], state.last_test[rows])
     state.next_test[rows] = nxt
     state.last_test[rows] = it
     state.last_q[rows] = lq
-    if not bool(done.any()):
-        return False
-    d = done.nonzero().squeeze(-1)
-    record_finished(out, state, test, d, breakdown, conv, it)
-    alive = torch.ones(state.ids.numel(), dtype=torch.bool)
-    alive[rows[d]] = False
-    if not bool(alive.any()):
+    if bool(done.any()):
+        d = done.nonzero().squeeze(-1)
+        record_finished(out, state, test, d, breakdown, conv, it, j)
+        finished[rows[d]] = True
+
+
+def _read_steps(state: LanczosState, out: LanczosOutputs, pending: list, p: int, N: int, eps: float, tol: float,
+                max_iter: int, bar) -> bool:
+    """The host's half of the steps in ``pending`` — ``(step, basis index, (α, β) on the device)``, read in
+    one transfer — in order, exactly as if each had been read at its step: H, the breakdown test, the
+    Ritz tests due (scheduled, breakdown, restart, last step), the links of the extensions that followed.
+    A row finished at a step takes no part in the later ones (the device ran them for it in vain).
+    Drops the finished rows; returns whether none is left."""
+    abs_ = torch.stack([ab for _, _, ab in pending]).to(state.H.device)    # the one read of the block
+    finished = torch.zeros(state.ids.numel(), dtype=torch.bool)
+    for (it, j, _), ab in zip(pending, abs_):
+        lanczos_note(state, ab, j)
+        breakdown = (state.beta <= 10 * eps * state.hmax) | (j + 1 >= N)
+        # Ritz values only where needed: a predicted convergence (per sample), a restart (all),
+        # the last step (all), a breakdown.
+        due = (state.next_test <= it) | breakdown
+        if j + 1 >= p or it >= max_iter:
+            due[:] = True
+        due &= ~finished
+        if bool(due.any()):
+            _test_and_retire(state, out, due.nonzero().squeeze(-1), breakdown, it, j, tol, it >= max_iter,
+                             finished, bar)
+        if j + 1 < p:
+            lanczos_link(state, j)
+    if bool(finished.all()):
         return True
-    state.keep_rows(alive.nonzero().squeeze(-1))
+    if bool(finished.any()):
+        state.keep_rows((~finished).nonzero().squeeze(-1))
     return False
 
 
 def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int = 1000,
                 krylov_dim: int = 64, keep: Optional[int] = None, keep_low: Optional[int] = None,
-                progress: bool = False) -> EigResult:
+                progress: bool = False, sync_every: int = 1) -> EigResult:
     r"""Top eigenpair of B Hermitian operators by batched thick-restart Lanczos.
 
     Parameters
@@ -377,6 +416,10 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
         and p//2, :func:`lanczos_sizes`). Keeping the bottom ones locks the far end of the spectrum
         into the basis (the ``optimal`` preprocessing gives D a cluster of large negative
         eigenvalues that a restart would otherwise have to rediscover).
+    sync_every : k, the steps between the host's reads of α and β (besides the reads a restart and
+        the last step need). The device runs k steps ahead; the host then takes every decision of
+        those steps in order (:func:`_read_steps`), so the result does not depend on k, and a sample
+        that finished inside a block costs at most k − 1 products in vain.
 
     Method (per sample; Wu & Simon 2000): with orthonormal V_j = [v_1..v_j] and projected matrix
     H_j = V_jᴴ D V_j (real symmetric: tridiagonal, plus an arrow row/column after a restart),
@@ -389,7 +432,7 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
     reaching N (exact invariant subspace) or β_j ≤ 10 ε ‖H‖ also ends a sample (converged).
 
     The basis and the products live on v0's device; H and the per-sample bookkeeping live on the
-    host (float64), with one read-back per step (α_j and β_j).
+    host (float64), with one read-back per ``sync_every`` steps (their α_j and β_j), and at restarts.
     """
     v0 = _check_start(v0)
     B, N = v0.shape
@@ -398,22 +441,20 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
     p = sizes.basis
     max_iter = check_int(max_iter, "max_iter", 1)
     tol = check_number(tol, "tol", 0.0)
+    k = check_int(sync_every, "sync_every", 1)
     state = lanczos_start(v0, p)
     out = LanczosOutputs.empty(B, N, v0.dtype, v0.device)
     it = 0
+    pending: list = []                  # steps the device ran whose α, β the host has not read yet
     bar = _progress_bar(progress, max_iter, "lanczos")
     while state.ids.numel() > 0 and it < max_iter:
         it += 1
-        lanczos_expand(state, matvec)
-        breakdown = (state.beta <= 10 * eps * state.hmax) | (state.j + 1 >= N)
-        # Ritz values only where needed: a predicted convergence (per sample), a restart (all),
-        # the last step (all), a breakdown.
-        due = (state.next_test <= it) | breakdown
-        if state.j + 1 >= p or it >= max_iter:
-            due[:] = True
-        if bool(due.any()) and _test_and_retire(state, out, due.nonzero().squeeze(-1), breakdown, it, tol,
-                                                it >= max_iter, bar):
-            break
+        pending.append((it, state.j, lanczos_expand(state, matvec)))
+        if len(pending) >= k or state.j + 1 >= p or it >= max_iter:      # a restart needs the whole H
+            done = _read_steps(state, out, pending, p, N, eps, tol, max_iter, bar)
+            pending = []
+            if done:
+                break
         if state.j + 1 < p:
             lanczos_extend(state)
         else:
@@ -425,7 +466,7 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
 
 def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int = 10000,
               shift: Optional[torch.Tensor] = None, probe: int = 20, patience: int = 200,
-              progress: bool = False) -> EigResult:
+              progress: bool = False, sync_every: int = 1) -> EigResult:
     r"""Top eigenpair of B Hermitian operators by the shifted power method, per sample.
 
     Iterates x ← (D + σ_b I) x / ‖(D + σ_b I) x‖ and stops sample b when the Rayleigh-quotient
@@ -444,6 +485,10 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
     which can exceed tol·|θ|. A sample whose residual has not improved by 1 % for ``patience``
     steps has stalled at that floor (or converges too slowly to matter): it stops, flagged not
     converged, instead of running to ``max_iter``.
+
+    ``sync_every`` = k: the host learns which samples finished every k steps (and at the last); a
+    sample's result is frozen on the device at the step it finished, so the result does not depend
+    on k (a finished sample costs at most k − 1 products in vain).
     """
     x = _check_start(v0)
     B, N = x.shape
@@ -477,6 +522,7 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
     out_iter = torch.zeros(B, dtype=torch.int64, device=dev)
     out_conv = torch.zeros(B, dtype=torch.bool, device=dev)
 
+    k = check_int(sync_every, "sync_every", 1)
     ids = all_ids.clone()
     sig = sigma.clone()
     prev = torch.full((B,), float("nan"), **f64)
@@ -485,6 +531,10 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
     best_it = torch.zeros(B, dtype=torch.int64, device=dev)      # and the step it last improved by 1%
     it = 0
     bar = _progress_bar(progress, max_iter, "power")
+    # per state row, on the device: finished, and the result frozen at the step it finished
+    fin = torch.zeros(B, dtype=torch.bool, device=dev)
+    r_vec, r_theta, r_second = torch.zeros_like(x), torch.zeros(B, **f64), torch.zeros(B, **f64)
+    r_res, r_iter, r_conv = torch.zeros(B, **f64), torch.zeros(B, dtype=torch.int64, device=dev), fin.clone()
     while ids.numel() > 0 and it < max_iter:
         it += 1
         dx = matvec(x, ids).to(vdtype)
@@ -500,24 +550,27 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
         best_it = torch.where(improved, torch.full_like(best_it, it), best_it)
         conv = (res <= tol * theta.abs()) | (res == 0)
         stalled = (it - best_it) >= patience
-        done = conv | stalled | torch.tensor(it >= max_iter, device=dev)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(active=int(ids.numel()), worst=float(rel.max()))
-        if done.any():
-            d = done.nonzero().squeeze(-1)
-            o = ids[d]
-            out_vec[o] = x[d]
-            out_theta[o] = theta[d]
-            out_second[o] = rate[d] * (theta[d] + sig[d]) - sig[d]
-            out_res[o] = rel[d]
-            out_iter[o] = it
-            out_conv[o] = conv[d]
-            keep_rows = (~done).nonzero().squeeze(-1)
-            ids, x, dx, sig, prev, rate, best, best_it = (
-                t[keep_rows] for t in (ids, x, dx, sig, prev, rate, best, best_it))
-            if ids.numel() == 0:
-                break
+        now = (conv | stalled | (it >= max_iter)) & ~fin                  # finished at this step
+        r_vec = torch.where(now.unsqueeze(-1), x, r_vec)
+        r_theta, r_res = torch.where(now, theta, r_theta), torch.where(now, rel, r_res)
+        r_second = torch.where(now, rate * (theta + sig) - sig, r_second)
+        r_iter, r_conv = r_iter.masked_fill(now, it), torch.where(now, conv, r_conv)
+        fin = fin | now
+        if it % k == 0 or it >= max_iter:              # the host's read: who finished
+            if bar is not None:
+                bar.update(it - bar.n)
+                bar.set_postfix(active=int(ids.numel()), worst=float(rel.max()))
+            if fin.any():
+                d = fin.nonzero().squeeze(-1)
+                o = ids[d]
+                out_vec[o], out_theta[o], out_second[o] = r_vec[d], r_theta[d], r_second[d]
+                out_res[o], out_iter[o], out_conv[o] = r_res[d], r_iter[d], r_conv[d]
+                keep_rows = (~fin).nonzero().squeeze(-1)
+                ids, x, dx, sig, prev, rate, best, best_it, fin, r_vec, r_theta, r_second, r_res, r_iter, r_conv = (
+                    t[keep_rows] for t in (ids, x, dx, sig, prev, rate, best, best_it, fin, r_vec, r_theta, r_second,
+                                           r_res, r_iter, r_conv))
+                if ids.numel() == 0:
+                    break
         w = dx + sig.to(rdt).unsqueeze(-1) * x
         x = w / _norm(w).clamp_min(torch.finfo(rdt).tiny).unsqueeze(-1)
     if bar is not None:

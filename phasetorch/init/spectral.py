@@ -42,7 +42,7 @@ from .eigensolvers import lanczos_top, power_top
 from ..physics.base import MeasurementOperator
 from ..physics.kernels import Map, PointwiseMap
 from ..physics.model import MeasurementModel, resolve_model
-from ..tensors import check_int, check_number, make_generator
+from ..tensors import check_int, check_number, default_sync_every, make_generator
 from .preprocessing import Preprocessing, preprocess
 
 SOLVERS = ("lanczos", "power")
@@ -232,7 +232,8 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
                   whiten: Optional[bool] = None, shift: Optional[Union[float, torch.Tensor]] = None,
                   seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
                   return_info: bool = False, progress: bool = False, real_signal: Optional[bool] = None,
-                  krylov_dim: Optional[int] = None, start: Optional[torch.Tensor] = None):
+                  krylov_dim: Optional[int] = None, start: Optional[torch.Tensor] = None,
+                  sync_every: Optional[int] = None):
     r"""Spectral initialization x₀ for intensities y = |Ax|², per sample.
 
     x₀ = √(mean(y)/e) · u with u the unit top eigenvector of D = (1/(m·e)) Aᴴ diag(T(ŷ)) A,
@@ -276,6 +277,10 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
         ``signal_shape`` (one for all samples) or ``(*batch, *signal_shape)`` (one per sample — e.g.
         each drawn from its own seed, so that a batched run reproduces every sample's single run;
         :func:`phasetorch.theory.simulate` does this). Real for a real working space.
+    sync_every : k, the eigensolver steps between the host's reads (default: 1 on a CPU, 16 on a GPU,
+        :data:`phasetorch.tensors.SYNC_EVERY`); every decision is still taken at its step, so the
+        result does not depend on k beyond the rounding of products over batches of other sizes
+        (a sample that finished is dropped at the next read instead of at once).
 
     Returns
     -------
@@ -293,7 +298,7 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
     """
     with torch.no_grad():
         return _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator,
-                              return_info, progress, real_signal, krylov_dim, start)
+                              return_info, progress, real_signal, krylov_dim, start, sync_every)
 
 
 def preprocessing_name(preprocessing) -> str:
@@ -337,7 +342,7 @@ def check_start_vectors(start, sig: tuple, batch: tuple, real_space: bool) -> to
 
 
 def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator, return_info,
-                   progress, real_signal, krylov_dim, start=None):
+                   progress, real_signal, krylov_dim, start=None, sync_every=None):
     op, y = _linear_problem(op, y)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -427,8 +432,10 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
         return x0, SpectralInfo(ie, ie.clone(), empty, empty.clone(), no, empty.clone(), empty.clone(),
                                 solver, wvec is not None)
 
+    k_sync = default_sync_every(op.device) if sync_every is None else check_int(sync_every, "sync_every", 1)
     if solver == "lanczos":
-        res = lanczos_top(matvec, v0, tol=tol, max_iter=int(max_iter), krylov_dim=kdim, progress=progress)
+        res = lanczos_top(matvec, v0, tol=tol, max_iter=int(max_iter), krylov_dim=kdim, progress=progress,
+                          sync_every=k_sync)
     else:
         sh = None
         if shift is not None:
@@ -437,7 +444,7 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
                 if tuple(sh.shape) != batch:
                     raise ValueError(f"shift must be a scalar or have the batch shape {batch}, got {tuple(sh.shape)}")
                 sh = sh.reshape(B)
-        res = power_top(matvec, v0, tol=tol, max_iter=int(max_iter), shift=sh, progress=progress)
+        res = power_top(matvec, v0, tol=tol, max_iter=int(max_iter), shift=sh, progress=progress, sync_every=k_sync)
 
     u = res.vector
     if wvec is not None:
