@@ -395,15 +395,15 @@ class PhaseRetrievalLoss(nn.Module):
                 if frozen is not None:
                     ev.frozen = self.frozen_value(ev, x, d, frozen)
                 return ev
-            if frozen is not None and (frozen.dtype != rdt or frozen.numel() != plan.B * m):
-                frozen = None
-            elif frozen is not None:
-                frozen = frozen.contiguous()
+            odd = frozen is not None and (frozen.dtype != rdt or frozen.numel() != plan.B * m)
+            in_pass = None if frozen is None or odd else frozen.contiguous()
             if torch.is_grad_enabled():
                 with torch.no_grad():
-                    ev = run(x, xf, frozen)
+                    ev = run(x, xf, in_pass)
             else:
-                ev = run(x, xf, frozen)
+                ev = run(x, xf, in_pass)
+            if odd:                             # weights the pass cannot take: the value from the fields
+                ev.frozen = self.frozen_value(ev, x, d, frozen)
             return ev
 
         evaluate.plan = plan                     # (the prepared pass; absent on the plain evaluate path)

@@ -191,3 +191,38 @@ def test_image_signals_with_a_batch_shape_and_the_truth(monkeypatch):
             assert_same_run(fast, plain)
         assert torch.allclose(fast.log["rel_error"], plain.log["rel_error"], rtol=1e-6, atol=1e-9)
         assert float(fast.log["rel_error"][-1].max()) < 1e-5
+
+
+def test_a_loss_with_its_own_residual_keeps_the_torch_loop(monkeypatch):
+    """The C loop has the base class's residual and sums over all measurements: a loss subclass with its
+    own residual (or an operator with its own measurement sums) runs the torch loop."""
+    from phasetorch import losses as L
+    from phasetorch.optim.presets import PRESETS
+    from phasetorch.optim.projections import Constraint
+    from phasetorch.solve import Driver
+
+    class HalfResidual(L.TruncatedAmplitudeLoss):
+        def residual(self, r, y):
+            return 0.5 * super().residual(r, y)
+
+    op, x, y = problem(torch.complex128)
+    x0 = pt.spectral_init(op, y, seed=0)
+    monkeypatch.setenv(compiled.ENV_SWITCH, "1")
+    for loss_cls, compiled_blocks in ((HalfResidual, False), (L.TruncatedAmplitudeLoss, True)):
+        loss = loss_cls(op)
+        alg = PRESETS["taf"].build(None, {"safeguard": True}, 1.0, None, None)
+        before = kernels.CALLS["block"]
+        Driver(op, "taf", alg, loss, loss.prepare(y), Constraint(), x0, None, (3,), {}, 0.0).run(
+            50, 1e-6, 1, None, False)
+        assert (kernels.CALLS["block"] > before) is compiled_blocks
+
+
+def test_the_records_times_are_on_the_perf_counter_clock(monkeypatch):
+    import time
+    op, x, y = problem(torch.complex128)
+    monkeypatch.setenv(compiled.ENV_SWITCH, "1")
+    t0 = time.perf_counter()
+    rec = pt.reconstruct(op, y, "raf", max_iter=100, tol=0, progress=False, seed=0)
+    wall = time.perf_counter() - t0
+    times = rec.log["time"].reshape(-1)
+    assert bool((times.diff() >= 0).all()) and 0 <= float(times[0]) and float(times[-1]) <= wall + 1e-3

@@ -131,7 +131,7 @@ typedef struct {
     uint8_t *has_prev;
 } pt_block;
 
-static double pt_now(void) {
+double pt_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;

@@ -9,13 +9,19 @@ a :class:`~phasetorch.optim.steps.Schedule` of plain numbers), optionally
 (:meth:`~phasetorch.losses.PhaseRetrievalLoss.evaluator`: a dense A in the C kernel, a closed-form
 pointwise map: intensity, amplitude, Poisson, truncated and reweighted amplitude), with no projection and
 no callback, :class:`GradientBlock` runs the same loop in ``pt_gd_block`` (``phasetorch/csrc/fused_dense.c``):
-the WF / RWF / AF / TAF / RAF presets of :func:`phasetorch.reconstruct`.
+the WF / RWF / AF / TAF / RAF / TWF presets of :func:`phasetorch.reconstruct`, and for
+:class:`~phasetorch.optim.lbfgs.LBFGSAlgorithm` (``lbfgs``, the first stage of ``auto``). A step schedule
+is called ahead for a block of iterations: it must be a function of t alone (as the torch loop assumes).
 
 What it keeps equal to the torch loop (tested in ``tests/test_compiled.py``):
 
 * every element-wise operation — the trial point x − α∇f, the pass, the scalings of the value and the
   gradient, the safeguard's γ — is the torch loop's, in the same order and precision: the iterates are
-  bit-identical while the decisions agree;
+  bit-identical while the decisions agree (TWF: its K, ‖x‖ and value are reductions summed in another
+  order, so bit-identity there holds in practice, not by construction);
+* L-BFGS forms its direction by the two-loop recursion (torch: the compact form, the same H): the runs
+  agree to rounding — the solution to ~1e-9 relative in float64, the statuses — but a sample's stopping
+  iteration may differ by a few where the relative-change test sits at a tie (``auto`` in particular);
 * the reductions — ‖∇f‖, ‖x‖, the amplitude residual, the frozen-weight trial value of TAF/RAF, the
   truth metrics, the ridge term — are summed in double in C and in torch's order in torch: equal to
   rounding (a decision taken on a tie may differ; the results then agree to the solver's tolerance);
@@ -37,7 +43,7 @@ from typing import Optional
 
 import torch
 
-from ..losses import TruncatedPoissonLoss
+from ..losses import PhaseRetrievalLoss, TruncatedPoissonLoss
 from ..physics import kernels
 from ..physics.base import MeasurementOperator
 from .gradient import GradientAlgorithm
@@ -170,8 +176,11 @@ class GradientBlock:
             return None
         if plan.B > kernels.MAX_BLOCK_BATCH or not kernels.available():
             return None
-        if type(loss.op).reduce_sum is not MeasurementOperator.reduce_sum or not loss.own_evaluation():
-            return None
+        base, op_type = MeasurementOperator, type(loss.op)
+        if not loss.own_evaluation() or type(loss).residual is not PhaseRetrievalLoss.residual or any(
+                getattr(op_type, name) is not getattr(base, name)
+                for name in ("reduce_sum", "measurement_sum", "measurement_mean")):
+            return None                     # the C code sums over all m measurements and has the base residual
         if type(alg) is LBFGSAlgorithm:     # (its trial value is the full one: a loss with fixed weights)
             if loss.adaptive_weights or plan.weighted or alg.memory > MAX_MEMORY:
                 return None
@@ -206,7 +215,7 @@ class GradientBlock:
         the torch loop raises it at that iteration)."""
         if self.inner is None:              # L-BFGS: its steps come from its line search
             return torch.zeros(k, dtype=torch.float64)
-        out = []
+        out = []                            # (a schedule is called ahead for the block: a function of t alone)
         for t in range(t0 + 1, t0 + k + 1):
             try:
                 v = self.inner.alpha(t, 1.0)        # Constant/WFRamp/Schedule: a Python float
@@ -231,7 +240,8 @@ class GradientBlock:
         kernels.gradient_block(a, self.plan.bits)
         n = int(a.n_rec)
         ts, times = rec_t[:n].tolist(), rec_time[:n].tolist()
-        return int(a.t_done), bool(a.new_div), [(ts[i], rec[i], times[i]) for i in range(n)]
+        shift = kernels.clock_offset()      # the C clock → time.perf_counter's
+        return int(a.t_done), bool(a.new_div), [(ts[i], rec[i], times[i] + shift) for i in range(n)]
 
     def state_out(self, state: dict) -> None:
         """Write the safeguard's state (γ, accepted, retry) back into the algorithm's state dict."""

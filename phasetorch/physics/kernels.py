@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
@@ -140,6 +141,21 @@ class BlockArgs(ctypes.Structure):
 MAX_BLOCK_BATCH = 64
 
 
+_CLOCK: dict = {}
+
+
+def clock_offset() -> float:
+    """``time.perf_counter() − pt_now()``: the C code's record times (CLOCK_MONOTONIC) on Python's clock
+    (measured once per process; the same clock on Linux, where it is 0 to a microsecond)."""
+    if "offset" not in _CLOCK:
+        lib = load()
+        before = time.perf_counter()
+        c = lib.pt_now()
+        after = time.perf_counter()
+        _CLOCK["offset"] = 0.5 * (before + after) - c
+    return _CLOCK["offset"]
+
+
 def gradient_block(args: BlockArgs, bits: int) -> None:
     """Run ``pt_gd_block`` on a filled :class:`BlockArgs` (needs :func:`available`); raises on a kernel error."""
     CALLS["block"] += 1
@@ -228,6 +244,8 @@ def _load(path: Path):
     lib.pt_gaussian.restype = ctypes.c_int
     lib.pt_gd_block.argtypes = [ctypes.POINTER(BlockArgs), ctypes.c_int]
     lib.pt_gd_block.restype = ctypes.c_int
+    lib.pt_now.argtypes = []
+    lib.pt_now.restype = ctypes.c_double
     return lib
 
 
@@ -453,8 +471,9 @@ class FusedPlan:
             if frozen.dtype != self.real or frozen.numel() != B * m or not frozen.is_contiguous():
                 raise ValueError(f"frozen weights must be a contiguous {self.real} tensor of {B}×{m} entries")
             a.wz, a.wz_stride, a.value_z = frozen.data_ptr(), m, total_z.data_ptr()
-        _run(a, self.bits)
-        if frozen is not None:
+        try:
+            _run(a, self.bits)
+        finally:                                # the argument block outlives this call's buffers
             a.wz, a.value_z = None, None
         batch = self.batch
         out = (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total.view(batch))
