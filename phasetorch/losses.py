@@ -221,13 +221,13 @@ class PhaseRetrievalLoss(nn.Module):
         """(1/m) Aᴴ v / √e, returned in x's dtype family (real part for a real x)."""
         return self._from_adjoint(self.op.adjoint(v), x)
 
-    def _adjoint_scale(self) -> float:
+    def adjoint_scale(self) -> float:
         """1/(m√e): the factor from Aᴴv to the gradient (1/m of the mean, 1/√e of r = Ax/√e)."""
         return 1.0 / (self.op.m * math.sqrt(self.op.entry_energy))
 
     def _from_adjoint(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """u = Aᴴv ↦ (1/m) u / √e in x's dtype family."""
-        g = u * self._adjoint_scale()
+        g = u * self.adjoint_scale()
         if g.is_complex() and not x.is_complex():
             g = g.real
         return g
@@ -358,7 +358,7 @@ class PhaseRetrievalLoss(nn.Module):
         shape = (*plan.batch, *self.op.signal_shape)
         rdt = self.op.real_dtype
         # the constants as 0-dim tensors (a Python scalar is wrapped at every product); same values
-        g_scale = torch.tensor(self._adjoint_scale(), dtype=rdt)
+        g_scale = torch.tensor(self.adjoint_scale(), dtype=rdt)
         c_t = torch.tensor(c, dtype=rdt)
         l2, m = self.l2, self.op.m
         reduce_sum = None if type(self.op).reduce_sum is MeasurementOperator.reduce_sum else self.op.reduce_sum

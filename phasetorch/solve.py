@@ -702,7 +702,6 @@ class Driver:
                 t_last, last_row = self.run_compiled(block, max_iter, bar, book, f0)
                 x, f, G, W, res, step_end = block.x.view_as(x), block.f, block.G.view_as(G), block.weights, \
                     block.res, block.step
-                block.state_out(state)
             for t in range(1, (max_iter if block is None else 0) + 1):
                 running = active
                 x_prev, f_prev, res_prev, G_prev, r_prev, W_prev = x, f, res, G, r, W

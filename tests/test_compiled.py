@@ -107,12 +107,8 @@ def test_float32_agrees_to_rounding(monkeypatch, dtype):
     assert torch.allclose(fast.log["loss"], plain.log["loss"], rtol=1e-4, atol=1e-7)
 
 
-def test_divergence_is_frozen_and_raised_at_the_same_iteration(monkeypatch):
-    op = pt.GaussianMeasurement(16, 128, complex=False, seed=0, dtype=torch.float64)
-    x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y = op(x)
-    x0 = pt.spectral_init(op, y, seed=0)
-    y = torch.stack([y[0], y[1] * 100])               # the second sample (its start 10× too small) diverges
+def test_divergence_is_frozen_and_raised_at_the_same_iteration(monkeypatch, diverging_problem):
+    op, y, x0 = diverging_problem                     # the second sample diverges
     runs = []
     for on in ("1", "0"):
         monkeypatch.setenv(compiled.ENV_SWITCH, on)

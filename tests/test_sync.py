@@ -140,14 +140,10 @@ def test_the_result_and_the_log_do_not_depend_on_k(problem, algorithm):
                 assert torch.equal(rec.log[col].nan_to_num(-1.0), ref.log[col].nan_to_num(-1.0)), col
 
 
-def test_divergence_is_frozen_on_the_device_and_reported_at_the_next_read():
+def test_divergence_is_frozen_on_the_device_and_reported_at_the_next_read(diverging_problem):
     """A step far above the stability limit: with k = 8 the diverging sample is frozen at the same
     iterate and the same iteration as with k = 1, and the warning names the same iteration."""
-    op = pt.GaussianMeasurement(16, 128, complex=False, seed=0, dtype=torch.float64)
-    x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y = op(x)
-    x0 = pt.spectral_init(op, y, seed=0)
-    y = torch.stack([y[0], y[1] * 100])               # the second sample (its start 10× too small) diverges
+    op, y, x0 = diverging_problem                     # the second sample diverges
     out = []
     for k in (1, 8):
         with pytest.warns(RuntimeWarning, match=r"diverged at iteration (\d+)") as w:

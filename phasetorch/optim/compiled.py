@@ -127,7 +127,7 @@ class GradientBlock:
         a.log_every, a.psi_stride = int(log_every), m
         a.safeguard, a.adaptive, a.truth, a.tol_on = int(safeguard), int(adaptive), int(xt is not None), int(tol > 0)
         a.st_converged, a.st_stalled, a.st_diverged = (int(c) for c in status_codes)
-        a.g_scale, a.l2, a.slack, a.tol = loss._adjoint_scale(), float(loss.l2), slack(rdt), float(tol)
+        a.g_scale, a.l2, a.slack, a.tol = loss.adjoint_scale(), float(loss.l2), slack(rdt), float(tol)
         a.gamma_min = 2.0 ** -rule.max_halvings if safeguard else 0.0       # (rule: the L-BFGS algorithm itself)
         flat = {"x": self.x, "G": self.G, "f": self.f, "res": self.res, "W": self.W, "gamma": self.gamma,
                 "scale": self.scale, "f_limit": self.f_limit, "stall": self.stall, "psi": self.psi,
@@ -242,11 +242,6 @@ class GradientBlock:
         ts, times = rec_t[:n].tolist(), rec_time[:n].tolist()
         shift = kernels.clock_offset()      # the C clock → time.perf_counter's
         return int(a.t_done), bool(a.new_div), [(ts[i], rec[i], times[i] + shift) for i in range(n)]
-
-    def state_out(self, state: dict) -> None:
-        """Write the safeguard's state (γ, accepted, retry) back into the algorithm's state dict."""
-        if self.safeguard:
-            state.update(sg_gamma=self.gamma, accepted=self.accepted, retry=self.retry)
 
     @property
     def weights(self) -> Optional[torch.Tensor]:
