@@ -348,12 +348,14 @@ class PhaseRetrievalLoss(nn.Module):
         spec = self._kernel_map(d, None, c) if A is not None and self.separable_weights and self.own_evaluation() \
             else None
         plan = FusedPlan.build(A, spec, batch) if spec is not None else None
+
+        def plain(x: torch.Tensor, frozen: Optional[torch.Tensor] = None) -> Evaluation:
+            ev = self.evaluate(x, d)
+            if frozen is not None:
+                ev.frozen = self.frozen_value(ev, x, d, frozen)
+            return ev
+
         if plan is None:
-            def plain(x: torch.Tensor, frozen: Optional[torch.Tensor] = None) -> Evaluation:
-                ev = self.evaluate(x, d)
-                if frozen is not None:
-                    ev.frozen = self.frozen_value(ev, x, d, frozen)
-                return ev
             return plain
         shape = (*plan.batch, *self.op.signal_shape)
         rdt = self.op.real_dtype
@@ -391,10 +393,7 @@ class PhaseRetrievalLoss(nn.Module):
             ``frozen`` value too, summed in the pass (:meth:`frozen_value` up to the summation order)."""
             xf = x.reshape(plan.B, -1) if tuple(x.shape) == shape else None
             if xf is None or not plan.accepts(xf):
-                ev = self.evaluate(x, d)
-                if frozen is not None:
-                    ev.frozen = self.frozen_value(ev, x, d, frozen)
-                return ev
+                return plain(x, frozen)
             odd = frozen is not None and (frozen.dtype != rdt or frozen.numel() != plan.B * m)
             in_pass = None if frozen is None or odd else frozen.contiguous()
             if torch.is_grad_enabled():

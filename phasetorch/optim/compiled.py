@@ -92,7 +92,7 @@ class GradientBlock:
                  log_every: int, f_limit, stall, book: dict, status_codes, twf: bool = False) -> None:
         B, m = plan.B, plan.m
         rdt = plan.real
-        self.plan, self.rule, self.B, self.rdt = plan, rule, B, rdt
+        self.plan, self.B, self.rdt = plan, B, rdt
         self.ncols = 5 if xt is None else 8
         self.log_every = log_every
         own = lambda t: t.detach().clone().contiguous()          # noqa: E731 (buffers the C code writes)
@@ -108,8 +108,7 @@ class GradientBlock:
         self.psi = torch.broadcast_to(data.psi, (*plan.batch, m)).reshape(B, m).to(rdt).contiguous()
         self.den = torch.broadcast_to(data.den_psi, plan.batch).reshape(B).to(rdt).contiguous()
         self.xt = None if xt is None else torch.broadcast_to(xt, x.shape).reshape(B, -1).to(x.dtype).contiguous()
-        self.book = book                     # active, status, iterations, div_t, div_f, diverged (driver's)
-        for name, t in book.items():
+        for name, t in book.items():         # active, status, iterations, div_t, div_f, diverged (driver's)
             if not t.is_contiguous():
                 raise ValueError(f"the driver's {name} must be contiguous")
         # work space of one iteration
@@ -140,8 +139,8 @@ class GradientBlock:
             setattr(a, name, _ptr(t))
         if twf:
             a.twf, a.alpha_lb, a.alpha_ub, a.alpha_h = 1, loss.alpha_lb, loss.alpha_ub, loss.alpha_h
-        self.lbfgs = isinstance(rule, LBFGSAlgorithm)
-        if self.lbfgs:                      # the algorithm's state in C's layout (ring of pairs, newest first)
+        lbfgs = isinstance(rule, LBFGSAlgorithm)
+        if lbfgs:                           # the algorithm's state in C's layout (ring of pairs, newest first)
             M, rl = rule.memory, _flat_real(self.x).reshape(B, -1).shape[1]
             self.lb = {"S": torch.zeros(M, B, rl, dtype=rdt), "Y": torch.zeros(M, B, rl, dtype=rdt),
                        "x_prev": torch.zeros(B, rl, dtype=rdt), "g_prev": torch.zeros(B, rl, dtype=rdt),
@@ -154,8 +153,7 @@ class GradientBlock:
             a.lbfgs, a.memory, a.max_bt = 1, M, rule.max_backtracks
             a.c_armijo, a.shrink, a.mu0 = rule.c, rule.shrink, rule.mu
         self.args = a
-        self.inner = None if self.lbfgs else rule.rule if safeguard else rule
-        self.safeguard = safeguard
+        self.inner = None if lbfgs else rule.rule if safeguard else rule      # the step rule giving μ_t
 
     # ------------------------------------------------------------------ eligibility
     @classmethod
