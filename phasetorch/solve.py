@@ -31,10 +31,18 @@ value by more than 10⁶ × |initial| is frozen at its last finite iterate, mark
 the others run on; a warning names the knob to turn. :class:`phasetorch.errors.DivergenceError`
 (same message; ``log`` and ``x`` attributes hold the run) is raised when every sample diverged, or at
 the first divergence with ``on_divergence="raise"``.
+
+**Blocks** (:class:`Driver`). The host reads the device every ``sync_every`` = k iterations; on CUDA a
+block of k iterations is captured as a CUDA graph and replayed where the algorithm's
+:meth:`~phasetorch.optim.engine.Algorithm.step_key` says its iterations are alike
+(:class:`CapturedBlocks`, :mod:`phasetorch.replay`; ``PHASETORCH_GRAPHS=0`` turns it off). On a CPU
+with a dense operator the gradient presets and L-BFGS run the loop compiled
+(:mod:`phasetorch.optim.compiled`). All three give the plain loop's results.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -45,6 +53,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
+from . import replay
 from .errors import DivergenceError
 from .init.spectral import spectral_init
 from .logs import TrainingLog
@@ -545,6 +554,163 @@ def keep_previous(mask: torch.Tensor, current, previous) -> tuple:
     return tuple(None if cur is None else where_sample(mask, old, cur) for cur, old in zip(current, previous))
 
 
+def fill(target: torch.Tensor, mask: torch.Tensor, value) -> torch.Tensor:
+    """``target[mask] = value`` in place, without a host read: ``value`` an int, or a 0-dim device tensor
+    (the iteration in a captured block; ``masked_fill_`` would read a tensor value on the host)."""
+    if isinstance(value, torch.Tensor):
+        return target.copy_(torch.where(mask, value, target))
+    return target.masked_fill_(mask, value)
+
+
+class CapturedBlocks:
+    """Blocks of k iterations of :meth:`Driver.run` captured once and replayed (:mod:`phasetorch.replay`:
+    a CUDA graph on CUDA, the tape in tests).
+
+    A block t0+1 … t0+k replays a capture when the algorithm's
+    :meth:`~phasetorch.optim.engine.Algorithm.step_key` of each of its iterations and the log's record
+    positions are those of the capture (the key). The first block with a key runs plainly; the second
+    runs the capture's body eagerly on the capture stream (the warm-up CUDA graphs ask for); the third is
+    captured (and run); later ones replay. At most ``MAX_GRAPHS`` captures are kept (a schedule that
+    changes μ at every t never replays). While blocks are captured or replayed, the carried tensors
+    and the algorithm's state live in static buffers (copied in when a plain block ran in between), the
+    iteration index t enters as a 0-dim device tensor, and records go to a static buffer appended to
+    the log after each block (their time is the block's end). A CUDA capture the graph API refuses
+    (nothing ran) switches the run to the plain path with a warning; a tape's refusal is an error.
+    The results are the plain loop's bit for bit: the body is :meth:`Driver.iterate` itself."""
+
+    MAX_GRAPHS = 2
+
+    def __init__(self, driver: "Driver", engine_cls, state: dict, k: int, log_every: int, tol: float, f_limit,
+                 stall) -> None:
+        self.d, self.cls, self.state, self.k, self.log_every = driver, engine_cls, state, k, log_every
+        self.tol, self.f_limit, self.stall = tol, f_limit, stall
+        self.engines: dict = {}            # key → (engine, captured?, record buffer)
+        self.seen: dict = {}               # key → blocks seen with it
+        self.statics: Optional[dict] = None
+        self.static_state: Optional[dict] = None
+        self.t0 = torch.zeros((), dtype=torch.int64, device=driver.x0.device)
+        self.off = False
+        #: blocks run each way (the log's ``config["captured_blocks"]``)
+        self.counts = {"backend": engine_cls.__name__, "plain": 0, "warm_up": 0, "captured": 0, "replayed": 0}
+
+    def key(self, t0: int, kb: int) -> tuple:
+        ts = range(t0 + 1, t0 + kb + 1)
+        return kb, tuple(self.d.alg.step_key(t) for t in ts), tuple(t % self.log_every == 0 for t in ts)
+
+    def ran_plain(self, t0: int, kb: int) -> None:
+        """A plain block ran t0+1 … t0+kb: count its key."""
+        self.counts["plain"] += 1
+        if not self.off:
+            key = self.key(t0, kb)
+            self.seen[key] = self.seen.get(key, 0) + 1
+
+    @staticmethod
+    def layout(values: dict) -> Optional[dict]:
+        """Shapes and dtypes of a dict of tensors (None: a value that is neither a tensor nor None)."""
+        out = {}
+        for name, v in values.items():
+            if v is not None and not isinstance(v, torch.Tensor):
+                return None
+            out[name] = None if v is None else (v.shape, v.dtype, v.device)
+        return out
+
+    def bind(self, c: dict) -> bool:
+        """Put the current values into the static buffers and bind ``c`` and the state to them; False when
+        their layout changed since the buffers were made (the run goes on plainly)."""
+        state = self.state
+        if self.statics is None:
+            lc, ls = self.layout(c), self.layout(state)
+            if lc is None or ls is None:
+                return False
+            self.layouts = (lc, ls)
+            self.statics = {n: None if v is None else v.clone() for n, v in c.items()}
+            self.static_state = {n: v.clone() for n, v in state.items()}
+        else:
+            if (self.layout(c), self.layout(state)) != self.layouts:
+                return False
+            self.store(c, state)
+        c.update(self.statics)
+        state.update(self.static_state)
+        return True
+
+    def store(self, c: dict, state: dict) -> None:
+        """Copy the values of ``c`` and the state into the static buffers. A value that is itself (a view
+        of) a static buffer — BB's previous iterate is the block's starting x when k = 1 — is read before
+        any buffer is written."""
+        pairs = [(st[n], v) for values, st in ((c, self.statics), (state, self.static_state))
+                 for n, v in values.items() if v is not None and v is not st[n]]
+        held = {t.untyped_storage().data_ptr() for t in (*self.statics.values(), *self.static_state.values())
+                if t is not None}
+        pairs = [(dst, src.clone() if src.untyped_storage().data_ptr() in held else src) for dst, src in pairs]
+        for dst, src in pairs:
+            dst.copy_(src)
+
+    def body(self, c: dict, t0: int, kb: int, rec: torch.Tensor) -> Callable[[], None]:
+        """The block t0+1 … t0+kb on the static buffers (host values from t0; t from ``self.t0``)."""
+        d, state, statics, static_state = self.d, self.state, self.statics, self.static_state
+        iterate = functools.partial(d.iterate, state=state, tol=self.tol, f_limit=self.f_limit, stall=self.stall,
+                                    k=self.k, log_every=self.log_every)
+
+        def run() -> None:
+            slots = iter(range(rec.shape[0]))
+
+            def record(t, x, f, gn, alpha, res):
+                rec[next(slots)].copy_(d.record_values(x, f, gn, alpha, res))
+
+            for i in range(kb):
+                iterate(c, t=t0 + i + 1, tv=self.t0 + (i + 1), record=record)
+            self.store(c, state)
+            c.update(statics)
+            state.update(static_state)
+
+        return run
+
+    def run(self, c: dict, t0: int, kb: int) -> Optional[int]:
+        """Iterations t0+1 … t0+kb captured or replayed; None when they must run plainly (the caller runs
+        them), else the last iteration recorded in the log (−1 if none)."""
+        if self.off:
+            return None
+        key = self.key(t0, kb)
+        slot = self.engines.get(key)
+        if slot is None:
+            if self.seen.get(key, 0) == 0 or len(self.engines) >= self.MAX_GRAPHS:
+                return None
+            slot = self.engines[key] = [self.cls(self.t0.device), False,
+                                        torch.empty(sum(key[2]), len(self.d.record_names), self.d.B,
+                                                    dtype=self.d.op.real_dtype, device=self.t0.device)]
+        engine, captured, rec = slot
+        if not self.bind(c):
+            self.off = True
+            return None
+        self.t0.fill_(t0)
+        if captured:
+            engine.replay()
+            self.counts["replayed"] += 1
+        elif self.seen[key] == 1:             # the warm-up: the body, eagerly, where the capture will run
+            replay.run_eager(engine, self.body(c, t0, kb, rec))
+            self.counts["warm_up"] += 1
+        else:
+            try:
+                engine.capture(self.body(c, t0, kb, rec))
+            except replay.CaptureError as exc:
+                if isinstance(engine, replay.Tape):
+                    raise
+                c.update(self.statics)          # nothing ran: the statics hold the block's start
+                self.state.update(self.static_state)
+                self.off = True
+                warnings.warn(f"'{self.d.name}': iterations are not captured as a graph ({exc}); "
+                              f"the plain loop runs (same results)", RuntimeWarning, stacklevel=4)
+                return None
+            slot[1] = True
+            self.counts["captured"] += 1
+        self.seen[key] += 1
+        ts = [t for t, due in zip(range(t0 + 1, t0 + kb + 1), key[2]) if due]
+        now = time.perf_counter() - self.d.t_start
+        for j, t in enumerate(ts):
+            self.d.log.append_stacked(t + self.d.offset, self.d.record_names, rec[j].clone(), now)
+        return ts[-1] if ts else -1
+
+
 @dataclass
 class Divergence:
     """The first divergence of a sample: iteration, flat index, loss and initial loss."""
@@ -578,13 +744,16 @@ class Driver:
         self.divergences: List[Divergence] = []
 
     # ------------------------------------------------------------------ helpers
-    def record(self, t, x, f, grad_norm, alpha, res) -> None:
+    def record_values(self, x, f, grad_norm, alpha, res) -> torch.Tensor:
+        """One log record's columns (``record_names``) stacked: (ncols, B)."""
         vals = [f, grad_norm, alpha, norm2(x).sqrt(), res]
         if self.xt is not None:
             vals += list(truth_metrics(x, self.xt))
         rdt = self.op.real_dtype
-        self.log.append_stacked(t + self.offset, self.record_names,
-                                torch.stack([v if v.dtype == rdt else v.to(rdt) for v in vals]),
+        return torch.stack([v if v.dtype == rdt else v.to(rdt) for v in vals])
+
+    def record(self, t, x, f, grad_norm, alpha, res) -> None:
+        self.log.append_stacked(t + self.offset, self.record_names, self.record_values(x, f, grad_norm, alpha, res),
                                 time.perf_counter() - self.t_start)
 
     def view(self, x):
@@ -656,12 +825,10 @@ class Driver:
         status = torch.zeros(B, dtype=torch.int8, device=dev)
         iterations = torch.where(active, max_iter, 0).to(torch.int64)
         zero = torch.zeros(B, dtype=rdt, device=dev)
-        grads = self.alg.uses_gradient
 
         ev = self.loss.evaluate(x, self.data)
         f, G, r = ev.value, ev.grad, ev.r
-        adaptive = self.loss.adaptive_weights     # the weights of x's evaluation are kept for the line search
-        W = ev.weights if adaptive else None
+        W = ev.weights if self.loss.adaptive_weights else None   # kept for the line search
         if not bool(torch.isfinite(f).all()):
             idx = (~torch.isfinite(f)).nonzero().reshape(-1).tolist()[:8]
             raise ValueError(f"the loss at the initial point is not finite for sample(s) {idx}: the intensities overflow "
@@ -683,108 +850,151 @@ class Driver:
         t = t_last = 0
         last_row = -1                                  # iteration of the last record written
         # device-side bookkeeping, read every k iterations (one host read per block of k)
-        t_end = torch.zeros((), dtype=torch.int64, device=dev)        # the last iteration any sample ran
-        step_end = zero.clone()                                        # the step column of that iteration
-        div_t = torch.zeros(B, dtype=torch.int64, device=dev)          # iteration of each divergence
-        div_f = torch.zeros_like(f)                                    # loss at the divergence
-        diverged = torch.zeros(B, dtype=torch.bool, device=dev)
+        c = {"x": x, "f": f, "G": G, "r": r, "W": W, "res": res, "active": active,
+             "status": status, "iterations": iterations,
+             "t_end": torch.zeros((), dtype=torch.int64, device=dev),     # the last iteration any sample ran
+             "step_end": zero.clone(),                                    # the step column of that iteration
+             "div_t": torch.zeros(B, dtype=torch.int64, device=dev),      # iteration of each divergence
+             "div_f": torch.zeros_like(f),                                # loss at the divergence
+             "diverged": torch.zeros(B, dtype=torch.bool, device=dev)}
         reported = 0                                                   # divergences already turned into messages
         if k == 1 and max_iter and not bool(active.any()):
             max_iter = 0                               # nothing to run (a later stage with every sample done)
         stall = STALL_GRADIENT * g0                    # ‖∇f‖ above it: a stop without a move is a stall
-        book = {"active": active, "status": status, "iterations": iterations, "div_t": div_t, "div_f": div_f,
-                "diverged": diverged}
+        book = {name: c[name] for name in ("active", "status", "iterations", "div_t", "div_f", "diverged")}
         block = GradientBlock.build(self, tol, log_every, callback, f, G, W, res, state, f_limit, stall, book,
                                     (Status.CONVERGED, Status.STALLED, Status.DIVERGED)) \
             if max_iter and bool(active.any()) else None
+        engine = replay.backend(dev) if block is None and callback is None and max_iter else None
+        blocks = CapturedBlocks(self, engine, state, k, log_every, tol, f_limit, stall) if engine is not None \
+            else None
+        iterate = functools.partial(self.iterate, state=state, tol=tol, f_limit=f_limit, stall=stall, k=k,
+                                    log_every=log_every)
         try:
             if block is not None:       # the same loop compiled, up to BLOCK iterations per C call
                 t_last, last_row = self.run_compiled(block, max_iter, bar, book, f0)
-                x, f, G, W, res, step_end = block.x.view_as(x), block.f, block.G.view_as(G), block.weights, \
-                    block.res, block.step
-            for t in range(1, (max_iter if block is None else 0) + 1):
-                running = active
-                x_prev, f_prev, res_prev, G_prev, r_prev, W_prev = x, f, res, G, r, W
-                ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r, W))
-                out = self.alg.step(state, t, x, f, G, ctx)
-                x = out.x            # inactive samples' moves are undone by the keep below, with their evaluations
-                ev = out.cache if isinstance(out.cache, Evaluation) else self.evaluate(x) \
-                    if out.cache is None and grads else self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
-                f, G, r = ev.value, ev.grad, ev.r
-                res = self.loss.residual(ev.fields, self.data)
-                moved = active if out.accepted is None else active & out.accepted
-                bad = moved & ~((f <= f_limit) & (f.abs() < math.inf))   # NaN, ±inf or above the limit
-                div_f = torch.where(bad, f, div_f)
-                # one select for every kept quantity: samples that did not move or that diverged keep
-                # the previous iterate and its evaluation
-                W = ev.weights if adaptive else None
-                x, f, res, r, G, W = keep_previous(~moved | bad, (x, f, res, r, G, W),
-                                                   (x_prev, f_prev, res_prev, r_prev, G_prev, W_prev))
-                div_t.masked_fill_(bad, t)
-                diverged |= bad
-                status.masked_fill_(bad, Status.DIVERGED)
-                iterations.masked_fill_(bad, t - 1)
-                ok = active & ~bad
-                step_t = out.alpha.to(rdt) * ok                   # α where the sample moved, else 0 (α finite)
-                gn = None
-                if tol > 0:
-                    fit = res <= tol
-                    stop = ok & (fit | ((res - res_prev).abs() <= tol * res_prev))
-                    if out.retry is not None:          # a rejected trial retries: not a stop
-                        stop = stop & ~out.retry
-                    if G is not None:
-                        gn = norm2(G).sqrt()
-                        # stalled: stopped without a fit, without moving, with a gradient that is not small
-                        stuck = (x == x_prev).reshape(B, -1).all(1) & ~fit & (gn > stall)
-                        status.masked_fill_(stop, Status.CONVERGED).masked_fill_(stop & stuck, Status.STALLED)
-                    else:
-                        status.masked_fill_(stop, Status.CONVERGED)
-                    iterations.masked_fill_(stop, t)
-                    active = ok & ~stop
-                else:
-                    active = ok
-                if k > 1:                              # which iteration of the block ran last (read with the block)
-                    ran = running.any()
-                    t_end = torch.where(ran, t, t_end)
-                    step_end = torch.where(ran, step_t, step_end)
-                else:                                  # a read every iteration: this one ran (else the loop ended)
-                    step_end = step_t
+                c.update(x=block.x.view_as(x), f=block.f, G=block.G.view_as(G), W=block.weights, res=block.res,
+                         step_end=block.step, active=book["active"])
+            while t < max_iter and block is None:
+                kb = min(k, max_iter - t)          # t is a multiple of k here: a block ends at each host read
                 stopped_by_cb = False
-                if callback is not None:
-                    info = {"loss": f.reshape(self.batch), "residual": res.reshape(self.batch),
-                            "active": active.reshape(self.batch)}
-                    stopped_by_cb = bool(callback(t, self.view(x), info))
-                if t % log_every == 0:
-                    self.record(t, x, f, gn if gn is not None else self.grad_norm(G, x, r), step_t, res)
-                    last_row = t
-                if bar is not None:
-                    bar.update(1)
-                if t % k == 0 or t == max_iter or stopped_by_cb:
-                    # the one host read of a block of k iterations: is anything left, did anything diverge
-                    if k > 1:
-                        n_left, n_div, t_last = torch.stack([active.sum(), diverged.sum(), t_end]).tolist()
-                    else:
-                        (n_left, n_div), t_last = torch.stack([active, diverged]).sum(1).tolist(), t
-                    if n_div > reported:
-                        reported = self.note_divergences(diverged, div_t, div_f, f0, x)
+                t0 = t
+                done = blocks.run(c, t0, kb) if blocks is not None else None   # a captured block, or None
+                if done is not None:
+                    t = t0 + kb
+                    last_row = max(last_row, done)
                     if bar is not None:
-                        self.update_bar(bar, f, x)
-                    if not n_left or stopped_by_cb:
+                        bar.update(kb)
+                else:
+                    for t in range(t0 + 1, t0 + kb + 1):
+                        if iterate(c, t=t, tv=t, record=self.record):
+                            last_row = t
+                        if callback is not None:
+                            info = {"loss": c["f"].reshape(self.batch), "residual": c["res"].reshape(self.batch),
+                                    "active": c["active"].reshape(self.batch)}
+                            stopped_by_cb = bool(callback(t, self.view(c["x"]), info))
+                        if bar is not None:
+                            bar.update(1)
                         if stopped_by_cb:
-                            iterations = torch.where(active, torch.full_like(iterations, t), iterations)
-                            t_last = t
-                        break
+                            break
+                    if blocks is not None:
+                        blocks.ran_plain(t0, kb)
+                # the one host read of a block of k iterations: is anything left, did anything diverge
+                active, diverged = c["active"], c["diverged"]
+                if k > 1:
+                    n_left, n_div, t_last = torch.stack([active.sum(), diverged.sum(), c["t_end"]]).tolist()
+                else:
+                    (n_left, n_div), t_last = torch.stack([active, diverged]).sum(1).tolist(), t
+                if n_div > reported:
+                    reported = self.note_divergences(diverged, c["div_t"], c["div_f"], f0, c["x"])
+                if bar is not None:
+                    self.update_bar(bar, c["f"], c["x"])
+                if not n_left or stopped_by_cb:
+                    if stopped_by_cb:
+                        c["iterations"] = torch.where(active, torch.full_like(c["iterations"], t), c["iterations"])
+                        t_last = t
+                    break
         finally:
             if bar is not None:
                 bar.close()
+        x = c["x"]
+        if blocks is not None:                 # summed over the stages of a run (a preset's refinement)
+            counts = self.log.config.setdefault("captured_blocks", {"backend": blocks.counts["backend"]})
+            for name, n in blocks.counts.items():
+                if name != "backend":
+                    counts[name] = counts.get(name, 0) + n
+            counts["fallback"] = counts.get("fallback", False) or blocks.off
         if t_last > 0:
             if last_row > t_last:      # records of iterations in which nothing ran (k > 1): not kept
                 self.log.drop_after(t_last + self.offset)
                 last_row = t_last - t_last % log_every
             if last_row != t_last:     # the final iterate is always recorded
-                self.record(t_last, x, f, self.grad_norm(G, x, r), step_end, res)
+                self.record(t_last, x, c["f"], self.grad_norm(c["G"], x, c["r"]), c["step_end"], c["res"])
+        status = c["status"]
         status = torch.where(status == Status.RUNNING, torch.full_like(status, Status.MAX_ITER), status)
-        return self.finish(x, status, iterations)
+        return self.finish(x, status, c["iterations"])
+
+    def iterate(self, c: dict, state, t: int, tv, tol: float, f_limit, stall, k: int, log_every: int,
+                record: Callable) -> bool:
+        """Iteration t of :meth:`run` on the carried tensors ``c`` (rebound, or updated in place) and the
+        algorithm's ``state``. ``tv`` is t as the bookkeeping writes it: t itself, or a 0-dim device
+        tensor in a captured block (whose host values are frozen at capture, :mod:`phasetorch.replay`).
+        ``record(t, x, f, ‖∇f‖, α, residual)`` writes the log record when t is due (returns True then)."""
+        B, rdt = self.B, self.op.real_dtype
+        x_prev, f_prev, res_prev, G_prev, r_prev, W_prev = x, f, res, G, r, W = \
+            c["x"], c["f"], c["res"], c["G"], c["r"], c["W"]
+        running = active = c["active"]
+        status, iterations = c["status"], c["iterations"]
+        ctx = StepContext(self.trial_eval(x, r), active, r, self.project, self.full_eval(x, r, W))
+        out = self.alg.step(state, t, x, f, G, ctx)
+        x = out.x            # inactive samples' moves are undone by the keep below, with their evaluations
+        grads = self.alg.uses_gradient
+        ev = out.cache if isinstance(out.cache, Evaluation) else self.evaluate(x) \
+            if out.cache is None and grads else self.loss.evaluate(x, self.data, r=out.cache, grad=grads)
+        f, G, r = ev.value, ev.grad, ev.r
+        res = self.loss.residual(ev.fields, self.data)
+        moved = active if out.accepted is None else active & out.accepted
+        bad = moved & ~((f <= f_limit) & (f.abs() < math.inf))   # NaN, ±inf or above the limit
+        c["div_f"] = torch.where(bad, f, c["div_f"])
+        # one select for every kept quantity: samples that did not move or that diverged keep
+        # the previous iterate and its evaluation
+        W = ev.weights if self.loss.adaptive_weights else None
+        x, f, res, r, G, W = keep_previous(~moved | bad, (x, f, res, r, G, W),
+                                           (x_prev, f_prev, res_prev, r_prev, G_prev, W_prev))
+        fill(c["div_t"], bad, tv)
+        c["diverged"] |= bad
+        status.masked_fill_(bad, Status.DIVERGED)
+        fill(iterations, bad, tv - 1)
+        ok = active & ~bad
+        step_t = out.alpha.to(rdt) * ok                   # α where the sample moved, else 0 (α finite)
+        gn = None
+        if tol > 0:
+            fit = res <= tol
+            stop = ok & (fit | ((res - res_prev).abs() <= tol * res_prev))
+            if out.retry is not None:          # a rejected trial retries: not a stop
+                stop = stop & ~out.retry
+            if G is not None:
+                gn = norm2(G).sqrt()
+                # stalled: stopped without a fit, without moving, with a gradient that is not small
+                stuck = (x == x_prev).reshape(B, -1).all(1) & ~fit & (gn > stall)
+                status.masked_fill_(stop, Status.CONVERGED).masked_fill_(stop & stuck, Status.STALLED)
+            else:
+                status.masked_fill_(stop, Status.CONVERGED)
+            fill(iterations, stop, tv)
+            active = ok & ~stop
+        else:
+            active = ok
+        if k > 1:                              # which iteration of the block ran last (read with the block)
+            ran = running.any()
+            c["t_end"] = torch.where(ran, tv, c["t_end"])
+            c["step_end"] = torch.where(ran, step_t, c["step_end"])
+        else:                                  # a read every iteration: this one ran (else the loop ended)
+            c["step_end"] = step_t
+        c.update(x=x, f=f, G=G, r=r, W=W, res=res, active=active)
+        if t % log_every == 0:
+            record(t, x, f, gn if gn is not None else self.grad_norm(G, x, r), step_t, res)
+            return True
+        return False
 
     def run_compiled(self, block: GradientBlock, max_iter: int, bar, book: dict, f0) -> Tuple[int, int]:
         """The loop of :meth:`run` through :class:`~phasetorch.optim.compiled.GradientBlock` (its state and

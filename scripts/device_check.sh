@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks, in one call on a CUDA machine (its python3 must have torch; peers are optional):
-#   1. the CUDA tests (tests/test_cuda.py and the DMFT CUDA test): every piece on CUDA = on the CPU;
+#   1. the CUDA tests (tests/test_cuda.py, the CUDA-graph test of tests/test_replay.py, the DMFT CUDA test):
+#      every piece on CUDA = on the CPU, CUDA graphs = the plain loop;
 #   2. the demo on the GPU (`phasetorch demo --device cuda`), its summary kept;
-#   3. the per-iteration cost of every preset (scripts/iteration_cost.py);
+#   3. the per-iteration cost of every preset, CUDA graphs vs plain (scripts/iteration_cost.py --compare-graphs);
 #   4. the benchmark rows on the GPU (default 5,1,2,4,6,3, in that order: the batch goal first).
 # Usage: scripts/device_check.sh OUTDIR [ROWS] [BENCH_TIMEOUT_S]
 # Writes OUTDIR/{pytest_cuda.txt, demo_summary.json, iteration_cost_cuda.json, benchmark_cuda.json,
@@ -22,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,n
 "$PY" -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'python', sys.version.split()[0])"
 
 echo "== 1. CUDA tests"
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider -rfEs tests/test_cuda.py "tests/test_dmft.py::test_cuda_matches_cpu" \
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider -rfEs tests/test_cuda.py tests/test_replay.py "tests/test_dmft.py::test_cuda_matches_cpu" \
     2>&1 | tee "$OUT/pytest_cuda.txt" | tail -25 || status=1
 grep -qE "[0-9]+ passed" "$OUT/pytest_cuda.txt" && ! grep -qE "failed|error" "$OUT/pytest_cuda.txt" || status=1
 
@@ -35,8 +36,8 @@ else
     echo "demo FAILED"; tail -20 /tmp/demo_cuda.txt; status=1
 fi
 
-echo "== 3. per-iteration cost of every preset on the GPU (n=1024, m=8n, float64)"
-timeout 120 "$PY" scripts/iteration_cost.py --device cuda --n 1024 --json "$OUT/iteration_cost_cuda.json" || status=1
+echo "== 3. per-iteration cost of every preset on the GPU (n=1024, m=8n, float64), CUDA graphs vs plain"
+timeout 240 "$PY" scripts/iteration_cost.py --device cuda --n 1024 --compare-graphs --json "$OUT/iteration_cost_cuda.json" || status=1
 
 echo "== 4. benchmark rows $ROWS on the GPU"
 timeout "$BENCH_TIMEOUT" "$PY" scripts/benchmark.py --device cuda --rows "$ROWS" \

@@ -2,7 +2,7 @@
 """Per-iteration cost of every preset, and of the spectral start, on one device.
 
     python scripts/iteration_cost.py [--device cpu|cuda] [--n 1024] [--delta 8] [--batch 1]
-                                     [--dtype float32|float64] [--json PATH]
+                                     [--dtype float32|float64] [--compare-graphs] [--json PATH]
 
 Each preset runs as a user runs it (its spectral start, default stopping; complex Gaussian, m = δn)
 once with ``max_iter=0`` (the start alone: t₀) and once to convergence (t, k iterations); the table
@@ -11,9 +11,13 @@ loss, residual, stopping, log record). At a small n this is the fixed overhead p
 (Python dispatch, kernel launches, host reads); at a large n it approaches the products with A.
 The spectral start (``spectral_init``, Lanczos to 1e-6) is timed alone too, with its product count.
 Times are the minimum of ``--repeats`` runs after a warm-up (the accelerator synchronised).
+``--compare-graphs`` times every preset twice, with the loop's blocks captured and replayed as CUDA graphs
+(``PHASETORCH_GRAPHS`` unset, the default on CUDA) and plainly (``PHASETORCH_GRAPHS=0``), and says whether
+the two results are the same bit for bit (on a CPU both are the plain loop).
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p.add_argument("--max-iter", dest="max_iter", type=int, default=3000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compare-graphs", dest="compare_graphs", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -70,16 +75,39 @@ def main(argv=None) -> int:
     rows = []
     print(f"device {dev}{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}, "
           f"complex Gaussian n={a.n}, m={a.delta * a.n}, batch {a.batch}, {a.dtype}, torch {torch.__version__}")
+    modes = ("1", "0") if a.compare_graphs else (os.environ.get("PHASETORCH_GRAPHS"),)
     for alg in PRESETS:
-        def run(k, alg=alg):
-            return reconstruct(op, y, alg, max_iter=k, progress=False, seed=0)
-        k = int(run(a.max_iter).iterations.max())
-        t0 = _best(lambda: run(0), dev, a.repeats)
-        t1 = _best(lambda: run(a.max_iter), dev, a.repeats)
-        per = (t1 - t0) / max(k, 1)
-        rows.append({"algorithm": alg, "iterations": k, "start_s": t0, "total_s": t1, "per_iteration_s": per})
-        print(f"  {alg:6s} {k:5d} iterations in {t1 * 1e3:8.1f} ms: {per * 1e6:8.1f} µs per iteration "
-              f"(start {t0 * 1e3:.1f} ms)")
+        results = {}
+        for mode in modes:
+            if mode is not None:
+                os.environ["PHASETORCH_GRAPHS"] = mode
+
+            def run(k, alg=alg):
+                return reconstruct(op, y, alg, max_iter=k, progress=False, seed=0)
+            rec = run(a.max_iter)
+            k = int(rec.iterations.max())
+            t0 = _best(lambda: run(0), dev, a.repeats)
+            t1 = _best(lambda: run(a.max_iter), dev, a.repeats)
+            per = (t1 - t0) / max(k, 1)
+            row = {"algorithm": alg, "iterations": k, "start_s": t0, "total_s": t1, "per_iteration_s": per}
+            label = ""
+            if a.compare_graphs:
+                row["graphs"] = mode == "1"
+                row["captured_blocks"] = rec.log.config.get("captured_blocks")
+                label = " graphs" if mode == "1" else "  plain"
+                results[mode] = rec
+            rows.append(row)
+            print(f"  {alg:6s}{label} {k:5d} iterations in {t1 * 1e3:8.1f} ms: {per * 1e6:8.1f} µs per iteration "
+                  f"(start {t0 * 1e3:.1f} ms)")
+        if a.compare_graphs:
+            same = torch.equal(results["1"].x, results["0"].x) and \
+                torch.equal(results["1"].iterations, results["0"].iterations)
+            ratio = rows[-1]["per_iteration_s"] / max(rows[-2]["per_iteration_s"], 1e-12)
+            rows[-2]["same_as_plain"] = same
+            rows[-2]["plain_over_graphs"] = ratio
+            blocks = rows[-2]["captured_blocks"]
+            note = f"blocks {blocks}" if blocks else "no graph backend on this device: both runs are the plain loop"
+            print(f"         graphs vs plain: {ratio:.2f}x faster per iteration, same result: {same}; {note}")
     _, info = spectral_init(op, y, tol=1e-6, return_info=True)
     products = int(info.matvecs.max())
     ts = _best(lambda: spectral_init(op, y, tol=1e-6), dev, a.repeats)

@@ -21,7 +21,7 @@ Shapes: x is the flat batch ``(B, *signal)``; f, the step α, ``scale`` and ``ct
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, Hashable, NamedTuple, Optional
 
 import torch
 
@@ -101,6 +101,13 @@ class Algorithm:
              grad: Optional[torch.Tensor], ctx: StepContext, mu: Optional[float] = None) -> StepResult:
         """One iteration t (1, 2, …) from x; ``mu`` overrides the default μ."""
         raise NotImplementedError  # abstract
+
+    def step_key(self, t: int) -> Hashable:
+        """What a step at iteration t takes from t itself, besides tensors: two iterations with equal
+        keys dispatch the same operations with the same host values, so a captured block of iterations
+        (a CUDA graph, :mod:`phasetorch.replay`) replays correctly at any t whose keys are the same.
+        Default: t (no two iterations alike: never replayed); an algorithm that ignores t returns ()."""
+        return t
 
     def describe(self) -> Any:
         """A JSON-friendly description of the step (for logs)."""

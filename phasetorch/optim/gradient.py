@@ -38,6 +38,9 @@ class GradientAlgorithm(Algorithm):
             return StepResult(alpha, x_new, f_new, cache, state["accepted"], state["retry"])
         return StepResult(alpha, x_new, f_new, cache)
 
+    def step_key(self, t):
+        return self.rule.step_key(t)
+
     def describe(self):
         return self.rule.describe()
 

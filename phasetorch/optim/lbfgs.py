@@ -144,6 +144,9 @@ class LBFGSAlgorithm(Algorithm):
                      has_prev=state["has_prev"] | new, d=d, trial=alpha, tries=tries, accepted=ok, retry=retry)
         return StepResult(torch.where(ok, alpha, 0.0), x_new, f_new, cache, ok, retry)
 
+    def step_key(self, t):
+        return min(self.memory, max(int(t) - 1, 0))         # the depth of the direction's memory
+
     def describe(self):
         return {"rule": "lbfgs_armijo", "mu0": self.mu, "memory": self.memory}
 

@@ -159,6 +159,9 @@ class ErrorReduction(Algorithm):
         self.op, self.psi, self.constraint = op, psi, constraint
         self.lsq = LeastSquares(op, constraint, check_int(cg_steps, "cg_steps", 1), tight)
 
+    def step_key(self, t):
+        return ()
+
     def step(self, state, t, x, f, grad, ctx, mu=None):
         z = self.op.linear(x) if ctx.cache is None else ctx.cache * math.sqrt(self.op.entry_energy)
         x_new = self.constraint(self.lsq.solve(phase_projection(z, self.psi), x, z))
@@ -213,6 +216,9 @@ class HybridInputOutputAlgorithm(Algorithm):
         if c.nonnegative and not imaginary:
             good = good & (comp >= 0)
         return good
+
+    def step_key(self, t):
+        return ()
 
     def step(self, state, t, x, f, grad, ctx, mu=None):
         b = self.mu if mu is None else self.check_beta(mu)

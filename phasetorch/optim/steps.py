@@ -85,6 +85,11 @@ class StepRule:
         """The step α_t of a rule that does not look at the loss (None for rules that do)."""
         return None
 
+    def step_key(self, t: int):
+        """What α_t takes from t besides tensors (see :meth:`~phasetorch.optim.engine.Algorithm.step_key`);
+        default t (never replayed)."""
+        return t
+
     def describe(self) -> Union[float, str, dict]:
         """A JSON-friendly description (for logs)."""
         return self.name
@@ -108,6 +113,9 @@ class Constant(StepRule):
 
     def alpha(self, t, scale, mu=None):
         return (self.mu if mu is None else mu) * scale
+
+    def step_key(self, t):
+        return ()
 
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
@@ -143,6 +151,12 @@ class Schedule(StepRule):
     def alpha(self, t, scale, mu=None):
         return (self.mu if mu is None else mu) * self.factor(t) * scale
 
+    def step_key(self, t):
+        try:                    # the schedule's value (called ahead: a function of t alone)
+            return self.factor(t)
+        except Exception:       # raised at iteration t by the step itself: never replayed
+            return ("error", t)
+
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
 
@@ -171,6 +185,9 @@ class WFRamp(StepRule):
 
     def alpha(self, t, scale, mu=None):
         return wf_ramp(t, self.tau0, self.mu if mu is None else mu) * scale
+
+    def step_key(self, t):
+        return wf_ramp(t, self.tau0, self.mu)      # constant from t = τ₀·ln(1/(1 − μ_max)) on
 
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
@@ -232,6 +249,9 @@ class Armijo(StepRule):
         state.update(armijo_trial=a, armijo_tries=tries, accepted=ok, retry=active & ~ok & ~give_up)
         return torch.where(ok, a, torch.zeros_like(a)), x_new, f_new, cache
 
+    def step_key(self, t):
+        return ()
+
     def describe(self):
         return {"rule": "armijo", "mu0": self.mu, "c": self.c, "shrink": self.shrink, "grow": self.grow}
 
@@ -280,6 +300,9 @@ class BarzilaiBorwein(StepRule):
         state.update(bb_x=x, bb_g=grad, bb_alpha=torch.where(ctx.active, alpha, base),
                      bb_has=torch.ones_like(state["bb_has"]))
         return out
+
+    def step_key(self, t):
+        return t % 2 if self.variant == "alternate" else ()
 
     def describe(self):
         return {"rule": "bb", "mu0": self.mu, "variant": self.variant}
@@ -358,6 +381,9 @@ class Safeguarded(StepRule):
 
     def alpha(self, t, scale, mu=None):
         return None
+
+    def step_key(self, t):
+        return self.rule.step_key(t)
 
     def describe(self):
         return self.rule.describe()      # the wrapped rule's steps (logs record "safeguard" among the options)

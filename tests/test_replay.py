@@ -1,0 +1,230 @@
+"""Captured and replayed iteration blocks (issue 18, item 3: CUDA graphs of the k-iteration block).
+
+On a CPU the blocks are replayed by :class:`phasetorch.replay.Tape`, which re-executes the recorded aten
+operations on the same tensors with the same host values — what a CUDA graph does — so a block whose
+correctness depends on a value frozen at capture replays wrongly here as it would on a GPU. Every preset,
+taped, must give the plain loop's results bit for bit, with blocks actually replayed. The CUDA graph itself
+is checked against the plain path where a GPU is present (the last test; ``scripts/device_check.sh``)."""
+
+import pytest
+import torch
+
+import phasetorch as pt
+from phasetorch import replay
+from phasetorch.optim.presets import PRESETS
+from phasetorch.optim.steps import BarzilaiBorwein, Schedule, WFRamp
+
+ALL = ["wf", "twf", "rwf", "taf", "raf", "af", "lbfgs", "auto", "gs", "hio"]
+
+
+@pytest.fixture(autouse=True)
+def torch_ops_only(monkeypatch):
+    """The tape sees torch operations only: the compiled CPU loop and the fused C kernel (ctypes) are off."""
+    monkeypatch.setenv("PHASETORCH_COMPILED_LOOP", "0")
+    monkeypatch.setenv("PHASETORCH_KERNELS", "0")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    op = pt.GaussianMeasurement(24, 192, complex=True, seed=0, dtype=torch.float64)
+    x = torch.randn(3, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    y = pt.GaussianNoise(0.05, seed=2, relative=True, event_dims=1)(op(x))
+    return op, x, y, pt.spectral_init(op, y, seed=0)
+
+
+def plain_and_taped(monkeypatch, *args, **kwargs):
+    out = []
+    for mode in ("0", "tape"):
+        monkeypatch.setenv("PHASETORCH_GRAPHS", mode)
+        out.append(pt.reconstruct(*args, progress=False, **kwargs))
+    return out
+
+
+def assert_same_run(a, b):
+    assert torch.equal(a.x, b.x)
+    assert torch.equal(a.status, b.status) and torch.equal(a.iterations, b.iterations)
+    assert torch.equal(a.log["iteration"], b.log["iteration"])
+    for col in a.log.columns:
+        if col not in ("iteration", "time"):
+            assert torch.equal(a.log[col].nan_to_num(-1.0), b.log[col].nan_to_num(-1.0)), col
+
+
+def test_every_preset_is_covered():
+    assert set(ALL) == set(PRESETS)
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_a_taped_run_is_the_plain_run_bit_for_bit(problem, algorithm, monkeypatch):
+    """Noisy data, samples stopping at different iterations, truth metrics, k = 4: the taped run replays
+    blocks and gives the plain loop's iterate, statuses, iteration counts and log."""
+    op, x, y, x0 = problem
+    # L-BFGS converges in ~20 iterations while its key (the memory's depth) changes until t = 11: it runs on;
+    # auto's stages are short at tol 1e-5: its own tolerance
+    tol = {"lbfgs": 0, "auto": None}.get(algorithm, 1e-5)
+    plain, taped = plain_and_taped(monkeypatch, op, y, algorithm, init=x0, max_iter=80 if tol == 0 else 300, tol=tol,
+                                   sync_every=4, x_true=x, seed=0)
+    assert_same_run(plain, taped)
+    counts = taped.log.config["captured_blocks"]
+    assert counts["backend"] == "Tape" and counts["captured"] >= 1 and not counts["fallback"]
+    assert counts["replayed"] >= 3, counts
+    assert "captured_blocks" not in plain.log.config
+
+
+def test_divergence_inside_replayed_blocks_is_frozen_and_reported_the_same(diverging_problem, monkeypatch):
+    op, y, x0 = diverging_problem
+    with pytest.warns(RuntimeWarning, match="diverged at iteration"):
+        plain, taped = plain_and_taped(monkeypatch, op, y, "wf", init=x0, step=0.05, safeguard=False, max_iter=400,
+                                       sync_every=4)
+    assert taped.status_names()[1] == "diverged" and taped.log.config["captured_blocks"]["replayed"] > 0
+    assert_same_run(plain, taped)
+
+
+@pytest.mark.parametrize("case", ["log_every", "bb_alternate", "schedule", "real_support", "k1_bb", "k1_ramp"])
+def test_record_patterns_step_keys_and_constraints_replay_correctly(problem, case, monkeypatch):
+    """log_every = 3 with k = 4 (the record positions cycle over three keys, two captured); BB alternating
+    with odd k (two alternating keys); a decaying schedule (a new key every block: nothing replays); a
+    real signal with a support constraint (a projection in every trial); k = 1 with BB (whose previous
+    iterate is the block's static x: copied before x is overwritten) and with WF's ramp (plain blocks
+    while it ramps, replays once it saturates, and plain blocks between replays)."""
+    op, x, y, x0 = problem
+    kw = dict(init=x0, max_iter=120, tol=0, seed=0)
+    if case == "log_every":
+        runs = plain_and_taped(monkeypatch, op, y, "raf", sync_every=4, log_every=3, **kw)
+    elif case == "bb_alternate":
+        runs = plain_and_taped(monkeypatch, op, y, "wf", step=BarzilaiBorwein(0.1, "alternate"), sync_every=3, **kw)
+    elif case == "schedule":
+        runs = plain_and_taped(monkeypatch, op, y, "wf", schedule=lambda t: 0.2 / (1 + t / 50), sync_every=4, **kw)
+    elif case == "k1_bb":
+        runs = plain_and_taped(monkeypatch, op, y, "wf", step="bb1", sync_every=1, **kw)
+    elif case == "k1_ramp":
+        runs = plain_and_taped(monkeypatch, op, y, "wf", sync_every=1, log_every=2, **kw)
+    else:
+        rop = pt.GaussianMeasurement(24, 192, complex=False, seed=3, dtype=torch.float64)
+        xr = torch.randn(2, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        xr[:, 20:] = 0
+        support = torch.ones(24, dtype=torch.bool)
+        support[20:] = False
+        runs = plain_and_taped(monkeypatch, rop, rop(xr), "taf", support=support, max_iter=120, tol=0, seed=0,
+                               sync_every=4)
+    plain, taped = runs
+    assert_same_run(plain, taped)
+    counts = taped.log.config["captured_blocks"]
+    if case == "schedule":
+        assert counts["captured"] == 0 and counts["replayed"] == 0
+    else:
+        assert counts["replayed"] > 0, counts
+    if case == "log_every":
+        assert counts["captured"] == 2
+
+
+@pytest.mark.parametrize("algorithm", ["raf", "lbfgs", "hio"])
+def test_coded_diffraction_images_in_float32_with_batch_dimensions_replay_the_same(algorithm, monkeypatch):
+    """FFT operators, a (2, 2) batch of 12×12 complex images, float32: the taped run is the plain one."""
+    op = pt.CodedDiffraction((12, 12), 4, seed=1, dtype=torch.float32)
+    x = torch.randn(2, 2, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(2))
+    y = pt.PoissonNoise(1e4, seed=3, event_dims=3)(op(x)) if algorithm == "raf" else op(x)
+    plain, taped = plain_and_taped(monkeypatch, op, y, algorithm, max_iter=60, tol=0, sync_every=4, x_true=x,
+                                   seed=0)
+    assert taped.x.shape == (2, 2, 12, 12)
+    assert_same_run(plain, taped)
+    assert taped.log.config["captured_blocks"]["replayed"] > 0
+
+
+def test_a_step_that_hides_its_dependence_on_t_replays_wrongly(problem, monkeypatch):
+    """The check has teeth: a schedule that claims to ignore t (step_key ()) is captured once and its
+    frozen step replayed — the taped run then leaves the plain one, as a CUDA graph would."""
+    op, x, y, x0 = problem
+
+    class Hiding(Schedule):
+        def step_key(self, t):
+            return ()
+
+    rule = Hiding(lambda t: 0.2 / (1 + t / 50))
+    plain, taped = plain_and_taped(monkeypatch, op, y, "wf", step=rule, init=x0, max_iter=100, tol=0, sync_every=4,
+                                   seed=0)
+    assert taped.log.config["captured_blocks"]["replayed"] > 0
+    assert not torch.equal(plain.x, taped.x)
+
+
+def test_step_keys_say_what_a_step_takes_from_t():
+    ramp = WFRamp()
+    assert ramp.step_key(10) != ramp.step_key(11)                   # ramping
+    assert ramp.step_key(100) == ramp.step_key(1000) == 0.2         # saturated: replayable
+    assert Schedule(lambda t: 1.0 / t).step_key(4) == 0.25
+    assert Schedule(lambda t: float("nan")).step_key(4) == ("error", 4)   # raised by the step itself, at t
+    assert BarzilaiBorwein(variant="alternate").step_key(3) != BarzilaiBorwein(variant="alternate").step_key(4)
+    assert BarzilaiBorwein(variant="bb2").step_key(3) == BarzilaiBorwein(variant="bb2").step_key(4)
+    assert pt.optim.Algorithm().step_key(5) == 5                   # the default: never replayed
+
+
+def test_the_tape_refuses_host_reads_and_value_dependent_shapes():
+    x = torch.randn(5)
+    for fn in (lambda: x.sum().item(), lambda: bool(x.sum() > 0), lambda: x.tolist(), lambda: x.nonzero(),
+               lambda: x[x > 0], lambda: x.masked_select(x > 0)):
+        with pytest.raises(replay.CaptureError):
+            replay.Tape().capture(fn)
+
+
+def test_the_tape_replays_on_the_same_tensors_with_frozen_host_values():
+    static = torch.zeros(3)
+    step = [1.0]
+
+    def block():
+        static.copy_(static * 2 + step[0])          # reads and writes the static buffer
+
+    tape = replay.Tape()
+    tape.capture(block)                             # capturing runs the block once
+    assert torch.equal(static, torch.ones(3))
+    step[0] = 100.0                                 # a host value changed after capture: frozen in the tape
+    tape.replay()
+    tape.replay()
+    assert torch.equal(static, torch.full((3,), 7.0))
+    with pytest.raises(RuntimeError):
+        replay.Tape().replay()
+
+
+def test_backend_follows_the_switch(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("PHASETORCH_GRAPHS", raising=False)
+    assert replay.backend(cpu) is None                       # graphs are a CUDA feature
+    monkeypatch.setenv("PHASETORCH_GRAPHS", "tape")
+    assert replay.backend(cpu) is replay.Tape
+    monkeypatch.setenv("PHASETORCH_GRAPHS", "0")
+    assert replay.backend(torch.device("cuda")) is None
+
+
+def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch):
+    """A graph API that refuses the capture (nothing ran): the run goes on plainly, says so, same results."""
+    op, x, y, x0 = problem
+
+    class Refusing:
+        def __init__(self, device):
+            pass
+
+        def capture(self, fn):
+            raise replay.CaptureError("refused for the test")
+
+    monkeypatch.setenv("PHASETORCH_GRAPHS", "0")
+    plain = pt.reconstruct(op, y, "taf", init=x0, max_iter=60, tol=0, progress=False, sync_every=4, seed=0)
+    monkeypatch.setattr(replay, "backend", lambda device: Refusing)
+    with pytest.warns(RuntimeWarning, match="not captured as a graph"):
+        rec = pt.reconstruct(op, y, "taf", init=x0, max_iter=60, tol=0, progress=False, sync_every=4, seed=0)
+    assert_same_run(plain, rec)
+    assert rec.log.config["captured_blocks"]["fallback"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("algorithm", ALL)
+def test_cuda_graphs_give_the_plain_results(algorithm, monkeypatch):
+    dev = torch.device("cuda")
+    op = pt.GaussianMeasurement(64, 512, complex=True, seed=0, dtype=torch.float64, device=dev)
+    x = torch.randn(3, 64, dtype=torch.complex128, generator=torch.Generator().manual_seed(1)).to(dev)
+    y = pt.GaussianNoise(0.05, seed=2, relative=True, event_dims=1)(op(x))
+    x0 = pt.spectral_init(op, y, seed=0)
+    out = []
+    for mode in ("0", "1"):
+        monkeypatch.setenv("PHASETORCH_GRAPHS", mode)
+        out.append(pt.reconstruct(op, y, algorithm, init=x0, max_iter=300, tol=1e-5, progress=False, x_true=x, seed=0))
+    assert_same_run(*out)
+    counts = out[1].log.config["captured_blocks"]
+    assert counts["backend"] == "CudaGraph" and not counts["fallback"], counts
