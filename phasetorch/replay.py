@@ -27,13 +27,14 @@ torch operations only: a block calling a compiled kernel through ctypes must not
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+import warnings
+from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["CaptureError", "Tape", "CudaGraph", "backend", "run_eager", "ENV_SWITCH"]
+__all__ = ["CaptureError", "Tape", "CudaGraph", "Blocks", "backend", "run_eager", "ENV_SWITCH"]
 
 ENV_SWITCH = "PHASETORCH_GRAPHS"
 
@@ -165,3 +166,135 @@ def run_eager(engine, fn: Callable[[], None]) -> None:
     else:
         fn()
 
+
+
+def _layout(values: dict) -> Optional[dict]:
+    """Shapes, dtypes and devices of a dict of tensors (None: a value that is neither a tensor nor None)."""
+    out = {}
+    for name, v in values.items():
+        if v is not None and not isinstance(v, torch.Tensor):
+            return None
+        out[name] = None if v is None else (v.shape, v.dtype, v.device)
+    return out
+
+
+class Blocks:
+    """The blocks of an iterative loop, captured and replayed by key (:mod:`phasetorch.solve`'s iteration loop,
+    the power method of :mod:`phasetorch.init.eigensolvers`).
+
+    A loop runs its blocks through :meth:`run` with a hashable key saying what the block takes from the host
+    (two blocks with equal keys dispatch the same operations with the same host values) and the dicts of
+    tensors it carries. The first block with a key runs plainly (``run`` returns False: the caller runs it
+    and calls :meth:`ran_plain`); the second runs the body eagerly where the capture will run (the warm-up
+    CUDA graphs ask for); the third is captured (capturing runs it); later ones replay. At most
+    ``MAX_GRAPHS`` captures are kept. While blocks are captured or replayed the carried tensors live in
+    static buffers (clones made at the first captured block; the current values are copied in before every
+    captured block, and the body's results copied back at its end, so plain blocks may run in between),
+    and the dicts are bound to them. ``t0`` is a 0-dim int64 device tensor holding the block's first index
+    (set before each block: a body reads its iteration numbers from it). A CUDA capture the graph API refuses
+    (nothing ran) turns capturing off for the loop, with a warning naming ``name``; the tape's refusals are
+    errors (tests). A change of the carried tensors' layout (shapes, dtypes, None-ness) also turns it off,
+    unless ``relayout=True``: then the static buffers are made afresh and the captures dropped."""
+
+    MAX_GRAPHS = 2
+
+    def __init__(self, engine_cls, device, name: str, relayout: bool = False) -> None:
+        self.cls, self.name, self.relayout = engine_cls, name, relayout
+        self.device = torch.device(device)
+        self.engines: dict = {}            # key → [engine, captured?]
+        self.seen: dict = {}               # key → blocks run with it
+        self.statics: Optional[list] = None
+        self.layouts = None
+        self.t0 = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.off = False
+        #: blocks run each way (a run's log says it: ``config["captured_blocks"]``)
+        self.counts = {"backend": engine_cls.__name__, "plain": 0, "warm_up": 0, "captured": 0, "replayed": 0}
+
+    def ran_plain(self, key: Hashable) -> None:
+        """The caller ran a block with ``key`` plainly."""
+        self.counts["plain"] += 1
+        if not self.off:
+            self.seen[key] = self.seen.get(key, 0) + 1
+
+    def bind(self, dicts: Sequence[dict]) -> bool:
+        """Copy the current values into the static buffers and bind the dicts to them (False: the layout
+        changed and capturing is off)."""
+        layouts = [_layout(d) for d in dicts]
+        if any(lay is None for lay in layouts):
+            return False
+        if self.statics is not None and layouts != self.layouts:
+            if not self.relayout:
+                return False
+            self.statics, self.engines, self.seen = None, {}, {}
+        if self.statics is None:
+            self.layouts = layouts
+            self.statics = [{n: None if v is None else v.clone() for n, v in d.items()} for d in dicts]
+        else:
+            self.store(dicts)
+        for d, st in zip(dicts, self.statics):
+            d.update(st)
+        return True
+
+    def store(self, dicts: Sequence[dict]) -> None:
+        """Copy the dicts' values into the static buffers. A value that is itself (a view of) a static
+        buffer — BB's previous iterate is the block's starting x when k = 1 — is read before any buffer is
+        written."""
+        pairs = [(st[n], v) for d, st in zip(dicts, self.statics) for n, v in d.items()
+                 if v is not None and v is not st[n]]
+        held = {t.untyped_storage().data_ptr() for st in self.statics for t in st.values() if t is not None}
+        pairs = [(dst, src.clone() if src.untyped_storage().data_ptr() in held else src) for dst, src in pairs]
+        for dst, src in pairs:
+            dst.copy_(src)
+
+    def run(self, key: Hashable, dicts: Sequence[dict], body: Callable[[], None], t0: int = 0) -> bool:
+        """Run the block ``body()`` (which reads and rebinds the dicts' entries) captured or replayed;
+        False when it must run plainly (the caller runs it, then calls :meth:`ran_plain`)."""
+        if self.off:
+            return False
+        slot = self.engines.get(key)
+        if slot is None and (self.seen.get(key, 0) == 0 or len(self.engines) >= self.MAX_GRAPHS):
+            return False
+        if not self.bind(dicts):
+            self.off = True
+            return False
+        slot = self.engines.get(key)          # (a relayout drops the captures)
+        if slot is None:
+            if self.seen.get(key, 0) == 0:
+                return False
+            slot = self.engines[key] = [self.cls(self.device), False]
+        engine = slot[0]
+        statics = self.statics
+
+        def block() -> None:
+            body()
+            self.store(dicts)
+            for d, st in zip(dicts, statics):
+                d.update(st)
+
+        self.t0.fill_(t0)
+        if slot[1]:
+            engine.replay()
+            self.counts["replayed"] += 1
+        elif self.seen[key] == 1:
+            run_eager(engine, block)
+            self.counts["warm_up"] += 1
+        else:
+            try:
+                engine.capture(block)
+            except CaptureError as exc:
+                if isinstance(engine, Tape):
+                    raise
+                for d, st in zip(dicts, statics):     # nothing ran: the statics hold the block's start
+                    d.update(st)
+                self.off = True
+                warnings.warn(f"'{self.name}': iterations are not captured as a graph ({exc}); the plain loop "
+                              f"runs (same results)", RuntimeWarning, stacklevel=3)
+                return False
+            slot[1] = True
+            self.counts["captured"] += 1
+        self.seen[key] += 1
+        return True
+
+    def stats(self) -> dict:
+        """``counts`` and whether capturing was turned off (``fallback``)."""
+        return dict(self.counts, fallback=self.off)

@@ -563,151 +563,57 @@ def fill(target: torch.Tensor, mask: torch.Tensor, value) -> torch.Tensor:
 
 
 class CapturedBlocks:
-    """Blocks of k iterations of :meth:`Driver.run` captured once and replayed (:mod:`phasetorch.replay`:
+    """Blocks of k iterations of :meth:`Driver.run` captured once and replayed (:class:`phasetorch.replay.Blocks`:
     a CUDA graph on CUDA, the tape in tests).
 
-    A block t0+1 … t0+k replays a capture when the algorithm's
+    A block t0+1 … t0+k replays a capture when its key is the capture's: the algorithm's
     :meth:`~phasetorch.optim.engine.Algorithm.step_key` of each of its iterations and the log's record
-    positions are those of the capture (the key). The first block with a key runs plainly; the second
-    runs the capture's body eagerly on the capture stream (the warm-up CUDA graphs ask for); the third is
-    captured (and run); later ones replay. At most ``MAX_GRAPHS`` captures are kept (a schedule that
-    changes μ at every t never replays). While blocks are captured or replayed, the carried tensors
-    and the algorithm's state live in static buffers (copied in when a plain block ran in between), the
-    iteration index t enters as a 0-dim device tensor, and records go to a static buffer appended to
-    the log after each block (their time is the block's end). A CUDA capture the graph API refuses
-    (nothing ran) switches the run to the plain path with a warning; a tape's refusal is an error.
-    The results are the plain loop's bit for bit: the body is :meth:`Driver.iterate` itself."""
-
-    MAX_GRAPHS = 2
+    positions (a schedule that changes μ at every t never replays). The body is :meth:`Driver.iterate`
+    itself on the carried tensors and the algorithm's state (static buffers while blocks are captured),
+    with t as ``blocks.t0 + i`` on the device; records go to a static buffer per key and are appended to
+    the log after each block (their time is the block's end). The results are the plain loop's bit for bit."""
 
     def __init__(self, driver: "Driver", engine_cls, state: dict, k: int, log_every: int, tol: float, f_limit,
                  stall) -> None:
-        self.d, self.cls, self.state, self.k, self.log_every = driver, engine_cls, state, k, log_every
+        self.d, self.state, self.k, self.log_every = driver, state, k, log_every
         self.tol, self.f_limit, self.stall = tol, f_limit, stall
-        self.engines: dict = {}            # key → (engine, captured?, record buffer)
-        self.seen: dict = {}               # key → blocks seen with it
-        self.statics: Optional[dict] = None
-        self.static_state: Optional[dict] = None
-        self.t0 = torch.zeros((), dtype=torch.int64, device=driver.x0.device)
-        self.off = False
-        #: blocks run each way (the log's ``config["captured_blocks"]``)
-        self.counts = {"backend": engine_cls.__name__, "plain": 0, "warm_up": 0, "captured": 0, "replayed": 0}
+        self.blocks = replay.Blocks(engine_cls, driver.x0.device, driver.name)
+        self.recs: dict = {}                 # key → the static record buffer (records, ncols, B)
 
     def key(self, t0: int, kb: int) -> tuple:
         ts = range(t0 + 1, t0 + kb + 1)
         return kb, tuple(self.d.alg.step_key(t) for t in ts), tuple(t % self.log_every == 0 for t in ts)
 
     def ran_plain(self, t0: int, kb: int) -> None:
-        """A plain block ran t0+1 … t0+kb: count its key."""
-        self.counts["plain"] += 1
-        if not self.off:
-            key = self.key(t0, kb)
-            self.seen[key] = self.seen.get(key, 0) + 1
+        """A plain block ran t0+1 … t0+kb."""
+        self.blocks.ran_plain(self.key(t0, kb))
 
-    @staticmethod
-    def layout(values: dict) -> Optional[dict]:
-        """Shapes and dtypes of a dict of tensors (None: a value that is neither a tensor nor None)."""
-        out = {}
-        for name, v in values.items():
-            if v is not None and not isinstance(v, torch.Tensor):
-                return None
-            out[name] = None if v is None else (v.shape, v.dtype, v.device)
-        return out
+    def run(self, c: dict, t0: int, kb: int) -> Optional[int]:
+        """Iterations t0+1 … t0+kb captured or replayed; None when they must run plainly (the caller runs
+        them), else the last iteration recorded in the log (−1 if none)."""
+        d, key = self.d, self.key(t0, kb)
+        if key not in self.recs:
+            self.recs[key] = torch.empty(sum(key[2]), len(d.record_names), d.B, dtype=d.op.real_dtype,
+                                         device=d.x0.device)
+        rec, t_dev = self.recs[key], self.blocks.t0
+        iterate = functools.partial(d.iterate, state=self.state, tol=self.tol, f_limit=self.f_limit,
+                                    stall=self.stall, k=self.k, log_every=self.log_every)
 
-    def bind(self, c: dict) -> bool:
-        """Put the current values into the static buffers and bind ``c`` and the state to them; False when
-        their layout changed since the buffers were made (the run goes on plainly)."""
-        state = self.state
-        if self.statics is None:
-            lc, ls = self.layout(c), self.layout(state)
-            if lc is None or ls is None:
-                return False
-            self.layouts = (lc, ls)
-            self.statics = {n: None if v is None else v.clone() for n, v in c.items()}
-            self.static_state = {n: v.clone() for n, v in state.items()}
-        else:
-            if (self.layout(c), self.layout(state)) != self.layouts:
-                return False
-            self.store(c, state)
-        c.update(self.statics)
-        state.update(self.static_state)
-        return True
-
-    def store(self, c: dict, state: dict) -> None:
-        """Copy the values of ``c`` and the state into the static buffers. A value that is itself (a view
-        of) a static buffer — BB's previous iterate is the block's starting x when k = 1 — is read before
-        any buffer is written."""
-        pairs = [(st[n], v) for values, st in ((c, self.statics), (state, self.static_state))
-                 for n, v in values.items() if v is not None and v is not st[n]]
-        held = {t.untyped_storage().data_ptr() for t in (*self.statics.values(), *self.static_state.values())
-                if t is not None}
-        pairs = [(dst, src.clone() if src.untyped_storage().data_ptr() in held else src) for dst, src in pairs]
-        for dst, src in pairs:
-            dst.copy_(src)
-
-    def body(self, c: dict, t0: int, kb: int, rec: torch.Tensor) -> Callable[[], None]:
-        """The block t0+1 … t0+kb on the static buffers (host values from t0; t from ``self.t0``)."""
-        d, state, statics, static_state = self.d, self.state, self.statics, self.static_state
-        iterate = functools.partial(d.iterate, state=state, tol=self.tol, f_limit=self.f_limit, stall=self.stall,
-                                    k=self.k, log_every=self.log_every)
-
-        def run() -> None:
+        def body() -> None:
             slots = iter(range(rec.shape[0]))
 
             def record(t, x, f, gn, alpha, res):
                 rec[next(slots)].copy_(d.record_values(x, f, gn, alpha, res))
 
             for i in range(kb):
-                iterate(c, t=t0 + i + 1, tv=self.t0 + (i + 1), record=record)
-            self.store(c, state)
-            c.update(statics)
-            state.update(static_state)
+                iterate(c, t=t0 + i + 1, tv=t_dev + (i + 1), record=record)
 
-        return run
-
-    def run(self, c: dict, t0: int, kb: int) -> Optional[int]:
-        """Iterations t0+1 … t0+kb captured or replayed; None when they must run plainly (the caller runs
-        them), else the last iteration recorded in the log (−1 if none)."""
-        if self.off:
+        if not self.blocks.run(key, (c, self.state), body, t0):
             return None
-        key = self.key(t0, kb)
-        slot = self.engines.get(key)
-        if slot is None:
-            if self.seen.get(key, 0) == 0 or len(self.engines) >= self.MAX_GRAPHS:
-                return None
-            slot = self.engines[key] = [self.cls(self.t0.device), False,
-                                        torch.empty(sum(key[2]), len(self.d.record_names), self.d.B,
-                                                    dtype=self.d.op.real_dtype, device=self.t0.device)]
-        engine, captured, rec = slot
-        if not self.bind(c):
-            self.off = True
-            return None
-        self.t0.fill_(t0)
-        if captured:
-            engine.replay()
-            self.counts["replayed"] += 1
-        elif self.seen[key] == 1:             # the warm-up: the body, eagerly, where the capture will run
-            replay.run_eager(engine, self.body(c, t0, kb, rec))
-            self.counts["warm_up"] += 1
-        else:
-            try:
-                engine.capture(self.body(c, t0, kb, rec))
-            except replay.CaptureError as exc:
-                if isinstance(engine, replay.Tape):
-                    raise
-                c.update(self.statics)          # nothing ran: the statics hold the block's start
-                self.state.update(self.static_state)
-                self.off = True
-                warnings.warn(f"'{self.d.name}': iterations are not captured as a graph ({exc}); "
-                              f"the plain loop runs (same results)", RuntimeWarning, stacklevel=4)
-                return None
-            slot[1] = True
-            self.counts["captured"] += 1
-        self.seen[key] += 1
         ts = [t for t, due in zip(range(t0 + 1, t0 + kb + 1), key[2]) if due]
-        now = time.perf_counter() - self.d.t_start
+        now = time.perf_counter() - d.t_start
         for j, t in enumerate(ts):
-            self.d.log.append_stacked(t + self.d.offset, self.d.record_names, rec[j].clone(), now)
+            d.log.append_stacked(t + d.offset, d.record_names, rec[j].clone(), now)
         return ts[-1] if ts else -1
 
 
@@ -919,11 +825,10 @@ class Driver:
                 bar.close()
         x = c["x"]
         if blocks is not None:                 # summed over the stages of a run (a preset's refinement)
-            counts = self.log.config.setdefault("captured_blocks", {"backend": blocks.counts["backend"]})
-            for name, n in blocks.counts.items():
-                if name != "backend":
-                    counts[name] = counts.get(name, 0) + n
-            counts["fallback"] = counts.get("fallback", False) or blocks.off
+            stats = blocks.blocks.stats()
+            counts = self.log.config.setdefault("captured_blocks", {"backend": stats.pop("backend")})
+            for name, n in stats.items():
+                counts[name] = (counts.get(name, False) or n) if name == "fallback" else counts.get(name, 0) + n
         if t_last > 0:
             if last_row > t_last:      # records of iterations in which nothing ran (k > 1): not kept
                 self.log.drop_after(t_last + self.offset)

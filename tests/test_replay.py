@@ -228,3 +228,42 @@ def test_cuda_graphs_give_the_plain_results(algorithm, monkeypatch):
     assert_same_run(*out)
     counts = out[1].log.config["captured_blocks"]
     assert counts["backend"] == "CudaGraph" and not counts["fallback"], counts
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_power_method_replays_its_blocks_with_the_plain_results(batch, monkeypatch):
+    """Shifted power iteration on a batch of Hermitian matrices with different gaps (samples finish in
+    different blocks, rows leave the batch and the captures are made afresh): taped = plain, bit for bit."""
+    from phasetorch.init.eigensolvers import power_top
+    g = torch.Generator().manual_seed(5)
+    N = 30
+    Q = torch.linalg.qr(torch.randn(batch, N, N, dtype=torch.complex128, generator=g))[0]
+    lam = torch.linspace(-0.5, 1.0, N, dtype=torch.float64).repeat(batch, 1)
+    lam[:, -2] = torch.tensor([0.9, 0.8, 0.95][:batch], dtype=torch.float64)     # gaps 0.1 … 0.05
+    D = (Q * lam.unsqueeze(1).to(Q.dtype)) @ Q.mH
+
+    def matvec(v, ids):
+        return torch.einsum("bij,bj->bi", D[ids], v)
+
+    v0 = torch.randn(batch, N, dtype=torch.complex128, generator=g)
+    out = []
+    for mode in ("0", "tape"):
+        monkeypatch.setenv("PHASETORCH_GRAPHS", mode)
+        out.append(power_top(matvec, v0, tol=1e-10, max_iter=2000, sync_every=4))
+    plain, taped = out
+    for field in ("vector", "eigenvalue", "second", "residual", "iterations", "matvecs", "converged", "shift"):
+        assert torch.equal(getattr(plain, field).nan_to_num(-1.0), getattr(taped, field).nan_to_num(-1.0)), field
+    assert plain.captured is None and taped.captured["replayed"] > 10 and taped.converged.all()
+    torch.testing.assert_close(taped.eigenvalue, lam.max(1).values, rtol=0, atol=1e-9)
+    if batch > 1:
+        assert len(set(taped.iterations.tolist())) == batch        # the samples left the batch apart
+
+
+def test_a_power_spectral_start_is_the_same_taped(problem, monkeypatch):
+    op, x, y, _ = problem
+    out = []
+    for mode in ("0", "tape"):
+        monkeypatch.setenv("PHASETORCH_GRAPHS", mode)
+        out.append(pt.spectral_init(op, y, seed=0, solver="power", sync_every=4, max_iter=300, return_info=True))
+    (a, ia), (b, ib) = out
+    assert torch.equal(a, b) and torch.equal(ia.iterations, ib.iterations) and ia.iterations.min() > 40

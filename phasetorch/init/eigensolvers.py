@@ -28,12 +28,14 @@ exact D cannot fall much below ε₃₂‖D‖, although the eigenvector itself 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from .. import replay
 from ..tensors import check_int, check_number, inner
 
 MatVec = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,6 +50,8 @@ class EigResult:
     convergence rate), NaN when unavailable. residual: ‖D u − θ u‖ / |θ| (float64).
     iterations: solver steps taken; matvecs: products with D (int64). converged: bool.
     shift: per-sample shift used (power method; zeros for Lanczos).
+    captured: the power method's blocks run each way where they are captured as graphs
+    (:class:`phasetorch.replay.Blocks`; None where nothing is captured).
     """
 
     vector: torch.Tensor
@@ -58,6 +62,7 @@ class EigResult:
     matvecs: torch.Tensor
     converged: torch.Tensor
     shift: torch.Tensor
+    captured: Optional[dict] = None
 
 
 def _norm(v: torch.Tensor) -> torch.Tensor:
@@ -523,56 +528,80 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
     out_conv = torch.zeros(B, dtype=torch.bool, device=dev)
 
     k = check_int(sync_every, "sync_every", 1)
-    ids = all_ids.clone()
-    sig = sigma.clone()
-    prev = torch.full((B,), float("nan"), **f64)
-    rate = torch.full((B,), float("nan"), **f64)
-    best = torch.full((B,), float("inf"), **f64)                 # stagnation: best residual so far
-    best_it = torch.zeros(B, dtype=torch.int64, device=dev)      # and the step it last improved by 1%
+    f64_inf = torch.full((B,), float("inf"), **f64)
+    # the carried rows (the unfinished samples'), and per row on the device: finished, and the result
+    # frozen at the step it finished
+    c = {"ids": all_ids.clone(), "sig": sigma.clone(), "x": x, "dx": torch.zeros_like(x),
+         "rel": torch.zeros(B, **f64), "prev": torch.full((B,), float("nan"), **f64),
+         "rate": torch.full((B,), float("nan"), **f64),
+         "best": f64_inf,                                                   # stagnation: best residual so far
+         "best_it": torch.zeros(B, dtype=torch.int64, device=dev),          # and the step it last improved by 1%
+         "fin": torch.zeros(B, dtype=torch.bool, device=dev), "r_vec": torch.zeros_like(x),
+         "r_theta": torch.zeros(B, **f64), "r_second": torch.zeros(B, **f64), "r_res": torch.zeros(B, **f64),
+         "r_iter": torch.zeros(B, dtype=torch.int64, device=dev),
+         "r_conv": torch.zeros(B, dtype=torch.bool, device=dev)}
+    engine = replay.backend(dev)
+    blocks = replay.Blocks(engine, dev, "power", relayout=True) if engine is not None else None
     it = 0
     bar = _progress_bar(progress, max_iter, "power")
-    # per state row, on the device: finished, and the result frozen at the step it finished
-    fin = torch.zeros(B, dtype=torch.bool, device=dev)
-    r_vec, r_theta, r_second = torch.zeros_like(x), torch.zeros(B, **f64), torch.zeros(B, **f64)
-    r_res, r_iter, r_conv = torch.zeros(B, **f64), torch.zeros(B, dtype=torch.int64, device=dev), fin.clone()
-    while ids.numel() > 0 and it < max_iter:
-        it += 1
-        dx = matvec(x, ids).to(vdtype)
-        theta = inner(x, dx, 1).real.to(torch.float64)
-        r = dx - theta.to(rdt).unsqueeze(-1) * x
-        res = _norm(r).to(torch.float64)
-        rel = res / theta.abs().clamp_min(torch.finfo(torch.float64).tiny)
-        ratio = res / prev
-        improved = res < 0.99 * best
-        rate = torch.where(improved & torch.isfinite(ratio) & (ratio < 1), ratio, rate)
-        prev = res
-        best = torch.where(improved, res, best)
-        best_it = torch.where(improved, torch.full_like(best_it, it), best_it)
-        conv = (res <= tol * theta.abs()) | (res == 0)
-        stalled = (it - best_it) >= patience
-        now = (conv | stalled | (it >= max_iter)) & ~fin                  # finished at this step
-        r_vec = torch.where(now.unsqueeze(-1), x, r_vec)
-        r_theta, r_res = torch.where(now, theta, r_theta), torch.where(now, rel, r_res)
-        r_second = torch.where(now, rate * (theta + sig) - sig, r_second)
-        r_iter, r_conv = r_iter.masked_fill(now, it), torch.where(now, conv, r_conv)
-        fin = fin | now
-        if it % k == 0 or it >= max_iter:              # the host's read: who finished
-            if bar is not None:
-                bar.update(it - bar.n)
-                bar.set_postfix(active=int(ids.numel()), worst=float(rel.max()))
-            if fin.any():
-                d = fin.nonzero().squeeze(-1)
-                o = ids[d]
-                out_vec[o], out_theta[o], out_second[o] = r_vec[d], r_theta[d], r_second[d]
-                out_res[o], out_iter[o], out_conv[o] = r_res[d], r_iter[d], r_conv[d]
-                keep_rows = (~fin).nonzero().squeeze(-1)
-                ids, x, dx, sig, prev, rate, best, best_it, fin, r_vec, r_theta, r_second, r_res, r_iter, r_conv = (
-                    t[keep_rows] for t in (ids, x, dx, sig, prev, rate, best, best_it, fin, r_vec, r_theta, r_second,
-                                           r_res, r_iter, r_conv))
-                if ids.numel() == 0:
-                    break
-        w = dx + sig.to(rdt).unsqueeze(-1) * x
-        x = w / _norm(w).clamp_min(torch.finfo(rdt).tiny).unsqueeze(-1)
+    while c["ids"].numel() > 0 and it < max_iter:
+        it0, kb = it, min(k, max_iter - it)           # a block of k steps, then the host's read
+        key = (kb, it0 == 0, it0 + kb >= max_iter)
+
+        def body(it0=it0, kb=kb, tv=None):
+            for i in range(kb):
+                t = it0 + i + 1
+                _power_step(c, matvec, t, t if tv is None else tv + (i + 1), t == 1, t >= max_iter, tol, patience,
+                            rdt, vdtype)
+
+        if blocks is None or not blocks.run(key, (c,), functools.partial(body, tv=blocks.t0), it0):
+            body()
+            if blocks is not None:
+                blocks.ran_plain(key)
+        it = it0 + kb
+        fin = c["fin"]                                 # the host's read: who finished
+        if bar is not None:
+            bar.update(it - bar.n)
+            bar.set_postfix(active=int(c["ids"].numel()), worst=float(c["rel"].max()))
+        if fin.any():
+            d = fin.nonzero().squeeze(-1)
+            o = c["ids"][d]
+            out_vec[o], out_theta[o], out_second[o] = c["r_vec"][d], c["r_theta"][d], c["r_second"][d]
+            out_res[o], out_iter[o], out_conv[o] = c["r_res"][d], c["r_iter"][d], c["r_conv"][d]
+            keep_rows = (~fin).nonzero().squeeze(-1)
+            for name in c:
+                c[name] = c[name][keep_rows]
     if bar is not None:
         bar.close()
-    return EigResult(out_vec, out_theta, out_second, out_res, out_iter, out_iter + matvecs, out_conv, sigma)
+    return EigResult(out_vec, out_theta, out_second, out_res, out_iter, out_iter + matvecs, out_conv, sigma,
+                     None if blocks is None else blocks.stats())
+
+
+def _power_step(c: dict, matvec: MatVec, it: int, tv, first: bool, last: bool, tol: float, patience: int,
+                rdt: torch.dtype, vdtype: torch.dtype) -> None:
+    """Step ``it`` of :func:`power_top` on the carried rows ``c``: x ← (D + σI)x/‖·‖ from the previous
+    step's product (none at the first), then D x, its Rayleigh quotient and residual, the stagnation test,
+    and the result frozen for the rows that finish here. ``tv`` is ``it`` as the bookkeeping writes it (a
+    0-dim device tensor in a captured block); ``last``: this is step ``max_iter``."""
+    x = c["x"]
+    if not first:
+        w = c["dx"] + c["sig"].to(rdt).unsqueeze(-1) * x
+        x = w / _norm(w).clamp_min(torch.finfo(rdt).tiny).unsqueeze(-1)
+    dx = matvec(x, c["ids"]).to(vdtype)
+    theta = inner(x, dx, 1).real.to(torch.float64)
+    r = dx - theta.to(rdt).unsqueeze(-1) * x
+    res = _norm(r).to(torch.float64)
+    rel = res / theta.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    ratio = res / c["prev"]
+    best, fin, sig = c["best"], c["fin"], c["sig"]
+    improved = res < 0.99 * best
+    rate = torch.where(improved & torch.isfinite(ratio) & (ratio < 1), ratio, c["rate"])
+    best_it = torch.where(improved, tv, c["best_it"])
+    conv = (res <= tol * theta.abs()) | (res == 0)
+    stalled = (tv - best_it) >= patience
+    now = (conv | stalled | last) & ~fin                  # finished at this step
+    c.update(x=x, dx=dx, rel=rel, prev=res, rate=rate, best=torch.where(improved, res, best), best_it=best_it,
+             fin=fin | now, r_vec=torch.where(now.unsqueeze(-1), x, c["r_vec"]),
+             r_theta=torch.where(now, theta, c["r_theta"]), r_res=torch.where(now, rel, c["r_res"]),
+             r_second=torch.where(now, rate * (theta + sig) - sig, c["r_second"]),
+             r_iter=torch.where(now, tv, c["r_iter"]), r_conv=torch.where(now, conv, c["r_conv"]))
