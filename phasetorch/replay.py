@@ -17,8 +17,16 @@ earlier recorded operations where it read those, the very same tensor objects ot
 buffers, the data) — with the same non-tensor arguments. So a block whose correctness depends on a
 value baked at capture (a step size that changes with t, a tensor created afresh each block) replays
 wrongly on a tape exactly as it would in a CUDA graph, and a CPU test comparing a taped run with the
-plain loop holds the graph path to the plain path's results (``tests/test_replay.py``). A tape sees
-torch operations only: a block calling a compiled kernel through ctypes must not be taped.
+plain loop holds the graph path to the plain path's results (``tests/test_replay.py``). It also refuses
+what a CUDA capture refuses and a CPU run does not notice (``torch.equal``, a tensor-valued
+``masked_fill``, linalg error checks, ``torch.tensor`` constants, ``bincount``). Its limits: it sees
+torch operations only (a block calling the fused C kernel through ctypes must not be taped: ``backend``
+refuses the tape while the kernel is on), a 0-dim CPU tensor read by a CUDA kernel is frozen at capture
+by a graph but re-read by the tape, and a CPU-only code path (a host loop over constant positions) is
+refused although the GPU takes another.
+
+:class:`Blocks` is the policy a loop uses: which blocks warm up, which are captured, which replay, and the
+static buffers their carried tensors live in.
 
 ``PHASETORCH_GRAPHS`` (read at every call of :func:`backend`): ``0``/``off`` the plain path everywhere;
 ``tape`` the tape on every device (tests); unset/``1``: CUDA graphs on CUDA, the plain path elsewhere.
@@ -37,13 +45,20 @@ from torch.utils._pytree import tree_flatten, tree_map
 __all__ = ["CaptureError", "Tape", "CudaGraph", "Blocks", "backend", "run_eager", "ENV_SWITCH"]
 
 ENV_SWITCH = "PHASETORCH_GRAPHS"
+KERNEL_SWITCH = "PHASETORCH_KERNELS"      # the fused C kernel's switch (physics.kernels; read here by name)
+OFF = ("0", "off", "false", "no")
 
 aten = torch.ops.aten
 
-#: operations a capture refuses: a host read, or an output shape that depends on values
-_HOST_READS = {aten._local_scalar_dense.default}
+#: operations a capture refuses: a host read (explicit, or inside the op on CUDA: a value compared on the
+#: host, a tensor-valued fill, an error check), a constant made from host data (a pageable copy to the
+#: device), or an output shape that depends on values
+_HOST_READS = {aten._local_scalar_dense.default, aten.equal.default, aten.masked_fill.Tensor,
+               aten.masked_fill_.Tensor, aten._linalg_check_errors.default, aten.lift_fresh.default,
+               aten.lift_fresh_copy.default}
 _DYNAMIC = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default,
-            aten.unique_consecutive.default, aten.unique_dim.default, aten.repeat_interleave.Tensor}
+            aten.unique_consecutive.default, aten.unique_dim.default, aten.repeat_interleave.Tensor,
+            aten.bincount.default, aten.histc.default}
 
 
 class CaptureError(RuntimeError):
@@ -66,7 +81,8 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _HOST_READS:
-            raise CaptureError("a host read (.item(), bool(t), float(t)) inside a captured block")
+            raise CaptureError(f"{func} reads the device on the host or copies host data to it: not inside a "
+                               f"captured block")
         if func in _DYNAMIC or (func in (aten.index.Tensor, aten.index_put_.default, aten.index_put.default)
                                 and _bool_index(args)):
             raise CaptureError(f"{func} has a value-dependent output shape: it cannot be captured")
@@ -81,22 +97,25 @@ class Tape:
     ``capture(fn)`` runs ``fn`` once (its effects happen, as a CUDA graph's capture followed by its first
     replay) and records it; ``replay()`` runs the recorded operations again."""
 
-    def __init__(self, device=None) -> None:
+    def __init__(self, device=None, stream=None) -> None:
         self.ops: Optional[list] = None
+        self.stream = None
 
     def capture(self, fn: Callable[[], None]) -> None:
-        saved = torch.Tensor.tolist
+        """Record ``fn()`` (running it). ``Tensor.tolist``/``Tensor.numpy`` (host reads the dispatcher does not
+        see) are refused meanwhile, process-wide: the tape is a single-threaded test tool."""
+        saved = torch.Tensor.tolist, torch.Tensor.numpy
 
-        def refused(t):
-            raise CaptureError("a host read (.tolist()) inside a captured block")
+        def refused(t, *args, **kwargs):
+            raise CaptureError("a host read (.tolist(), .numpy()) inside a captured block")
 
         rec = _Recorder()
-        torch.Tensor.tolist = refused
+        torch.Tensor.tolist = torch.Tensor.numpy = refused
         try:
             with rec:
                 fn()
         finally:
-            torch.Tensor.tolist = saved
+            torch.Tensor.tolist, torch.Tensor.numpy = saved
         self.ops = rec.ops
 
     def replay(self) -> None:
@@ -122,9 +141,9 @@ class CudaGraph:
     the current stream. ``run(fn)`` runs ``fn`` eagerly on the capture stream (the warm-up the CUDA
     graph documentation asks for before a capture). A refused capture raises :class:`CaptureError`."""
 
-    def __init__(self, device) -> None:
+    def __init__(self, device, stream: Optional["torch.cuda.Stream"] = None) -> None:
         self.device = torch.device(device)
-        self.stream = torch.cuda.Stream(self.device)
+        self.stream = torch.cuda.Stream(self.device) if stream is None else stream
         self.graph: Optional[torch.cuda.CUDAGraph] = None
 
     def run(self, fn: Callable[[], None]) -> None:
@@ -139,7 +158,7 @@ class CudaGraph:
         try:
             with torch.cuda.graph(graph, stream=self.stream):
                 fn()
-        except Exception as exc:          # an invalidated capture: the caller falls back to the plain path
+        except RuntimeError as exc:       # an invalidated capture: the caller falls back to the plain path
             raise CaptureError(f"CUDA graph capture failed: {exc}") from exc
         self.graph = graph
         graph.replay()
@@ -152,9 +171,12 @@ def backend(device: torch.device) -> Optional[type]:
     """The capture backend for ``device`` under ``PHASETORCH_GRAPHS`` (module docstring): :class:`CudaGraph`,
     :class:`Tape` or None (the plain path)."""
     mode = os.environ.get(ENV_SWITCH, "").strip().lower()
-    if mode in ("0", "off", "false", "no"):
+    if mode in OFF:
         return None
     if mode == "tape":
+        if torch.device(device).type == "cpu" and os.environ.get(KERNEL_SWITCH, "").strip().lower() not in OFF:
+            raise ValueError(f"{ENV_SWITCH}=tape on a CPU needs {KERNEL_SWITCH}=0: the tape sees torch operations "
+                             f"only, not the fused C kernel's calls")
         return Tape
     return CudaGraph if torch.device(device).type == "cuda" and torch.cuda.is_available() else None
 
@@ -182,33 +204,39 @@ class Blocks:
     """The blocks of an iterative loop, captured and replayed by key (:mod:`phasetorch.solve`'s iteration loop,
     the power method of :mod:`phasetorch.init.eigensolvers`).
 
-    A loop runs its blocks through :meth:`run` with a hashable key saying what the block takes from the host
-    (two blocks with equal keys dispatch the same operations with the same host values) and the dicts of
-    tensors it carries. The first block with a key runs plainly (``run`` returns False: the caller runs it
-    and calls :meth:`ran_plain`); the second runs the body eagerly where the capture will run (the warm-up
-    CUDA graphs ask for); the third is captured (capturing runs it); later ones replay. At most
-    ``MAX_GRAPHS`` captures are kept. While blocks are captured or replayed the carried tensors live in
-    static buffers (clones made at the first captured block; the current values are copied in before every
-    captured block, and the body's results copied back at its end, so plain blocks may run in between),
-    and the dicts are bound to them. ``t0`` is a 0-dim int64 device tensor holding the block's first index
-    (set before each block: a body reads its iteration numbers from it). A CUDA capture the graph API refuses
-    (nothing ran) turns capturing off for the loop, with a warning naming ``name``; the tape's refusals are
-    errors (tests). A change of the carried tensors' layout (shapes, dtypes, None-ness) also turns it off,
-    unless ``relayout=True``: then the static buffers are made afresh and the captures dropped."""
+    A loop runs each block through :meth:`run` with a hashable key saying what the block takes from the
+    host (two blocks with equal keys dispatch the same operations with the same host values) and the dicts
+    of tensors it carries. The first block with a key runs its body eagerly on the capture stream (the
+    warm-up CUDA graphs ask for); the second is captured (capturing runs it); later ones replay. At most
+    ``MAX_GRAPHS`` captures are kept: when they are all in use, a new key's blocks run eagerly, unless the
+    least recently replayed capture has not been replayed for ``STALE`` blocks (a piecewise-constant schedule
+    leaves its old keys behind): that one is dropped for the new key. While blocks run here the carried tensors live in static buffers
+    (clones made at the first block; the current values are copied in before every block and the body's
+    results copied back at its end, so the caller may run plain blocks in between), and the dicts are
+    bound to them. ``t0`` is a 0-dim int64 device tensor holding the block's first index (set before each
+    block: a body reads its iteration numbers from it). ``run`` returns False when the caller must run
+    the block plainly: capturing is off. It goes off when a CUDA capture is refused by the graph API
+    (nothing ran; a warning names ``name``) — the tape's refusals are errors (tests) — or when the carried
+    tensors change layout (shapes, dtypes, None-ness), unless ``relayout=True``: then the static buffers
+    are made afresh and the captures dropped."""
 
-    MAX_GRAPHS = 2
+    MAX_GRAPHS = 4
+    STALE = 8
 
     def __init__(self, engine_cls, device, name: str, relayout: bool = False) -> None:
         self.cls, self.name, self.relayout = engine_cls, name, relayout
         self.device = torch.device(device)
-        self.engines: dict = {}            # key → [engine, captured?]
+        self.runner = None                 # the warm-ups' engine (its stream is the captures' stream)
+        self.engines: dict = {}            # key → captured engine, least recently replayed first
+        self.used: dict = {}               # key → the block count when its capture last ran
         self.seen: dict = {}               # key → blocks run with it
+        self.n = 0                         # blocks run here
         self.statics: Optional[list] = None
         self.layouts = None
         self.t0 = torch.zeros((), dtype=torch.int64, device=self.device)
         self.off = False
         #: blocks run each way (a run's log says it: ``config["captured_blocks"]``)
-        self.counts = {"backend": engine_cls.__name__, "plain": 0, "warm_up": 0, "captured": 0, "replayed": 0}
+        self.counts = {"backend": engine_cls.__name__, "plain": 0, "eager": 0, "captured": 0, "replayed": 0}
 
     def ran_plain(self, key: Hashable) -> None:
         """The caller ran a block with ``key`` plainly."""
@@ -225,7 +253,7 @@ class Blocks:
         if self.statics is not None and layouts != self.layouts:
             if not self.relayout:
                 return False
-            self.statics, self.engines, self.seen = None, {}, {}
+            self.statics, self.engines, self.used, self.seen = None, {}, {}, {}
         if self.statics is None:
             self.layouts = layouts
             self.statics = [{n: None if v is None else v.clone() for n, v in d.items()} for d in dicts]
@@ -247,22 +275,13 @@ class Blocks:
             dst.copy_(src)
 
     def run(self, key: Hashable, dicts: Sequence[dict], body: Callable[[], None], t0: int = 0) -> bool:
-        """Run the block ``body()`` (which reads and rebinds the dicts' entries) captured or replayed;
-        False when it must run plainly (the caller runs it, then calls :meth:`ran_plain`)."""
+        """Run the block ``body()`` (which reads and rebinds the dicts' entries) as a warm-up, a capture or a
+        replay; False when capturing is off (the caller runs the block plainly, then calls :meth:`ran_plain`)."""
         if self.off:
-            return False
-        slot = self.engines.get(key)
-        if slot is None and (self.seen.get(key, 0) == 0 or len(self.engines) >= self.MAX_GRAPHS):
             return False
         if not self.bind(dicts):
             self.off = True
             return False
-        slot = self.engines.get(key)          # (a relayout drops the captures)
-        if slot is None:
-            if self.seen.get(key, 0) == 0:
-                return False
-            slot = self.engines[key] = [self.cls(self.device), False]
-        engine = slot[0]
         statics = self.statics
 
         def block() -> None:
@@ -272,13 +291,23 @@ class Blocks:
                 d.update(st)
 
         self.t0.fill_(t0)
-        if slot[1]:
+        self.n += 1
+        engine = self.engines.pop(key, None)
+        if engine is None and self.seen.get(key, 0) and len(self.engines) >= self.MAX_GRAPHS:
+            oldest = next(iter(self.engines))
+            if self.n - self.used[oldest] > self.STALE:
+                del self.engines[oldest], self.used[oldest]
+        if engine is not None:
             engine.replay()
+            self.engines[key], self.used[key] = engine, self.n      # now the most recently replayed
             self.counts["replayed"] += 1
-        elif self.seen[key] == 1:
-            run_eager(engine, block)
-            self.counts["warm_up"] += 1
+        elif self.seen.get(key, 0) == 0 or len(self.engines) >= self.MAX_GRAPHS:
+            if self.runner is None:                # a warm-up, or no room for a capture: eagerly
+                self.runner = self.cls(self.device)
+            run_eager(self.runner, block)
+            self.counts["eager"] += 1
         else:
+            engine = self.cls(self.device, self.runner.stream)
             try:
                 engine.capture(block)
             except CaptureError as exc:
@@ -290,9 +319,9 @@ class Blocks:
                 warnings.warn(f"'{self.name}': iterations are not captured as a graph ({exc}); the plain loop "
                               f"runs (same results)", RuntimeWarning, stacklevel=3)
                 return False
-            slot[1] = True
+            self.engines[key], self.used[key] = engine, self.n
             self.counts["captured"] += 1
-        self.seen[key] += 1
+        self.seen[key] = self.seen.get(key, 0) + 1
         return True
 
     def stats(self) -> dict:

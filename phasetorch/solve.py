@@ -600,15 +600,16 @@ class CapturedBlocks:
                                     stall=self.stall, k=self.k, log_every=self.log_every)
 
         def body() -> None:
-            slots = iter(range(rec.shape[0]))
-
-            def record(t, x, f, gn, alpha, res):
-                rec[next(slots)].copy_(d.record_values(x, f, gn, alpha, res))
-
+            j = 0
             for i in range(kb):
-                iterate(c, t=t0 + i + 1, tv=t_dev + (i + 1), record=record)
+                due = iterate(c, t=t0 + i + 1, tv=t_dev + (i + 1))
+                if due is not None:
+                    rec[j].copy_(d.record_values(*due))
+                    j += 1
 
-        if not self.blocks.run(key, (c, self.state), body, t0):
+        ran = self.blocks.run(key, (c, self.state), body, t0)
+        self.recs = {kk: v for kk, v in self.recs.items() if kk in self.blocks.engines}   # the captures' own
+        if not ran:
             return None
         ts = [t for t, due in zip(range(t0 + 1, t0 + kb + 1), key[2]) if due]
         now = time.perf_counter() - d.t_start
@@ -793,12 +794,14 @@ class Driver:
                         bar.update(kb)
                 else:
                     for t in range(t0 + 1, t0 + kb + 1):
-                        if iterate(c, t=t, tv=t, record=self.record):
-                            last_row = t
+                        due = iterate(c, t=t, tv=t)
                         if callback is not None:
                             info = {"loss": c["f"].reshape(self.batch), "residual": c["res"].reshape(self.batch),
                                     "active": c["active"].reshape(self.batch)}
                             stopped_by_cb = bool(callback(t, self.view(c["x"]), info))
+                        if due is not None:
+                            self.record(t, *due)
+                            last_row = t
                         if bar is not None:
                             bar.update(1)
                         if stopped_by_cb:
@@ -839,12 +842,12 @@ class Driver:
         status = torch.where(status == Status.RUNNING, torch.full_like(status, Status.MAX_ITER), status)
         return self.finish(x, status, c["iterations"])
 
-    def iterate(self, c: dict, state, t: int, tv, tol: float, f_limit, stall, k: int, log_every: int,
-                record: Callable) -> bool:
+    def iterate(self, c: dict, state, t: int, tv, tol: float, f_limit, stall, k: int,
+                log_every: int) -> Optional[tuple]:
         """Iteration t of :meth:`run` on the carried tensors ``c`` (rebound, or updated in place) and the
         algorithm's ``state``. ``tv`` is t as the bookkeeping writes it: t itself, or a 0-dim device
         tensor in a captured block (whose host values are frozen at capture, :mod:`phasetorch.replay`).
-        ``record(t, x, f, ‖∇f‖, α, residual)`` writes the log record when t is due (returns True then)."""
+        Returns the log record's values ``(x, f, ‖∇f‖, α, residual)`` when t is due, else None."""
         B, rdt = self.B, self.op.real_dtype
         x_prev, f_prev, res_prev, G_prev, r_prev, W_prev = x, f, res, G, r, W = \
             c["x"], c["f"], c["res"], c["G"], c["r"], c["W"]
@@ -897,9 +900,8 @@ class Driver:
             c["step_end"] = step_t
         c.update(x=x, f=f, G=G, r=r, W=W, res=res, active=active)
         if t % log_every == 0:
-            record(t, x, f, gn if gn is not None else self.grad_norm(G, x, r), step_t, res)
-            return True
-        return False
+            return x, f, gn if gn is not None else self.grad_norm(G, x, r), step_t, res
+        return None
 
     def run_compiled(self, block: GradientBlock, max_iter: int, bar, book: dict, f0) -> Tuple[int, int]:
         """The loop of :meth:`run` through :class:`~phasetorch.optim.compiled.GradientBlock` (its state and

@@ -21,11 +21,11 @@ Shapes: x is the flat batch ``(B, *signal)``; f, the step α, ``scale`` and ``ct
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, NamedTuple, Optional
+from typing import Any, Callable, Dict, Hashable, NamedTuple, Optional, Tuple
 
 import torch
 
-__all__ = ["Algorithm", "StepContext", "StepResult", "State"]
+__all__ = ["Algorithm", "StepContext", "StepResult", "State", "declared_key"]
 
 State = Dict[str, torch.Tensor]
 
@@ -74,6 +74,14 @@ class StepResult(NamedTuple):
     retry: Optional[torch.Tensor] = None
 
 
+def declared_key(obj: Any, owner: type, key: Hashable, t: int, methods: Tuple[str, ...]) -> Hashable:
+    """``owner``'s ``step_key`` for ``obj``: ``key`` when ``type(obj)`` takes ``methods`` (those whose use of t
+    the key describes) from ``owner``, else t — a subclass that redefines how a step uses t without
+    redefining ``step_key`` is never replayed (:meth:`Algorithm.step_key`)."""
+    cls = type(obj)
+    return t if any(getattr(cls, m) is not getattr(owner, m) for m in methods) else key
+
+
 class Algorithm:
     """Base of the algorithm protocol (see the module docstring).
 
@@ -106,7 +114,9 @@ class Algorithm:
         """What a step at iteration t takes from t itself, besides tensors: two iterations with equal
         keys dispatch the same operations with the same host values, so a captured block of iterations
         (a CUDA graph, :mod:`phasetorch.replay`) replays correctly at any t whose keys are the same.
-        Default: t (no two iterations alike: never replayed); an algorithm that ignores t returns ()."""
+        Default: t (no two iterations alike: never replayed); an algorithm that ignores t returns ().
+        A library class's key holds for a subclass only while the subclass keeps the methods that take t
+        (:func:`declared_key`)."""
         return t
 
     def describe(self) -> Any:

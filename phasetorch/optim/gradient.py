@@ -8,7 +8,7 @@ initialisation, which :mod:`phasetorch.optim.presets` fixes.
 
 from __future__ import annotations
 
-from .engine import Algorithm, StepResult
+from .engine import Algorithm, StepResult, declared_key
 from .steps import StepRule
 
 __all__ = ["GradientAlgorithm"]
@@ -39,7 +39,7 @@ class GradientAlgorithm(Algorithm):
         return StepResult(alpha, x_new, f_new, cache)
 
     def step_key(self, t):
-        return self.rule.step_key(t)
+        return declared_key(self, GradientAlgorithm, self.rule.step_key(t), t, ("step",))
 
     def describe(self):
         return self.rule.describe()

@@ -32,7 +32,7 @@ import torch
 
 from ..tensors import bview, check_int, check_number, dot, norm2, where_sample
 from .base import one_trial
-from .engine import Algorithm, State, StepResult
+from .engine import Algorithm, State, StepResult, declared_key
 
 __all__ = ["LBFGSAlgorithm"]
 
@@ -144,8 +144,8 @@ class LBFGSAlgorithm(Algorithm):
                      has_prev=state["has_prev"] | new, d=d, trial=alpha, tries=tries, accepted=ok, retry=retry)
         return StepResult(torch.where(ok, alpha, 0.0), x_new, f_new, cache, ok, retry)
 
-    def step_key(self, t):
-        return min(self.memory, max(int(t) - 1, 0))         # the depth of the direction's memory
+    def step_key(self, t):                                  # the depth of the direction's memory
+        return declared_key(self, LBFGSAlgorithm, min(self.memory, max(int(t) - 1, 0)), t, ("step",))
 
     def describe(self):
         return {"rule": "lbfgs_armijo", "mu0": self.mu, "memory": self.memory}

@@ -34,7 +34,7 @@ import torch
 
 from ..physics.base import MeasurementOperator
 from ..tensors import abs2, bview, check_int, check_number, dot, norm2
-from .engine import Algorithm, StepResult
+from .engine import Algorithm, StepResult, declared_key
 
 __all__ = ["ErrorReduction", "HybridInputOutputAlgorithm", "Constraint", "LeastSquares", "tight_frame_constant",
            "phase_projection"]
@@ -160,7 +160,7 @@ class ErrorReduction(Algorithm):
         self.lsq = LeastSquares(op, constraint, check_int(cg_steps, "cg_steps", 1), tight)
 
     def step_key(self, t):
-        return ()
+        return declared_key(self, ErrorReduction, (), t, ("step",))
 
     def step(self, state, t, x, f, grad, ctx, mu=None):
         z = self.op.linear(x) if ctx.cache is None else ctx.cache * math.sqrt(self.op.entry_energy)
@@ -218,7 +218,7 @@ class HybridInputOutputAlgorithm(Algorithm):
         return good
 
     def step_key(self, t):
-        return ()
+        return declared_key(self, HybridInputOutputAlgorithm, (), t, ("step",))
 
     def step(self, state, t, x, f, grad, ctx, mu=None):
         b = self.mu if mu is None else self.check_beta(mu)

@@ -34,6 +34,7 @@ import torch
 
 from ..tensors import bview, check_number, dot, norm2
 from .base import one_trial
+from .engine import declared_key
 
 __all__ = ["StepRule", "Constant", "Schedule", "WFRamp", "Armijo", "BarzilaiBorwein", "Safeguarded", "make_step_rule",
            "RULE_NAMES", "wf_ramp", "slack"]
@@ -115,7 +116,7 @@ class Constant(StepRule):
         return (self.mu if mu is None else mu) * scale
 
     def step_key(self, t):
-        return ()
+        return declared_key(self, Constant, (), t, ("alpha", "__call__"))
 
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
@@ -128,7 +129,10 @@ class Constant(StepRule):
 
 
 class Schedule(StepRule):
-    """α_t = μ·schedule(t)·s; ``schedule`` maps the iteration t = 1, 2, … to a factor ≥ 0 (μ = 1 by default)."""
+    """α_t = μ·schedule(t)·s; ``schedule`` maps the iteration t = 1, 2, … to a factor ≥ 0 (μ = 1 by default).
+
+    The schedule must be a pure function of t returning a Python number: it is called ahead for a block
+    of iterations (the compiled CPU loop, the keys of captured blocks) and more than once per t."""
 
     name = "schedule"
 
@@ -152,10 +156,11 @@ class Schedule(StepRule):
         return (self.mu if mu is None else mu) * self.factor(t) * scale
 
     def step_key(self, t):
-        try:                    # the schedule's value (called ahead: a function of t alone)
-            return self.factor(t)
+        try:                    # the schedule's value (called ahead: a pure function of t)
+            key = self.factor(t)
         except Exception:       # raised at iteration t by the step itself: never replayed
             return ("error", t)
+        return declared_key(self, Schedule, key, t, ("alpha", "__call__", "factor"))
 
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
@@ -186,8 +191,8 @@ class WFRamp(StepRule):
     def alpha(self, t, scale, mu=None):
         return wf_ramp(t, self.tau0, self.mu if mu is None else mu) * scale
 
-    def step_key(self, t):
-        return wf_ramp(t, self.tau0, self.mu)      # constant from t = τ₀·ln(1/(1 − μ_max)) on
+    def step_key(self, t):                        # constant from t = τ₀·ln(1/(1 − μ_max)) on
+        return declared_key(self, WFRamp, wf_ramp(t, self.tau0, self.mu), t, ("alpha", "__call__"))
 
     def __call__(self, state, t, scale, x, f, grad, direction, ctx, mu=None):
         return self.apply(self.alpha(t, scale, mu), x, direction, ctx)
@@ -250,7 +255,7 @@ class Armijo(StepRule):
         return torch.where(ok, a, torch.zeros_like(a)), x_new, f_new, cache
 
     def step_key(self, t):
-        return ()
+        return declared_key(self, Armijo, (), t, ("__call__",))
 
     def describe(self):
         return {"rule": "armijo", "mu0": self.mu, "c": self.c, "shrink": self.shrink, "grow": self.grow}
@@ -302,7 +307,7 @@ class BarzilaiBorwein(StepRule):
         return out
 
     def step_key(self, t):
-        return t % 2 if self.variant == "alternate" else ()
+        return declared_key(self, BarzilaiBorwein, t % 2 if self.variant == "alternate" else (), t, ("__call__",))
 
     def describe(self):
         return {"rule": "bb", "mu0": self.mu, "variant": self.variant}
@@ -383,7 +388,7 @@ class Safeguarded(StepRule):
         return None
 
     def step_key(self, t):
-        return self.rule.step_key(t)
+        return declared_key(self, Safeguarded, self.rule.step_key(t), t, ("__call__", "alpha"))
 
     def describe(self):
         return self.rule.describe()      # the wrapped rule's steps (logs record "safeguard" among the options)

@@ -514,9 +514,17 @@ class Ptychography(MeasurementOperator):
 
     @property
     def entry_energy(self) -> float:
-        """E|A_ij|² = Σ_k‖P_k‖² / (h·w·H·W) (unitary FFT; exact at integer positions)."""
+        """E|A_ij|² = Σ_k‖P_k‖² / (h·w·H·W) (unitary FFT; exact at integer positions). Read from the device
+        once per value of the probe (cached on its storage and version counter: a probe refined in place
+        or replaced is read again), so an iteration loop's evaluations do not each synchronise with the
+        device."""
         p = self.probe
-        return float(abs2(p).sum()) / (math.prod(self.probe_shape) * self.n)
+        key = (p.data_ptr(), p._version, p.shape, p.dtype, p.device)
+        cached = getattr(self, "_energy_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, float(abs2(p).sum()) / (math.prod(self.probe_shape) * self.n))
+            self._energy_cache = cached
+        return cached[1]
 
     def _chunks(self):
         J, c = self.n_positions, self.chunk
