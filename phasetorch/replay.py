@@ -210,12 +210,12 @@ class Blocks:
     warm-up CUDA graphs ask for); the second is captured (capturing runs it); later ones replay. At most
     ``MAX_GRAPHS`` captures are kept: when they are all in use, a new key's blocks run eagerly, unless the
     least recently replayed capture has not been replayed for ``STALE`` blocks (a piecewise-constant schedule
-    leaves its old keys behind): that one is dropped for the new key. While blocks run here the carried tensors live in static buffers
-    (clones made at the first block; the current values are copied in before every block and the body's
-    results copied back at its end, so the caller may run plain blocks in between), and the dicts are
-    bound to them. ``t0`` is a 0-dim int64 device tensor holding the block's first index (set before each
-    block: a body reads its iteration numbers from it). ``run`` returns False when the caller must run
-    the block plainly: capturing is off. It goes off when a CUDA capture is refused by the graph API
+    leaves its old keys behind): that one is dropped for the new key. While blocks run here the carried
+    tensors live in static buffers (clones made at the first block; the current values are copied in
+    before every block and the body's results copied back at its end, so the caller may run plain blocks
+    in between), and the dicts are bound to them. ``t0`` is a 0-dim int64 device tensor holding the block's
+    first index (set before each block: a body reads its iteration numbers from it). ``run`` returns False
+    (and counts a plain block) when the caller must run the block plainly: capturing is off. It goes off when a CUDA capture is refused by the graph API
     (nothing ran; a warning names ``name``) — the tape's refusals are errors (tests) — or when the carried
     tensors change layout (shapes, dtypes, None-ness), unless ``relayout=True``: then the static buffers
     are made afresh and the captures dropped."""
@@ -237,12 +237,6 @@ class Blocks:
         self.off = False
         #: blocks run each way (a run's log says it: ``config["captured_blocks"]``)
         self.counts = {"backend": engine_cls.__name__, "plain": 0, "eager": 0, "captured": 0, "replayed": 0}
-
-    def ran_plain(self, key: Hashable) -> None:
-        """The caller ran a block with ``key`` plainly."""
-        self.counts["plain"] += 1
-        if not self.off:
-            self.seen[key] = self.seen.get(key, 0) + 1
 
     def bind(self, dicts: Sequence[dict]) -> bool:
         """Copy the current values into the static buffers and bind the dicts to them (False: the layout
@@ -276,11 +270,11 @@ class Blocks:
 
     def run(self, key: Hashable, dicts: Sequence[dict], body: Callable[[], None], t0: int = 0) -> bool:
         """Run the block ``body()`` (which reads and rebinds the dicts' entries) as a warm-up, a capture or a
-        replay; False when capturing is off (the caller runs the block plainly, then calls :meth:`ran_plain`)."""
-        if self.off:
-            return False
-        if not self.bind(dicts):
+        replay; False when capturing is off (the caller runs the block plainly)."""
+        if not self.off and not self.bind(dicts):
             self.off = True
+        if self.off:
+            self.counts["plain"] += 1
             return False
         statics = self.statics
 
@@ -316,6 +310,7 @@ class Blocks:
                 for d, st in zip(dicts, statics):     # nothing ran: the statics hold the block's start
                     d.update(st)
                 self.off = True
+                self.counts["plain"] += 1
                 warnings.warn(f"'{self.name}': iterations are not captured as a graph ({exc}); the plain loop "
                               f"runs (same results)", RuntimeWarning, stacklevel=3)
                 return False

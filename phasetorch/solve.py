@@ -573,10 +573,8 @@ class CapturedBlocks:
     with t as ``blocks.t0 + i`` on the device; records go to a static buffer per key and are appended to
     the log after each block (their time is the block's end). The results are the plain loop's bit for bit."""
 
-    def __init__(self, driver: "Driver", engine_cls, state: dict, k: int, log_every: int, tol: float, f_limit,
-                 stall) -> None:
-        self.d, self.state, self.k, self.log_every = driver, state, k, log_every
-        self.tol, self.f_limit, self.stall = tol, f_limit, stall
+    def __init__(self, driver: "Driver", engine_cls, state: dict, log_every: int, iterate: Callable) -> None:
+        self.d, self.state, self.log_every, self.iterate = driver, state, log_every, iterate
         self.blocks = replay.Blocks(engine_cls, driver.x0.device, driver.name)
         self.recs: dict = {}                 # key → the static record buffer (records, ncols, B)
 
@@ -584,20 +582,14 @@ class CapturedBlocks:
         ts = range(t0 + 1, t0 + kb + 1)
         return kb, tuple(self.d.alg.step_key(t) for t in ts), tuple(t % self.log_every == 0 for t in ts)
 
-    def ran_plain(self, t0: int, kb: int) -> None:
-        """A plain block ran t0+1 … t0+kb."""
-        self.blocks.ran_plain(self.key(t0, kb))
-
     def run(self, c: dict, t0: int, kb: int) -> Optional[int]:
         """Iterations t0+1 … t0+kb captured or replayed; None when they must run plainly (the caller runs
         them), else the last iteration recorded in the log (−1 if none)."""
-        d, key = self.d, self.key(t0, kb)
+        d, key, iterate = self.d, self.key(t0, kb), self.iterate
         if key not in self.recs:
             self.recs[key] = torch.empty(sum(key[2]), len(d.record_names), d.B, dtype=d.op.real_dtype,
                                          device=d.x0.device)
         rec, t_dev = self.recs[key], self.blocks.t0
-        iterate = functools.partial(d.iterate, state=self.state, tol=self.tol, f_limit=self.f_limit,
-                                    stall=self.stall, k=self.k, log_every=self.log_every)
 
         def body() -> None:
             j = 0
@@ -772,11 +764,10 @@ class Driver:
         block = GradientBlock.build(self, tol, log_every, callback, f, G, W, res, state, f_limit, stall, book,
                                     (Status.CONVERGED, Status.STALLED, Status.DIVERGED)) \
             if max_iter and bool(active.any()) else None
-        engine = replay.backend(dev) if block is None and callback is None and max_iter else None
-        blocks = CapturedBlocks(self, engine, state, k, log_every, tol, f_limit, stall) if engine is not None \
-            else None
         iterate = functools.partial(self.iterate, state=state, tol=tol, f_limit=f_limit, stall=stall, k=k,
                                     log_every=log_every)
+        engine = replay.backend(dev) if block is None and callback is None and max_iter else None
+        blocks = CapturedBlocks(self, engine, state, log_every, iterate) if engine is not None else None
         try:
             if block is not None:       # the same loop compiled, up to BLOCK iterations per C call
                 t_last, last_row = self.run_compiled(block, max_iter, bar, book, f0)
@@ -806,8 +797,6 @@ class Driver:
                             bar.update(1)
                         if stopped_by_cb:
                             break
-                    if blocks is not None:
-                        blocks.ran_plain(t0, kb)
                 # the one host read of a block of k iterations: is anything left, did anything diverge
                 active, diverged = c["active"], c["diverged"]
                 if k > 1:

@@ -556,8 +556,6 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
 
         if blocks is None or not blocks.run(key, (c,), functools.partial(body, tv=blocks.t0), it0):
             body()
-            if blocks is not None:
-                blocks.ran_plain(key)
         it = it0 + kb
         fin = c["fin"]                                 # the host's read: who finished
         if bar is not None:
