@@ -528,13 +528,12 @@ def power_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: int
     out_conv = torch.zeros(B, dtype=torch.bool, device=dev)
 
     k = check_int(sync_every, "sync_every", 1)
-    f64_inf = torch.full((B,), float("inf"), **f64)
     # the carried rows (the unfinished samples'), and per row on the device: finished, and the result
     # frozen at the step it finished
     c = {"ids": all_ids.clone(), "sig": sigma.clone(), "x": x, "dx": torch.zeros_like(x),
          "rel": torch.zeros(B, **f64), "prev": torch.full((B,), float("nan"), **f64),
          "rate": torch.full((B,), float("nan"), **f64),
-         "best": f64_inf,                                                   # stagnation: best residual so far
+         "best": torch.full((B,), float("inf"), **f64),                     # stagnation: best residual so far
          "best_it": torch.zeros(B, dtype=torch.int64, device=dev),          # and the step it last improved by 1%
          "fin": torch.zeros(B, dtype=torch.bool, device=dev), "r_vec": torch.zeros_like(x),
          "r_theta": torch.zeros(B, **f64), "r_second": torch.zeros(B, **f64), "r_res": torch.zeros(B, **f64),
