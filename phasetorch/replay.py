@@ -146,12 +146,28 @@ class CudaGraph:
         self.stream = torch.cuda.Stream(self.device) if stream is None else stream
         self.graph: Optional[torch.cuda.CUDAGraph] = None
 
-    def run(self, fn: Callable[[], None]) -> None:
+    def run(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` eagerly on the capture stream under the CUDA sync debug mode: False when it synchronised
+        with the host (such a block cannot be captured; its results are right all the same)."""
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)
-        with torch.cuda.stream(self.stream):
-            fn()
+        previous = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with torch.cuda.stream(self.stream):
+                    fn()
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
         current.wait_stream(self.stream)
+        synced = False
+        for w in caught:
+            if "synchroniz" in str(w.message):
+                synced = True
+            else:                          # the block's own warnings are passed on
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return not synced
 
     def capture(self, fn: Callable[[], None]) -> None:
         graph = torch.cuda.CUDAGraph()
@@ -181,12 +197,13 @@ def backend(device: torch.device) -> Optional[type]:
     return CudaGraph if torch.device(device).type == "cuda" and torch.cuda.is_available() else None
 
 
-def run_eager(engine, fn: Callable[[], None]) -> None:
-    """Run ``fn`` eagerly where ``engine`` would (a CUDA graph's capture stream; the current one otherwise)."""
+def run_eager(engine, fn: Callable[[], None]) -> bool:
+    """Run ``fn`` eagerly where ``engine`` would (a CUDA graph's capture stream; the current one otherwise);
+    False when it was seen to synchronise with the host (CUDA's sync debug mode)."""
     if isinstance(engine, CudaGraph):
-        engine.run(fn)
-    else:
-        fn()
+        return engine.run(fn)
+    fn()
+    return True
 
 
 
@@ -207,7 +224,8 @@ class Blocks:
     A loop runs each block through :meth:`run` with a hashable key saying what the block takes from the
     host (two blocks with equal keys dispatch the same operations with the same host values) and the dicts
     of tensors it carries. The first block with a key runs its body eagerly on the capture stream (the
-    warm-up CUDA graphs ask for); the second is captured (capturing runs it); later ones replay. At most
+    warm-up CUDA graphs ask for, under CUDA's sync debug mode: a block that synchronises is never
+    captured); the second is captured (capturing runs it); later ones replay. At most
     ``MAX_GRAPHS`` captures are kept: when they are all in use, a new key's blocks run eagerly, unless the
     least recently replayed capture has not been replayed for ``STALE`` blocks (a piecewise-constant schedule
     leaves its old keys behind): that one is dropped for the new key. While blocks run here the carried
@@ -298,7 +316,11 @@ class Blocks:
         elif self.seen.get(key, 0) == 0 or len(self.engines) >= self.MAX_GRAPHS:
             if self.runner is None:                # a warm-up, or no room for a capture: eagerly
                 self.runner = self.cls(self.device)
-            run_eager(self.runner, block)
+            if not run_eager(self.runner, block):  # it ran, but a capture of it would fail
+                self.off = True
+                warnings.warn(f"'{self.name}': a block of iterations synchronises with the host, so it is not "
+                              f"captured as a graph; the plain loop runs (same results)", RuntimeWarning,
+                              stacklevel=3)
             self.counts["eager"] += 1
         else:
             engine = self.cls(self.device, self.runner.stream)

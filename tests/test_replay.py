@@ -333,6 +333,32 @@ def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch):
     assert rec.log.config["captured_blocks"]["fallback"]
 
 
+def test_a_warm_up_that_synchronises_turns_capturing_off(problem, monkeypatch):
+    """CUDA's sync debug mode saw the warm-up block synchronise: that block's results stand, nothing is
+    captured, the run goes on plainly and says so."""
+    op, x, y, x0 = problem
+
+    class Syncing(replay.CudaGraph):
+        def __init__(self, device, stream=None):
+            self.stream = None
+
+        def run(self, fn):
+            fn()
+            return False
+
+        def capture(self, fn):
+            raise AssertionError("a block that synchronises must not be captured")
+
+    monkeypatch.setenv("PHASETORCH_GRAPHS", "0")
+    plain = pt.reconstruct(op, y, "raf", init=x0, max_iter=40, tol=0, progress=False, sync_every=4, seed=0)
+    monkeypatch.setattr(replay, "backend", lambda device: Syncing)
+    with pytest.warns(RuntimeWarning, match="synchronises with the host"):
+        rec = pt.reconstruct(op, y, "raf", init=x0, max_iter=40, tol=0, progress=False, sync_every=4, seed=0)
+    assert_same_run(plain, rec)
+    counts = rec.log.config["captured_blocks"]
+    assert counts["fallback"] and counts["eager"] == 1 and counts["plain"] == 9 and counts["captured"] == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("algorithm", ALL)
 def test_cuda_graphs_give_the_plain_results(algorithm, monkeypatch):
