@@ -65,6 +65,10 @@ class CaptureError(RuntimeError):
     """A block cannot be captured (a host read, a value-dependent shape, or the graph API refused it)."""
 
 
+class _Changed(CaptureError):
+    """A block changed the layout of the tensors it carries (a name added, a shape or dtype changed)."""
+
+
 def _bool_index(args) -> bool:
     """Whether an ``index``/``index_put`` call indexes with a boolean mask (a value-dependent shape)."""
     indices = args[1] if len(args) > 1 else ()
@@ -149,18 +153,19 @@ class CudaGraph:
     def run(self, fn: Callable[[], None]) -> bool:
         """Run ``fn`` eagerly on the capture stream under the CUDA sync debug mode: False when it synchronised
         with the host (such a block cannot be captured; its results are right all the same)."""
-        current = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(current)
-        previous = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                with torch.cuda.stream(self.stream):
-                    fn()
-            finally:
-                torch.cuda.set_sync_debug_mode(previous)
-        current.wait_stream(self.stream)
+        with torch.cuda.device(self.device):
+            current = torch.cuda.current_stream(self.device)
+            self.stream.wait_stream(current)
+            previous = torch.cuda.get_sync_debug_mode()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    with torch.cuda.stream(self.stream):
+                        fn()
+                finally:
+                    torch.cuda.set_sync_debug_mode(previous)
+                    current.wait_stream(self.stream)
         synced = False
         for w in caught:
             if "synchroniz" in str(w.message):
@@ -171,16 +176,20 @@ class CudaGraph:
 
     def capture(self, fn: Callable[[], None]) -> None:
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self.stream):
-                fn()
-        except RuntimeError as exc:       # an invalidated capture: the caller falls back to the plain path
-            raise CaptureError(f"CUDA graph capture failed: {exc}") from exc
-        self.graph = graph
-        graph.replay()
+        with torch.cuda.device(self.device):
+            try:
+                with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                    fn()
+            except CaptureError:
+                raise
+            except RuntimeError as exc:   # an invalidated capture: the caller falls back to the plain path
+                raise CaptureError(f"CUDA graph capture failed: {exc}") from exc
+            self.graph = graph
+            graph.replay()
 
     def replay(self) -> None:
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
 
 
 def backend(device: torch.device) -> Optional[type]:
@@ -223,23 +232,29 @@ class Blocks:
 
     A loop runs each block through :meth:`run` with a hashable key saying what the block takes from the
     host (two blocks with equal keys dispatch the same operations with the same host values) and the dicts
-    of tensors it carries. The first block with a key runs its body eagerly on the capture stream (the
-    warm-up CUDA graphs ask for, under CUDA's sync debug mode: a block that synchronises is never
-    captured); the second is captured (capturing runs it); later ones replay. At most
+    of tensors it carries. The first block with a key is a warm-up: its body runs eagerly on the capture
+    stream (as CUDA graphs ask), under CUDA's sync debug mode (a block that synchronises is never captured).
+    The next block with that key is captured (capturing runs it); later ones replay. At most
     ``MAX_GRAPHS`` captures are kept: when they are all in use, a new key's blocks run eagerly, unless the
-    least recently replayed capture has not been replayed for ``STALE`` blocks (a piecewise-constant schedule
-    leaves its old keys behind): that one is dropped for the new key. While blocks run here the carried
-    tensors live in static buffers (clones made at the first block; the current values are copied in
-    before every block and the body's results copied back at its end, so the caller may run plain blocks
-    in between), and the dicts are bound to them. ``t0`` is a 0-dim int64 device tensor holding the block's
-    first index (set before each block: a body reads its iteration numbers from it). ``run`` returns False
-    (and counts a plain block) when the caller must run the block plainly: capturing is off. It goes off when a CUDA capture is refused by the graph API
-    (nothing ran; a warning names ``name``) — the tape's refusals are errors (tests) — or when the carried
-    tensors change layout (shapes, dtypes, None-ness), unless ``relayout=True``: then the static buffers
-    are made afresh and the captures dropped."""
+    least recently replayed capture has not been replayed for ``STALE`` blocks (a piecewise-constant
+    schedule leaves its old keys behind): that one is dropped for the new key. After ``FRESH`` new keys in a
+    row (a schedule that changes at every t), a new key's block runs plainly (``run`` returns False: the
+    caller runs it), sparing the copies; a key met again is warmed up then.
+
+    While blocks run here the carried tensors live in static buffers (clones made at the first block; the
+    current values are copied in before every block and the body's results copied back at its end, so the
+    caller may run plain blocks in between), and the dicts are bound to them. ``t0`` is a 0-dim int64
+    device tensor holding the block's first index (set before each block: a body reads its iteration
+    numbers from it). Capturing goes off for the rest of the loop (``run`` returns False) when a CUDA
+    capture is refused by the graph API (nothing ran; a warning names ``name``) — the tape's refusals are
+    errors (tests) — when a body changes the layout of what it carries (a name added or dropped, a shape,
+    dtype or None-ness changed: the block's own results stand), or when the caller's tensors change layout
+    between blocks, unless ``relayout=True``: then the static buffers are made afresh and the captures
+    dropped. CUDA's sync debug mode is process-wide: set during a warm-up only."""
 
     MAX_GRAPHS = 4
     STALE = 8
+    FRESH = 3
 
     def __init__(self, engine_cls, device, name: str, relayout: bool = False) -> None:
         self.cls, self.name, self.relayout = engine_cls, name, relayout
@@ -247,7 +262,9 @@ class Blocks:
         self.runner = None                 # the warm-ups' engine (its stream is the captures' stream)
         self.engines: dict = {}            # key → captured engine, least recently replayed first
         self.used: dict = {}               # key → the block count when its capture last ran
-        self.seen: dict = {}               # key → blocks run with it
+        self.seen: set = set()             # keys met
+        self.warmed: set = set()           # keys whose warm-up ran
+        self.streak = 0                    # keys met for the first time in a row
         self.n = 0                         # blocks run here
         self.statics: Optional[list] = None
         self.layouts = None
@@ -256,16 +273,13 @@ class Blocks:
         #: blocks run each way (a run's log says it: ``config["captured_blocks"]``)
         self.counts = {"backend": engine_cls.__name__, "plain": 0, "eager": 0, "captured": 0, "replayed": 0}
 
-    def bind(self, dicts: Sequence[dict]) -> bool:
-        """Copy the current values into the static buffers and bind the dicts to them (False: the layout
-        changed and capturing is off)."""
+    def _layouts(self, dicts: Sequence[dict]) -> Optional[list]:
         layouts = [_layout(d) for d in dicts]
-        if any(lay is None for lay in layouts):
-            return False
-        if self.statics is not None and layouts != self.layouts:
-            if not self.relayout:
-                return False
-            self.statics, self.engines, self.used, self.seen = None, {}, {}, {}
+        return None if any(lay is None for lay in layouts) else layouts
+
+    def bind(self, dicts: Sequence[dict], layouts: list) -> None:
+        """Copy the current values into the static buffers (made at the first block) and bind the dicts to
+        them."""
         if self.statics is None:
             self.layouts = layouts
             self.statics = [{n: None if v is None else v.clone() for n, v in d.items()} for d in dicts]
@@ -273,7 +287,6 @@ class Blocks:
             self.store(dicts)
         for d, st in zip(dicts, self.statics):
             d.update(st)
-        return True
 
     def store(self, dicts: Sequence[dict]) -> None:
         """Copy the dicts' values into the static buffers. A value that is itself (a view of) a static
@@ -286,59 +299,91 @@ class Blocks:
         for dst, src in pairs:
             dst.copy_(src)
 
+    def plain(self) -> bool:
+        self.counts["plain"] += 1
+        return False
+
     def run(self, key: Hashable, dicts: Sequence[dict], body: Callable[[], None], t0: int = 0) -> bool:
         """Run the block ``body()`` (which reads and rebinds the dicts' entries) as a warm-up, a capture or a
-        replay; False when capturing is off (the caller runs the block plainly)."""
-        if not self.off and not self.bind(dicts):
-            self.off = True
+        replay; False when the caller must run it plainly (capturing is off, or the key is one more of a run
+        of keys that do not repeat)."""
         if self.off:
-            self.counts["plain"] += 1
-            return False
+            return self.plain()
+        layouts = self._layouts(dicts)
+        if layouts is None or (self.statics is not None and layouts != self.layouts and not self.relayout):
+            self.off = True
+            return self.plain()
+        if self.statics is not None and layouts != self.layouts:      # relayout: afresh
+            self.statics, self.engines, self.used, self.seen, self.warmed, self.streak = None, {}, {}, set(), set(), 0
+        engine = self.engines.pop(key, None)
+        if engine is not None:
+            mode, self.streak = "replay", 0
+        else:
+            new = key not in self.seen
+            self.seen.add(key)
+            self.streak = self.streak + 1 if new else 0
+            if key not in self.warmed:
+                if new and self.streak > self.FRESH:
+                    return self.plain()         # keys that do not repeat (a decaying schedule): no copies
+                mode = "warm-up"
+            else:
+                if len(self.engines) >= self.MAX_GRAPHS:
+                    oldest = next(iter(self.engines))
+                    if self.n - self.used[oldest] > self.STALE:
+                        del self.engines[oldest], self.used[oldest]
+                mode = "capture" if len(self.engines) < self.MAX_GRAPHS else "eager"
+        self.bind(dicts, layouts)
         statics = self.statics
 
         def block() -> None:
             body()
+            if self._layouts(dicts) != self.layouts:   # a name added or dropped, a shape, dtype or None changed
+                raise _Changed("the block changed the layout of the tensors it carries")
             self.store(dicts)
             for d, st in zip(dicts, statics):
                 d.update(st)
 
         self.t0.fill_(t0)
         self.n += 1
-        engine = self.engines.pop(key, None)
-        if engine is None and self.seen.get(key, 0) and len(self.engines) >= self.MAX_GRAPHS:
-            oldest = next(iter(self.engines))
-            if self.n - self.used[oldest] > self.STALE:
-                del self.engines[oldest], self.used[oldest]
-        if engine is not None:
+        if mode == "replay":
             engine.replay()
             self.engines[key], self.used[key] = engine, self.n      # now the most recently replayed
             self.counts["replayed"] += 1
-        elif self.seen.get(key, 0) == 0 or len(self.engines) >= self.MAX_GRAPHS:
-            if self.runner is None:                # a warm-up, or no room for a capture: eagerly
+            return True
+        if mode != "capture":
+            if self.runner is None:
                 self.runner = self.cls(self.device)
-            if not run_eager(self.runner, block):  # it ran, but a capture of it would fail
+            self.counts["eager"] += 1
+            try:
+                clean = run_eager(self.runner, block)
+            except _Changed:                      # it ran: the body's own values stand
+                self.off = True
+                return True
+            if mode == "warm-up":
+                self.warmed.add(key)
+            if not clean:                         # it ran, but a capture of it would fail
                 self.off = True
                 warnings.warn(f"'{self.name}': a block of iterations synchronises with the host, so it is not "
                               f"captured as a graph; the plain loop runs (same results)", RuntimeWarning,
                               stacklevel=3)
-            self.counts["eager"] += 1
-        else:
-            engine = self.cls(self.device, self.runner.stream)
-            try:
-                engine.capture(block)
-            except CaptureError as exc:
-                if isinstance(engine, Tape):
-                    raise
-                for d, st in zip(dicts, statics):     # nothing ran: the statics hold the block's start
-                    d.update(st)
-                self.off = True
-                self.counts["plain"] += 1
-                warnings.warn(f"'{self.name}': iterations are not captured as a graph ({exc}); the plain loop "
-                              f"runs (same results)", RuntimeWarning, stacklevel=3)
-                return False
-            self.engines[key], self.used[key] = engine, self.n
-            self.counts["captured"] += 1
-        self.seen[key] = self.seen.get(key, 0) + 1
+            return True
+        engine = self.cls(self.device, self.runner.stream)
+        try:
+            engine.capture(block)
+        except CaptureError as exc:
+            self.off = True
+            if isinstance(engine, Tape):
+                if isinstance(exc, _Changed):     # the tape ran the body: its values stand
+                    self.counts["eager"] += 1
+                    return True
+                raise
+            for d, st in zip(dicts, statics):     # nothing ran: the statics hold the block's start
+                d.update(st)
+            warnings.warn(f"'{self.name}': iterations are not captured as a graph ({exc}); the plain loop "
+                          f"runs (same results)", RuntimeWarning, stacklevel=3)
+            return self.plain()
+        self.engines[key], self.used[key] = engine, self.n
+        self.counts["captured"] += 1
         return True
 
     def stats(self) -> dict:

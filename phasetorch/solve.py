@@ -749,7 +749,7 @@ class Driver:
         t = t_last = 0
         last_row = -1                                  # iteration of the last record written
         # device-side bookkeeping, read every k iterations (one host read per block of k)
-        c = {"x": x, "f": f, "G": G, "r": r, "W": W, "res": res, "active": active,
+        c = {"x": x, "f": f, "G": G if self.alg.uses_gradient else None, "r": r, "W": W, "res": res, "active": active,
              "status": status, "iterations": iterations,
              "t_end": torch.zeros((), dtype=torch.int64, device=dev),     # the last iteration any sample ran
              "step_end": zero.clone(),                                    # the step column of that iteration
