@@ -15,3 +15,13 @@ def diverging_problem():
     y = op(x)
     x0 = pt.spectral_init(op, y, seed=0)
     return op, torch.stack([y[0], y[1] * 100]), x0
+
+
+@pytest.fixture(scope="session")
+def noisy_gaussian():
+    """(op, x, y, x0): three complex signals (n = 24, m = 192, float64) with 5 % relative Gaussian noise and
+    their spectral start; the samples stop at different iterations."""
+    op = pt.GaussianMeasurement(24, 192, complex=True, seed=0, dtype=torch.float64)
+    x = torch.randn(3, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    y = pt.GaussianNoise(0.05, seed=2, relative=True, event_dims=1)(op(x))
+    return op, x, y, pt.spectral_init(op, y, seed=0)

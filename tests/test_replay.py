@@ -28,12 +28,9 @@ def torch_ops_only(monkeypatch):
     monkeypatch.setenv("PHASETORCH_KERNELS", "0")
 
 
-@pytest.fixture(scope="module")
-def problem():
-    op = pt.GaussianMeasurement(24, 192, complex=True, seed=0, dtype=torch.float64)
-    x = torch.randn(3, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
-    y = pt.GaussianNoise(0.05, seed=2, relative=True, event_dims=1)(op(x))
-    return op, x, y, pt.spectral_init(op, y, seed=0)
+@pytest.fixture
+def problem(noisy_gaussian):
+    return noisy_gaussian
 
 
 def plain_and_taped(monkeypatch, *args, **kwargs):
@@ -388,9 +385,19 @@ def test_the_ptychographic_entry_energy_follows_the_probe():
     assert op.entry_energy == pytest.approx(4 * e, rel=1e-12)
 
 
+def plain_and_stand_in(monkeypatch, problem, engine, algorithm, iters, warning):
+    """The plain run, and the run with ``engine`` standing in for the CUDA graph (expecting ``warning``)."""
+    op, x, y, x0 = problem
+    kw = dict(init=x0, max_iter=iters, tol=0, progress=False, sync_every=4, seed=0)
+    monkeypatch.setenv("PHASETORCH_GRAPHS", "0")
+    plain = pt.reconstruct(op, y, algorithm, **kw)
+    monkeypatch.setattr(replay, "backend", lambda device: engine)
+    with pytest.warns(RuntimeWarning, match=warning):
+        return plain, pt.reconstruct(op, y, algorithm, **kw)
+
+
 def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch):
     """A graph API that refuses the capture (nothing ran): the run goes on plainly, says so, same results."""
-    op, x, y, x0 = problem
 
     class Refusing:
         """Runs warm-ups; refuses captures as the CUDA graph API does, before anything runs."""
@@ -401,11 +408,7 @@ def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch):
         def capture(self, fn):
             raise replay.CaptureError("refused for the test")
 
-    monkeypatch.setenv("PHASETORCH_GRAPHS", "0")
-    plain = pt.reconstruct(op, y, "taf", init=x0, max_iter=60, tol=0, progress=False, sync_every=4, seed=0)
-    monkeypatch.setattr(replay, "backend", lambda device: Refusing)
-    with pytest.warns(RuntimeWarning, match="not captured as a graph"):
-        rec = pt.reconstruct(op, y, "taf", init=x0, max_iter=60, tol=0, progress=False, sync_every=4, seed=0)
+    plain, rec = plain_and_stand_in(monkeypatch, problem, Refusing, "taf", 60, "not captured as a graph")
     assert_same_run(plain, rec)
     assert rec.log.config["captured_blocks"]["fallback"]
 
@@ -413,7 +416,6 @@ def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch):
 def test_a_warm_up_that_synchronises_turns_capturing_off(problem, monkeypatch):
     """CUDA's sync debug mode saw the warm-up block synchronise: that block's results stand, nothing is
     captured, the run goes on plainly and says so."""
-    op, x, y, x0 = problem
 
     class Syncing(replay.CudaGraph):
         def __init__(self, device, stream=None):
@@ -426,11 +428,7 @@ def test_a_warm_up_that_synchronises_turns_capturing_off(problem, monkeypatch):
         def capture(self, fn):
             raise AssertionError("a block that synchronises must not be captured")
 
-    monkeypatch.setenv("PHASETORCH_GRAPHS", "0")
-    plain = pt.reconstruct(op, y, "raf", init=x0, max_iter=40, tol=0, progress=False, sync_every=4, seed=0)
-    monkeypatch.setattr(replay, "backend", lambda device: Syncing)
-    with pytest.warns(RuntimeWarning, match="synchronises with the host"):
-        rec = pt.reconstruct(op, y, "raf", init=x0, max_iter=40, tol=0, progress=False, sync_every=4, seed=0)
+    plain, rec = plain_and_stand_in(monkeypatch, problem, Syncing, "raf", 40, "synchronises with the host")
     assert_same_run(plain, rec)
     counts = rec.log.config["captured_blocks"]
     assert counts["fallback"] and counts["eager"] == 1 and counts["plain"] == 9 and counts["captured"] == 0

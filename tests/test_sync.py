@@ -61,12 +61,9 @@ def torch_loop(monkeypatch):
     monkeypatch.setenv("PHASETORCH_COMPILED_LOOP", "0")
 
 
-@pytest.fixture(scope="module")
-def problem():
-    op = pt.GaussianMeasurement(24, 192, complex=True, seed=0, dtype=torch.float64)
-    x = torch.randn(3, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
-    y = pt.GaussianNoise(0.05, seed=2, relative=True, event_dims=1)(op(x))
-    return op, x, y, pt.spectral_init(op, y, seed=0)
+@pytest.fixture
+def problem(noisy_gaussian):
+    return noisy_gaussian
 
 
 def test_every_preset_is_in_the_list():
