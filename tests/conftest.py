@@ -25,3 +25,20 @@ def noisy_gaussian():
     x = torch.randn(3, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
     y = pt.GaussianNoise(0.05, seed=2, relative=True, event_dims=1)(op(x))
     return op, x, y, pt.spectral_init(op, y, seed=0)
+
+
+def assert_same_run(a, b) -> None:
+    """Two reconstructions are the same run bit for bit: iterate, status, iteration counts and every log
+    column but the wall time (NaN = NaN)."""
+    assert torch.equal(a.x, b.x)
+    assert torch.equal(a.status, b.status) and torch.equal(a.iterations, b.iterations)
+    assert torch.equal(a.log["iteration"], b.log["iteration"])
+    for col in a.log.columns:
+        if col not in ("iteration", "time"):
+            assert torch.equal(a.log[col].nan_to_num(-1.0), b.log[col].nan_to_num(-1.0)), col
+
+
+@pytest.fixture
+def same_run():
+    """:func:`assert_same_run`, for the tests that compare two paths of the same run."""
+    return assert_same_run

@@ -41,21 +41,12 @@ def plain_and_taped(monkeypatch, *args, **kwargs):
     return out
 
 
-def assert_same_run(a, b):
-    assert torch.equal(a.x, b.x)
-    assert torch.equal(a.status, b.status) and torch.equal(a.iterations, b.iterations)
-    assert torch.equal(a.log["iteration"], b.log["iteration"])
-    for col in a.log.columns:
-        if col not in ("iteration", "time"):
-            assert torch.equal(a.log[col].nan_to_num(-1.0), b.log[col].nan_to_num(-1.0)), col
-
-
 def test_every_preset_is_covered():
     assert set(ALL) == set(PRESETS)
 
 
 @pytest.mark.parametrize("algorithm", ALL)
-def test_a_taped_run_is_the_plain_run_bit_for_bit(problem, algorithm, monkeypatch):
+def test_a_taped_run_is_the_plain_run_bit_for_bit(problem, algorithm, monkeypatch, same_run):
     """Noisy data, samples stopping at different iterations, truth metrics, k = 4: the taped run replays
     blocks and gives the plain loop's iterate, statuses, iteration counts and log."""
     op, x, y, x0 = problem
@@ -64,20 +55,20 @@ def test_a_taped_run_is_the_plain_run_bit_for_bit(problem, algorithm, monkeypatc
     tol = {"lbfgs": 0, "auto": None}.get(algorithm, 1e-5)
     plain, taped = plain_and_taped(monkeypatch, op, y, algorithm, init=x0, max_iter=80 if tol == 0 else 300, tol=tol,
                                    sync_every=4, x_true=x, seed=0)
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     counts = taped.log.config["captured_blocks"]
     assert counts["backend"] == "Tape" and counts["captured"] >= 1 and not counts["fallback"]
     assert counts["replayed"] >= 3, counts
     assert "captured_blocks" not in plain.log.config
 
 
-def test_divergence_inside_replayed_blocks_is_frozen_and_reported_the_same(diverging_problem, monkeypatch):
+def test_divergence_inside_replayed_blocks_is_frozen_and_reported_the_same(diverging_problem, monkeypatch, same_run):
     op, y, x0 = diverging_problem
     with pytest.warns(RuntimeWarning, match="diverged at iteration"):
         plain, taped = plain_and_taped(monkeypatch, op, y, "wf", init=x0, step=0.05, safeguard=False, max_iter=400,
                                        sync_every=4)
     assert taped.status_names()[1] == "diverged" and taped.log.config["captured_blocks"]["replayed"] > 0
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     errors = []
     for mode in ("0", "tape"):      # on_divergence="raise", a divergence in the first replayed block (t = 9 … 12)
         monkeypatch.setenv("PHASETORCH_GRAPHS", mode)
@@ -91,7 +82,7 @@ def test_divergence_inside_replayed_blocks_is_frozen_and_reported_the_same(diver
 
 @pytest.mark.parametrize("case", ["log_every", "bb_alternate", "schedule", "pieces", "real_support", "k1_bb",
                                   "k1_ramp"])
-def test_record_patterns_step_keys_and_constraints_replay_correctly(problem, case, monkeypatch):
+def test_record_patterns_step_keys_and_constraints_replay_correctly(problem, case, monkeypatch, same_run):
     """log_every = 3 with k = 4 (the record positions cycle over three keys); BB alternating
     with odd k (two alternating keys); a decaying schedule (a new key every block: nothing replays); a
     piecewise-constant schedule of six pieces of ten blocks (more keys than captures are kept); a
@@ -123,7 +114,7 @@ def test_record_patterns_step_keys_and_constraints_replay_correctly(problem, cas
         runs = plain_and_taped(monkeypatch, rop, rop(xr), "taf", support=support, max_iter=120, tol=0, seed=0,
                                sync_every=4)
     plain, taped = runs
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     counts = taped.log.config["captured_blocks"]
     if case == "schedule":          # three warm-ups, then plain blocks (no copies for keys that never repeat)
         assert counts["captured"] == 0 and counts["replayed"] == 0 and counts["eager"] == 3, counts
@@ -136,7 +127,8 @@ def test_record_patterns_step_keys_and_constraints_replay_correctly(problem, cas
 
 
 @pytest.mark.parametrize("algorithm", ["raf", "lbfgs", "hio"])
-def test_coded_diffraction_images_in_float32_with_batch_dimensions_replay_the_same(algorithm, monkeypatch):
+def test_coded_diffraction_images_in_float32_with_batch_dimensions_replay_the_same(algorithm, monkeypatch,
+                                                                                  same_run):
     """FFT operators, a (2, 2) batch of 12×12 complex images, float32: the taped run is the plain one."""
     op = pt.CodedDiffraction((12, 12), 4, seed=1, dtype=torch.float32)
     x = torch.randn(2, 2, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(2))
@@ -144,7 +136,7 @@ def test_coded_diffraction_images_in_float32_with_batch_dimensions_replay_the_sa
     plain, taped = plain_and_taped(monkeypatch, op, y, algorithm, max_iter=60, tol=0, sync_every=4, x_true=x,
                                    seed=0)
     assert taped.x.shape == (2, 2, 12, 12)
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     assert taped.log.config["captured_blocks"]["replayed"] > 0
 
 
@@ -165,13 +157,13 @@ def test_a_step_that_hides_its_dependence_on_t_replays_wrongly(problem, monkeypa
 
 
 @pytest.mark.parametrize("algorithm", ["gs", "hio"])
-def test_projection_methods_log_the_gradient_of_their_last_iterate(problem, algorithm, monkeypatch):
+def test_projection_methods_log_the_gradient_of_their_last_iterate(problem, algorithm, monkeypatch, same_run):
     """GS and HIO carry no gradient: the final record (log_every = 3, 50 iterations, k = 4: a short last
     block) evaluates the gradient at the last iterate in both runs."""
     op, x, y, x0 = problem
     plain, taped = plain_and_taped(monkeypatch, op, y, algorithm, init=x0, max_iter=50, tol=0, sync_every=4,
                                    log_every=3, seed=0)
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     assert int(taped.log["iteration"][-1]) == 50 and taped.log.config["captured_blocks"]["replayed"] > 5
 
 
@@ -201,13 +193,13 @@ class Promoting(Constant):
 
 
 @pytest.mark.parametrize("rule", [LazyState, Promoting])
-def test_a_block_that_changes_what_it_carries_runs_on_plainly(problem, rule, monkeypatch):
+def test_a_block_that_changes_what_it_carries_runs_on_plainly(problem, rule, monkeypatch, same_run):
     """A state name added, or a dtype changed, inside a block: that block's own results stand, capturing
     goes off, the rest runs plainly: the same run."""
     op, x, y, x0 = problem
     plain, taped = plain_and_taped(monkeypatch, op, y, "wf", step=rule(0.1), safeguard=False, init=x0, max_iter=40,
                                    tol=0, sync_every=4, seed=0)
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     counts = taped.log.config["captured_blocks"]
     assert counts["fallback"] and counts["captured"] == 0 and counts["plain"] == 9, counts
 
@@ -241,7 +233,7 @@ def test_blocks_keep_four_captures_drop_stale_ones_and_remake_buffers_on_relayou
     assert blocks.counts["captured"] == 7 and blocks.counts["replayed"] == 49 and len(blocks.engines) == 1
 
 
-def test_a_subclass_that_changes_how_t_is_used_is_never_replayed(problem, monkeypatch):
+def test_a_subclass_that_changes_how_t_is_used_is_never_replayed(problem, monkeypatch, same_run):
     """A rule subclassing Constant with its own α(t) but Constant's step_key: the key is t (no replay)."""
     op, x, y, x0 = problem
 
@@ -253,7 +245,7 @@ def test_a_subclass_that_changes_how_t_is_used_is_never_replayed(problem, monkey
     assert rule.step_key(7) == 7 and Constant(0.2).step_key(7) == ()
     plain, taped = plain_and_taped(monkeypatch, op, y, "wf", step=rule, init=x0, max_iter=100, tol=0, sync_every=4,
                                    seed=0)
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     assert taped.log.config["captured_blocks"]["replayed"] == 0
 
 
@@ -333,7 +325,7 @@ OPERATORS = {
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
-def test_every_operator_kind_replays_the_plain_run(name, monkeypatch):
+def test_every_operator_kind_replays_the_plain_run(name, monkeypatch, same_run):
     """Matrix, structured, oversampled Fourier (with HIO and a support), ensemble (a matrix per sample) and
     coded diffraction: taped = plain, with blocks replayed. (Ptychography's CPU path loops over its positions
     on the host, which a tape cannot record; on CUDA it gathers on the device: see the next test.)"""
@@ -348,7 +340,7 @@ def test_every_operator_kind_replays_the_plain_run(name, monkeypatch):
         plain, taped = plain_and_taped(monkeypatch, op, op(x), "hio", support=support, **kw)
     else:
         plain, taped = plain_and_taped(monkeypatch, op, op(x), "raf", x_true=x, **kw)
-    assert_same_run(plain, taped)
+    same_run(plain, taped)
     assert taped.log.config["captured_blocks"]["replayed"] > 5
 
 
@@ -396,7 +388,7 @@ def plain_and_stand_in(monkeypatch, problem, engine, algorithm, iters, warning):
         return plain, pt.reconstruct(op, y, algorithm, **kw)
 
 
-def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch):
+def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch, same_run):
     """A graph API that refuses the capture (nothing ran): the run goes on plainly, says so, same results."""
 
     class Refusing:
@@ -409,11 +401,11 @@ def test_a_refused_capture_falls_back_to_the_plain_loop(problem, monkeypatch):
             raise replay.CaptureError("refused for the test")
 
     plain, rec = plain_and_stand_in(monkeypatch, problem, Refusing, "taf", 60, "not captured as a graph")
-    assert_same_run(plain, rec)
+    same_run(plain, rec)
     assert rec.log.config["captured_blocks"]["fallback"]
 
 
-def test_a_warm_up_that_synchronises_turns_capturing_off(problem, monkeypatch):
+def test_a_warm_up_that_synchronises_turns_capturing_off(problem, monkeypatch, same_run):
     """CUDA's sync debug mode saw the warm-up block synchronise: that block's results stand, nothing is
     captured, the run goes on plainly and says so."""
 
@@ -429,14 +421,14 @@ def test_a_warm_up_that_synchronises_turns_capturing_off(problem, monkeypatch):
             raise AssertionError("a block that synchronises must not be captured")
 
     plain, rec = plain_and_stand_in(monkeypatch, problem, Syncing, "raf", 40, "synchronises with the host")
-    assert_same_run(plain, rec)
+    same_run(plain, rec)
     counts = rec.log.config["captured_blocks"]
     assert counts["fallback"] and counts["eager"] == 1 and counts["plain"] == 9 and counts["captured"] == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("algorithm", ALL)
-def test_cuda_graphs_give_the_plain_results(algorithm, monkeypatch):
+def test_cuda_graphs_give_the_plain_results(algorithm, monkeypatch, same_run):
     dev = torch.device("cuda")
     op = pt.GaussianMeasurement(64, 512, complex=True, seed=0, dtype=torch.float64, device=dev)
     x = torch.randn(3, 64, dtype=torch.complex128, generator=torch.Generator().manual_seed(1)).to(dev)
@@ -448,7 +440,7 @@ def test_cuda_graphs_give_the_plain_results(algorithm, monkeypatch):
         monkeypatch.setenv("PHASETORCH_GRAPHS", mode)
         out.append(pt.reconstruct(op, y, algorithm, init=x0, max_iter=80 if tol == 0 else 300, tol=tol,
                                   progress=False, x_true=x, seed=0, sync_every=4))
-    assert_same_run(*out)
+    same_run(*out)
     counts = out[1].log.config["captured_blocks"]
     assert counts["backend"] == "CudaGraph" and not counts["fallback"], counts
     assert counts["captured"] >= 1 and counts["replayed"] >= 3, counts
