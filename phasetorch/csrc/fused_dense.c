@@ -51,8 +51,13 @@
 #ifndef PT_R
 #define PT_R 8          /* rows per block: PT_R rows of A are reused from cache by the adjoint */
 #endif
-#ifndef PT_PF_DOT
-#define PT_PF_DOT 0     /* software prefetch distance (REALs) of the forward dot products, 0 = none */
+/* Software prefetch of the next block of rows: half of its rows during this block's dot products, the
+ * other half during its adjoint, so that the reads from memory run through the whole block rather than
+ * only its adjoint; into L2 (T1), not L1: a block (8 rows of 8 KiB for complex64 at n = 1024) is larger
+ * than L1d, and prefetching it there evicted the rows the adjoint was about to reuse. Measured with
+ * scripts/gradient_roofline.py (README, "Speed"); prefetches change no result. */
+#ifndef PT_PF_HINT
+#define PT_PF_HINT _MM_HINT_T1
 #endif
 #define PT_ALIGN 64
 #define PT_MAX_CHUNKS 16
@@ -323,7 +328,7 @@ int pt_gaussian(uint64_t seed, int64_t row0, int64_t rows, int64_t n, int32_t is
 
 /* z_r = a_r . x for the PT_R rows a[r] (complex: zr = a.xc, zi = a.xs on the interleaved rows) */
 static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u, const REAL *s, int cplx,
-                                REAL *zr, REAL *zi) {
+                                REAL *zr, REAL *zi, const REAL *next) {
 #ifdef __AVX512F__
     VEC cr[PT_R], ci[PT_R];
     int64_t k = 0;
@@ -332,9 +337,12 @@ static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u,
     if (cplx) {
         for (; k + VL <= rl; k += VL) {
             const VEC xu = LOADU(u + k), xs = LOADU(s + k);
+            if (next) {               /* the first half of the next block's rows (the adjoint takes the rest) */
+#pragma GCC unroll 8
+                for (int r = 0; r < PT_R / 2; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
+            }
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) {
-                if (PT_PF_DOT) _mm_prefetch((const char *)(a[r] + k + PT_PF_DOT), _MM_HINT_T0);
                 const VEC av = LOADU(a[r] + k);
                 cr[r] = FMA(av, xu, cr[r]);
                 ci[r] = FMA(av, xs, ci[r]);
@@ -356,6 +364,10 @@ static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u,
         /* two accumulators per row: the FMA latency is hidden with PT_R rows in flight */
         for (; k + VL <= rl; k += VL) {
             const VEC xu = LOADU(u + k);
+            if (next) {
+#pragma GCC unroll 8
+                for (int r = 0; r < PT_R / 2; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
+            }
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) cr[r] = FMA(LOADU(a[r] + k), xu, cr[r]);
         }
@@ -369,6 +381,7 @@ static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u,
         for (int r = 0; r < PT_R; r++) { zr[r] = RED(cr[r]); zi[r] = 0; }
     }
 #else
+    (void)next;
     for (int r = 0; r < PT_R; r++) {
         const REAL *ar = a[r];
         REAL s0 = 0, s1 = 0;
@@ -384,9 +397,9 @@ static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u,
 #endif
 }
 
-/* H += sum_r vr[r] a[r] (and G += sum_r vi[r] a[r] when complex) */
+/* H += sum_r vr[r] a[r] (and G += sum_r vi[r] a[r] when complex); prefetches rows pf0.. of the next block */
 static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr, const REAL *vi, int cplx,
-                                REAL *H, REAL *G, const REAL *next) {
+                                REAL *H, REAL *G, const REAL *next, int pf0) {
 #ifdef __AVX512F__
     VEC br[PT_R], bi[PT_R];
     int64_t k = 0;
@@ -395,9 +408,9 @@ static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr
     if (cplx) {
         for (; k + VL <= rl; k += VL) {
             VEC h = LOADU(H + k), g = LOADU(G + k);
-            if (next) {               /* the next block's rows, while this one is reused from cache */
+            if (next) {               /* the next block's other rows, while this one is reused from cache */
 #pragma GCC unroll 8
-                for (int r = 0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), _MM_HINT_T0);
+                for (int r = pf0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
             }
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) {
@@ -425,7 +438,7 @@ static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr
             VEC h = LOADU(H + k);
             if (next) {
 #pragma GCC unroll 8
-                for (int r = 0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), _MM_HINT_T0);
+                for (int r = pf0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
             }
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) h = FMA(LOADU(a[r] + k), br[r], h);
@@ -440,7 +453,7 @@ static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr
         }
     }
 #else
-    (void)next;
+    (void)next; (void)pf0;
 #pragma omp simd
     for (int64_t k = 0; k < rl; k++) {
         REAL h = H[k];
@@ -587,7 +600,8 @@ static int SFX(pt_pass)(const pt_args *p) {
                 if (forward) {
                     REAL zr[PT_R], zi[PT_R];
                     const REAL *u = cplx ? xa + b * 2 * rl : X + b * rl, *s = cplx ? u + rl : NULL;
-                    SFX(pt_dots)(a, rl, u, s, cplx, zr, zi);
+                    const REAL *ahead = (b == 0 && mode == PT_FUSED && i + 2 * PT_R <= i1) ? A + (i + PT_R) * rl : NULL;
+                    SFX(pt_dots)(a, rl, u, s, cplx, zr, zi, ahead);
                     for (int k = 0; k < rr; k++) {
                         const int64_t row = i + k, o = b * m + row;
                         if (cplx) { Z[2 * o] = zr[k]; Z[2 * o + 1] = zi[k]; } else Z[o] = zr[k];
@@ -612,7 +626,7 @@ static int SFX(pt_pass)(const pt_args *p) {
                 if (!accumulate) continue;
                 REAL *Hb = H + b * nacc * rl;
                 const REAL *next = (b == B - 1 && i + 2 * PT_R <= i1) ? A + (i + PT_R) * rl : NULL;
-                SFX(pt_axpy)(a, rl, vr, vi, cplx, Hb, cplx ? Hb + rl : NULL, next);
+                SFX(pt_axpy)(a, rl, vr, vi, cplx, Hb, cplx ? Hb + rl : NULL, next, mode == PT_FUSED ? PT_R / 2 : 0);
             }
         }
         }   /* chunks (the implicit barrier of the loop precedes the sums below) */

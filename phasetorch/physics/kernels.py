@@ -4,7 +4,7 @@ A gradient evaluation of a dense model (``loss.evaluate`` → ``op.linear_adjoin
 v = φ(z) measurement by measurement and Aᴴv. Through ``torch.matmul`` that is two BLAS products
 (or a row-block loop of them) whose complex matrix–vector speed on a CPU is far below the memory
 bandwidth; the kernel here does the whole pass in **one read of A**: OpenMP threads take row
-ranges, and for every block of 4 rows it forms the dot products with the B signals, applies φ, and
+ranges, and for every block of 8 rows (``PT_R``) it forms the dot products with the B signals, applies φ, and
 accumulates conj(A_i)ᵀ v_i while the rows are still in L1/L2. φ is one of a few closed forms chosen
 by an integer code (:class:`Map`) that a loss supplies as a :class:`PointwiseMap`; a pass with any
 other ``fn`` runs as two one-read kernel calls (z = Ax; v = fn(z) in torch; Aᴴv).
