@@ -595,13 +595,14 @@ static int SFX(pt_pass)(const pt_args *p) {
             const int rr = (int)(i1 - i < PT_R ? i1 - i : PT_R);
             const REAL *a[PT_R];
             for (int r = 0; r < PT_R; r++) a[r] = A + (r < rr ? i + r : i) * rl;   /* ghost rows: v = 0 */
+            /* the next block of this chunk, prefetched while this one runs (rows split between the phases) */
+            const REAL *following = i + 2 * PT_R <= i1 ? A + (i + PT_R) * rl : NULL;
             for (int64_t b = 0; b < B; b++) {
                 REAL vr[PT_R] = {0}, vi[PT_R] = {0};
                 if (forward) {
                     REAL zr[PT_R], zi[PT_R];
                     const REAL *u = cplx ? xa + b * 2 * rl : X + b * rl, *s = cplx ? u + rl : NULL;
-                    const REAL *ahead = (b == 0 && mode == PT_FUSED && i + 2 * PT_R <= i1) ? A + (i + PT_R) * rl : NULL;
-                    SFX(pt_dots)(a, rl, u, s, cplx, zr, zi, ahead);
+                    SFX(pt_dots)(a, rl, u, s, cplx, zr, zi, b == 0 && mode == PT_FUSED ? following : NULL);
                     for (int k = 0; k < rr; k++) {
                         const int64_t row = i + k, o = b * m + row;
                         if (cplx) { Z[2 * o] = zr[k]; Z[2 * o + 1] = zi[k]; } else Z[o] = zr[k];
@@ -625,8 +626,8 @@ static int SFX(pt_pass)(const pt_args *p) {
                 }
                 if (!accumulate) continue;
                 REAL *Hb = H + b * nacc * rl;
-                const REAL *next = (b == B - 1 && i + 2 * PT_R <= i1) ? A + (i + PT_R) * rl : NULL;
-                SFX(pt_axpy)(a, rl, vr, vi, cplx, Hb, cplx ? Hb + rl : NULL, next, mode == PT_FUSED ? PT_R / 2 : 0);
+                SFX(pt_axpy)(a, rl, vr, vi, cplx, Hb, cplx ? Hb + rl : NULL, b == B - 1 ? following : NULL,
+                             mode == PT_FUSED ? PT_R / 2 : 0);
             }
         }
         }   /* chunks (the implicit barrier of the loop precedes the sums below) */
