@@ -55,7 +55,7 @@
  * other half during its adjoint, so that the reads from memory run through the whole block rather than
  * only its adjoint; into L2 (T1), not L1: a block (8 rows of 8 KiB for complex64 at n = 1024) is larger
  * than L1d, and prefetching it there evicted the rows the adjoint was about to reuse. Measured with
- * scripts/gradient_roofline.py (README, "Speed"); prefetches change no result. */
+ * scripts/gradient_roofline.py (README, Results > Benchmark); prefetches change no result. */
 #ifndef PT_PF_HINT
 #define PT_PF_HINT _MM_HINT_T1
 #endif
@@ -326,9 +326,19 @@ int pt_gaussian(uint64_t seed, int64_t row0, int64_t rows, int64_t n, int32_t is
 
 #else  /* ===================================================================== body, per REAL type */
 
-/* z_r = a_r . x for the PT_R rows a[r] (complex: zr = a.xc, zi = a.xs on the interleaved rows) */
+#ifdef __AVX512F__
+/* prefetch column k of rows r0..r1-1 of the next block (next = its first row, NULL = none) */
+static inline void SFX(pt_prefetch)(const REAL *next, int64_t rl, int64_t k, int r0, int r1) {
+    if (!next) return;
+#pragma GCC unroll 8
+    for (int r = r0; r < r1; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
+}
+#endif
+
+/* z_r = a_r . x for the PT_R rows a[r] (complex: zr = a.xc, zi = a.xs on the interleaved rows);
+ * prefetches rows 0..pf1-1 of the next block */
 static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u, const REAL *s, int cplx,
-                                REAL *zr, REAL *zi, const REAL *next) {
+                                REAL *zr, REAL *zi, const REAL *next, int pf1) {
 #ifdef __AVX512F__
     VEC cr[PT_R], ci[PT_R];
     int64_t k = 0;
@@ -337,10 +347,7 @@ static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u,
     if (cplx) {
         for (; k + VL <= rl; k += VL) {
             const VEC xu = LOADU(u + k), xs = LOADU(s + k);
-            if (next) {               /* the first half of the next block's rows (the adjoint takes the rest) */
-#pragma GCC unroll 8
-                for (int r = 0; r < PT_R / 2; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
-            }
+            SFX(pt_prefetch)(next, rl, k, 0, pf1);
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) {
                 const VEC av = LOADU(a[r] + k);
@@ -364,10 +371,7 @@ static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u,
         /* two accumulators per row: the FMA latency is hidden with PT_R rows in flight */
         for (; k + VL <= rl; k += VL) {
             const VEC xu = LOADU(u + k);
-            if (next) {
-#pragma GCC unroll 8
-                for (int r = 0; r < PT_R / 2; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
-            }
+            SFX(pt_prefetch)(next, rl, k, 0, pf1);
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) cr[r] = FMA(LOADU(a[r] + k), xu, cr[r]);
         }
@@ -381,7 +385,7 @@ static inline void SFX(pt_dots)(const REAL *const *a, int64_t rl, const REAL *u,
         for (int r = 0; r < PT_R; r++) { zr[r] = RED(cr[r]); zi[r] = 0; }
     }
 #else
-    (void)next;
+    (void)next; (void)pf1;
     for (int r = 0; r < PT_R; r++) {
         const REAL *ar = a[r];
         REAL s0 = 0, s1 = 0;
@@ -408,10 +412,7 @@ static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr
     if (cplx) {
         for (; k + VL <= rl; k += VL) {
             VEC h = LOADU(H + k), g = LOADU(G + k);
-            if (next) {               /* the next block's other rows, while this one is reused from cache */
-#pragma GCC unroll 8
-                for (int r = pf0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
-            }
+            SFX(pt_prefetch)(next, rl, k, pf0, PT_R);     /* while this block is reused from cache */
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) {
                 const VEC av = LOADU(a[r] + k);
@@ -436,10 +437,7 @@ static inline void SFX(pt_axpy)(const REAL *const *a, int64_t rl, const REAL *vr
     } else {
         for (; k + VL <= rl; k += VL) {
             VEC h = LOADU(H + k);
-            if (next) {
-#pragma GCC unroll 8
-                for (int r = pf0; r < PT_R; r++) _mm_prefetch((const char *)(next + r * rl + k), PT_PF_HINT);
-            }
+            SFX(pt_prefetch)(next, rl, k, pf0, PT_R);
 #pragma GCC unroll 8
             for (int r = 0; r < PT_R; r++) h = FMA(LOADU(a[r] + k), br[r], h);
             STOREU(H + k, h);
@@ -544,6 +542,7 @@ static int SFX(pt_pass)(const pt_args *p) {
     REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
     const REAL c = (REAL)p->scale;
     const int accumulate = mode != PT_LINEAR, forward = mode != PT_ADJOINT;
+    const int split = mode == PT_FUSED ? PT_R / 2 : 0;  /* next block's rows the dot products prefetch */
     const int64_t nacc = cplx ? 2 : 1;                 /* accumulators per signal: H (and G) */
     const int64_t per_chunk = accumulate ? B * nacc * rl : 0;
     const int64_t blocks = (m + PT_R - 1) / PT_R;
@@ -595,14 +594,15 @@ static int SFX(pt_pass)(const pt_args *p) {
             const int rr = (int)(i1 - i < PT_R ? i1 - i : PT_R);
             const REAL *a[PT_R];
             for (int r = 0; r < PT_R; r++) a[r] = A + (r < rr ? i + r : i) * rl;   /* ghost rows: v = 0 */
-            /* the next block of this chunk, prefetched while this one runs (rows split between the phases) */
+            /* the next block of this chunk, prefetched while this one runs: rows 0..split-1 during the
+             * dot products (of the first signal), the rest during the adjoint (of the last one) */
             const REAL *following = i + 2 * PT_R <= i1 ? A + (i + PT_R) * rl : NULL;
             for (int64_t b = 0; b < B; b++) {
                 REAL vr[PT_R] = {0}, vi[PT_R] = {0};
                 if (forward) {
                     REAL zr[PT_R], zi[PT_R];
                     const REAL *u = cplx ? xa + b * 2 * rl : X + b * rl, *s = cplx ? u + rl : NULL;
-                    SFX(pt_dots)(a, rl, u, s, cplx, zr, zi, b == 0 && mode == PT_FUSED ? following : NULL);
+                    SFX(pt_dots)(a, rl, u, s, cplx, zr, zi, b == 0 ? following : NULL, split);
                     for (int k = 0; k < rr; k++) {
                         const int64_t row = i + k, o = b * m + row;
                         if (cplx) { Z[2 * o] = zr[k]; Z[2 * o + 1] = zi[k]; } else Z[o] = zr[k];
@@ -626,8 +626,7 @@ static int SFX(pt_pass)(const pt_args *p) {
                 }
                 if (!accumulate) continue;
                 REAL *Hb = H + b * nacc * rl;
-                SFX(pt_axpy)(a, rl, vr, vi, cplx, Hb, cplx ? Hb + rl : NULL, b == B - 1 ? following : NULL,
-                             mode == PT_FUSED ? PT_R / 2 : 0);
+                SFX(pt_axpy)(a, rl, vr, vi, cplx, Hb, cplx ? Hb + rl : NULL, b == B - 1 ? following : NULL, split);
             }
         }
         }   /* chunks (the implicit barrier of the loop precedes the sums below) */
