@@ -1515,12 +1515,19 @@ def _summary_cell(row: dict) -> str:
     return f"{row.get('status')}: {row.get('reason')}"
 
 
+def table_comparisons(row: dict) -> List[dict]:
+    """The lines a row contributes to the result table: its comparisons, and for row 1 also the gradient
+    evaluations against one read of A (``row["gradient"]``, goal ≤ 1.5×; the row's own ratio and ``met``
+    stay those of the operator pairs)."""
+    return list(row.get("comparisons") or []) + list((row.get("gradient") or {}).get("comparisons") or [])
+
+
 def summary_lines(result: dict) -> List[str]:
     """The result table as plain-text lines (one line per comparison)."""
     head = f"{'#':<2} {'comparison':<66} {'phasetorch':>11} {'reference':>11} {'ratio':>8} {'goal':>9} {'met':>4}"
     lines = [head, "-" * len(head)]
     for row in result["rows"]:
-        comps = row.get("comparisons") or []
+        comps = table_comparisons(row)
         if not comps:
             lines.append(f"{row['row']:<2} {row['title'][:66]:<66} {'':>11} {'':>11} {'—':>8} "
                          f"{row['goal']:>9} {'—':>4}")
@@ -1555,7 +1562,7 @@ def markdown(result: dict) -> str:
            "| # | comparison | phasetorch | reference | ratio | goal | met |",
            "|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        comps = row.get("comparisons") or []
+        comps = table_comparisons(row)
         for c in comps:
             out.append(f"| {row['row']} | {_md_escape(c['label'])} | {_fmt_s(c.get('phasetorch_s'))} | "
                        f"{_md_escape(c.get('reference') or '—')} {_fmt_s(c.get('reference_s')) if c.get('reference_s') else ''} | "
