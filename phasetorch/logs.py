@@ -103,10 +103,29 @@ def read_json_file(path, what: str) -> Any:
     if not text.strip():
         raise ValueError(f"{str(p)!r} is empty, not a {what} JSON file (was its write interrupted?)")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as err:
         raise ValueError(f"{str(p)!r} is not valid JSON (truncated?): {err.msg} at line {err.lineno}, "
                          f"column {err.colno}; it is not a readable {what}") from None
+    except _NonStandardNumber as err:
+        raise ValueError(f"{str(p)!r} holds {err}, which strict JSON has no place for: phasetorch writes NaN "
+                         f"as null and ±inf as \"inf\"/\"-inf\", so the file was altered or not written by "
+                         f"phasetorch; it is not a readable {what}") from None
+
+
+class _NonStandardNumber(ValueError):
+    """A JSON number phasetorch never writes: the NaN/Infinity literals, or a literal beyond float range."""
+
+
+def _refuse_constant(name: str):
+    raise _NonStandardNumber(f"the non-standard JSON literal {name}")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise _NonStandardNumber(f"the number {text[:40]}, beyond the range of a float")
+    return v
 
 
 def _json_kind(obj: Any) -> str:

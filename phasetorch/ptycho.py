@@ -56,7 +56,7 @@ from .logs import TrainingLog
 from .physics.ptychography import (check_interpolation, check_positions, check_zero_frequency, exit_wave_gradients,
                                    exit_waves, extract_patches, fit_object, place_patches, positioned_probes,
                                    positioned_probes_adjoint, propagate, propagate_adjoint, window_margin)
-from .tensors import abs2, check_int, check_number, complex_dtype_of, make_generator, parse_dtype, to_jsonable
+from .tensors import abs2, as_device, check_int, check_number, complex_dtype_of, make_generator, parse_dtype, to_jsonable
 
 LOSSES = ("amplitude", "poisson")
 _EPS = 1e-12
@@ -260,8 +260,8 @@ def reconstruct_ptycho(data: torch.Tensor, probe: torch.Tensor, positions: torch
     if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != (J, 2):
         raise ValueError(f"positions must be a ({J}, 2) tensor (one (row, column) per pattern), got "
                          f"{tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__}")
-    dev = torch.device(device) if device is not None else data.device
-    ddev = torch.device(data_device) if data_device is not None else dev
+    dev = as_device(device, "device", default=data.device)
+    ddev = as_device(data_device, "data_device", default=dev)
     pos = positions.detach().to(torch.float64).cpu().clone()      # refined in place: never the caller's tensor
     if object_shape is None:
         if object_init is not None:

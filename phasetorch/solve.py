@@ -465,7 +465,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         "real_signal": real_signal, "support": constraint.support is not None, "nonnegative": bool(nonnegative),
         "on_divergence": on_divergence, "sync_every": sync_every,
     }
-    data = loss.prepare(y_flat)
+    data = loss.prepare(y_flat, warn=False)         # measured_intensities has warned already
     driver = Driver(op, preset.name, alg, loss, data, constraint, start.x0, xt, batch,
                     config, t_start, raise_on_divergence=on_divergence == "raise", sync_every=sync_every)
     rec = driver.run(max_iter, tol_eff, log_every, callback, progress)

@@ -28,7 +28,7 @@ Shape = Tuple[int, ...]
 
 __all__ = ["SYNC_EVERY", "default_sync_every", "Shape", "abs2", "sum_dims", "mean_dims", "inner", "dot", "norm2", "bview", "where_sample",
            "real_dtype_of", "complex_dtype_of", "dtype_name", "parse_dtype", "make_generator", "resolve_seed",
-           "as_shape", "check_int", "check_number", "available_memory", "check_memory", "mean_se", "to_jsonable", "from_json_float", "floats_from_json"]
+           "as_shape", "as_device", "check_int", "check_number", "available_memory", "check_memory", "mean_se", "to_jsonable", "from_json_float", "floats_from_json"]
 
 
 # ---------------------------------------------------------------------------------------- algebra
@@ -217,6 +217,29 @@ def as_shape(shape: Union[int, Sequence[int]], name: str = "shape") -> Shape:
     if not items:
         raise ValueError(f"{name} must not be empty")
     return tuple(check_int(s, name, 1) for s in items)
+
+
+def as_device(device: Any, name: str = "device", default: Optional[torch.device] = None) -> torch.device:
+    """``device`` (a string such as ``'cpu'``, ``'cuda'``, ``'cuda:1'``, or a torch.device; None gives
+    ``default``, else the CPU) as a torch.device that this machine has: an unknown name, a CUDA device
+    on a machine without CUDA (or an index beyond its devices) and the data-less ``meta`` device are
+    refused with a ValueError naming ``name`` and the fix."""
+    if device is None:
+        return torch.device("cpu") if default is None else torch.device(default)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N' (or a torch.device), got {device!r}") from err
+    if dev.type == "meta":
+        raise ValueError(f"{name} is the 'meta' device, which holds no data; use 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r}, but CUDA is not available on this machine "
+                             f"(torch.cuda.is_available() is False); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s) (indices 0..{torch.cuda.device_count() - 1})")
+    return dev
 
 
 def available_memory(device=None) -> Optional[int]:

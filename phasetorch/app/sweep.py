@@ -31,7 +31,8 @@ writer, merges them into results.json, so a stopped run resumes exactly as a sin
 Every rank returns all the cells. The settings must agree across ranks (checked).
 
 Bounded resources: a grid of more than :data:`MAX_CELLS` cells (algorithms × δ values) is refused
-before anything is built — ``1:1e9:1e-9`` would be 10¹⁸ points —, and so is a problem whose
+before anything is built — ``1:1e9:1e-9`` would be 10¹⁸ points —, so is a sweep of more than
+:data:`MAX_RUNS` reconstructions (cells × trials), and so is a problem whose
 Gaussian matrix (m = round(δ_max n) rows) does not fit in the available memory.
 
 Success rates are drawn with Wilson score 95% intervals (:func:`wilson_interval`: for k successes
@@ -83,6 +84,9 @@ FIGURE_NAME = "phase_transition.png"
 LOCK_NAME = ".lock"
 #: The most cells (algorithms × δ values) a sweep may have, and so the most δ values of a grid.
 MAX_CELLS = 10_000
+#: most reconstructions one sweep may ask for (cells × trials): 10⁷ runs of even the smallest problem take
+#: days on a CPU, and 10⁵ trials already pin a success rate to ±0.003 (Wilson 95%)
+MAX_RUNS = 10_000_000
 INJECTIVITY = {"real": 2.0, "complex": 4.0}
 SETTINGS = ("dim", "field", "trials", "tol", "max_iter", "init", "preprocessing", "dtype", "seed")
 
@@ -331,6 +335,10 @@ def run_sweep(out_dir, deltas: Sequence[float], algorithms: Sequence[str], trial
     if cells > MAX_CELLS:
         raise GridTooLarge(f"the sweep has {len(algorithms)} algorithm(s) × {len(deltas)} δ values = {cells} cells, "
                            f"more than the cap of {MAX_CELLS}; use fewer δ values or algorithms")
+    if cells * int(trials) > MAX_RUNS:
+        raise GridTooLarge(f"the sweep asks for {cells} cell(s) × {int(trials)} trials = {cells * int(trials):.3g} "
+                           f"reconstructions, more than the cap of {MAX_RUNS:.0e}; use fewer --trials (10⁴ per cell "
+                           f"pin a success rate to ±0.01) or fewer cells")
     m_max = max(1, int(round(max(deltas) * int(dim))))
     check_memory(problem_bytes(int(dim), m_max, matrix=m_max * int(dim) * (2 if field == "complex" else 1),
                                dtype=parse_dtype(dtype)),
@@ -500,4 +508,5 @@ def summary_lines(results: SweepResults, algorithms: Optional[Iterable[str]] = N
 
 __all__ = ["parse_grid", "cell_key", "trial_seed", "SweepResults", "random_signal", "run_cell", "run_sweep",
            "reference_lines", "algorithm_thresholds", "wilson_interval", "plot_sweep", "write_figure",
-           "summary_lines", "folder_lock", "GridTooLarge", "RESULTS_NAME", "FIGURE_NAME", "LOCK_NAME", "MAX_CELLS"]
+           "summary_lines", "folder_lock", "GridTooLarge", "RESULTS_NAME", "FIGURE_NAME", "LOCK_NAME", "MAX_CELLS",
+           "MAX_RUNS"]

@@ -47,7 +47,11 @@ def load_operator(path: Union[str, os.PathLike], map_location: Optional[Union[st
                          f"({type(err).__name__}: {err}); write it with save_operator") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload:
         raise ValueError(f"{os.fspath(path)!r} is not a phasetorch operator file; write it with save_operator")
-    if payload.get("version", 0) > VERSION:
+    version = payload.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"{os.fspath(path)!r} has a damaged format version ({version!r}, not a whole number "
+                         f"≥ 0): the file was altered; write it again with save_operator")
+    if version > VERSION:
         raise ValueError(f"{os.fspath(path)!r} was written by a newer phasetorch (format version "
                          f"{payload['version']}); upgrade phasetorch to read it")
     op = operator_from_config(payload["config"])

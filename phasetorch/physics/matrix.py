@@ -9,7 +9,7 @@ import torch
 from .base import MeasurementOperator
 from .kernels import adjoint as kernel_adjoint, dense_linear_adjoint as kernel_linear_adjoint
 from .kernels import linear as kernel_linear, usable as kernel_usable
-from ..tensors import abs2, as_shape, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, real_dtype_of
+from ..tensors import abs2, as_device, as_shape, check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, real_dtype_of
 from .registry import register_operator
 
 
@@ -154,6 +154,7 @@ class MatrixMeasurement(MeasurementOperator):
             raise ValueError(f"MatrixMeasurement: A has dtype {A.dtype}, but operators work in float32/float64 "
                              f"(complex64/complex128): half precision is not supported; convert it first "
                              f"(A.float() or A.to(torch.complex64))")
+        as_device(A.device, "MatrixMeasurement: the device of A")       # no meta tensors (no data)
         m, n = A.shape
         if m < 1 or n < 1:
             raise ValueError(f"MatrixMeasurement: A must have at least one row and one column, got shape {tuple(A.shape)}")

@@ -31,7 +31,7 @@ from ..physics.ensemble import GaussianEnsemble
 from ..physics.noise import GaussianNoise
 from ..solve import reconstruct
 from ..logs import TrainingLog
-from ..tensors import check_int, check_number, make_generator
+from ..tensors import as_device, check_int, check_number, make_generator
 from .model import SingleIndexModel, resolve_model
 
 __all__ = ["simulate", "derived_seed"]
@@ -256,10 +256,7 @@ def simulate(delta: float, *, dim: int, seeds: Union[int, Sequence[int]], step: 
             return _joined(parts, seed_list, chunk=chunk)
     count = len(seed_list)
     is_complex = model.is_complex
-    try:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"simulate: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    dev = as_device(device, "simulate: device")
 
     op = GaussianEnsemble(dim, m, count, complex=is_complex, seeds=seed_list, dtype=dtype).to(dev)
     x_star = _unit_signals(seed_list, dim, is_complex, dtype).to(device=dev, dtype=op.signal_dtype)

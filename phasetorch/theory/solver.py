@@ -66,7 +66,7 @@ from ..errors import DivergenceError
 from ..init.preprocessing import elementwise
 from ..optim.presets import get_preset
 from ..optim.steps import wf_ramp
-from ..tensors import check_int, check_memory, check_number, make_generator
+from ..tensors import as_device, check_int, check_memory, check_number, make_generator
 from .fields import coefficient_norm2, extend_basis, two_time_covariance
 from .model import SingleIndexModel, StartLaw, phase_retrieval, resolve_model, start_law
 from .prediction import Prediction
@@ -580,7 +580,8 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
             means and standard errors: every rank returns the single-process prediction. False: solve
             every replicate here.
     """
-    with _cpu_threads(threads, device):
+    dev = as_device(device, "dmft: device")
+    with _cpu_threads(threads, dev):
         model = model if model is not None else phase_retrieval()
         num = _check_numbers(delta, steps, l2, samples, replicates, seed, power_steps, power_shift, chunk_size,
                             threads)
@@ -594,7 +595,6 @@ def solve_dmft(delta: float, *, steps: int, model: Optional[SingleIndexModel] = 
         c0 = check_number(init_norm, "init_norm (c₀ = ‖x₀‖)", 0.0, strict=True)
         rho_p, K0 = _start_overlap(init, model, rho, lam_star, T, init_overlap, power_steps)
         mus = step_sizes(step, schedule, steps)
-        dev = torch.device(device) if device is not None else torch.device("cpu")
         per_entry = (68 if model.is_complex else 32) * (2 if dtype == torch.float64 else 1)
         check_memory(per_entry * replicates * samples * (steps + 1),
                      f"the DMFT populations ({replicates} × {samples} samples × {steps + 1} times)",

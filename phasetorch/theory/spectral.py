@@ -543,7 +543,8 @@ def spectral_threshold(preprocessing: Union[str, Callable] = "optimal", field: s
     field = _check_field(field)
     noise = _check_noise(noise)
     delta_min = check_number(delta_min, "delta_min", 0.0, strict=True)
-    delta_max = check_number(delta_max, "delta_max", delta_min, strict=True)
+    delta_max = check_number(delta_max, f"delta_max (above delta_min = {delta_min:g}; raise delta_max or "
+                                        f"lower delta_min)", delta_min, strict=True)
 
     def make(delta: float) -> _Prep:
         if _is_intensity(link):

@@ -173,3 +173,80 @@ def test_bench_with_an_unknown_option_prints_one_cli_error_line(capsys):
     code = main(["bench", "--no-such-option"])
     err = capsys.readouterr().err
     assert code == 2 and len(re.findall(r"^phasetorch: error:", err, re.M)) == 1 and "--no-such-option" in err
+
+
+# ------------------------------------------------------------------ the second fuzz round (scripts/fuzz.py --seed 7)
+@pytest.mark.parametrize("device, msg", [("bogus", r"device must be 'cpu', 'cuda' or 'cuda:N'"),
+                                         ("meta", r"'meta' device, which holds no data"),
+                                         ("cuda:7", r"CUDA is not available|has \d+ CUDA device")])
+def test_unusable_devices_are_refused_by_name(device, msg):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a CUDA device 7")
+    with pytest.raises(ValueError, match=msg):
+        pt.theory.dmft(4.0, step=0.1, steps=2, samples=500, replicates=2, progress=False, device=device)
+    with pytest.raises(ValueError, match="simulate: device"):
+        pt.theory.simulate(4.0, step=0.1, steps=2, dim=16, seeds=1, device=device)
+    assert pt.tensors.as_device(None) == torch.device("cpu")
+    assert pt.tensors.as_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_a_matrix_on_the_meta_device_is_refused():
+    with pytest.raises(ValueError, match=r"MatrixMeasurement: the device of A is the 'meta' device"):
+        MatrixMeasurement(torch.empty(6, 4, device="meta"))
+
+
+def test_spectral_threshold_names_delta_min_when_the_range_is_empty():
+    with pytest.raises(ValueError, match=r"delta_max \(above delta_min = 2000; raise delta_max or lower delta_min\)"):
+        pt.theory.spectral_threshold(delta_min=2000.0)
+
+
+def test_an_operator_file_with_a_damaged_version_is_refused(tmp_path):
+    path = tmp_path / "op.pt"
+    save_operator(gauss(n=4, m=16), path)
+    blob = torch.load(path, weights_only=False)
+    for version in ("x", -1, 1.5, True):
+        torch.save(dict(blob, version=version), tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=r"damaged format version"):
+            load_operator(tmp_path / "bad.pt")
+    assert load_operator(path).config() == gauss(n=4, m=16).config()
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_json_files_with_non_standard_numbers_are_refused(tmp_path, literal):
+    pred = pt.theory.dmft(4.0, step=0.1, steps=2, samples=500, replicates=2, progress=False)
+    rec = pt.reconstruct(gauss(n=4, m=32), gauss(n=4, m=32)(torch.randn(4, dtype=torch.complex128)),
+                         progress=False, max_iter=3)
+    for obj, cls, key in ((pred, pt.theory.Prediction, '"overlap": [['), (rec.log, pt.TrainingLog, '"loss": [')):
+        path = tmp_path / f"{cls.__name__}.json"
+        obj.to_json(path)
+        assert cls.from_json(path) is not None                     # the strict file as written reads back
+        text = path.read_text(encoding="utf-8")
+        assert key in text
+        head, tail = text.split(key, 1)
+        path.write_text(head + key + literal + tail[tail.index(","):], encoding="utf-8")
+        with pytest.raises(ValueError, match=r"strict JSON has no place for: phasetorch writes NaN as null"):
+            cls.from_json(path)
+
+
+def test_a_sweep_of_too_many_reconstructions_is_refused_up_front(tmp_path):
+    from phasetorch.app import sweep as sw
+    with pytest.raises(sw.GridTooLarge, match=r"1 cell\(s\) × 100000000 trials .* cap of 1e\+07"):
+        sw.run_sweep(tmp_path / "s", [4.0], ["wf"], trials=10**8, dim=8, progress=False)
+    assert not (tmp_path / "s" / sw.RESULTS_NAME).exists()
+
+
+def test_signed_amplitudes_passed_as_intensities_get_a_warning_once():
+    op = pt.GaussianMeasurement(16, 128, complex=False, seed=0, dtype=torch.float64)
+    x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = op(x)
+    y[1] = op.linear(x[1])                                  # signed amplitudes Ax, about half negative
+    with pytest.warns(UserWarning, match=r"of sample\(s\) \[1\] .* are negative.*pass op\(x\) = \|Ax\|²") as got:
+        pt.reconstruct(op, y, progress=False, max_iter=3)
+    assert sum("are negative" in str(w.message) for w in got) == 1      # not again from the loss's prepare
+    noisy = y[:1] + 0.3 * y[:1].mean() * torch.randn(y[:1].shape, generator=torch.Generator().manual_seed(1),
+                                                       dtype=torch.float64)
+    assert 0 < float((noisy < 0).double().mean()) < losses.NEGATIVE_WARNING
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # ordinary noise: negative entries, no warning
+        pt.reconstruct(op, noisy, progress=False, max_iter=3)
