@@ -413,7 +413,7 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
     model = None if isinstance(op, MeasurementOperator) else resolve_model(op)
     op, y = measured_intensities(resolve_model(op) if model is None else model, y)
     preset = get_preset(algorithm)
-    max_iter = check_int(max_iter, "max_iter", 0)
+    max_iter = check_int(max_iter, "max_iter", 0, 2 ** 62)        # iteration counters are int64 tensors
     log_every = check_int(log_every, "log_every", 1)
     if tol is not None:
         check_number(tol, "tol (≤ 0 disables early stopping)")

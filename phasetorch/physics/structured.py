@@ -54,7 +54,8 @@ class StructuredRandom(MeasurementOperator):
         self.seed = resolve_seed(seed, generator)
         self._dtype_probe = self._dtype_probe.to(dtype)
         check_memory(4 * self.n_layers * math.prod(self.measurement_shape) * 8,
-                     f"{self.n_layers} random layers of {self.measurement_shape}", "use fewer n_layers= or a smaller shape=")
+                     f"{self.n_layers} random layers of {self.measurement_shape}",
+                     "use fewer n_layers=, a smaller oversampling= or a smaller shape=")
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         theta = 2 * math.pi * torch.rand(self.n_layers, *self.measurement_shape, generator=g, dtype=torch.float64)
         self.register_random("D", torch.polar(torch.ones_like(theta), theta).to(complex_dtype_of(dtype)))

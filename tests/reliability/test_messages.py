@@ -250,3 +250,12 @@ def test_signed_amplitudes_passed_as_intensities_get_a_warning_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")                      # ordinary noise: negative entries, no warning
         pt.reconstruct(op, noisy, progress=False, max_iter=3)
+
+
+def test_an_iteration_budget_beyond_int64_and_a_huge_oversampling_are_named():
+    op = gauss()
+    y = op(torch.randn(8, dtype=torch.complex128, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match=r"max_iter must be an int ≥ 0 and ≤ 4611686018427387904"):
+        pt.reconstruct(op, y, max_iter=10 ** 30, progress=False)
+    with pytest.raises(ValueError, match=r"smaller oversampling="):
+        pt.StructuredRandom((4, 4), seed=0, oversampling=2 ** 70)
