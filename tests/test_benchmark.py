@@ -102,7 +102,7 @@ def test_markdown_has_table_machine_date_command(dry_no_peers):
     for number in bench.ROWS:
         assert f"## {number}. " in md
     table = md.split("\n\n")[2]                   # title, machine list, the table
-    assert table.count("| 1 | gradient evaluation, GaussianMeasurement complex") == 2
+    assert table.count("| 1 | gradient evaluation, complex") == 4
 
 
 def test_summary_lines_cover_every_row(dry_no_peers):
@@ -110,10 +110,15 @@ def test_summary_lines_cover_every_row(dry_no_peers):
     table = bench.summary_lines(result)
     assert {int(l.split()[0]) for l in table[2:] if l[:2].strip().isdigit()} == set(bench.ROWS)
     # row 1 reports the full gradient evaluations against one read of A in the table, beside the pairs
-    grad = {r["row"]: r for r in result["rows"]}[1]["gradient"]["comparisons"]
-    assert [c["label"][:19] for c in grad] == ["gradient evaluation"] * 2
+    gradient = {r["row"]: r for r in result["rows"]}[1]["gradient"]
+    grad = gradient["comparisons"]
+    assert [c["label"][:19] for c in grad] == ["gradient evaluation"] * 4
+    assert [c["label"].split("batch ")[1][:2] for c in grad] == ["1", "1", "16", "16"]
+    assert [c["goal"] for c in grad[2:]] == ["reported"] * 2 and all(c["met"] is None for c in grad[2:])
+    assert gradient["ratio"] == max(c["ratio"] for c in grad[:2])     # the goal is the single signal's
+    assert all(c["per_signal_ratio"] * 16 == pytest.approx(c["ratio"]) for c in grad[2:])
     labels = [l for l in table if l.startswith("1 ")]
-    assert len(labels) == 5 and sum("gradient evaluation" in l for l in labels) == 2
+    assert len(labels) == 7 and sum("gradient evaluation" in l for l in labels) == 4
     assert any(l.startswith("[1]") for l in lines)       # progress was logged
 
 
