@@ -157,9 +157,7 @@ def check_intensities(op: MeasurementOperator, y: torch.Tensor, who: str = "y", 
     if y.is_complex():
         raise ValueError(f"{who} must hold real intensities |Ax|², got a complex tensor; pass op(x) (not op.linear(x))")
     op.check_measurements(y)
-    k = len(op.measurement_shape)
-    per_sample = y.reshape(-1, *y.shape[y.dim() - k:]).flatten(1) if y.numel() else y.reshape(0, 1)
-    negative = (per_sample < 0).to(torch.float32).mean(1) if per_sample.shape[1] else per_sample.new_zeros(0)
+    negative = (y.reshape(-1, math.prod(op.measurement_shape)) < 0).to(torch.float32).mean(1)   # per sample
     worst = negative.max() if negative.numel() else negative.new_zeros(())
     finite, worst = torch.stack([torch.isfinite(y).all().to(worst.dtype), worst]).tolist()
     if not finite:

@@ -16,6 +16,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..tensors import as_device
+
 __all__ = ["CLIError", "UsageError", "Echo", "resolve_device", "fmt_value", "choose_threads", "usable_cores", "THREAD_ENV"]
 
 
@@ -78,15 +80,12 @@ def choose_threads(cores: Optional[int] = None, load: Optional[float] = None) ->
 
 
 def resolve_device(name: str) -> torch.device:
-    """A torch.device, with a clear error when CUDA is asked for but unavailable."""
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CLIError("CUDA is not available on this machine; use --device cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CLIError(f"no device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    return torch.device("cpu")
+    """A torch.device (:func:`phasetorch.tensors.as_device`), with a clear error when CUDA is asked for
+    but unavailable."""
+    try:
+        return as_device(name, "--device")
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def fmt_value(v, fmt: str = "{:.3g}") -> str:

@@ -36,6 +36,7 @@ from ...ptycho import LOSSES, reconstruct_ptycho
 from ...ptycho_data import load_ptycho
 from ...tensors import check_int, check_number
 from ..common import resolve_device
+from .options import device
 
 __all__ = ["add_arguments", "run_ptycho", "register", "run", "DEFAULTS"]
 
@@ -66,13 +67,6 @@ def _positive_float(text: str) -> float:
         return check_number(float(text), "value", 0.0, strict=True)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-
-
-def _device(text: str) -> str:
-    t = text.strip().lower()
-    if t == "cpu" or t == "cuda" or (t.startswith("cuda:") and t[5:].isdigit()):
-        return t
-    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -108,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="epoch over-relaxation ω ≤ 2 (default %(default)s; 0 with --momentum 0: plain updates)")
     e.add_argument("--positions", type=_positive_int, default=None, metavar="N",
                    help="use only the N scan points nearest the scan's centre (a quick look)")
-    e.add_argument("--device", type=_device, default=DEFAULTS["device"], help="cpu, cuda or cuda:N (default cpu)")
+    e.add_argument("--device", type=device, default=DEFAULTS["device"], help="cpu, cuda or cuda:N (default cpu)")
     e.add_argument("--dtype", choices=("float32", "float64"), default=DEFAULTS["dtype"],
                    help="precision (default %(default)s)")
     e.add_argument("--seed", type=_nonneg_int, default=DEFAULTS["seed"], help="batch order seed (default %(default)s)")
