@@ -168,6 +168,28 @@ def test_autograd_is_untouched(monkeypatch):
     torch.testing.assert_close(xx.grad, loss.evaluate(x, y).grad, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype,n", [(torch.complex64, 512), (torch.complex64, 700), (torch.complex128, 256),
+                                     (F32, 1024), (F64, 1030)])
+@pytest.mark.parametrize("B", [1, 3])
+def test_rows_of_a_page_or_more(monkeypatch, dtype, n, B):
+    """Rows of ≥ 4 KiB (n = 512 complex64, ...): the kernel places x's two forms and the accumulators
+    off A's L1 sets and prefetches the next block as one stream; the results must not change."""
+    complex_ = dtype.is_complex
+    rdt = F32 if dtype in (torch.complex64, F32) else F64
+    op, x, y = problem(n, 3 * 64 + 13, B, complex_, rdt)              # chunks, partial last block
+    loss = make_loss("amplitude", op, l2=0.1)
+    d = loss.prepare(y)
+    a, b, calls = both(monkeypatch, lambda: loss.evaluate(x, d))
+    assert calls["fused"] == 1
+    for what in ("value", "grad", "r"):
+        close(getattr(a, what), getattr(b, what), rdt, what)
+    z = op.linear(x)
+    a, b, calls = both(monkeypatch, lambda: (op.linear(x), op.adjoint(z)))
+    assert calls["linear"] == 1 and calls["adjoint"] == 1
+    close(a[0], b[0], rdt, "linear")
+    close(a[1], b[1], rdt, "adjoint")
+
+
 # ---------------------------------------------------------------------------- products and generic passes
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, F32, F64])
 @pytest.mark.parametrize("B", [1, 4])
