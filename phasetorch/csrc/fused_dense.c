@@ -562,7 +562,8 @@ static int SFX(pt_pass)(const pt_args *p) {
     REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
     const REAL c = (REAL)p->scale;
     const int accumulate = mode != PT_LINEAR, forward = mode != PT_ADJOINT;
-    const int split = mode == PT_FUSED ? PT_R / 2 : 0;  /* next block's rows the dot products prefetch */
+    const int split = mode == PT_FUSED ? PT_R / 2 : (mode == PT_LINEAR ? PT_R : 0);  /* next block's rows the
+                                                       * dot products prefetch (the adjoint: the rest) */
     const int64_t nacc = cplx ? 2 : 1;                 /* accumulators per signal: H (and G) */
     /* L1 placement: where a row of A is a multiple of 4 KiB long (n = 1024, ...), the PT_R rows at one
      * column share an L1 set; x's two forms and the accumulators H, G are placed 1 and 2 KiB past A's
