@@ -360,8 +360,9 @@ class PhaseRetrievalLoss(nn.Module):
 
         Where the operator holds a dense A for the fused C kernel (:meth:`MeasurementOperator.kernel_matrix`)
         and this loss has a closed-form pointwise map, the kernel's arguments are set up here
-        (:class:`~phasetorch.physics.kernels.FusedPlan`) and a call only runs the pass and the two
-        scalings :meth:`evaluate` applies: the same arithmetic, bit-identical results. Anything else —
+        (:class:`~phasetorch.physics.kernels.FusedPlan`) and a call only runs the pass, which also applies
+        the two scalings :meth:`evaluate` applies (1/(m√e) of the gradient, 1/m of the value): the same
+        arithmetic, bit-identical results. Anything else —
         no such A or map, an ``x`` the plan does not fit — is :meth:`evaluate` itself. ``y`` is validated
         here; ``x`` must be the loop's own iterate (its shape is checked, its pairing with y is not)."""
         d = self.prepare(y)
@@ -369,7 +370,11 @@ class PhaseRetrievalLoss(nn.Module):
         c = 1.0 / math.sqrt(self.op.entry_energy)
         spec = self._kernel_map(d, None, c) if A is not None and self.separable_weights and self.own_evaluation() \
             else None
-        plan = FusedPlan.build(A, spec, batch) if spec is not None else None
+        l2, m = self.l2, self.op.m
+        reduce_sum = None if type(self.op).reduce_sum is MeasurementOperator.reduce_sum else self.op.reduce_sum
+        # the gradient's 1/(m√e) and the value's 1/m in the pass (where the op sums nothing itself)
+        plan = FusedPlan.build(A, spec, batch, g_scale=self.adjoint_scale(),
+                               value_div=None if reduce_sum is not None else float(m)) if spec is not None else None
 
         def plain(x: torch.Tensor, frozen: Optional[torch.Tensor] = None) -> Evaluation:
             ev = self.evaluate(x, d)
@@ -381,29 +386,22 @@ class PhaseRetrievalLoss(nn.Module):
             return plain
         shape = (*plan.batch, *self.op.signal_shape)
         rdt = self.op.real_dtype
-        # the constants as 0-dim tensors (a Python scalar is wrapped at every product); same values
-        g_scale = torch.tensor(self.adjoint_scale(), dtype=rdt)
-        c_t = torch.tensor(c, dtype=rdt)
-        l2, m = self.l2, self.op.m
-        reduce_sum = None if type(self.op).reduce_sum is MeasurementOperator.reduce_sum else self.op.reduce_sum
+        c_t = torch.tensor(c, dtype=rdt)      # a 0-dim tensor (a Python scalar is wrapped at every product)
         k = len(self.op.signal_shape)
 
         def run(x: torch.Tensor, xf: torch.Tensor, frozen) -> Evaluation:
+            # g = Aᴴv/(m√e) and, without an op's own reduce_sum, the values Σ/m in rdt come from the pass
             z, u, a2, w, total, *tz = plan(xf, frozen)
             r = (z * c_t if c != 1.0 else z).view(*plan.batch, m)
-            g = (u * g_scale).view(shape)
+            g = u.view(shape)
             if l2:
                 g = g + l2 * x
             p = Fields(r)
             p._a2 = a2
-            val = (total if reduce_sum is None else reduce_sum(total)) / m     # = _reduce_total(total, x, r)
-            if val.dtype != rdt:
-                val = val.to(rdt)
+            val = total if reduce_sum is None else (reduce_sum(total) / m).to(rdt)   # = _reduce_total(...)
             fz = None
             if tz:                                  # the value with the frozen weights, from the same pass
-                fz = (tz[0] if reduce_sum is None else reduce_sum(tz[0])) / m
-                if fz.dtype != rdt:
-                    fz = fz.to(rdt)
+                fz = tz[0] if reduce_sum is None else (reduce_sum(tz[0]) / m).to(rdt)
             if l2:
                 ridge = 0.5 * l2 * sum_dims(abs2(x), k)
                 val = val + ridge

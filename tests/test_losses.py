@@ -253,12 +253,13 @@ def test_fused_pass_gives_the_two_product_evaluation(name, complex_, monkeypatch
 
 @pytest.mark.parametrize("name", list(LOSSES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_prepared_evaluator_equals_evaluate_bit_for_bit(name, dtype):
+@pytest.mark.parametrize("complex_", [True, False])
+def test_prepared_evaluator_equals_evaluate_bit_for_bit(name, dtype, complex_):
     """``loss.evaluator(y, batch)`` (the loop's evaluation, a prepared fused C pass where the operator
     has a dense kernel matrix) gives exactly ``evaluate``'s value, gradient, r, weights and |r|²; an x
     it was not prepared for (another batch) goes through ``evaluate`` itself, with its clear error."""
-    op, x, y = _problem(True, batch=(2,))
-    op, x, y = op.to(dtype), x.to(op.signal_dtype if dtype == F64 else torch.complex64), y.to(dtype)
+    op, x, y = _problem(complex_, batch=(2,))
+    op, x, y = op.to(dtype), x.to(op.signal_dtype if dtype == F64 else torch.complex64 if complex_ else torch.float32), y.to(dtype)
     loss = _make(name, op, l2=0.1)
     ev = loss.evaluator(y, (2,))
     from phasetorch.physics import kernels

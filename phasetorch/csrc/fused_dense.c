@@ -87,6 +87,10 @@ typedef struct {
     const void *wz;       /* frozen weights (same layout as q, wz_stride) or NULL: then also ... */
     int64_t wz_stride;
     double *value_z;      /* ... output sum_i wz_i l_i per signal (B): a line search's trial value */
+    double g_scale;       /* the output g times this (0: as summed), in REAL arithmetic */
+    double value_div;     /* with value_real: also (REAL)(value / value_div) per signal there ... */
+    void *value_real;     /* ... (B, REAL) or NULL */
+    void *value_z_real;   /* the same of value_z (B, REAL) or NULL */
 } pt_args;
 
 
@@ -152,7 +156,7 @@ static void *pt_alloc(size_t bytes) {
     return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
 }
 
-int pt_abi_version(void) { return 3; }
+int pt_abi_version(void) { return 4; }
 
 #define PT_BODY
 #define REAL float
@@ -664,6 +668,7 @@ static int SFX(pt_pass)(const pt_args *p) {
 
         if (accumulate) {               /* sum the chunk buffers in chunk order, columns split over threads */
             const int64_t c0 = n * t / T, c1 = n * (t + 1) / T;
+            const REAL gs = p->g_scale != 0 ? (REAL)p->g_scale : (REAL)1;   /* x 1 is exact */
             for (int64_t b = 0; b < B; b++) {
                 REAL *gb = Gout + b * rl;
                 for (int64_t j = c0; j < c1; j++) {
@@ -674,11 +679,11 @@ static int SFX(pt_pass)(const pt_args *p) {
                             re += Hs[2 * j] + Gs[2 * j + 1];
                             im += Gs[2 * j] - Hs[2 * j + 1];
                         }
-                        gb[2 * j] = re; gb[2 * j + 1] = im;
+                        gb[2 * j] = re * gs; gb[2 * j + 1] = im * gs;
                     } else {
                         REAL s_ = 0;
                         for (int64_t s = 0; s < chunks; s++) s_ += acc[s * per_chunk + b * sig + j];
-                        gb[j] = s_;
+                        gb[j] = s_ * gs;
                     }
                 }
             }
@@ -690,10 +695,12 @@ static int SFX(pt_pass)(const pt_args *p) {
             double s = 0;
             for (int64_t ch = 0; ch < chunks; ch++) s += vals[ch * B + b];
             p->value[b] = s;
+            if (p->value_real) ((REAL *)p->value_real)[b] = (REAL)(s / p->value_div);
             if (WZ) {
                 double sz = 0;
                 for (int64_t ch = 0; ch < chunks; ch++) sz += vals[(chunks + ch) * B + b];
                 p->value_z[b] = sz;
+                if (p->value_z_real) ((REAL *)p->value_z_real)[b] = (REAL)(sz / p->value_div);
             }
         }
     }
@@ -860,6 +867,7 @@ static int SFX(pt_gd_block)(pt_block *p) {
     REAL *work = p->lbfgs ? (REAL *)pt_alloc((size_t)(2 * rl) * sizeof(REAL)) : NULL;
     if (p->lbfgs && !work) return 3;
     pt_args a = p->pass;
+    a.g_scale = 0; a.value_real = a.value_z_real = NULL;   /* this loop scales g and divides f itself */
     a.mode = PT_FUSED;
     a.x = x_try; a.z = p->z; a.g = g; a.a2 = a2; a.w_out = p->adaptive ? w : NULL; a.value = p->total;
     a.w = NULL; a.w_stride = 0;

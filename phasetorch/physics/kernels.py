@@ -48,7 +48,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopen
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
 ENV_CACHE = "PHASETORCH_CACHE_DIR"
-ABI_VERSION = 3
+ABI_VERSION = 4
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
 
@@ -105,7 +105,9 @@ class _Args(ctypes.Structure):
                 ("w_stride", ctypes.c_int64), ("a2", ctypes.c_void_p), ("w_out", ctypes.c_void_p),
                 ("value", ctypes.c_void_p), ("scale", ctypes.c_double), ("p0", ctypes.c_double),
                 ("p1", ctypes.c_double), ("tiny", ctypes.c_double),
-                ("wz", ctypes.c_void_p), ("wz_stride", ctypes.c_int64), ("value_z", ctypes.c_void_p)]
+                ("wz", ctypes.c_void_p), ("wz_stride", ctypes.c_int64), ("value_z", ctypes.c_void_p),
+                ("g_scale", ctypes.c_double), ("value_div", ctypes.c_double), ("value_real", ctypes.c_void_p),
+                ("value_z_real", ctypes.c_void_p)]
 
 
 #: the argument block of one fused pass (``pt_args`` of the C source)
@@ -417,11 +419,17 @@ class FusedPlan:
     step): the argument block, the contiguous per-measurement data and the thread count are set up at
     construction, so a call only allocates the outputs and runs the pass. Same arithmetic as
     :func:`fused` (bit-identical results). Build it with :meth:`build`, which returns None where the
-    kernel does not apply."""
+    kernel does not apply.
 
-    __slots__ = ("A", "batch", "B", "m", "n", "bits", "real", "args", "q", "w", "weighted")
+    ``g_scale`` and ``value_div`` fold a loss's two last steps into the pass (each a torch op less per
+    call, where the first op after a pass over A runs with cold caches): the gradient comes back as
+    ``g_scale · Aᴴv`` (the same REAL products as ``u * g_scale`` in torch) and the value(s) as
+    ``(Σ w ℓ) / value_div`` in the real dtype (the float64 quotient rounded once, as ``(total / d).to(real)``)."""
 
-    def __init__(self, A: torch.Tensor, spec: PointwiseMap, batch) -> None:
+    __slots__ = ("A", "batch", "B", "m", "n", "bits", "real", "args", "q", "w", "weighted", "value_div")
+
+    def __init__(self, A: torch.Tensor, spec: PointwiseMap, batch, g_scale: Optional[float] = None,
+                 value_div: Optional[float] = None) -> None:
         m, n = A.shape
         B = 1
         for s_ in batch:
@@ -435,17 +443,27 @@ class FusedPlan:
         a = _args(A, B, FUSED)
         a.map, a.scale, a.p0, a.p1 = int(spec.code), float(spec.scale), float(spec.p0), float(spec.p1)
         a.q, a.q_stride, a.w, a.w_stride = _ptr(self.q), q_stride, _ptr(self.w), w_stride
+        if g_scale is not None:
+            if not g_scale:
+                raise ValueError("FusedPlan: g_scale must be non-zero")
+            a.g_scale = float(g_scale)
+        if value_div is not None:
+            if not value_div:
+                raise ValueError("FusedPlan: value_div must be non-zero")
+            a.value_div = float(value_div)
+        self.value_div = value_div
         self.args = a
 
     @classmethod
-    def build(cls, A: torch.Tensor, spec: Optional[PointwiseMap], batch) -> Optional["FusedPlan"]:
+    def build(cls, A: torch.Tensor, spec: Optional[PointwiseMap], batch, g_scale: Optional[float] = None,
+              value_div: Optional[float] = None) -> Optional["FusedPlan"]:
         if spec is None or A.dim() != 2:
             return None
         B = 1
         for s_ in batch:
             B *= s_
         probe = torch.empty(B, A.shape[1], dtype=A.dtype, device=A.device)
-        return cls(A, spec, batch) if usable(A, probe) else None
+        return cls(A, spec, batch, g_scale, value_div) if usable(A, probe) else None
 
     def accepts(self, xf: torch.Tensor) -> bool:
         """Whether flattened signals ``xf`` fit the plan (shape, dtype, CPU; the call runs without autograd)."""
@@ -455,9 +473,13 @@ class FusedPlan:
         """``(z, Aᴴv, |r|², weights or None, Σ w ℓ per signal (float64))`` for ``xf`` (B, n), batch-shaped
         outputs as :func:`fused` leaves them in the spec. With ``frozen`` weights (a contiguous real
         ``(*batch, m)`` tensor) a sixth output: Σ frozen·ℓ per signal (float64), summed in the same pass
-        (a line search's trial value with the weights of the current point)."""
+        (a line search's trial value with the weights of the current point). A plan built with
+        ``g_scale`` returns ``g_scale · Aᴴv``; with ``value_div`` the values are ``Σ / value_div`` in the
+        real dtype."""
         xf = _plain(xf)
         B, m, n = self.B, self.m, self.n
+        if frozen is not None and (frozen.dtype != self.real or frozen.numel() != B * m or not frozen.is_contiguous()):
+            raise ValueError(f"frozen weights must be a contiguous {self.real} tensor of {B}×{m} entries")
         z = torch.empty(B, m, dtype=self.A.dtype)
         g = torch.empty(B, n, dtype=self.A.dtype)
         a2 = torch.empty(B, m, dtype=self.real)
@@ -467,15 +489,20 @@ class FusedPlan:
         a = self.args
         a.x, a.z, a.g, a.a2, a.w_out, a.value = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), \
             _ptr(w_out), total.data_ptr()
+        mean = mean_z = None
+        if self.value_div is not None:          # the kernel writes the quotients; the float64 sums are scratch
+            mean = torch.empty(B, dtype=self.real)
+            mean_z = None if frozen is None else torch.empty(B, dtype=self.real)
+            a.value_real, a.value_z_real = mean.data_ptr(), _ptr(mean_z)
         if frozen is not None:
-            if frozen.dtype != self.real or frozen.numel() != B * m or not frozen.is_contiguous():
-                raise ValueError(f"frozen weights must be a contiguous {self.real} tensor of {B}×{m} entries")
             a.wz, a.wz_stride, a.value_z = frozen.data_ptr(), m, total_z.data_ptr()
         try:
             _run(a, self.bits)
         finally:                                # the argument block outlives this call's buffers
-            a.wz, a.value_z = None, None
+            a.wz, a.value_z, a.value_real, a.value_z_real = None, None, None, None
         batch = self.batch
+        if mean is not None:
+            total, total_z = mean, mean_z
         out = (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total.view(batch))
         return out if frozen is None else out + (total_z.view(batch),)
 
