@@ -259,7 +259,8 @@ def test_prepared_evaluator_equals_evaluate_bit_for_bit(name, dtype, complex_):
     has a dense kernel matrix) gives exactly ``evaluate``'s value, gradient, r, weights and |r|²; an x
     it was not prepared for (another batch) goes through ``evaluate`` itself, with its clear error."""
     op, x, y = _problem(complex_, batch=(2,))
-    op, x, y = op.to(dtype), x.to(op.signal_dtype if dtype == F64 else torch.complex64 if complex_ else torch.float32), y.to(dtype)
+    sdt = op.signal_dtype if dtype == F64 else torch.complex64 if complex_ else torch.float32
+    op, x, y = op.to(dtype), x.to(sdt), y.to(dtype)
     loss = _make(name, op, l2=0.1)
     ev = loss.evaluator(y, (2,))
     from phasetorch.physics import kernels

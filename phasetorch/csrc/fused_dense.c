@@ -82,13 +82,13 @@ typedef struct {
     int64_t w_stride;
     void *a2;             /* output |c z|^2 (B x m, real) or NULL */
     void *w_out;          /* output weights used (B x m, real) or NULL */
-    double *value;        /* output sum_i w_i l_i per signal (B) or NULL */
+    double *value;        /* output sum_i w_i l_i per signal (B) or NULL (then only value_real, if set) */
     double scale, p0, p1, tiny;
     const void *wz;       /* frozen weights (same layout as q, wz_stride) or NULL: then also ... */
     int64_t wz_stride;
     double *value_z;      /* ... output sum_i wz_i l_i per signal (B): a line search's trial value */
     double g_scale;       /* the output g times this (0: as summed), in REAL arithmetic */
-    double value_div;     /* with value_real: also (REAL)(value / value_div) per signal there ... */
+    double value_div;     /* with value_real: (REAL)(sum / value_div) per signal there ... */
     void *value_real;     /* ... (B, REAL) or NULL */
     void *value_z_real;   /* the same of value_z (B, REAL) or NULL */
 } pt_args;
@@ -562,7 +562,8 @@ static int SFX(pt_pass)(const pt_args *p) {
     REAL *Z = (REAL *)p->z;
     REAL *Gout = (REAL *)p->g;
     const REAL *Q = (const REAL *)p->q, *W = (const REAL *)p->w;
-    const REAL *WZ = p->value && p->value_z && mode == PT_FUSED ? (const REAL *)p->wz : NULL;
+    const int values = p->value || p->value_real;     /* the value sums are wanted (in double, in REAL or both) */
+    const REAL *WZ = values && (p->value_z || p->value_z_real) && mode == PT_FUSED ? (const REAL *)p->wz : NULL;
     REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
     const REAL c = (REAL)p->scale;
     const int accumulate = mode != PT_LINEAR, forward = mode != PT_ADJOINT;
@@ -607,7 +608,7 @@ static int SFX(pt_pass)(const pt_args *p) {
         if (!acc_raw) { free(xa_raw); return 3; }
         acc = skew ? SFX(pt_place)(acc_raw, A, 1024) : (REAL *)acc_raw;
     }
-    if (p->value) {
+    if (values) {
         vals = (double *)calloc((size_t)((WZ ? 2 : 1) * chunks * B), sizeof(double));
         if (!vals) { free(xa_raw); free(acc_raw); return 3; }
     }
@@ -690,16 +691,16 @@ static int SFX(pt_pass)(const pt_args *p) {
         }
     }
 
-    if (p->value) {
+    if (values) {
         for (int64_t b = 0; b < B; b++) {
             double s = 0;
             for (int64_t ch = 0; ch < chunks; ch++) s += vals[ch * B + b];
-            p->value[b] = s;
+            if (p->value) p->value[b] = s;
             if (p->value_real) ((REAL *)p->value_real)[b] = (REAL)(s / p->value_div);
             if (WZ) {
                 double sz = 0;
                 for (int64_t ch = 0; ch < chunks; ch++) sz += vals[(chunks + ch) * B + b];
-                p->value_z[b] = sz;
+                if (p->value_z) p->value_z[b] = sz;
                 if (p->value_z_real) ((REAL *)p->value_z_real)[b] = (REAL)(sz / p->value_div);
             }
         }

@@ -484,25 +484,23 @@ class FusedPlan:
         g = torch.empty(B, n, dtype=self.A.dtype)
         a2 = torch.empty(B, m, dtype=self.real)
         w_out = torch.empty(B, m, dtype=self.real) if self.weighted else None
-        total = torch.empty(B, dtype=torch.float64)
-        total_z = None if frozen is None else torch.empty(B, dtype=torch.float64)
+        # the values: Σ w ℓ in float64, or with value_div the quotients in the real dtype (not both)
+        vdt = torch.float64 if self.value_div is None else self.real
+        total = torch.empty(B, dtype=vdt)
+        total_z = None if frozen is None else torch.empty(B, dtype=vdt)
         a = self.args
-        a.x, a.z, a.g, a.a2, a.w_out, a.value = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), \
-            _ptr(w_out), total.data_ptr()
-        mean = mean_z = None
-        if self.value_div is not None:          # the kernel writes the quotients; the float64 sums are scratch
-            mean = torch.empty(B, dtype=self.real)
-            mean_z = None if frozen is None else torch.empty(B, dtype=self.real)
-            a.value_real, a.value_z_real = mean.data_ptr(), _ptr(mean_z)
+        a.x, a.z, a.g, a.a2, a.w_out = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), _ptr(w_out)
+        if self.value_div is None:
+            a.value, a.value_z = total.data_ptr(), _ptr(total_z)
+        else:
+            a.value_real, a.value_z_real = total.data_ptr(), _ptr(total_z)
         if frozen is not None:
-            a.wz, a.wz_stride, a.value_z = frozen.data_ptr(), m, total_z.data_ptr()
+            a.wz, a.wz_stride = frozen.data_ptr(), m
         try:
             _run(a, self.bits)
         finally:                                # the argument block outlives this call's buffers
-            a.wz, a.value_z, a.value_real, a.value_z_real = None, None, None, None
+            a.value, a.wz, a.value_z, a.value_real, a.value_z_real = None, None, None, None, None
         batch = self.batch
-        if mean is not None:
-            total, total_z = mean, mean_z
         out = (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total.view(batch))
         return out if frozen is None else out + (total_z.view(batch),)
 
