@@ -470,9 +470,10 @@ class PhaseRetrievalLoss(nn.Module):
             return gm if w is None else w * gm
 
         if spec is not None:
-            grad_factor.pointwise = spec            # the operator may run it as one fused C pass over A
+            spec.rescale = True                     # r = c z may overwrite z (the operator's own fresh output)
+            grad_factor.pointwise = spec            # the operator may run it as one fused C pass (over A or z)
         z, u = self.op.linear_adjoint(x, grad_factor)
-        r = z * c if c != 1.0 else z
+        r = z if spec is not None and spec.rescaled or c == 1.0 else z * c
         if spec is not None and spec.done:
             p = Fields(r)
             p._a2 = spec.a2

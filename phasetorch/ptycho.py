@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from .allocator import retaining
 from .logs import TrainingLog
 from .physics.ptychography import (check_interpolation, check_positions, check_zero_frequency, exit_wave_gradients,
                                    exit_waves, extract_patches, fit_object, place_patches, positioned_probes,
@@ -169,6 +170,7 @@ def _init_modes(probe: torch.Tensor, modes: int, generator: torch.Generator, fra
 
 
 # ============================================================================ engine
+@retaining(lambda data, *args, device=None, **kwargs: data.device if device is None else device)
 def reconstruct_ptycho(data: torch.Tensor, probe: torch.Tensor, positions: torch.Tensor, *,
                        iterations: int = 50, batch_size: int = 16, object_init: Optional[torch.Tensor] = None,
                        object_shape: Optional[Sequence[int]] = None, margin: int = 8,

@@ -54,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import replay
+from .allocator import retaining
 from .errors import DivergenceError
 from .init.spectral import spectral_init
 from .logs import TrainingLog
@@ -329,6 +330,7 @@ def pre_name(preset: Preset, preprocessing, op: MeasurementOperator) -> Any:
 
 
 # ---------------------------------------------------------------------------- the driver
+@retaining(lambda op, *args, **kwargs: op.device)
 def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto",
                 init: Union[str, torch.Tensor] = "spectral", preprocessing=None, max_iter: int = 1000,
                 tol: Optional[float] = None, step=None, schedule: Optional[Callable[[int], float]] = None,

@@ -83,3 +83,38 @@ def test_abs2_norm2_dot_accept_conjugate_views():
     torch.testing.assert_close(abs2(zc), z.abs() ** 2, rtol=1e-14, atol=0)
     torch.testing.assert_close(norm2(zc), (z.abs() ** 2).sum(1), rtol=1e-14, atol=0)
     torch.testing.assert_close(dot(zc, z), (z * z).real.sum(1), rtol=1e-13, atol=1e-13)
+
+
+def test_scratch_is_per_owner_thread_shape_and_cpu_only():
+    """A work buffer is reused for the same owner/name/shape/dtype, replaced otherwise, never shared
+    between owners or threads, and absent off the CPU or while a gradient is recorded."""
+    import threading
+
+    class Owner:
+        pass
+
+    a, b = Owner(), Owner()
+    x = torch.zeros(3, dtype=torch.complex64)
+    w = T.scratch(a, "work", (4, 5), x)
+    assert w.shape == (4, 5) and w.dtype == torch.complex64 and w.device.type == "cpu"
+    assert T.scratch(a, "work", (4, 5), x).data_ptr() == w.data_ptr()          # reused
+    assert T.scratch(b, "work", (4, 5), x).data_ptr() != w.data_ptr()          # per owner
+    assert T.scratch(a, "other", (4, 5), x).data_ptr() != w.data_ptr()         # per name
+    w64 = T.scratch(a, "work", (4, 5), x.to(torch.complex128))
+    assert w64.dtype == torch.complex128                                      # replaced on a dtype change
+    assert T.scratch(a, "work", (2, 5), x).shape == (2, 5)                    # and on a shape change
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(T.scratch(a, "work", (2, 5), x).data_ptr()))
+    t.start(); t.join()
+    assert seen[0] != T.scratch(a, "work", (2, 5), x).data_ptr()              # per thread
+    assert T.scratch(a, "work", (2, 5), torch.zeros(3, device="meta")) is None
+    leaf = torch.zeros(3, requires_grad=True)
+    assert T.scratch(a, "work", (2, 5), x, leaf) is None                      # autograd records
+    with torch.no_grad():
+        assert T.scratch(a, "work", (2, 5), x, leaf) is not None
+    import gc
+    import weakref
+    ref = weakref.ref(T.scratch(b, "work", (64,), x))
+    del b
+    gc.collect()
+    assert ref() is None                                                      # freed with its owner

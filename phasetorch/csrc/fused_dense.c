@@ -9,6 +9,11 @@
  *   PT_LINEAR   z = A x                     (one read of A)
  *   PT_ADJOINT  g = A^H v, v given in `z`   (one read of A)
  *
+ * and, without A, pt_map_pass: v_i = phi(c z_i, q_i, w_i) for a given z (B x m, in `z`) into `g`, with the
+ * same outputs as PT_FUSED (|c z_i|^2, the weights, the value sums) in one pass over the measurements:
+ * the pointwise half of a gradient evaluation for an operator without a stored A (FFT-based ones),
+ * where torch would make ten passes of its own. With rescale_z it also overwrites z by r = c z.
+ *
  * The rows are split into a fixed number of chunks (a function of the sizes only, never of the thread
  * count); OpenMP threads take chunks dynamically (a thread descheduled on a busy machine does not hold
  * the others up), each chunk accumulates its part of g and of the values in its own buffer, and the
@@ -66,6 +71,7 @@
 #define PT_ALIGN 64
 #define PT_PAGE 4096
 #define PT_MAX_CHUNKS 16
+#define PT_MAP_CHUNK 8192   /* measurements per work item of pt_map_pass (its value sums: per item, in order) */
 #define PT_MAX_BLOCK_B 64   /* most signals in one pt_gd_block call */
 #define PT_CHUNK_BYTES (8 << 20)  /* at most this much accumulator memory in all (fewer chunks for large B n) */
 
@@ -91,6 +97,8 @@ typedef struct {
     double value_div;     /* with value_real: (REAL)(sum / value_div) per signal there ... */
     void *value_real;     /* ... (B, REAL) or NULL */
     void *value_z_real;   /* the same of value_z (B, REAL) or NULL */
+    int32_t rescale_z;    /* pt_map_pass: overwrite z by r = scale z */
+    int32_t pad_args;
 } pt_args;
 
 
@@ -156,7 +164,7 @@ static void *pt_alloc(size_t bytes) {
     return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
 }
 
-int pt_abi_version(void) { return 4; }
+int pt_abi_version(void) { return 5; }
 
 #define PT_BODY
 #define REAL float
@@ -211,6 +219,14 @@ int pt_pass(const pt_args *p, int dtype_bits) {
     if (p->m < 1 || p->n < 1 || p->B < 1) return 1;
     if (dtype_bits == 32) return pt_pass_f32(p);
     if (dtype_bits == 64) return pt_pass_f64(p);
+    return 2;
+}
+
+
+int pt_map_pass(const pt_args *p, int dtype_bits) {
+    if (p->m < 1 || p->B < 1) return 1;
+    if (dtype_bits == 32) return pt_map_pass_f32(p);
+    if (dtype_bits == 64) return pt_map_pass_f64(p);
     return 2;
 }
 
@@ -538,6 +554,66 @@ static inline void SFX(pt_map)(const pt_args *p, int cplx, REAL rr, REAL ri, REA
         l = (double)(w * (REAL)l);
     }
     *vr = gr; *vi = gi; *w_used = w; *ell = l;
+}
+
+/* v = phi(c z) over the B x m measurements of z (no A): the work is split into items of PT_MAP_CHUNK
+ * measurements of one signal (a function of the sizes only), the values are summed per item in double
+ * and the items in order, so the results do not depend on the thread count. */
+static int SFX(pt_map_pass)(const pt_args *p) {
+    const int64_t m = p->m, B = p->B;
+    const int cplx = p->is_complex;
+    REAL *Z = (REAL *)p->z;
+    REAL *V = (REAL *)p->g;
+    const REAL *Q = (const REAL *)p->q, *W = (const REAL *)p->w;
+    const int values = p->value || p->value_real;
+    const REAL *WZ = values && (p->value_z || p->value_z_real) ? (const REAL *)p->wz : NULL;
+    REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
+    const REAL c = (REAL)p->scale;
+    const int rescale = p->rescale_z;
+    const int64_t per = (m + PT_MAP_CHUNK - 1) / PT_MAP_CHUNK, items = B * per;
+    double *vals = NULL;
+    if (values) {
+        vals = (double *)calloc((size_t)(2 * items), sizeof(double));
+        if (!vals) return 3;
+    }
+    int nt = p->nthreads < 1 ? 1 : p->nthreads;
+    if ((int64_t)nt > items) nt = (int)items;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+    for (int64_t it = 0; it < items; it++) {
+        const int64_t b = it / per, i0 = (it % per) * PT_MAP_CHUNK;
+        const int64_t i1 = i0 + PT_MAP_CHUNK < m ? i0 + PT_MAP_CHUNK : m;
+        double s = 0, sz = 0;
+        for (int64_t i = i0; i < i1; i++) {
+            const int64_t o = b * m + i;
+            const REAL rr = c * (cplx ? Z[2 * o] : Z[o]), ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
+            const REAL q = Q ? Q[b * p->q_stride + i] : (REAL)0;
+            const REAL *wf = W ? W + b * p->w_stride + i : NULL;
+            REAL vr, vi, a2v, wu;
+            double ell, raw;
+            SFX(pt_map)(p, cplx, rr, ri, q, Q != NULL, wf, &vr, &vi, &a2v, &wu, &ell, &raw);
+            if (cplx) { V[2 * o] = vr; V[2 * o + 1] = vi; } else V[o] = vr;
+            if (rescale) { if (cplx) { Z[2 * o] = rr; Z[2 * o + 1] = ri; } else Z[o] = rr; }
+            if (A2) A2[o] = a2v;
+            if (WO) WO[o] = wu;
+            s += ell;
+            if (WZ) sz += (double)(WZ[b * p->wz_stride + i] * (REAL)raw);
+        }
+        if (vals) { vals[it] = s; vals[items + it] = sz; }
+    }
+    if (values) {
+        for (int64_t b = 0; b < B; b++) {
+            double t = 0, tz = 0;
+            for (int64_t k = 0; k < per; k++) { t += vals[b * per + k]; tz += vals[items + b * per + k]; }
+            if (p->value) p->value[b] = t;
+            if (p->value_real) ((REAL *)p->value_real)[b] = (REAL)(t / p->value_div);
+            if (WZ) {
+                if (p->value_z) p->value_z[b] = tz;
+                if (p->value_z_real) ((REAL *)p->value_z_real)[b] = (REAL)(tz / p->value_div);
+            }
+        }
+    }
+    free(vals);
+    return 0;
 }
 
 /* REALs to append to `len` REALs so that the next buffer starts `want` bytes past a 4 KiB boundary

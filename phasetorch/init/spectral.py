@@ -39,6 +39,7 @@ from typing import Optional, Union
 import torch
 
 from .eigensolvers import lanczos_top, power_top
+from ..allocator import retaining
 from ..physics.base import MeasurementOperator
 from ..physics.kernels import Map, PointwiseMap
 from ..physics.model import MeasurementModel, resolve_model
@@ -227,6 +228,7 @@ def spectral_matrix(op: Union[MeasurementOperator, MeasurementModel], y: torch.T
 
 
 # ---------------------------------------------------------------------------- main entry point
+@retaining(lambda op, *args, **kwargs: op.device)
 def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Tensor, preprocessing: Preprocessing = "optimal",
                   solver: str = "lanczos", max_iter: Optional[int] = None, tol: float = 1e-6,
                   whiten: Optional[bool] = None, shift: Optional[Union[float, torch.Tensor]] = None,

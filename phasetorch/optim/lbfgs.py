@@ -17,11 +17,21 @@ halved step at the next iteration, so the accepted points are those of the class
 while an iteration costs one evaluation (the log's iterations count evaluations). A sample whose
 line search fails ``max_backtracks`` times does not move (the driver reports it as stalled).
 
-State (all tensors, leading memory or batch dimension): ``S``, ``Y`` (M, B, …) the pairs, newest
-first, ``count`` (B,) the pairs held, ``x_prev``/``g_prev`` the point and gradient
-of the last direction, ``has_prev`` (B,), ``d`` the direction, ``trial``/``tries`` (B,) the line
-search's step and trial count, ``accepted``/``retry`` (B,) bool, ``scale`` (B,). The direction is
-formed from S and Y in the compact representation (see :meth:`LBFGSAlgorithm.direction`).
+State (all tensors, leading batch dimension): ``P`` (B, M + 1, 2, …) the pairs (s, y) in a ring of M slots
+per sample (slot M takes the writes of the samples that store nothing) (``head`` (B,) the slot of the newest, ``count`` (B,) the pairs held: a sample holding
+fewer than M uses slots 0 … count − 1, since a cleared memory restarts at slot 0), ``G`` (B, 2M + 2, 2M + 2)
+the Gram matrix of the rows s₀, y₀, s₁, y₁, … (real inner products), updated by two rows and columns
+per stored pair,
+``x_prev``/``g_prev`` the point and gradient of the last direction, ``has_prev`` (B,), ``d`` the
+direction, ``trial``/``tries`` (B,) the line search's step and trial count, ``accepted``/``retry`` (B,)
+bool, ``scale`` (B,). The direction is formed from S and Y in the compact representation (see
+:meth:`LBFGSAlgorithm.direction`).
+
+Memory traffic per iteration: storing a pair writes one slot in place and reads the buffer once (the new
+Gram rows); the direction reads it twice ([S; Y]∇f, then Sᵀp − γYᵀu). Nothing of size
+M × n is copied: at n = 2²⁰ complex128 and M = 10 (160 MiB per buffer) an earlier version that shifted
+the buffers (``torch.cat`` + ``torch.where``) and concatenated [S; Y] for the products spent most of an
+iteration copying them.
 """
 
 from __future__ import annotations
@@ -56,12 +66,30 @@ class LBFGSAlgorithm(Algorithm):
         self.mu = check_number(mu0, "mu0", low=0.0, strict=True)
         self.c, self.shrink = float(c), float(shrink)
         self.max_backtracks = check_int(max_backtracks, "max_backtracks", 1)
+        self._const_cache: dict = {}
+
+    def _consts(self, device, batch: int, depth: int, dtype=torch.float64) -> tuple:
+        """Index tensors that depend on the sizes only (made once per device, batch and depth, so that an
+        iteration does not rebuild them): the samples 0 … B−1, the slot of each Gram row, j = 0 … k−1,
+        the Gram rows (2s, 2s + 1) of each slot s and the k × k identity."""
+        key = (str(device), batch, depth, dtype)
+        c = self._const_cache.get(key)
+        if c is None:
+            M = self.memory
+            c = (torch.arange(batch, device=device), torch.arange(2 * M + 2, device=device) // 2,
+                 torch.arange(depth, device=device), torch.arange(2 * M + 2, device=device).view(M + 1, 2),
+                 torch.eye(depth, dtype=dtype, device=device))
+            capturing = torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
+            if not capturing:            # (made inside a CUDA graph they would live in its private pool)
+                self._const_cache[key] = c
+        return c
 
     def init_state(self, x, scale):
         B, M = x.shape[0], self.memory
         rdt = x.real.dtype if x.is_complex() else x.dtype
-        S = torch.zeros(M, *x.shape, dtype=x.dtype, device=x.device)
-        return {"scale": scale, "S": S, "Y": torch.zeros_like(S),
+        return {"scale": scale, "P": torch.zeros(B, M + 1, 2, *x.shape[1:], dtype=x.dtype, device=x.device),
+                "G": torch.zeros(B, 2 * M + 2, 2 * M + 2, dtype=rdt, device=x.device),
+                "head": torch.full((B,), M - 1, dtype=torch.long, device=x.device),
                 "count": torch.zeros(B, dtype=torch.long, device=x.device),
                 "x_prev": torch.zeros_like(x), "g_prev": torch.zeros_like(x),
                 "has_prev": torch.zeros(B, dtype=torch.bool, device=x.device),
@@ -71,52 +99,73 @@ class LBFGSAlgorithm(Algorithm):
                 "retry": torch.zeros(B, dtype=torch.bool, device=x.device)}
 
     def push(self, st: State, s: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
-        """Store the pair (s, g) as the newest (slot 0; older pairs move down one slot) for the active
-        samples that satisfy the curvature condition — masked writes, no host read."""
+        """Store the pair (s, g) as the newest for the active samples that satisfy the curvature condition:
+        written in place into the slot after ``head``, with its two rows and columns of the Gram matrix;
+        the other samples write into the spare slot M (never read) — no masked copy, no host read."""
         sy = dot(s, g)
         ok = active & (sy > 1e-10 * (norm2(s) * norm2(g)).sqrt()) & (sy < math.inf)
-        S, Y = st["S"], st["Y"]
-        mask = ok.reshape(1, -1, *([1] * (S.dim() - 2)))
-        st["S"] = torch.where(mask, torch.cat([s.unsqueeze(0), S[:-1]]), S)
-        st["Y"] = torch.where(mask, torch.cat([g.unsqueeze(0), Y[:-1]]), Y)
+        P, M = st["P"], self.memory
+        B = P.shape[0]
+        rows, slot_of_row = self._consts(P.device, B, 0)[:2]
+        slot = torch.where(ok, (st["head"] + 1) % M, M)
+        pair = torch.stack([s, g], 1)                                            # (B, 2, …)
+        P[rows, slot] = pair
+        v = torch.bmm(real_rows(P, 1).view(B, 2 * M + 2, -1), real_rows(pair, 2).mT)   # (B, 2M+2, 2)
+        new = slot_of_row == slot.unsqueeze(-1)                                  # (B, 2M+2): the slot's rows
+        cols = v.repeat(1, 1, M + 1)                                             # [i, j] = ⟨z_i, pair_{j mod 2}⟩
+        st["G"] = torch.where(new.unsqueeze(-1), cols.mT, torch.where(new.unsqueeze(-2), cols, st["G"]))
+        st["head"] = torch.where(ok, slot, st["head"])
         st["count"] = (st["count"] + ok).clamp_(max=self.memory)
 
+    def clear(self, st: State, mask: torch.Tensor) -> None:
+        """Empty the memory of the samples in ``mask`` (their next pair goes to slot 0)."""
+        st["count"] = st["count"].masked_fill(mask, 0)
+        st["head"] = st["head"].masked_fill(mask, self.memory - 1)
+
     def direction(self, st: State, grad: torch.Tensor, depth: int) -> torch.Tensor:
-        r"""−H∇f per sample, H the L-BFGS inverse-Hessian model of the newest ``depth`` slots (a bound
-        on every sample's pair count known without a host read; slot j counts for the samples with
-        j < count). −∇f for an empty memory.
+        r"""−H∇f per sample, H the L-BFGS inverse-Hessian model of the newest ``depth`` pairs (a bound
+        on every sample's pair count known without a host read; the pair j places back counts for the
+        samples with j < count). −∇f for an empty memory.
 
         Computed in the compact form of Byrd, Nocedal & Schnabel ("Representations of quasi-Newton
         matrices and their use in limited memory methods", Math. Program. 63, 1994, eq. 3.2), which
         is the two-loop recursion's H in a fixed number of batched products whatever the memory:
-        with the pairs as the rows of S, Y (slot order, newest first), a = S∇f, b = Y∇f, R the lower
-        triangle of SYᵀ (s_kᵀy_l for slot k at least as old as l), D its diagonal and γ = s₀ᵀy₀/y₀ᵀy₀,
+        with the pairs as the rows of S, Y (newest first), a = S∇f, b = Y∇f, R the lower
+        triangle of SYᵀ (s_kᵀy_l for pair k at least as old as l), D its diagonal and γ = s₀ᵀy₀/y₀ᵀy₀,
 
             u = R⁻¹a,   p = R⁻ᵀ((D + γ YYᵀ) u − γ b),   H∇f = γ∇f + Sᵀp − γ Yᵀu.
 
-        Unused slots get a unit row and column in R and D and zero a, b, so they drop out exactly."""
+        The products with the buffer run on its rows in slot order (s and y of a slot side by side; the
+        first ``depth`` slots hold every pair in use): one for [a; b], one for Sᵀp − γYᵀu. Only the
+        2k-vectors and the Gram matrix are put in newest-first order (an index per sample). Unused
+        pairs get a unit row and column in R and D and zero a, b, so they drop out exactly (u and p
+        are exactly 0 there)."""
         if depth == 0:
             return -grad
-        S = real_rows(st["S"], 2)[:depth].transpose(0, 1)                      # (B, k, D)
-        Y = real_rows(st["Y"], 2)[:depth].transpose(0, 1)
+        M, B = self.memory, grad.shape[0]
+        rows, _, j, gram_rows, eye = self._consts(grad.device, B, depth, grad.real.dtype)
+        Z = real_rows(st["P"], 1).view(B, 2 * M + 2, -1)[:, :2 * depth]         # (B, 2k, D): s, y per slot
         count = st["count"]
-        g = real_rows(grad, 1)                                                   # (B, D)
-        used = torch.arange(depth, device=g.device) < count.unsqueeze(-1)        # (B, k)
+        g = real_rows(grad, 1).unsqueeze(-1)                                     # (B, D, 1)
+        used = j < count.unsqueeze(-1)                                           # (B, k), newest first
+        slot = torch.where(used, (st["head"].unsqueeze(-1) - j) % M, j)          # newest-first → slot
+        idx = gram_rows[slot].view(B, 2 * depth)
         both = used.unsqueeze(-1) & used.unsqueeze(-2)                           # (B, k, k)
-        eye = torch.eye(depth, dtype=g.dtype, device=g.device)
-        SY, YY = torch.bmm(S, Y.mT), torch.bmm(Y, Y.mT)
-        ab = torch.bmm(torch.cat([S, Y], 1), g.unsqueeze(-1)) * used.repeat(1, 2).unsqueeze(-1)   # (B, 2k, 1)
-        a, b = ab[:, :depth], ab[:, depth:]
+        G = st["G"][rows.view(B, 1, 1), idx.unsqueeze(-1), idx.unsqueeze(-2)]                 # (B, 2k, 2k), newest first
+        SY, YY = G[:, 0::2, 1::2], G[:, 1::2, 1::2]
+        ab = torch.bmm(Z, g).view(B, 2 * depth).gather(1, idx).view(B, depth, 2) * used.unsqueeze(-1)
+        a, b = ab[..., :1], ab[..., 1:]                                          # (B, k, 1)
         R = torch.where(both, SY, eye).tril()
-        diag = R.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)                        # D (1 on unused slots)
+        diag = R.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)                        # D (1 on unused pairs)
         yy0 = YY[:, 0, 0]
         gamma = torch.where(count > 0, SY[:, 0, 0] / yy0.clamp_min(torch.finfo(yy0.dtype).tiny),
                             torch.ones_like(yy0)).reshape(-1, 1, 1)
         u = torch.linalg.solve_triangular(R, a, upper=False)
         rhs = diag * u + gamma * (torch.bmm(torch.where(both, YY, 0.0), u) - b)
         p = torch.linalg.solve_triangular(R.mT, rhs, upper=True)
-        hg = gamma.reshape(-1, 1) * g + torch.bmm(torch.cat([S, Y], 1).mT, torch.cat([p, -gamma * u], 1)).squeeze(-1)
-        q = hg.neg_()
+        c = torch.cat([p, -gamma * u], -1).view(B, 2 * depth)                   # 0 on unused pairs
+        c = torch.zeros_like(c).scatter_add_(1, idx, c).unsqueeze(-1)           # back to slot order
+        q = torch.baddbmm(gamma * g, Z.mT, c).squeeze(-1).neg_()
         if grad.is_complex():
             return torch.view_as_complex(q.reshape(*grad.shape, 2))
         return q.reshape(grad.shape)
@@ -132,7 +181,7 @@ class LBFGSAlgorithm(Algorithm):
         slope = dot(grad, d)
         bad = ~((slope < 0) & (slope > -math.inf))          # not a (finite) descent direction
         d = torch.where(bview(bad, d), -grad, d)
-        state["count"] = state["count"].masked_fill(new & bad, 0)
+        self.clear(state, new & bad)
         alpha0 = torch.where(state["count"] > 0, 1.0, (self.mu if mu is None else mu) * state["scale"])
         d = where_sample(new, d, state["d"])
         alpha = torch.where(active, torch.where(new, alpha0, state["trial"] * self.shrink), 0.0)

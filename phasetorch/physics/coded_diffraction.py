@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .base import MeasurementOperator
-from ..tensors import check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed
+from ..tensors import check_int, check_memory, complex_dtype_of, dtype_name, parse_dtype, resolve_seed, scratch
 from .fourier import fft_dims, fft_shape
 from .registry import register_operator
 
@@ -121,12 +121,24 @@ class CodedDiffraction(MeasurementOperator):
             self._mask_cache_key = key
         return self._mask_cache
 
+    def _work_for(self, batch, t: torch.Tensor) -> Optional[torch.Tensor]:
+        """The reused ``(*batch, L, *shape)`` work buffer of a product on ``t``
+        (:func:`~phasetorch.tensors.scratch`), or None when ``t`` or the masks are being differentiated
+        (autograd, forward AD, torch.func) or ``t`` is not on the CPU: then the product allocates."""
+        return scratch(self, "work", (*batch, *self.measurement_shape), t, self.D)
+
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         k = len(self.signal_shape)
         forward_masks, _ = self._scaled_masks()
-        return torch.fft.fftn(x.unsqueeze(-k - 1) * forward_masks, dim=fft_dims(k), norm="backward")
+        w = self._work_for(x.shape[:x.dim() - k], x)
+        if w is None:
+            return torch.fft.fftn(x.unsqueeze(-k - 1) * forward_masks, dim=fft_dims(k), norm="backward")
+        torch.mul(x.unsqueeze(-k - 1), forward_masks, out=w)          # D x into the reused buffer
+        return torch.fft.fftn(w, dim=fft_dims(k), norm="backward")   # the one fresh L·n tensor: the result
 
     def _adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        # No work buffer here: torch's CPU FFT with out= computes into a fresh tensor and copies it
+        # (measured 0.3 ms slower at 8×256×256), so the inverse DFT's own result is the one L·n tensor.
         k = len(self.signal_shape)
         _, adjoint_masks = self._scaled_masks()
         u = torch.fft.ifftn(z, dim=fft_dims(k), norm="forward")   # unscaled inverse DFT

@@ -48,7 +48,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopen
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
 ENV_CACHE = "PHASETORCH_CACHE_DIR"
-ABI_VERSION = 4
+ABI_VERSION = 5
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
 
@@ -94,6 +94,8 @@ class PointwiseMap:
     a2: Optional[torch.Tensor] = None
     weights_out: Optional[torch.Tensor] = None
     total: Optional[torch.Tensor] = None
+    rescale: bool = False       #: the caller accepts z overwritten by r = c·z (where the pass can do it)
+    rescaled: bool = False      #: the pass did overwrite z by r = c·z (:func:`apply_map`)
 
 
 class _Args(ctypes.Structure):
@@ -107,7 +109,7 @@ class _Args(ctypes.Structure):
                 ("p1", ctypes.c_double), ("tiny", ctypes.c_double),
                 ("wz", ctypes.c_void_p), ("wz_stride", ctypes.c_int64), ("value_z", ctypes.c_void_p),
                 ("g_scale", ctypes.c_double), ("value_div", ctypes.c_double), ("value_real", ctypes.c_void_p),
-                ("value_z_real", ctypes.c_void_p)]
+                ("value_z_real", ctypes.c_void_p), ("rescale_z", ctypes.c_int32), ("pad_args", ctypes.c_int32)]
 
 
 #: the argument block of one fused pass (``pt_args`` of the C source)
@@ -168,7 +170,7 @@ def gradient_block(args: BlockArgs, bits: int) -> None:
 
 _LOCK = threading.Lock()
 #: how many kernel calls of each mode ran in this process (for tests and diagnostics)
-CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0, "block": 0}
+CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0, "block": 0, "map": 0}
 _STATE = {"lib": None, "tried": False, "reason": "not loaded yet", "path": None}
 
 
@@ -241,6 +243,8 @@ def _load(path: Path):
         raise RuntimeError(f"{path} has ABI version {lib.pt_abi_version()}, expected {ABI_VERSION}")
     lib.pt_pass.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
     lib.pt_pass.restype = ctypes.c_int
+    lib.pt_map_pass.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
+    lib.pt_map_pass.restype = ctypes.c_int
     lib.pt_gaussian.argtypes = [ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
                                 ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
     lib.pt_gaussian.restype = ctypes.c_int
@@ -505,6 +509,74 @@ class FusedPlan:
         return out if frozen is None else out + (total_z.view(batch),)
 
 
+# ---------------------------------------------------------------------------- the map alone (no A)
+#: below this many measurements (B·m) the map runs on one thread
+SERIAL_MAP = 1 << 15
+
+
+def map_applies(z: torch.Tensor, spec: Optional[PointwiseMap]) -> bool:
+    """Whether :func:`apply_map` takes ``z`` (CPU, float32/float64/complex, nothing to differentiate, the
+    kernel enabled and loaded) for this ``spec`` (a :class:`PointwiseMap`)."""
+    if not isinstance(spec, PointwiseMap) or z.device.type != "cpu" or not _bits(z.dtype) or z.numel() == 0:
+        return False
+    if torch.is_grad_enabled() and (z.requires_grad or any(
+            t is not None and t.requires_grad for t in (spec.data, spec.weights))):
+        return False
+    return available()
+
+
+def apply_map(z: torch.Tensor, spec: PointwiseMap, k: int, rescale: bool = False) -> torch.Tensor:
+    """v = w·φ(c·z) (``spec``) for measurements ``z`` of shape ``(*batch, *measurement)`` (``k`` trailing
+    measurement dimensions) in one pass of ``pt_map_pass`` (``map_applies(z, spec)`` must hold); fills
+    ``spec``'s outputs as the fused dense pass does (``a2`` and ``weights_out`` shaped like z, ``total``
+    (batch shape, float64)) and sets ``done``. With ``rescale`` z (which must be contiguous) is
+    overwritten by r = c·z in the same pass, and ``spec.rescaled`` says so.
+
+    The operator's half of a gradient evaluation for FFT-based operators on the CPU: the same closed
+    forms as the fused dense kernel (:class:`Map`), the values summed in float64 in a fixed order."""
+    batch = tuple(z.shape[:z.dim() - k])
+    m = 1
+    for s_ in z.shape[z.dim() - k:]:
+        m *= s_
+    B = 1
+    for s_ in batch:
+        B *= s_
+    real = z.real.dtype if z.is_complex() else z.dtype
+    if rescale and not (z.is_contiguous() and not z.is_conj() and not z.is_neg()):
+        raise ValueError("apply_map: rescale needs a contiguous z (it is overwritten)")
+    zf = z if rescale else _plain(z)
+
+    def flat(t):
+        if t is None:
+            return None, 0
+        t = t.reshape(*t.shape[:t.dim() - k], m) if t.dim() >= k else t
+        return _per_signal(t, batch, m, real)
+
+    q, q_stride = flat(spec.data)
+    w, w_stride = flat(spec.weights)
+    weighted = spec.weights is None and spec.code in Map.WEIGHTED
+    v = torch.empty(z.shape, dtype=z.dtype)
+    a2 = torch.empty(z.shape, dtype=real)
+    w_out = torch.empty(z.shape, dtype=real) if weighted else None
+    total = torch.empty(batch, dtype=torch.float64)
+    a = _Args()
+    a.m, a.n, a.B = m, 0, B
+    a.is_complex, a.mode, a.map = int(z.is_complex()), FUSED, int(spec.code)
+    a.nthreads = 1 if B * m < SERIAL_MAP else max(1, torch.get_num_threads())
+    a.scale, a.p0, a.p1 = float(spec.scale), float(spec.p0), float(spec.p1)
+    a.tiny = float(torch.finfo(real).tiny)
+    a.z, a.g, a.a2, a.w_out, a.value = zf.data_ptr(), v.data_ptr(), a2.data_ptr(), _ptr(w_out), total.data_ptr()
+    a.q, a.q_stride, a.w, a.w_stride = _ptr(q), q_stride, _ptr(w), w_stride
+    a.rescale_z = int(bool(rescale))
+    CALLS["map"] += 1
+    rc = load().pt_map_pass(ctypes.byref(a), _bits(z.dtype))
+    if rc != 0:
+        raise RuntimeError(f"phasetorch map kernel failed (code {rc})")
+    spec.a2, spec.weights_out, spec.total, spec.done = a2, w_out, total, True
+    spec.rescaled = bool(rescale)
+    return v
+
+
 def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
     """``(z, Aᴴ fn(z, None))`` for flattened signals ``x`` (B, n) through the kernel, or None where it does
     not apply. A ``fn`` carrying a :class:`PointwiseMap` (``fn.pointwise``) runs fused in one read of A;
@@ -521,7 +593,7 @@ def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
     return z, adjoint(A, v)
 
 
-__all__ = ["Map", "PointwiseMap", "FusedPlan", "PassArgs", "BlockArgs", "gradient_block", "MAX_BLOCK_BATCH", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
+__all__ = ["Map", "PointwiseMap", "FusedPlan", "apply_map", "map_applies", "PassArgs", "BlockArgs", "gradient_block", "MAX_BLOCK_BATCH", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
            "fused", "dense_linear_adjoint", "CALLS", "cache_dir", "library_path", "build", "compiler"]
 
 

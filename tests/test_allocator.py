@@ -1,0 +1,122 @@
+"""phasetorch.allocator: freed CPU memory stays in the process while a solve runs (glibc's mallopt)."""
+
+import resource
+import threading
+
+import pytest
+import torch
+
+import phasetorch as pt
+from phasetorch import allocator
+
+
+class Recorder:
+    """Stands in for glibc: records the mallopt/malloc_trim calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+APPLY = [("mallopt", allocator.M_MMAP_MAX, 0), ("mallopt", allocator.M_TRIM_THRESHOLD, allocator.RETAIN_TRIM)]
+RESTORE = [("mallopt", allocator.M_MMAP_MAX, allocator.DEFAULT_MMAP_MAX),
+           ("mallopt", allocator.M_MMAP_THRESHOLD, allocator.AFTER_MMAP_THRESHOLD),
+           ("mallopt", allocator.M_TRIM_THRESHOLD, allocator.AFTER_TRIM_THRESHOLD), ("malloc_trim", 0)]
+
+
+@pytest.fixture
+def libc(monkeypatch):
+    rec = Recorder()
+    monkeypatch.setattr(allocator, "_libc", rec)
+    monkeypatch.setattr(allocator, "_why", None)
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)
+    return rec
+
+
+def test_outermost_block_applies_and_restores_once(libc):
+    with allocator.retained() as on:
+        assert on and allocator.status()["active"] and allocator.status()["depth"] == 1
+        with allocator.retained("cpu") as inner:
+            assert inner and allocator.status()["depth"] == 2
+        assert libc.calls == APPLY                                   # the inner exit restores nothing
+    assert libc.calls == APPLY + RESTORE and not allocator.status()["active"]
+    with pytest.raises(RuntimeError):                                # an error inside still restores
+        with allocator.retained():
+            raise RuntimeError("boom")
+    assert libc.calls == 2 * (APPLY + RESTORE) and allocator.status()["depth"] == 0
+
+
+def test_switch_and_other_devices_leave_malloc_alone(libc, monkeypatch):
+    with allocator.retained("meta") as on:
+        assert not on
+    monkeypatch.setenv(allocator.ENV_SWITCH, "off")
+    with allocator.retained() as on:
+        assert not on
+    assert allocator.status()["reason"] == f"{allocator.ENV_SWITCH}=off"
+    assert libc.calls == []
+
+
+def test_concurrent_blocks_share_one_setting(libc):
+    entered, release = threading.Barrier(3), threading.Event()
+
+    def hold():
+        with allocator.retained():
+            entered.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for t in threads:
+        t.start()
+    entered.wait()
+    assert allocator.status()["depth"] == 2 and libc.calls == APPLY
+    release.set()
+    for t in threads:
+        t.join()
+    assert libc.calls == APPLY + RESTORE
+
+
+def test_solvers_run_inside_on_the_cpu_only(libc):
+    op = pt.GaussianMeasurement(16, 96, seed=0, dtype=torch.float64)
+    y = op(torch.randn(16, dtype=torch.complex128, generator=torch.Generator().manual_seed(1)))
+    depth = []
+    rec = pt.reconstruct(op, y, "wf", max_iter=3, progress=False, seed=0,
+                         callback=lambda t, x, info: depth.append(allocator.status()["depth"]))
+    assert depth and min(depth) == 1 and rec.x.shape == (16,)        # the whole loop ran retained
+    assert libc.calls == APPLY + RESTORE                              # spectral_init inside: nested, no extra
+    libc.calls.clear()
+    pt.spectral_init(op, y, seed=0)
+    assert libc.calls == APPLY + RESTORE
+    libc.calls.clear()
+    with pytest.raises(Exception):
+        pt.reconstruct("not an operator", y)                          # refused by reconstruct itself
+    assert libc.calls == []
+
+
+@pytest.mark.skipif(not allocator.supported(), reason="needs glibc's mallopt")
+def test_a_freed_block_is_reused_without_page_faults(monkeypatch):
+    """The real effect on glibc: 64 MiB (above the 32 MiB mmap ceiling, so mmap'd and unmapped on every
+    free by default) allocated and freed repeatedly faults its pages about once inside the block, not every time."""
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)
+    n = (64 << 20) // 4
+
+    def faults(rounds):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(rounds):
+            torch.ones(n).sum()                                      # allocate, touch every page, free
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    pages = (64 << 20) // resource.getpagesize()
+    with allocator.retained():
+        faults(1)                                                    # the heap grows once
+        inside = faults(10)
+    # by default every reuse faults all its pages again (10 × pages); retained, the block is reused (a small
+    # allocation in between may split the freed block once, and the heap then grows once more)
+    assert inside < 3 * pages, f"{inside} page faults for 10 reuses of a {pages}-page block"
+    assert allocator.status()["depth"] == 0
