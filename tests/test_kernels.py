@@ -435,6 +435,7 @@ def test_fft_operators_run_the_map_in_one_pass(monkeypatch, name, rdt, opname, B
     close(a.r, b.r, rdt, "r", ex and ex.r)
     close(a.weights, b.weights, rdt, "weights", ex and ex.weights)
     close(a.fields.a, b.fields.a, rdt, "|r|", ex and ex.fields.a)
+    assert (b.fields._res is not None) == loss.separable_weights        # the residual summed in the pass
     close(loss.residual(a.fields, d), loss.residual(b.fields, d), rdt, "residual")
 
 
@@ -457,6 +458,12 @@ def test_apply_map_outputs_shared_data_and_threads():
     torch.testing.assert_close(spec.weights_out, w, rtol=1e-13, atol=0)
     torch.testing.assert_close(v, w * (r - q * r / a), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(spec.total, (w * 0.5 * (a - q).square()).sum((-2, -1)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(spec.residual_sum, (a - q).square().sum((-2, -1)), rtol=1e-12, atol=0)
+    yq = q - 0.3                                                               # intensities, some negative
+    spec_i = K.PointwiseMap(K.Map.INTENSITY, yq, scale=c)
+    K.apply_map(z, spec_i, 2)
+    torch.testing.assert_close(spec_i.residual_sum, (a - yq.clamp_min(0).sqrt()).square().sum((-2, -1)),
+                               rtol=1e-12, atol=0)
     fixed = torch.rand(2, 3, 40000, dtype=F64, generator=g)                    # one row per signal
     spec2 = K.PointwiseMap(K.Map.AMPLITUDE, q, scale=c, weights=fixed, rescale=True)
     threads = torch.get_num_threads()

@@ -99,6 +99,8 @@ typedef struct {
     void *value_z_real;   /* the same of value_z (B, REAL) or NULL */
     int32_t rescale_z;    /* pt_map_pass: overwrite z by r = scale z */
     int32_t pad_args;
+    double *resid;        /* pt_map_pass: sum_i (|r_i| - psi_i)^2 per signal (B) or NULL; psi_i = q_i for the
+                           * amplitude maps, sqrt(max(q_i, 0)) for the intensity and Poisson ones */
 } pt_args;
 
 
@@ -572,8 +574,10 @@ static int SFX(pt_map_pass)(const pt_args *p) {
     const int rescale = p->rescale_z;
     const int64_t per = (m + PT_MAP_CHUNK - 1) / PT_MAP_CHUNK, items = B * per;
     double *vals = NULL;
-    if (values) {
-        vals = (double *)calloc((size_t)(2 * items), sizeof(double));
+    const int resid = p->resid != NULL && Q != NULL && p->map != PT_MAP_SCALE;
+    const int psi_is_q = p->map == PT_MAP_AMPLITUDE || p->map == PT_MAP_TAF || p->map == PT_MAP_RAF;
+    if (values || resid) {
+        vals = (double *)calloc((size_t)(3 * items), sizeof(double));
         if (!vals) return 3;
     }
     int nt = p->nthreads < 1 ? 1 : p->nthreads;
@@ -582,7 +586,7 @@ static int SFX(pt_map_pass)(const pt_args *p) {
     for (int64_t it = 0; it < items; it++) {
         const int64_t b = it / per, i0 = (it % per) * PT_MAP_CHUNK;
         const int64_t i1 = i0 + PT_MAP_CHUNK < m ? i0 + PT_MAP_CHUNK : m;
-        double s = 0, sz = 0;
+        double s = 0, sz = 0, sr = 0;
         for (int64_t i = i0; i < i1; i++) {
             const int64_t o = b * m + i;
             const REAL rr = c * (cplx ? Z[2 * o] : Z[o]), ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
@@ -597,8 +601,20 @@ static int SFX(pt_map_pass)(const pt_args *p) {
             if (WO) WO[o] = wu;
             s += ell;
             if (WZ) sz += (double)(WZ[b * p->wz_stride + i] * (REAL)raw);
+            if (resid) {
+                const REAL psi = psi_is_q ? q : (REAL)sqrt(q > 0 ? q : (REAL)0);
+                const REAL e = (REAL)sqrt(a2v) - psi;
+                sr += (double)(e * e);
+            }
         }
-        if (vals) { vals[it] = s; vals[items + it] = sz; }
+        if (vals) { vals[it] = s; vals[items + it] = sz; vals[2 * items + it] = sr; }
+    }
+    if (resid) {
+        for (int64_t b = 0; b < B; b++) {
+            double t = 0;
+            for (int64_t k = 0; k < per; k++) t += vals[2 * items + b * per + k];
+            p->resid[b] = t;
+        }
     }
     if (values) {
         for (int64_t b = 0; b < B; b++) {

@@ -27,8 +27,8 @@ direction, ``trial``/``tries`` (B,) the line search's step and trial count, ``ac
 bool, ``scale`` (B,). The direction is formed from S and Y in the compact representation (see
 :meth:`LBFGSAlgorithm.direction`).
 
-Memory traffic per iteration: storing a pair writes one slot in place and reads the buffer once (the new
-Gram rows); the direction reads it twice ([S; Y]∇f, then Sᵀp − γYᵀu). Nothing of size
+Memory traffic per iteration: storing a pair writes one slot in place; the buffer is read twice, once for
+the new Gram rows together with [S; Y]∇f and once for Sᵀp − γYᵀu. Nothing of size
 M × n is copied: at n = 2²⁰ complex128 and M = 10 (160 MiB per buffer) an earlier version that shifted
 the buffers (``torch.cat`` + ``torch.where``) and concatenated [S; Y] for the products spent most of an
 iteration copying them.
@@ -37,6 +37,7 @@ iteration copying them.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -98,10 +99,15 @@ class LBFGSAlgorithm(Algorithm):
                 "accepted": torch.ones(B, dtype=torch.bool, device=x.device),
                 "retry": torch.zeros(B, dtype=torch.bool, device=x.device)}
 
-    def push(self, st: State, s: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
+    def push(self, st: State, s: torch.Tensor, g: torch.Tensor, active: torch.Tensor,
+             also: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Store the pair (s, g) as the newest for the active samples that satisfy the curvature condition:
         written in place into the slot after ``head``, with its two rows and columns of the Gram matrix;
-        the other samples write into the spare slot M (never read) — no masked copy, no host read."""
+        the other samples write into the spare slot M (never read) — no masked copy, no host read.
+
+        ``also`` (a batch of vectors like s, e.g. the gradient the direction is formed from next) joins the
+        product of the Gram update, so that the buffer is read once for both: its real inner products with
+        every row of the buffer, after the pair is stored, come back as a (B, 2M + 2) tensor (else None)."""
         sy = dot(s, g)
         ok = active & (sy > 1e-10 * (norm2(s) * norm2(g)).sqrt()) & (sy < math.inf)
         P, M = st["P"], self.memory
@@ -110,19 +116,22 @@ class LBFGSAlgorithm(Algorithm):
         slot = torch.where(ok, (st["head"] + 1) % M, M)
         pair = torch.stack([s, g], 1)                                            # (B, 2, …)
         P[rows, slot] = pair
-        v = torch.bmm(real_rows(P, 1).view(B, 2 * M + 2, -1), real_rows(pair, 2).mT)   # (B, 2M+2, 2)
+        cols_in = pair if also is None else torch.cat([pair, also.unsqueeze(1)], 1)
+        vz = torch.bmm(real_rows(P, 1).view(B, 2 * M + 2, -1), real_rows(cols_in, 2).mT)   # (B, 2M+2, 2 or 3)
+        v = vz[..., :2]
         new = slot_of_row == slot.unsqueeze(-1)                                  # (B, 2M+2): the slot's rows
         cols = v.repeat(1, 1, M + 1)                                             # [i, j] = ⟨z_i, pair_{j mod 2}⟩
         st["G"] = torch.where(new.unsqueeze(-1), cols.mT, torch.where(new.unsqueeze(-2), cols, st["G"]))
         st["head"] = torch.where(ok, slot, st["head"])
         st["count"] = (st["count"] + ok).clamp_(max=self.memory)
+        return None if also is None else vz[..., 2]
 
     def clear(self, st: State, mask: torch.Tensor) -> None:
         """Empty the memory of the samples in ``mask`` (their next pair goes to slot 0)."""
         st["count"] = st["count"].masked_fill(mask, 0)
         st["head"] = st["head"].masked_fill(mask, self.memory - 1)
 
-    def direction(self, st: State, grad: torch.Tensor, depth: int) -> torch.Tensor:
+    def direction(self, st: State, grad: torch.Tensor, depth: int, zg: Optional[torch.Tensor] = None) -> torch.Tensor:
         r"""−H∇f per sample, H the L-BFGS inverse-Hessian model of the newest ``depth`` pairs (a bound
         on every sample's pair count known without a host read; the pair j places back counts for the
         samples with j < count). −∇f for an empty memory.
@@ -139,7 +148,7 @@ class LBFGSAlgorithm(Algorithm):
         first ``depth`` slots hold every pair in use): one for [a; b], one for Sᵀp − γYᵀu. Only the
         2k-vectors and the Gram matrix are put in newest-first order (an index per sample). Unused
         pairs get a unit row and column in R and D and zero a, b, so they drop out exactly (u and p
-        are exactly 0 there)."""
+        are exactly 0 there). ``zg``: the buffer rows' products with ``grad`` when :meth:`push` formed them."""
         if depth == 0:
             return -grad
         M, B = self.memory, grad.shape[0]
@@ -153,7 +162,8 @@ class LBFGSAlgorithm(Algorithm):
         both = used.unsqueeze(-1) & used.unsqueeze(-2)                           # (B, k, k)
         G = st["G"][rows.view(B, 1, 1), idx.unsqueeze(-1), idx.unsqueeze(-2)]                 # (B, 2k, 2k), newest first
         SY, YY = G[:, 0::2, 1::2], G[:, 1::2, 1::2]
-        ab = torch.bmm(Z, g).view(B, 2 * depth).gather(1, idx).view(B, depth, 2) * used.unsqueeze(-1)
+        zg = torch.bmm(Z, g).view(B, 2 * depth) if zg is None else zg[:, :2 * depth]
+        ab = zg.gather(1, idx).view(B, depth, 2) * used.unsqueeze(-1)
         a, b = ab[..., :1], ab[..., 1:]                                          # (B, k, 1)
         R = torch.where(both, SY, eye).tril()
         diag = R.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)                        # D (1 on unused pairs)
@@ -176,8 +186,9 @@ class LBFGSAlgorithm(Algorithm):
         active = ctx.active
         retrying = state["retry"] & active
         new = active & ~retrying                          # samples starting a line search at x
-        self.push(state, x - state["x_prev"], grad - state["g_prev"], new & state["has_prev"])
-        d = self.direction(state, grad, min(self.memory, max(int(t) - 1, 0)))
+        # one read of the buffer for the Gram update and the direction's S∇f, Y∇f
+        zg = self.push(state, x - state["x_prev"], grad - state["g_prev"], new & state["has_prev"], also=grad)
+        d = self.direction(state, grad, min(self.memory, max(int(t) - 1, 0)), zg)
         slope = dot(grad, d)
         bad = ~((slope < 0) & (slope > -math.inf))          # not a (finite) descent direction
         d = torch.where(bview(bad, d), -grad, d)

@@ -96,6 +96,8 @@ class PointwiseMap:
     total: Optional[torch.Tensor] = None
     rescale: bool = False       #: the caller accepts z overwritten by r = c·z (where the pass can do it)
     rescaled: bool = False      #: the pass did overwrite z by r = c·z (:func:`apply_map`)
+    #: Σ_i (|r_i| − ψ_i)² per signal (float64; :func:`apply_map` with data, all maps but SCALE), else None
+    residual_sum: Optional[torch.Tensor] = None
 
 
 class _Args(ctypes.Structure):
@@ -109,7 +111,8 @@ class _Args(ctypes.Structure):
                 ("p1", ctypes.c_double), ("tiny", ctypes.c_double),
                 ("wz", ctypes.c_void_p), ("wz_stride", ctypes.c_int64), ("value_z", ctypes.c_void_p),
                 ("g_scale", ctypes.c_double), ("value_div", ctypes.c_double), ("value_real", ctypes.c_void_p),
-                ("value_z_real", ctypes.c_void_p), ("rescale_z", ctypes.c_int32), ("pad_args", ctypes.c_int32)]
+                ("value_z_real", ctypes.c_void_p), ("rescale_z", ctypes.c_int32), ("pad_args", ctypes.c_int32),
+                ("resid", ctypes.c_void_p)]
 
 
 #: the argument block of one fused pass (``pt_args`` of the C source)
@@ -529,7 +532,8 @@ def apply_map(z: torch.Tensor, spec: PointwiseMap, k: int, rescale: bool = False
     """v = w·φ(c·z) (``spec``) for measurements ``z`` of shape ``(*batch, *measurement)`` (``k`` trailing
     measurement dimensions) in one pass of ``pt_map_pass`` (``map_applies(z, spec)`` must hold); fills
     ``spec``'s outputs as the fused dense pass does (``a2`` and ``weights_out`` shaped like z, ``total``
-    (batch shape, float64)) and sets ``done``. With ``rescale`` z (which must be contiguous) is
+    (batch shape, float64)) and sets ``done``; with data it also sums the amplitude residual
+    ``residual_sum`` = Σ(|r| − ψ)² per signal (ψ = q for the amplitude maps, √max(q, 0) for the others). With ``rescale`` z (which must be contiguous) is
     overwritten by r = c·z in the same pass, and ``spec.rescaled`` says so.
 
     The operator's half of a gradient evaluation for FFT-based operators on the CPU: the same closed
@@ -559,6 +563,7 @@ def apply_map(z: torch.Tensor, spec: PointwiseMap, k: int, rescale: bool = False
     a2 = torch.empty(z.shape, dtype=real)
     w_out = torch.empty(z.shape, dtype=real) if weighted else None
     total = torch.empty(batch, dtype=torch.float64)
+    resid = torch.empty(batch, dtype=torch.float64) if q is not None and spec.code != Map.SCALE else None
     a = _Args()
     a.m, a.n, a.B = m, 0, B
     a.is_complex, a.mode, a.map = int(z.is_complex()), FUSED, int(spec.code)
@@ -568,12 +573,14 @@ def apply_map(z: torch.Tensor, spec: PointwiseMap, k: int, rescale: bool = False
     a.z, a.g, a.a2, a.w_out, a.value = zf.data_ptr(), v.data_ptr(), a2.data_ptr(), _ptr(w_out), total.data_ptr()
     a.q, a.q_stride, a.w, a.w_stride = _ptr(q), q_stride, _ptr(w), w_stride
     a.rescale_z = int(bool(rescale))
+    a.resid = _ptr(resid)
     CALLS["map"] += 1
     rc = load().pt_map_pass(ctypes.byref(a), _bits(z.dtype))
     if rc != 0:
         raise RuntimeError(f"phasetorch map kernel failed (code {rc})")
     spec.a2, spec.weights_out, spec.total, spec.done = a2, w_out, total, True
     spec.rescaled = bool(rescale)
+    spec.residual_sum = resid
     return v
 
 
