@@ -114,9 +114,8 @@ def test_a_freed_block_is_reused_without_page_faults(monkeypatch):
 
     pages = (64 << 20) // resource.getpagesize()
     with allocator.retained():
-        faults(1)                                                    # the heap grows once
-        inside = faults(10)
-    # by default every reuse faults all its pages again (10 × pages); retained, the block is reused (a small
-    # allocation in between may split the freed block once, and the heap then grows once more)
-    assert inside < 3 * pages, f"{inside} page faults for 10 reuses of a {pages}-page block"
+        faults(2)                            # the heap grows (a small allocation may split a freed block
+        inside = min(faults(5) for _ in range(4))   # and make it grow once more): the quietest of 4 windows
+    # (glibc's default maps and unmaps such a block at every allocation: 5 × pages faults per window)
+    assert inside < pages, f"{inside} page faults inside for 5 reuses of a {pages}-page block"
     assert allocator.status()["depth"] == 0
