@@ -4,11 +4,9 @@ Why: torch's CPU tensors come from ``malloc``, and a solver loop frees and re-al
 large tensors every iteration (an FFT's output, a residual, a measurement-sized temporary). glibc serves
 a block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``, and
 it gives the top of its heap back to the system once more than its trim threshold is free there; in
-both cases every 4 KiB page of the next allocation faults and is zeroed again. Measured on the 2-core
-EPYC of ``results/``: ~1.5–1.8 µs per page, i.e. 2.3–2.7 GB/s, a twentieth of the memory bandwidth: a
-fresh 32 MiB tensor costs 12.7 ms where writing it costs 2 ms, and a CDP iteration at 1024×1024, L = 4
-(32 MiB per measurement-sized tensor) spent ~45% of its time in page faults (``wf`` 207 → 115 ms per
-iteration, ``lbfgs`` 648 → 329 ms with the memory retained; ``scripts/benchmark.py`` row 12 measures it).
+both cases every 4 KiB page of the next allocation faults and is zeroed again, at a small fraction of
+the memory bandwidth. ``scripts/benchmark.py`` row 12 measures what that costs a large CDP problem
+(``PHASETORCH_MALLOC=0`` against the default).
 
 :func:`retained` is the remedy, as a context manager that nests: on entering the outermost level it
 sets ``M_MMAP_MAX = 0`` (every block from the heap) and ``M_TRIM_THRESHOLD`` to 2 GiB (nothing given

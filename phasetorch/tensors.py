@@ -380,12 +380,10 @@ def scratch(owner: Any, name: str, shape: Sequence[int], *inputs: torch.Tensor) 
     """A work tensor of ``shape`` (dtype and device of ``inputs[0]``) that ``owner`` reuses across calls
     on the CPU, or None where the caller must allocate.
 
-    Why: on the CPU every fresh tensor of a few MiB can cost more than the arithmetic done on it.
-    glibc's malloc gives the top of its heap back to the system once 2× its mmap threshold is
-    free there (8 MiB after a 4 MiB block has been freed once), and every page of the next allocation
-    then faults again: ~1.8 µs per 4 KiB on the reference machine (2.3 GB/s, a twentieth of the
-    memory bandwidth). An FFT-based product with one L·n intermediate of 4 MiB paid 3.7 ms of faults
-    for 1.5 ms of FFT. A buffer kept by its owner is faulted in once.
+    Why: on the CPU a fresh tensor of a few MiB can cost more than the arithmetic done on it: glibc's
+    malloc maps large blocks afresh (and gives the top of its heap back once 2× its mmap threshold is
+    free there), and every page of the next allocation then faults again (:mod:`phasetorch.allocator`).
+    A buffer kept by its owner is faulted in once.
 
     The buffer is per thread (two threads never share one) and per ``name``; it is replaced when the
     shape, dtype or device changes and freed with its owner (never pickled, copied or saved with it).

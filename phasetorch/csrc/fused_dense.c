@@ -9,8 +9,8 @@
  *   PT_LINEAR   z = A x                     (one read of A)
  *   PT_ADJOINT  g = A^H v, v given in `z`   (one read of A)
  *
- * and, without A, pt_map_pass: v_i = phi(c z_i, q_i, w_i) for a given z (B x m, in `z`) into `g`, with the
- * same outputs as PT_FUSED (|c z_i|^2, the weights, the value sums) in one pass over the measurements:
+ * and, without A, pt_map_pass: v_i = phi(c z_i, q_i, w_i) for a given z (B x m, in `z`) into `g`, with
+ * |c z_i|^2, the weights, sum_i w_i l_i (in `value`) and the amplitude residual in one pass over the measurements:
  * the pointwise half of a gradient evaluation for an operator without a stored A (FFT-based ones),
  * where torch would make ten passes of its own. With rescale_z it also overwrites z by r = c z.
  *
@@ -567,8 +567,7 @@ static int SFX(pt_map_pass)(const pt_args *p) {
     REAL *Z = (REAL *)p->z;
     REAL *V = (REAL *)p->g;
     const REAL *Q = (const REAL *)p->q, *W = (const REAL *)p->w;
-    const int values = p->value || p->value_real;
-    const REAL *WZ = values && (p->value_z || p->value_z_real) ? (const REAL *)p->wz : NULL;
+    const int values = p->value != NULL;
     REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
     const REAL c = (REAL)p->scale;
     const int rescale = p->rescale_z;
@@ -577,7 +576,7 @@ static int SFX(pt_map_pass)(const pt_args *p) {
     const int resid = p->resid != NULL && Q != NULL && p->map != PT_MAP_SCALE;
     const int psi_is_q = p->map == PT_MAP_AMPLITUDE || p->map == PT_MAP_TAF || p->map == PT_MAP_RAF;
     if (values || resid) {
-        vals = (double *)calloc((size_t)(3 * items), sizeof(double));
+        vals = (double *)calloc((size_t)(2 * items), sizeof(double));
         if (!vals) return 3;
     }
     int nt = p->nthreads < 1 ? 1 : p->nthreads;
@@ -586,7 +585,7 @@ static int SFX(pt_map_pass)(const pt_args *p) {
     for (int64_t it = 0; it < items; it++) {
         const int64_t b = it / per, i0 = (it % per) * PT_MAP_CHUNK;
         const int64_t i1 = i0 + PT_MAP_CHUNK < m ? i0 + PT_MAP_CHUNK : m;
-        double s = 0, sz = 0, sr = 0;
+        double s = 0, sr = 0;
         for (int64_t i = i0; i < i1; i++) {
             const int64_t o = b * m + i;
             const REAL rr = c * (cplx ? Z[2 * o] : Z[o]), ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
@@ -600,32 +599,26 @@ static int SFX(pt_map_pass)(const pt_args *p) {
             if (A2) A2[o] = a2v;
             if (WO) WO[o] = wu;
             s += ell;
-            if (WZ) sz += (double)(WZ[b * p->wz_stride + i] * (REAL)raw);
             if (resid) {
                 const REAL psi = psi_is_q ? q : (REAL)sqrt(q > 0 ? q : (REAL)0);
                 const REAL e = (REAL)sqrt(a2v) - psi;
                 sr += (double)(e * e);
             }
         }
-        if (vals) { vals[it] = s; vals[items + it] = sz; vals[2 * items + it] = sr; }
+        if (vals) { vals[it] = s; vals[items + it] = sr; }
     }
     if (resid) {
         for (int64_t b = 0; b < B; b++) {
             double t = 0;
-            for (int64_t k = 0; k < per; k++) t += vals[2 * items + b * per + k];
+            for (int64_t k = 0; k < per; k++) t += vals[items + b * per + k];
             p->resid[b] = t;
         }
     }
     if (values) {
         for (int64_t b = 0; b < B; b++) {
-            double t = 0, tz = 0;
-            for (int64_t k = 0; k < per; k++) { t += vals[b * per + k]; tz += vals[items + b * per + k]; }
-            if (p->value) p->value[b] = t;
-            if (p->value_real) ((REAL *)p->value_real)[b] = (REAL)(t / p->value_div);
-            if (WZ) {
-                if (p->value_z) p->value_z[b] = tz;
-                if (p->value_z_real) ((REAL *)p->value_z_real)[b] = (REAL)(tz / p->value_div);
-            }
+            double t = 0;
+            for (int64_t k = 0; k < per; k++) t += vals[b * per + k];
+            p->value[b] = t;
         }
     }
     free(vals);

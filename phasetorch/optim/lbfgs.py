@@ -17,11 +17,12 @@ halved step at the next iteration, so the accepted points are those of the class
 while an iteration costs one evaluation (the log's iterations count evaluations). A sample whose
 line search fails ``max_backtracks`` times does not move (the driver reports it as stalled).
 
-State (all tensors, leading batch dimension): ``P`` (B, M + 1, 2, …) the pairs (s, y) in a ring of M slots
-per sample (slot M takes the writes of the samples that store nothing) (``head`` (B,) the slot of the newest, ``count`` (B,) the pairs held: a sample holding
-fewer than M uses slots 0 … count − 1, since a cleared memory restarts at slot 0), ``G`` (B, 2M + 2, 2M + 2)
-the Gram matrix of the rows s₀, y₀, s₁, y₁, … (real inner products), updated by two rows and columns
-per stored pair,
+State (all tensors, leading batch dimension):
+``P`` (B, M + 1, 2, …) the pairs (s, y) in a ring of M slots per sample, slot M taking the writes of the
+samples that store nothing; ``head`` (B,) the slot of the newest; ``count`` (B,) the pairs held (a sample
+holding fewer than M uses slots 0 … count − 1, since a cleared memory restarts at slot 0);
+``G`` (B, 2M + 2, 2M + 2) the Gram matrix of the rows s₀, y₀, s₁, y₁, … (real inner products), updated by
+two rows and columns per stored pair;
 ``x_prev``/``g_prev`` the point and gradient of the last direction, ``has_prev`` (B,), ``d`` the
 direction, ``trial``/``tries`` (B,) the line search's step and trial count, ``accepted``/``retry`` (B,)
 bool, ``scale`` (B,). The direction is formed from S and Y in the compact representation (see
