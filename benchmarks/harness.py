@@ -60,6 +60,7 @@ Methodology notes (also written into the JSON):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import importlib
 import importlib.metadata
@@ -1442,6 +1443,21 @@ def row_streamed(ctx: Context) -> dict:
 
 
 # ============================================================================ row 12: a large CDP problem per iteration
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """The environment variable ``name`` set to ``value`` inside the block, restored after (the harness's
+    form of :func:`phasetorch.physics.kernels.switched`, for any variable)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def row_large_cdp(ctx: Context) -> dict:
     """Per-iteration cost on a CDP problem whose measurement-sized tensors (64 MiB in complex128 at 1024²,
     L = 4) are above glibc's 32 MiB mmap ceiling, so that by default each fresh one is mmap'd and every
@@ -1463,22 +1479,6 @@ def row_large_cdp(ctx: Context) -> dict:
     y = op(x)
     x0 = (x + 0.5 * _complex_signal(math.prod(shape), ctx.seed + 2, shape=shape).to(ctx.device)).contiguous()
     z = op.linear(x0)
-
-    def malloc(on: bool):
-        """run a function with PHASETORCH_MALLOC as given (read at every reconstruct)."""
-        def wrap(fn):
-            def run(*a):
-                old = os.environ.get(allocator.ENV_SWITCH)
-                os.environ[allocator.ENV_SWITCH] = "1" if on else "0"
-                try:
-                    return fn(*a)
-                finally:
-                    if old is None:
-                        del os.environ[allocator.ENV_SWITCH]
-                    else:
-                        os.environ[allocator.ENV_SWITCH] = old
-            return run
-        return wrap
 
     def raw_pair():
         torch.fft.fft2(z)
@@ -1503,7 +1503,11 @@ def row_large_cdp(ctx: Context) -> dict:
             rec = reconstruct(op, y, algorithm=preset, init=x0, max_iter=k, tol=0, progress=False, seed=ctx.seed)
             return int(rec.iterations.max())
 
-        contenders = {"phasetorch": ours, "phasetorch, PHASETORCH_MALLOC=0": malloc(False)(ours)}
+        def ours_malloc_alone(k, ours=ours):
+            with _environ(allocator.ENV_SWITCH, "0"):          # read at every reconstruct
+                return ours(k)
+
+        contenders = {"phasetorch": ours, "phasetorch, PHASETORCH_MALLOC=0": ours_malloc_alone}
         if sp_op is not None and preset in SAME_ALGORITHM:
             contenders["solvephase"] = lambda k, method=SAME_ALGORITHM[preset]: int(wirtinger(
                 sp_op, y_np, method=method, init=x0_np, iterations=k, tol=0.0, seed=ctx.seed).n_iter)
