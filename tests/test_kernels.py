@@ -8,6 +8,7 @@ against a float64 evaluation of the same float32 data must be within 2× the tor
 """
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -514,3 +515,100 @@ def test_cdp_reconstruct_with_the_map_equals_the_torch_path(monkeypatch, preset)
     assert calls["map"] > 0
     err = torch.linalg.vector_norm((a.x - b.x).reshape(2, -1), dim=-1) / torch.linalg.vector_norm(a.x.reshape(2, -1), dim=-1)
     assert err.max() <= 1e-6 and torch.equal(a.status, b.status)
+
+
+# ---------------------------------------------------------------------------- products with a bank of rows
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("B,k,D", [(1, 22, 40000), (3, 7, 1029), (2, 1, 17)])
+def test_bank_products_match_torch_and_do_not_depend_on_threads_or_batch(monkeypatch, dtype, B, k, D):
+    """rows_dots = Z Vᵀ and rows_comb = ±(γg + Zᵀc) in double against the kernels, on rows that are a
+    slice of a larger bank (the direction's layout), with vectors that are rows of other tensors (no
+    stacking), D past a run, an item and not a multiple of the vector width; the same bits on one thread
+    and per sample of a batch."""
+    monkeypatch.setattr(K, "ROWS_MIN", 0)
+    g = torch.Generator().manual_seed(B * 100 + k)
+    bank = torch.randn(B, k + 3, D, generator=g, dtype=F64).to(dtype)
+    Z = bank[:, 1:k + 1]
+    other = torch.randn(B, 4, D, generator=g, dtype=F64).to(dtype)
+    V = [other[:, 2], torch.randn(B, D, generator=g, dtype=F64).to(dtype), other[:, 0], bank[:, 0]]
+    scale = math.sqrt(D)
+    rtol, atol = (1e-5, 1e-5 * scale) if dtype == F32 else (1e-12, 1e-12 * scale)
+    before = K.CALLS["rows"]
+    for c in range(1, 5):
+        assert K.rows_apply(Z, *V[:c])
+        out = K.rows_dots(Z, *V[:c])
+        assert out.shape == (B, k, c) and out.dtype == F64
+        ref = Z.double() @ torch.stack(V[:c], 1).double().mT
+        torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
+    coef = torch.randn(B, k, generator=g, dtype=F64).to(dtype)
+    gamma = torch.rand(B, generator=g, dtype=F64) + 0.5
+    gv = V[1]
+    for negate in (False, True):
+        q = K.rows_comb(Z, coef, gamma, gv, negate=negate)
+        ref = gamma[:, None] * gv.double() + (Z.double().mT @ coef.double()[..., None])[..., 0]
+        assert q.dtype == dtype and q.shape == (B, D)
+        torch.testing.assert_close(q.double(), -ref if negate else ref, rtol=rtol, atol=atol * math.sqrt(k))
+    assert K.CALLS["rows"] == before + 6
+    out, q = K.rows_dots(Z, *V[:3]), K.rows_comb(Z, coef, gamma, gv, negate=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(K.rows_dots(Z, *V[:3]), out) and torch.equal(K.rows_comb(Z, coef, gamma, gv, True), q)
+    finally:
+        torch.set_num_threads(threads)
+    b = B - 1
+    assert torch.equal(K.rows_dots(Z[b:b + 1], *(v[b:b + 1] for v in V[:3])), out[b:b + 1])
+    assert torch.equal(K.rows_comb(Z[b:b + 1], coef[b:b + 1], gamma[b:b + 1], gv[b:b + 1], True), q[b:b + 1])
+
+
+def test_bank_products_refuse_what_they_cannot_take(monkeypatch):
+    Z = torch.randn(2, 5, 64, dtype=F64)
+    v = torch.randn(2, 64, dtype=F64)
+    assert not K.rows_apply(Z, v)                               # below ROWS_MIN: torch's call is cheaper
+    monkeypatch.setattr(K, "ROWS_MIN", 0)
+    assert K.rows_apply(Z, v)
+    assert not K.rows_apply(Z, v.float())                       # dtypes differ
+    assert not K.rows_apply(Z.to(torch.complex128), v.to(torch.complex128))   # complex: the caller's real view
+    assert not K.rows_apply(Z, v[:1])                           # batch differs
+    assert not K.rows_apply(Z, torch.randn(2, 128, dtype=F64)[:, ::2])   # stride along D
+    assert not K.rows_apply(Z.mT.contiguous().mT, v)            # the bank's rows must run along D
+    assert not K.rows_apply(torch.zeros(2, 5, 64, device="meta"), v)
+    vg = v.clone().requires_grad_(True)
+    assert not K.rows_apply(Z, vg)                              # autograd records through it
+    with torch.no_grad():
+        assert K.rows_apply(Z, vg)
+    with pytest.raises(ValueError, match="1 to 4 vectors"):
+        K.rows_dots(Z, v, v, v, v, v)
+    monkeypatch.setenv(K.ENV_SWITCH, "0")
+    assert not K.rows_apply(Z, v)
+
+
+def test_lbfgs_with_the_bank_kernels_equals_the_torch_path(monkeypatch):
+    """A CDP L-BFGS run through the bank kernels (ROWS_MIN lowered so that a small problem takes them)
+    against the same run with torch's batched products: the same decisions, iterates within 1e-9; and a
+    batch of two equals its single runs."""
+    from phasetorch.optim import lbfgs
+    monkeypatch.setattr(K, "ROWS_MIN", 0)
+    op = pt.CodedDiffraction((16, 16), 4, seed=0, dtype=F64)
+    g = torch.Generator().manual_seed(5)
+    xs = torch.randn(2, 16, 16, dtype=torch.complex128, generator=g)
+    y = op(xs)
+
+    def run(yy):
+        return pt.reconstruct(op, yy, "lbfgs", max_iter=60, progress=False, seed=0)
+
+    before = K.CALLS["rows"]
+    b = run(y)
+    assert K.CALLS["rows"] > before + 60
+    monkeypatch.setattr(lbfgs.kernels, "rows_apply", lambda *a: False)
+    before = K.CALLS["rows"]
+    a = run(y)
+    assert K.CALLS["rows"] == before                            # the torch path
+    monkeypatch.undo()
+    monkeypatch.setattr(K, "ROWS_MIN", 0)
+    assert torch.equal(a.status, b.status) and torch.equal(a.iterations, b.iterations)
+    err = torch.linalg.vector_norm((a.x - b.x).reshape(2, -1), dim=-1) / torch.linalg.vector_norm(a.x.reshape(2, -1), dim=-1)
+    assert err.max() <= 1e-9
+    for i in range(2):
+        s = run(y[i:i + 1])
+        torch.testing.assert_close(s.x[0], b.x[i], rtol=1e-10, atol=1e-12)

@@ -279,13 +279,29 @@ def two_loop_reference(pairs, grad):
     return -q
 
 
+def _bank_kernels_or_skip(monkeypatch, on):
+    """The L-BFGS bank products through the C kernel (its size floor lowered) when ``on``; else torch's."""
+    from phasetorch.physics import kernels
+    if on:
+        if not kernels.available():
+            pytest.skip(f"C kernel unavailable: {kernels.status()['reason']}")
+        monkeypatch.setattr(kernels, "ROWS_MIN", 0)
+    else:
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    return kernels
+
+
+@pytest.mark.parametrize("kernel", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 @pytest.mark.parametrize("stored", [0, 3, 10, 14])
-def test_lbfgs_two_loop_equals_the_textbook_recursion_per_sample(dtype, stored):
+def test_lbfgs_two_loop_equals_the_textbook_recursion_per_sample(monkeypatch, dtype, stored, kernel):
     """The masked, batched recursion over the newest-first buffer gives, for every sample, the textbook
     two-loop direction over that sample's own accepted pairs (the samples accept different pairs, the
-    buffer wraps past its 10 slots), −∇f with an empty memory, and a descent direction otherwise."""
+    buffer wraps past its 10 slots), −∇f with an empty memory, and a descent direction otherwise; with
+    the buffer's products in torch and in the C kernel."""
     from phasetorch.tensors import dot
+    kernels = _bank_kernels_or_skip(monkeypatch, kernel)
+    calls = kernels.CALLS["rows"]
     g = torch.Generator().manual_seed(stored)
     alg = optim.LBFGSAlgorithm(memory=10)
     x = torch.randn(3, 2, 5, generator=g, dtype=F64).to(dtype)
@@ -312,6 +328,7 @@ def test_lbfgs_two_loop_equals_the_textbook_recursion_per_sample(dtype, stored):
         torch.testing.assert_close(d, -grad, rtol=0, atol=0)
     else:
         assert (dot(d, grad) < 0).all()             # a descent direction
+    assert (kernels.CALLS["rows"] > calls) == kernel
 
 
 def test_adapter_safeguard_keeps_a_user_loop_monotone():

@@ -14,6 +14,11 @@
  * the pointwise half of a gradient evaluation for an operator without a stored A (FFT-based ones),
  * where torch would make ten passes of its own. With rescale_z it also overwrites z by r = c z.
  *
+ * and, for a bank of k rows Z (L-BFGS's ring of pairs, phasetorch/optim/lbfgs.py), in one read of it:
+ *   pt_rows_dots  out[b][i][j] = sum_d Z_b[i][d] V_j,b[d]  (c <= 4 vectors, each its own tensor; in double)
+ *   pt_rows_comb  q_b[d] = sgn (gamma_b g_b[d] + sum_i coef_b[i] Z_b[i][d])  (in REAL, i in order)
+ * where torch's batched matrix products read such tall, skinny operands at a third of the memory speed.
+ *
  * The rows are split into a fixed number of chunks (a function of the sizes only, never of the thread
  * count); OpenMP threads take chunks dynamically (a thread descheduled on a busy machine does not hold
  * the others up), each chunk accumulates its part of g and of the values in its own buffer, and the
@@ -72,6 +77,15 @@
 #define PT_PAGE 4096
 #define PT_MAX_CHUNKS 16
 #define PT_MAP_CHUNK 8192   /* measurements per work item of pt_map_pass (its value sums: per item, in order) */
+#define PT_ROW_ITEM 16384   /* REALs per work item of pt_rows_dots / pt_rows_comb (one sample's columns d0 .. ) */
+#define PT_ROW_RUN 1024     /* REALs per run within an item: the runs of the c vectors (or of q) stay in L1 */
+/* the rows that follow are prefetched into L2 while a run is summed (the next pair, or row, at the same run;
+ * the first at the next run): each run of a row is two 4 KiB pages that the hardware prefetcher would meet
+ * cold (measured faster on the 2-core EPYC over a 352 MiB bank; into L1 (T0): no gain) */
+#ifndef PT_ROWS_PF
+#define PT_ROWS_PF _MM_HINT_T1
+#endif
+#define PT_ROW_COLS 4       /* most vectors V in one pt_rows_dots call */
 #define PT_MAX_BLOCK_B 64   /* most signals in one pt_gd_block call */
 #define PT_CHUNK_BYTES (8 << 20)  /* at most this much accumulator memory in all (fewer chunks for large B n) */
 
@@ -166,7 +180,7 @@ static void *pt_alloc(size_t bytes) {
     return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
 }
 
-int pt_abi_version(void) { return 5; }
+int pt_abi_version(void) { return 6; }
 
 #define PT_BODY
 #define REAL float
@@ -229,6 +243,25 @@ int pt_map_pass(const pt_args *p, int dtype_bits) {
     if (p->m < 1 || p->B < 1) return 1;
     if (dtype_bits == 32) return pt_map_pass_f32(p);
     if (dtype_bits == 64) return pt_map_pass_f64(p);
+    return 2;
+}
+
+
+int pt_rows_dots(int64_t B, int64_t k, int64_t c, int64_t D, const void *Z, int64_t zb, int64_t zr,
+                 const void *const *V, const int64_t *vb, double *out, int nthreads, int dtype_bits) {
+    if (B < 1 || k < 1 || c < 1 || c > PT_ROW_COLS || D < 1) return 1;
+    if (dtype_bits == 32) return pt_rows_dots_f32(B, k, c, D, Z, zb, zr, V, vb, out, nthreads);
+    if (dtype_bits == 64) return pt_rows_dots_f64(B, k, c, D, Z, zb, zr, V, vb, out, nthreads);
+    return 2;
+}
+
+
+int pt_rows_comb(int64_t B, int64_t k, int64_t D, const void *Z, int64_t zb, int64_t zr, const double *coef,
+                 const double *gamma, const void *g, int64_t gb, void *q, int64_t qb, double sgn, int nthreads,
+                 int dtype_bits) {
+    if (B < 1 || k < 0 || D < 1) return 1;
+    if (dtype_bits == 32) return pt_rows_comb_f32(B, k, D, Z, zb, zr, coef, gamma, g, gb, q, qb, sgn, nthreads);
+    if (dtype_bits == 64) return pt_rows_comb_f64(B, k, D, Z, zb, zr, coef, gamma, g, gb, q, qb, sgn, nthreads);
     return 2;
 }
 
@@ -622,6 +655,165 @@ static int SFX(pt_map_pass)(const pt_args *p) {
         }
     }
     free(vals);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ products with a bank of rows
+ * The columns of a sample are split into items of PT_ROW_ITEM REALs (a function of the sizes only) and
+ * the items into runs of PT_ROW_RUN. pt_rows_dots sums each run of each (row, vector) in REAL vector
+ * lanes, adds it to its item's double sum, and sums the items in order; pt_rows_comb forms each element
+ * as gamma g + coef_0 Z_0 + coef_1 Z_1 + ... in that order. Neither depends on the thread count. */
+
+/* o0[j] += <z0, v_j>, o1[j] += <z1, v_j> over len REALs (z1 NULL: one row), for the C vectors v_j */
+static inline __attribute__((always_inline)) void SFX(pt_run_dots)(const REAL *z0, const REAL *z1,
+        const REAL *const *v, const int C, int64_t len, double *o0, double *o1, const REAL *n0, const REAL *n1) {
+#ifdef __AVX512F__
+    VEC a0[PT_ROW_COLS], a1[PT_ROW_COLS];
+    for (int j = 0; j < C; j++) { a0[j] = ZERO(); a1[j] = ZERO(); }
+    int64_t d = 0;
+    if (z1) {
+        for (; d + VL <= len; d += VL) {
+            _mm_prefetch((const char *)(n0 + d), PT_ROWS_PF);
+            _mm_prefetch((const char *)(n1 + d), PT_ROWS_PF);
+            const VEC x0 = LOADU(z0 + d), x1 = LOADU(z1 + d);
+            for (int j = 0; j < C; j++) {
+                const VEC w = LOADU(v[j] + d);
+                a0[j] = FMA(x0, w, a0[j]);
+                a1[j] = FMA(x1, w, a1[j]);
+            }
+        }
+        if (d < len) {
+            const MASK mk = (MASK)((1u << (len - d)) - 1);
+            const VEC x0 = MLOAD(mk, z0 + d), x1 = MLOAD(mk, z1 + d);
+            for (int j = 0; j < C; j++) {
+                const VEC w = MLOAD(mk, v[j] + d);
+                a0[j] = FMA(x0, w, a0[j]);
+                a1[j] = FMA(x1, w, a1[j]);
+            }
+        }
+        for (int j = 0; j < C; j++) { o0[j] += (double)RED(a0[j]); o1[j] += (double)RED(a1[j]); }
+    } else {
+        for (; d + VL <= len; d += VL) {
+            const VEC x0 = LOADU(z0 + d);
+            for (int j = 0; j < C; j++) a0[j] = FMA(x0, LOADU(v[j] + d), a0[j]);
+        }
+        if (d < len) {
+            const MASK mk = (MASK)((1u << (len - d)) - 1);
+            const VEC x0 = MLOAD(mk, z0 + d);
+            for (int j = 0; j < C; j++) a0[j] = FMA(x0, MLOAD(mk, v[j] + d), a0[j]);
+        }
+        for (int j = 0; j < C; j++) o0[j] += (double)RED(a0[j]);
+    }
+#else
+    (void)n0; (void)n1;
+    for (int j = 0; j < C; j++) {
+        const REAL *w = v[j];
+        REAL s0 = 0, s1 = 0;
+        if (z1) {
+#pragma omp simd reduction(+ : s0, s1)
+            for (int64_t d = 0; d < len; d++) { s0 += z0[d] * w[d]; s1 += z1[d] * w[d]; }
+            o1[j] += (double)s1;
+        } else {
+#pragma omp simd reduction(+ : s0)
+            for (int64_t d = 0; d < len; d++) s0 += z0[d] * w[d];
+        }
+        o0[j] += (double)s0;
+    }
+#endif
+}
+
+/* one item: the k rows' sums with the C vectors over columns d0 .. d1-1 into part (k x C, zeroed) */
+static inline __attribute__((always_inline)) void SFX(pt_item_dots)(const REAL *Zb, int64_t zr, int64_t k,
+        const REAL *const *Vb, const int C, int64_t d0, int64_t d1, double *part) {
+    for (int64_t r0 = d0; r0 < d1; r0 += PT_ROW_RUN) {
+        const int64_t len = d1 - r0 < PT_ROW_RUN ? d1 - r0 : PT_ROW_RUN;
+        const REAL *v[PT_ROW_COLS];
+        for (int j = 0; j < C; j++) v[j] = Vb[j] + r0;
+        int64_t i = 0;
+        for (; i + 2 <= k; i += 2) {
+            /* the rows that follow (the next pair at this run; the first pair at the next run) */
+            const REAL *n0 = i + 3 < k ? Zb + (i + 2) * zr + r0 : Zb + r0 + len;
+            const REAL *n1 = i + 3 < k ? Zb + (i + 3) * zr + r0 : Zb + zr + r0 + len;
+            SFX(pt_run_dots)(Zb + i * zr + r0, Zb + (i + 1) * zr + r0, v, C, len, part + i * C, part + (i + 1) * C,
+                             n0, n1);
+        }
+        if (i < k) SFX(pt_run_dots)(Zb + i * zr + r0, NULL, v, C, len, part + i * C, NULL, NULL, NULL);
+    }
+}
+
+static int SFX(pt_rows_dots)(int64_t B, int64_t k, int64_t c, int64_t D, const void *Zv, int64_t zb, int64_t zr,
+                             const void *const *V, const int64_t *vb, double *out, int nthreads) {
+    const REAL *Z = (const REAL *)Zv;
+    const int64_t per = (D + PT_ROW_ITEM - 1) / PT_ROW_ITEM, items = B * per, kc = k * c;
+    double *part = (double *)calloc((size_t)(items * kc), sizeof(double));
+    if (!part) return 3;
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if ((int64_t)nt > items) nt = (int)items;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; it++) {
+        const int64_t b = it / per, d0 = (it % per) * PT_ROW_ITEM;
+        const int64_t d1 = d0 + PT_ROW_ITEM < D ? d0 + PT_ROW_ITEM : D;
+        const REAL *Zb = Z + b * zb, *Vb[PT_ROW_COLS];
+        for (int64_t j = 0; j < c; j++) Vb[j] = (const REAL *)V[j] + b * vb[j];
+        double *pp = part + it * kc;
+        switch (c) {                        /* a constant C: the accumulators stay in registers */
+        case 1: SFX(pt_item_dots)(Zb, zr, k, Vb, 1, d0, d1, pp); break;
+        case 2: SFX(pt_item_dots)(Zb, zr, k, Vb, 2, d0, d1, pp); break;
+        case 3: SFX(pt_item_dots)(Zb, zr, k, Vb, 3, d0, d1, pp); break;
+        default: SFX(pt_item_dots)(Zb, zr, k, Vb, 4, d0, d1, pp); break;
+        }
+    }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t e = 0; e < kc; e++) {
+            double t = 0;
+            for (int64_t s = 0; s < per; s++) t += part[(b * per + s) * kc + e];
+            out[b * kc + e] = t;
+        }
+    free(part);
+    return 0;
+}
+
+static int SFX(pt_rows_comb)(int64_t B, int64_t k, int64_t D, const void *Zv, int64_t zb, int64_t zr,
+                             const double *coef, const double *gamma, const void *gv, int64_t gb, void *qv,
+                             int64_t qb, double sgn, int nthreads) {
+    const REAL *Z = (const REAL *)Zv, *G = (const REAL *)gv;
+    REAL *Q = (REAL *)qv;
+    const int64_t per = (D + PT_ROW_ITEM - 1) / PT_ROW_ITEM, items = B * per;
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if ((int64_t)nt > items) nt = (int)items;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; it++) {
+        const int64_t b = it / per, d0 = (it % per) * PT_ROW_ITEM;
+        const int64_t d1 = d0 + PT_ROW_ITEM < D ? d0 + PT_ROW_ITEM : D;
+        const REAL *Zb = Z + b * zb, *gp = G + b * gb;
+        REAL *q = Q + b * qb;
+        const REAL gm = (REAL)gamma[b], sg = (REAL)sgn;
+        for (int64_t r0 = d0; r0 < d1; r0 += PT_ROW_RUN) {    /* the run of q stays in L1 over the k rows */
+            const int64_t r1 = d1 - r0 < PT_ROW_RUN ? d1 : r0 + PT_ROW_RUN;
+#pragma omp simd
+            for (int64_t d = r0; d < r1; d++) q[d] = gm * gp[d];
+            for (int64_t i = 0; i < k; i++) {
+                const REAL ci = (REAL)coef[b * k + i], *zi = Zb + i * zr;
+                int64_t d = r0;
+#ifdef __AVX512F__
+                const VEC cv = SET1(ci);
+                const REAL *nx = i + 1 < k ? zi + zr : Zb + (r1 - r0);   /* nx + d: the next row's element */
+                for (; d + VL <= r1; d += VL) {
+                    _mm_prefetch((const char *)(nx + d), PT_ROWS_PF);
+                    STOREU(q + d, FMA(cv, LOADU(zi + d), LOADU(q + d)));
+                }
+                if (d < r1) {
+                    const MASK mk = (MASK)((1u << (r1 - d)) - 1);
+                    MSTORE(q + d, mk, FMA(cv, MLOAD(mk, zi + d), MLOAD(mk, q + d)));
+                }
+#else
+                for (; d < r1; d++) q[d] = q[d] + ci * zi[d];
+#endif
+            }
+#pragma omp simd
+            for (int64_t d = r0; d < r1; d++) q[d] = sg * q[d];
+        }
+    }
     return 0;
 }
 

@@ -32,7 +32,11 @@ Memory traffic per iteration: storing a pair writes one slot in place; the buffe
 the new Gram rows together with [S; Y]∇f and once for Sᵀp − γYᵀu. Nothing of size
 M × n is copied: at n = 2²⁰ complex128 and M = 10 (160 MiB per buffer) an earlier version that shifted
 the buffers (``torch.cat`` + ``torch.where``) and concatenated [S; Y] for the products spent most of an
-iteration copying them.
+iteration copying them. On the CPU the two reads are C passes at the memory speed
+(:func:`phasetorch.physics.kernels.rows_dots` / ``rows_comb``, summed in double and in a fixed order,
+nothing stacked) wherever the buffer holds at least ``kernels.ROWS_MIN`` reals; torch's ``bmm`` /
+``baddbmm`` read operands this tall and skinny at a fraction of that speed, and run elsewhere (GPU,
+small problems, ``PHASETORCH_KERNELS=0``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Optional
 
 import torch
 
+from ..physics import kernels
 from ..tensors import bview, check_int, check_number, dot, norm2, where_sample
 from .base import one_trial
 from .engine import Algorithm, State, StepResult, declared_key
@@ -54,6 +59,15 @@ def real_rows(t: torch.Tensor, lead: int) -> torch.Tensor:
     (complex entries as (re, im) pairs); no copy for contiguous tensors."""
     r = torch.view_as_real(t) if t.is_complex() else t
     return r.reshape(*t.shape[:lead], -1)
+
+
+def bank_dots(Z: torch.Tensor, *V: torch.Tensor) -> torch.Tensor:
+    """``Z @ stack(V, 1).mT`` for the rows of the pair buffer ``Z`` (B, k, D) and a few vectors ``V`` (each
+    (B, D)), in Z's dtype: :func:`phasetorch.physics.kernels.rows_dots` where it applies (one read of each
+    at the memory speed on the CPU, summed in double, nothing stacked), else ``torch.bmm``."""
+    if len(V) <= 4 and kernels.rows_apply(Z, *V):
+        return kernels.rows_dots(Z, *V).to(Z.dtype)
+    return torch.bmm(Z, torch.stack(V, 1).mT)
 
 
 class LBFGSAlgorithm(Algorithm):
@@ -115,10 +129,10 @@ class LBFGSAlgorithm(Algorithm):
         B = P.shape[0]
         rows, slot_of_row = self._consts(P.device, B, 0)[:2]
         slot = torch.where(ok, (st["head"] + 1) % M, M)
-        pair = torch.stack([s, g], 1)                                            # (B, 2, …)
-        P[rows, slot] = pair
-        cols_in = pair if also is None else torch.cat([pair, also.unsqueeze(1)], 1)
-        vz = torch.bmm(real_rows(P, 1).view(B, 2 * M + 2, -1), real_rows(cols_in, 2).mT)   # (B, 2M+2, 2 or 3)
+        P[rows, slot, 0] = s
+        P[rows, slot, 1] = g
+        vecs = (s, g) if also is None else (s, g, also)
+        vz = bank_dots(real_rows(P, 1).view(B, 2 * M + 2, -1), *(real_rows(v, 1) for v in vecs))  # (B, 2M+2, 2|3)
         v = vz[..., :2]
         new = slot_of_row == slot.unsqueeze(-1)                                  # (B, 2M+2): the slot's rows
         cols = v.repeat(1, 1, M + 1)                                             # [i, j] = ⟨z_i, pair_{j mod 2}⟩
@@ -156,14 +170,15 @@ class LBFGSAlgorithm(Algorithm):
         rows, _, j, gram_rows, eye = self._consts(grad.device, B, depth, grad.real.dtype)
         Z = real_rows(st["P"], 1).view(B, 2 * M + 2, -1)[:, :2 * depth]         # (B, 2k, D): s, y per slot
         count = st["count"]
-        g = real_rows(grad, 1).unsqueeze(-1)                                     # (B, D, 1)
+        gf = real_rows(grad, 1)                                                  # (B, D)
+        g = gf.unsqueeze(-1)                                                     # (B, D, 1)
         used = j < count.unsqueeze(-1)                                           # (B, k), newest first
         slot = torch.where(used, (st["head"].unsqueeze(-1) - j) % M, j)          # newest-first → slot
         idx = gram_rows[slot].view(B, 2 * depth)
         both = used.unsqueeze(-1) & used.unsqueeze(-2)                           # (B, k, k)
         G = st["G"][rows.view(B, 1, 1), idx.unsqueeze(-1), idx.unsqueeze(-2)]                 # (B, 2k, 2k), newest first
         SY, YY = G[:, 0::2, 1::2], G[:, 1::2, 1::2]
-        zg = torch.bmm(Z, g).view(B, 2 * depth) if zg is None else zg[:, :2 * depth]
+        zg = bank_dots(Z, gf).view(B, 2 * depth) if zg is None else zg[:, :2 * depth]
         ab = zg.gather(1, idx).view(B, depth, 2) * used.unsqueeze(-1)
         a, b = ab[..., :1], ab[..., 1:]                                          # (B, k, 1)
         R = torch.where(both, SY, eye).tril()
@@ -176,7 +191,10 @@ class LBFGSAlgorithm(Algorithm):
         p = torch.linalg.solve_triangular(R.mT, rhs, upper=True)
         c = torch.cat([p, -gamma * u], -1).view(B, 2 * depth)                   # 0 on unused pairs
         c = torch.zeros_like(c).scatter_add_(1, idx, c).unsqueeze(-1)           # back to slot order
-        q = torch.baddbmm(gamma * g, Z.mT, c).squeeze(-1).neg_()
+        if kernels.rows_apply(Z, gf):            # one read of the bank at the memory speed (CPU)
+            q = kernels.rows_comb(Z, c.squeeze(-1), gamma.view(B), gf, negate=True)
+        else:
+            q = torch.baddbmm(gamma * g, Z.mT, c).squeeze(-1).neg_()
         if grad.is_complex():
             return torch.view_as_complex(q.reshape(*grad.shape, 2))
         return q.reshape(grad.shape)

@@ -48,7 +48,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopen
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
 ENV_CACHE = "PHASETORCH_CACHE_DIR"
-ABI_VERSION = 5
+ABI_VERSION = 6
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
 
@@ -173,7 +173,7 @@ def gradient_block(args: BlockArgs, bits: int) -> None:
 
 _LOCK = threading.Lock()
 #: how many kernel calls of each mode ran in this process (for tests and diagnostics)
-CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0, "block": 0, "map": 0}
+CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0, "block": 0, "map": 0, "rows": 0}
 _STATE = {"lib": None, "tried": False, "reason": "not loaded yet", "path": None}
 
 
@@ -253,6 +253,13 @@ def _load(path: Path):
     lib.pt_gaussian.restype = ctypes.c_int
     lib.pt_gd_block.argtypes = [ctypes.POINTER(BlockArgs), ctypes.c_int]
     lib.pt_gd_block.restype = ctypes.c_int
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    lib.pt_rows_dots.argtypes = [i64, i64, i64, i64, vp, i64, i64, ctypes.POINTER(vp), ctypes.POINTER(i64), vp,
+                                 ctypes.c_int, ctypes.c_int]
+    lib.pt_rows_dots.restype = ctypes.c_int
+    lib.pt_rows_comb.argtypes = [i64, i64, i64, vp, i64, i64, vp, vp, vp, i64, vp, i64, ctypes.c_double,
+                                 ctypes.c_int, ctypes.c_int]
+    lib.pt_rows_comb.restype = ctypes.c_int
     lib.pt_now.argtypes = []
     lib.pt_now.restype = ctypes.c_double
     return lib
@@ -584,6 +591,70 @@ def apply_map(z: torch.Tensor, spec: PointwiseMap, k: int, rescale: bool = False
     return v
 
 
+# ---------------------------------------------------------------------------- products with a bank of rows
+#: below this many REALs of rows (B·k·D) the bank products stay with torch (its call costs less there)
+ROWS_MIN = 1 << 18
+
+
+def rows_apply(Z: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether :func:`rows_dots` / :func:`rows_comb` take the bank ``Z`` (B, k, D) with the vectors ``others``
+    (each (B, D)): CPU float32/float64, unit stride along D, nothing to differentiate, at least :data:`ROWS_MIN`
+    REALs in the bank, the kernel enabled and loaded."""
+    if Z.device.type != "cpu" or Z.dtype not in (torch.float32, torch.float64) or Z.dim() != 3 \
+            or Z.numel() < ROWS_MIN or Z.stride(-1) != 1:
+        return False
+    for t in others:
+        if t.device.type != "cpu" or t.dtype != Z.dtype or t.shape != (Z.shape[0], Z.shape[-1]) \
+                or t.stride(-1) != 1:
+            return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (Z, *others)):
+        return False
+    return available()
+
+
+def _threads_rows(work: int) -> int:
+    return 1 if work < SERIAL_WORK * 4 else max(1, torch.get_num_threads())
+
+
+def rows_dots(Z: torch.Tensor, *V: torch.Tensor) -> torch.Tensor:
+    """``Z @ stack(V, 1).mT`` for a bank of rows ``Z`` (B, k, D) and one to four vectors ``V`` (each (B, D),
+    any tensors: nothing is stacked) in one read of each, as a (B, k, c) float64 tensor (``rows_apply(Z, *V)``
+    must hold): the sums run in REAL vector lanes over runs of 1024 and in double over the runs, in an order
+    fixed by the sizes (any thread count gives the same bits). torch's ``bmm`` reads operands this tall and
+    skinny at a third of the memory speed on the CPU."""
+    B, k, D = Z.shape
+    c = len(V)
+    if not 1 <= c <= 4:
+        raise ValueError(f"rows_dots: 1 to 4 vectors, got {c}")
+    out = torch.empty(B, k, c, dtype=torch.float64)
+    ptrs = (ctypes.c_void_p * 4)(*[v.data_ptr() for v in V])
+    strides = (ctypes.c_int64 * 4)(*[v.stride(0) for v in V])
+    CALLS["rows"] += 1
+    rc = load().pt_rows_dots(B, k, c, D, Z.data_ptr(), Z.stride(0), Z.stride(1), ptrs, strides, out.data_ptr(),
+                             _threads_rows(B * k * D), _bits(Z.dtype))
+    if rc != 0:
+        raise RuntimeError(f"phasetorch rows kernel failed (code {rc})")
+    return out
+
+
+def rows_comb(Z: torch.Tensor, coef: torch.Tensor, gamma: torch.Tensor, g: torch.Tensor,
+              negate: bool = False) -> torch.Tensor:
+    """q = ±(γ g + Zᵀ coef) per sample for a bank ``Z`` (B, k, D), ``coef`` (B, k), ``gamma`` (B,) and ``g``
+    (B, D), in one read of the bank (``rows_apply(Z, g)`` must hold); each element is summed in Z's dtype
+    as γg + coef₀Z₀ + coef₁Z₁ + … in that order (any thread count gives the same bits). Returns (B, D)."""
+    B, k, D = Z.shape
+    cf = coef.detach().to(torch.float64).reshape(B, k).contiguous()
+    gm = gamma.detach().to(torch.float64).reshape(B).contiguous()
+    q = torch.empty(B, D, dtype=Z.dtype)
+    CALLS["rows"] += 1
+    rc = load().pt_rows_comb(B, k, D, Z.data_ptr(), Z.stride(0), Z.stride(1), cf.data_ptr(), gm.data_ptr(),
+                             g.data_ptr(), g.stride(0), q.data_ptr(), q.stride(0), -1.0 if negate else 1.0,
+                             _threads_rows(B * k * D), _bits(Z.dtype))
+    if rc != 0:
+        raise RuntimeError(f"phasetorch rows kernel failed (code {rc})")
+    return q
+
+
 def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
     """``(z, Aᴴ fn(z, None))`` for flattened signals ``x`` (B, n) through the kernel, or None where it does
     not apply. A ``fn`` carrying a :class:`PointwiseMap` (``fn.pointwise``) runs fused in one read of A;
@@ -600,7 +671,7 @@ def dense_linear_adjoint(A: torch.Tensor, x: torch.Tensor, fn, batch):
     return z, adjoint(A, v)
 
 
-__all__ = ["Map", "PointwiseMap", "FusedPlan", "apply_map", "map_applies", "PassArgs", "BlockArgs", "gradient_block", "MAX_BLOCK_BATCH", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
+__all__ = ["Map", "PointwiseMap", "FusedPlan", "apply_map", "map_applies", "rows_apply", "rows_dots", "rows_comb", "PassArgs", "BlockArgs", "gradient_block", "MAX_BLOCK_BATCH", "available", "enabled", "status", "load", "reset", "usable", "linear", "adjoint",
            "fused", "dense_linear_adjoint", "CALLS", "cache_dir", "library_path", "build", "compiler"]
 
 
