@@ -16,7 +16,8 @@
  *
  * and, for a bank of k rows Z (L-BFGS's ring of pairs, phasetorch/optim/lbfgs.py), in one read of it:
  *   pt_rows_dots  out[b][i][j] = sum_d Z_b[i][d] V_j,b[d]  (c <= 4 vectors, each its own tensor; in double)
- *   pt_rows_comb  q_b[d] = sgn (gamma_b g_b[d] + sum_i coef_b[i] Z_b[i][d])  (in REAL, i in order)
+ *   pt_rows_comb  q_b[d] = sgn (gamma_b g_b[d] + sum_i coef_b[i] Z_b[i][d])  (in REAL, i in order; with cplx
+ *                 the rows, g and q are interleaved complex and coef_b[i] complex: a complex combination)
  * where torch's batched matrix products read such tall, skinny operands at a third of the memory speed.
  *
  * The rows are split into a fixed number of chunks (a function of the sizes only, never of the thread
@@ -197,6 +198,7 @@ int pt_abi_version(void) { return 6; }
 #define SET1 _mm512_set1_ps
 #define ZERO _mm512_setzero_ps
 #define RED _mm512_reduce_add_ps
+#define SWAP(v) _mm512_permute_ps((v), 0xB1)
 #endif
 #include __FILE__
 #undef REAL
@@ -212,6 +214,7 @@ int pt_abi_version(void) { return 6; }
 #undef FMA
 #undef SET1
 #undef ZERO
+#undef SWAP
 #undef RED
 #define VL 8
 #define VEC __m512d
@@ -224,6 +227,7 @@ int pt_abi_version(void) { return 6; }
 #define SET1 _mm512_set1_pd
 #define ZERO _mm512_setzero_pd
 #define RED _mm512_reduce_add_pd
+#define SWAP(v) _mm512_permute_pd((v), 0x55)
 #endif
 #define REAL double
 #define SFX(name) name##_f64
@@ -257,11 +261,11 @@ int pt_rows_dots(int64_t B, int64_t k, int64_t c, int64_t D, const void *Z, int6
 
 
 int pt_rows_comb(int64_t B, int64_t k, int64_t D, const void *Z, int64_t zb, int64_t zr, const double *coef,
-                 const double *gamma, const void *g, int64_t gb, void *q, int64_t qb, double sgn, int nthreads,
-                 int dtype_bits) {
-    if (B < 1 || k < 0 || D < 1) return 1;
-    if (dtype_bits == 32) return pt_rows_comb_f32(B, k, D, Z, zb, zr, coef, gamma, g, gb, q, qb, sgn, nthreads);
-    if (dtype_bits == 64) return pt_rows_comb_f64(B, k, D, Z, zb, zr, coef, gamma, g, gb, q, qb, sgn, nthreads);
+                 const double *gamma, const void *g, int64_t gb, void *q, int64_t qb, double sgn, int cplx,
+                 int nthreads, int dtype_bits) {
+    if (B < 1 || k < 0 || D < 1 || (cplx && (D % 2 || zb % 2 || zr % 2 || gb % 2 || qb % 2))) return 1;
+    if (dtype_bits == 32) return pt_rows_comb_f32(B, k, D, Z, zb, zr, coef, gamma, g, gb, q, qb, sgn, cplx, nthreads);
+    if (dtype_bits == 64) return pt_rows_comb_f64(B, k, D, Z, zb, zr, coef, gamma, g, gb, q, qb, sgn, cplx, nthreads);
     return 2;
 }
 
@@ -775,7 +779,7 @@ static int SFX(pt_rows_dots)(int64_t B, int64_t k, int64_t c, int64_t D, const v
 
 static int SFX(pt_rows_comb)(int64_t B, int64_t k, int64_t D, const void *Zv, int64_t zb, int64_t zr,
                              const double *coef, const double *gamma, const void *gv, int64_t gb, void *qv,
-                             int64_t qb, double sgn, int nthreads) {
+                             int64_t qb, double sgn, int cplx, int nthreads) {
     const REAL *Z = (const REAL *)Zv, *G = (const REAL *)gv;
     REAL *Q = (REAL *)qv;
     const int64_t per = (D + PT_ROW_ITEM - 1) / PT_ROW_ITEM, items = B * per;
@@ -792,7 +796,36 @@ static int SFX(pt_rows_comb)(int64_t B, int64_t k, int64_t D, const void *Zv, in
             const int64_t r1 = d1 - r0 < PT_ROW_RUN ? d1 : r0 + PT_ROW_RUN;
 #pragma omp simd
             for (int64_t d = r0; d < r1; d++) q[d] = gm * gp[d];
-            for (int64_t i = 0; i < k; i++) {
+            for (int64_t i = 0; i < k && cplx; i++) {   /* q += (cr + i ci)(zr + i zi) on (re, im) pairs */
+                const REAL cr = (REAL)coef[2 * (b * k + i)], ci = (REAL)coef[2 * (b * k + i) + 1], *zi = Zb + i * zr;
+                const REAL *nx = i + 1 < k ? zi + zr : Zb + (r1 - r0);
+#ifdef __AVX512F__
+                REAL pat[VL];                               /* (-ci, ci, -ci, ...): times the swapped pairs */
+                for (int e = 0; e < VL; e++) pat[e] = (e & 1) ? ci : -ci;
+                const VEC crv = SET1(cr), civ = LOADU(pat);
+                int64_t d = r0;
+                for (; d + VL <= r1; d += VL) {
+                    _mm_prefetch((const char *)(nx + d), PT_ROWS_PF);
+                    const VEC zv = LOADU(zi + d);
+                    STOREU(q + d, FMA(crv, zv, FMA(civ, SWAP(zv), LOADU(q + d))));
+                }
+                if (d < r1) {
+                    const MASK mk = (MASK)((1u << (r1 - d)) - 1);
+                    const VEC zv = MLOAD(mk, zi + d);
+                    MSTORE(q + d, mk, FMA(crv, zv, FMA(civ, SWAP(zv), MLOAD(mk, q + d))));
+                }
+#else
+                (void)nx;
+                for (int64_t d = r0; d < r1; d += 2) {
+                    const REAL a = zi[d], c_ = zi[d + 1];
+                    q[d] = q[d] + (-ci) * c_;
+                    q[d] = q[d] + cr * a;
+                    q[d + 1] = q[d + 1] + ci * a;
+                    q[d + 1] = q[d + 1] + cr * c_;
+                }
+#endif
+            }
+            for (int64_t i = 0; i < k && !cplx; i++) {
                 const REAL ci = (REAL)coef[b * k + i], *zi = Zb + i * zr;
                 int64_t d = r0;
 #ifdef __AVX512F__

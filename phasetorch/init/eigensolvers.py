@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import replay
+from ..physics import kernels
 from ..tensors import check_int, check_number, inner
 
 MatVec = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,14 +83,39 @@ def _real_dtype(t: torch.Tensor) -> torch.dtype:
     return t.real.dtype if t.is_complex() else t.dtype
 
 
+def _reals(t: torch.Tensor) -> torch.Tensor:
+    """The real view of a basis (b, k, N) or vectors (b, N), complex entries as (re, im) pairs along the
+    last dimension (a view where the layout allows)."""
+    return torch.view_as_real(t.resolve_conj()).flatten(-2) if t.is_complex() else t
+
+
 def _project(Vb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Coefficients c_k = ⟨v_k, w⟩ for a batch of bases Vb (b, k, N) and vectors w (b, N).
 
-    Written as conj(Vb · conj(w)) so that no conjugate copy of the basis is made.
+    On the CPU, for a large basis, one C pass over it (:func:`phasetorch.physics.kernels.rows_dots` on
+    the real views: Re c_k = ⟨v_k, w⟩ real, Im c_k = ⟨v_k, −i w⟩ real, summed in double); else written
+    as conj(Vb · conj(w)) so that no conjugate copy of the basis is made.
     """
+    Z, wr = _reals(Vb), _reals(w)
+    if kernels.rows_apply(Z, wr):
+        if w.is_complex():
+            d = kernels.rows_dots(Z, wr, _reals(-1j * w))
+            return torch.complex(d[..., 0], d[..., 1]).to(w.dtype)
+        return kernels.rows_dots(Z, wr)[..., 0].to(w.dtype)
     if w.is_complex():
         return torch.bmm(Vb, w.conj().unsqueeze(-1)).squeeze(-1).conj()
     return torch.bmm(Vb, w.unsqueeze(-1)).squeeze(-1)
+
+
+def _subtract(Vb: torch.Tensor, c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """w − Σ_k c_k v_k for a batch of bases Vb (b, k, N), coefficients c (b, k) and vectors w (b, N): on the
+    CPU, for a large basis, one C pass over it (:func:`phasetorch.physics.kernels.rows_comb`), else a
+    batched product."""
+    Z, wr = _reals(Vb), _reals(w)
+    if kernels.rows_apply(Z, wr):
+        q = kernels.rows_comb(Z, -c, torch.ones(w.shape[0], dtype=torch.float64), wr)
+        return torch.view_as_complex(q.view(*w.shape, 2)) if w.is_complex() else q
+    return w - torch.bmm(c.unsqueeze(1), Vb).squeeze(1)
 
 
 def _top_vector(H: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -215,9 +241,9 @@ def lanczos_expand(state: LanczosState, matvec: MatVec) -> torch.Tensor:
         w = w.to(V.dtype)
     Vb = state.basis()
     c = _project(Vb, w)
-    w = w - torch.bmm(c.unsqueeze(1), Vb).squeeze(1)
+    w = _subtract(Vb, c, w)
     c2 = _project(Vb, w)
-    w = w - torch.bmm(c2.unsqueeze(1), Vb).squeeze(1)
+    w = _subtract(Vb, c2, w)
     beta_dev = _norm(w)
     state.w, state.beta_dev = w, beta_dev
     return torch.stack([(c[:, j] + c2[:, j]).real.to(torch.float64), beta_dev.to(torch.float64)])
@@ -338,7 +364,12 @@ def thick_restart(state: LanczosState, sizes: LanczosSizes) -> None:
     theta_all, S = torch.linalg.eigh(state.H)
     sel = torch.cat([torch.arange(kl), torch.arange(p - sizes.keep, p)])
     Sk = S[:, :, sel]                               # (b, p, kk), ascending order
-    newV = torch.bmm(Sk.mT.to(device=state.V.device, dtype=state.V.dtype), state.basis())
+    Vb = state.basis()
+    if Vb.is_complex():              # S is real: a real product on the basis's real view (a quarter of the work)
+        newV = torch.bmm(Sk.mT.to(device=Vb.device, dtype=Vb.real.dtype), _reals(Vb))
+        newV = torch.view_as_complex(newV.view(*newV.shape[:2], -1, 2))
+    else:
+        newV = torch.bmm(Sk.mT.to(device=Vb.device, dtype=Vb.dtype), Vb)
     V = torch.zeros_like(state.V)
     V[:, :kk] = newV
     V[:, kk] = state.w / state.beta_dev.to(_real_dtype(V)).unsqueeze(-1)

@@ -258,7 +258,7 @@ def _load(path: Path):
                                  ctypes.c_int, ctypes.c_int]
     lib.pt_rows_dots.restype = ctypes.c_int
     lib.pt_rows_comb.argtypes = [i64, i64, i64, vp, i64, i64, vp, vp, vp, i64, vp, i64, ctypes.c_double,
-                                 ctypes.c_int, ctypes.c_int]
+                                 ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.pt_rows_comb.restype = ctypes.c_int
     lib.pt_now.argtypes = []
     lib.pt_now.restype = ctypes.c_double
@@ -641,15 +641,26 @@ def rows_comb(Z: torch.Tensor, coef: torch.Tensor, gamma: torch.Tensor, g: torch
               negate: bool = False) -> torch.Tensor:
     """q = ±(γ g + Zᵀ coef) per sample for a bank ``Z`` (B, k, D), ``coef`` (B, k), ``gamma`` (B,) and ``g``
     (B, D), in one read of the bank (``rows_apply(Z, g)`` must hold); each element is summed in Z's dtype
-    as γg + coef₀Z₀ + coef₁Z₁ + … in that order (any thread count gives the same bits). Returns (B, D)."""
+    as γg + coef₀Z₀ + coef₁Z₁ + … in that order (any thread count gives the same bits). Returns (B, D).
+
+    A complex ``coef`` makes it a complex combination: Z's rows, g and q are then the real views of complex
+    vectors ((re, im) pairs along D, which must be even) and each pair takes (c_re + i c_im)(z_re + i z_im),
+    its imaginary product first. γ stays real."""
     B, k, D = Z.shape
-    cf = coef.detach().to(torch.float64).reshape(B, k).contiguous()
+    cplx = coef.is_complex()
+    if cplx:
+        if D % 2 or any(s_ % 2 for s_ in (Z.stride(0), Z.stride(1), g.stride(0))):
+            raise ValueError("rows_comb: a complex combination needs whole (re, im) pairs along D")
+        cf = torch.view_as_real(coef.detach().to(torch.complex128).resolve_conj().reshape(B, k)).reshape(B, 2 * k)
+        cf = cf.contiguous()
+    else:
+        cf = coef.detach().to(torch.float64).reshape(B, k).contiguous()
     gm = gamma.detach().to(torch.float64).reshape(B).contiguous()
     q = torch.empty(B, D, dtype=Z.dtype)
     CALLS["rows"] += 1
     rc = load().pt_rows_comb(B, k, D, Z.data_ptr(), Z.stride(0), Z.stride(1), cf.data_ptr(), gm.data_ptr(),
                              g.data_ptr(), g.stride(0), q.data_ptr(), q.stride(0), -1.0 if negate else 1.0,
-                             _threads_rows(B * k * D), _bits(Z.dtype))
+                             int(cplx), _threads_rows(B * k * D), _bits(Z.dtype))
     if rc != 0:
         raise RuntimeError(f"phasetorch rows kernel failed (code {rc})")
     return q
