@@ -1540,10 +1540,11 @@ def row_large_cdp(ctx: Context) -> dict:
         ms = lambda v: "—" if v is None else f"{v * 1e3:.1f} ms"   # noqa: E731
         ctx.log(f"    {preset:<6} phasetorch {ms(ours_s)} (malloc left alone {ms(off_s)})  solvephase {ms(sp_s)}  "
                 f"FFT pair {ms(limit)}")
-    entries.append(_large_cdp_spectral(ctx, cfg, comparisons))
+    spectral = _large_cdp_spectral(ctx, cfg, comparisons)
     vs_peer = [c["ratio"] for c in comparisons if c["goal"] == "≥ 1" and c["ratio"] is not None]
     worst = min(vs_peer) if vs_peer else None
     row = {"ratio": worst, "met": None if worst is None else worst >= 1.0, "entries": entries,
+           "spectral_start": spectral,
            "comparisons": comparisons, "config": cfg, "allocator": allocator.status(),
            "ratio_meaning": "worst solvephase / phasetorch time per iteration (phasetorch at its defaults)",
            "notes": [f"iterations {k1} and {k2} from the same start, tol = 0; median over {ctx.repeats} interleaved "
@@ -1574,8 +1575,8 @@ def _large_cdp_spectral(ctx: Context, cfg: dict, comparisons: list) -> dict:
                             "reported"))
     ctx.log(f"    spectral start {shape}: {t_on:.2f} s with the kernels, {t_off:.2f} s on the torch path "
             f"({int(info.matvecs)} / {int(info_off.matvecs)} products)")
-    return {"spectral_start": {"shape": list(shape), "kernels_s": t_on, "torch_path_s": t_off,
-                               "matvecs": int(info.matvecs), "matvecs_torch_path": int(info_off.matvecs)}}
+    return {"shape": list(shape), "kernels_s": t_on, "torch_path_s": t_off, "matvecs": int(info.matvecs),
+            "matvecs_torch_path": int(info_off.matvecs)}
 
 
 ROW_FUNCTIONS: Dict[int, Callable[[Context], dict]] = {

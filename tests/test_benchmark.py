@@ -75,6 +75,9 @@ def test_absent_peers_say_how_to_install(dry_no_peers):
         assert any(e.get("verified") and e["seconds"] > 0 for e in entries)
     large = rows[12]["entries"]                # the retained-memory and FFT-pair comparisons still run
     assert large and all(e["per_iteration_s"]["phasetorch"] >= 0 and e["fft_pair_s"] > 0 for e in large)
+    spectral = rows[12]["spectral_start"]      # the spectral start with and without the C kernels: the same steps
+    assert spectral["kernels_s"] > 0 and spectral["torch_path_s"] > 0
+    assert spectral["matvecs"] == spectral["matvecs_torch_path"] > 0
     assert {c["goal"] for c in rows[12]["comparisons"]} == {"≥ 1", "reported"}
     spec = rows[4]["entries"]
     assert len(spec) == 1 and spec[0]["seconds"] > 0 and spec[0]["matvecs"] > 0
