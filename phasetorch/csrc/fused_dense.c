@@ -595,6 +595,54 @@ static inline void SFX(pt_map)(const pt_args *p, int cplx, REAL rr, REAL ri, REA
     *vr = gr; *vi = gi; *w_used = w; *ell = l;
 }
 
+/* One item of pt_map_pass for complex z without fixed weights, for the maps without a logarithm: the
+ * arithmetic of pt_map (the same operations in the same order and precision, so the same bits) in a
+ * loop without calls or a switch, which the compiler vectorises (sqrt and division included); the
+ * value and residual sums run over the vector lanes, in an order fixed by the sizes. */
+static inline __attribute__((always_inline)) void SFX(pt_map_run)(const pt_args *p, const int map, const int rescale,
+        REAL *restrict Z, REAL *restrict V, const REAL *restrict Q, REAL *restrict A2, REAL *restrict WO,
+        int64_t o0, int64_t len, double *s_out, double *sr_out) {
+    const REAL c = (REAL)p->scale, taf = (REAL)(1 + p->p0), raf = (REAL)p->p1;
+    double s = 0, sr = 0;
+#pragma omp simd reduction(+ : s, sr)
+    for (int64_t t = 0; t < len; t++) {
+        const int64_t o = o0 + t;
+        const REAL rr = c * Z[2 * o], ri = c * Z[2 * o + 1];
+        const REAL q = Q ? Q[t] : (REAL)1;
+        const REAL a2 = rr * rr + ri * ri;
+        REAL gr, gi;
+        double l = 0;
+        if (map == PT_MAP_SCALE) {
+            gr = q * rr; gi = q * ri;
+        } else if (map == PT_MAP_INTENSITY) {
+            const REAL dev = a2 - q;
+            gr = dev * rr; gi = dev * ri;
+            l = 0.25 * (double)dev * (double)dev;
+            const REAL e = (REAL)sqrt(a2) - (REAL)sqrt(q > 0 ? q : (REAL)0);
+            sr += (double)(e * e);
+        } else {                                   /* the amplitude maps */
+            const REAL a = sqrt(a2);
+            const REAL inv = a > 0 ? (REAL)1 / a : (REAL)0;
+            gr = rr - q * (rr * inv); gi = ri - q * (ri * inv);
+            const REAL d = a - q;
+            l = 0.5 * (double)d * (double)d;
+            sr += (double)(d * d);
+            if (map == PT_MAP_TAF || map == PT_MAP_RAF) {
+                const REAL den = a + raf * q;
+                const REAL w = map == PT_MAP_TAF ? (a * taf >= q ? (REAL)1 : (REAL)0) : (den > 0 ? a / den : (REAL)1);
+                gr = w * gr; gi = w * gi;
+                l = (double)(w * (REAL)l);
+                WO[o] = w;
+            }
+        }
+        V[2 * o] = gr; V[2 * o + 1] = gi;
+        if (rescale) { Z[2 * o] = rr; Z[2 * o + 1] = ri; }
+        A2[o] = a2;
+        s += l;
+    }
+    *s_out = s; *sr_out = sr;
+}
+
 /* v = phi(c z) over the B x m measurements of z (no A): the work is split into items of PT_MAP_CHUNK
  * measurements of one signal (a function of the sizes only), the values are summed per item in double
  * and the items in order, so the results do not depend on the thread count. */
@@ -612,6 +660,11 @@ static int SFX(pt_map_pass)(const pt_args *p) {
     double *vals = NULL;
     const int resid = p->resid != NULL && Q != NULL && p->map != PT_MAP_SCALE;
     const int psi_is_q = p->map == PT_MAP_AMPLITUDE || p->map == PT_MAP_TAF || p->map == PT_MAP_RAF;
+    const int weighted = p->map == PT_MAP_TAF || p->map == PT_MAP_RAF;
+    /* the vectorised items (pt_map_run): complex, no fixed weights, |r|^2 wanted, the weights exactly for
+     * the weighted maps, data for the maps that need them; Poisson (a logarithm) keeps the loop below */
+    const int fast = cplx && !W && A2 && (WO != NULL) == weighted && p->map != PT_MAP_POISSON
+                     && (Q != NULL || p->map == PT_MAP_SCALE) && p->map >= PT_MAP_SCALE && p->map <= PT_MAP_RAF;
     if (values || resid) {
         vals = (double *)calloc((size_t)(2 * items), sizeof(double));
         if (!vals) return 3;
@@ -623,6 +676,22 @@ static int SFX(pt_map_pass)(const pt_args *p) {
         const int64_t b = it / per, i0 = (it % per) * PT_MAP_CHUNK;
         const int64_t i1 = i0 + PT_MAP_CHUNK < m ? i0 + PT_MAP_CHUNK : m;
         double s = 0, sr = 0;
+        if (fast) {
+            const REAL *Qb = Q ? Q + b * p->q_stride + i0 : NULL;
+            const int64_t o0 = b * m + i0, len = i1 - i0;
+#define PT_RUN(MAP) (rescale ? SFX(pt_map_run)(p, MAP, 1, Z, V, Qb, A2, WO, o0, len, &s, &sr) \
+                             : SFX(pt_map_run)(p, MAP, 0, Z, V, Qb, A2, WO, o0, len, &s, &sr))
+            switch (p->map) {
+            case PT_MAP_SCALE: PT_RUN(PT_MAP_SCALE); break;
+            case PT_MAP_INTENSITY: PT_RUN(PT_MAP_INTENSITY); break;
+            case PT_MAP_AMPLITUDE: PT_RUN(PT_MAP_AMPLITUDE); break;
+            case PT_MAP_TAF: PT_RUN(PT_MAP_TAF); break;
+            default: PT_RUN(PT_MAP_RAF); break;
+            }
+#undef PT_RUN
+            if (vals) { vals[it] = s; vals[items + it] = sr; }
+            continue;
+        }
         for (int64_t i = i0; i < i1; i++) {
             const int64_t o = b * m + i;
             const REAL rr = c * (cplx ? Z[2 * o] : Z[o]), ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
