@@ -865,7 +865,7 @@ static int SFX(pt_rows_comb)(int64_t B, int64_t k, int64_t D, const void *Zv, in
             const int64_t r1 = d1 - r0 < PT_ROW_RUN ? d1 : r0 + PT_ROW_RUN;
 #pragma omp simd
             for (int64_t d = r0; d < r1; d++) q[d] = gm * gp[d];
-            for (int64_t i = 0; i < k && cplx; i++) {   /* q += (cr + i ci)(zr + i zi) on (re, im) pairs */
+            if (cplx) for (int64_t i = 0; i < k; i++) {   /* q += (cr + i ci)(zr + i zi) on (re, im) pairs */
                 const REAL cr = (REAL)coef[2 * (b * k + i)], ci = (REAL)coef[2 * (b * k + i) + 1], *zi = Zb + i * zr;
                 const REAL *nx = i + 1 < k ? zi + zr : Zb + (r1 - r0);
 #ifdef __AVX512F__
@@ -893,8 +893,7 @@ static int SFX(pt_rows_comb)(int64_t B, int64_t k, int64_t D, const void *Zv, in
                     q[d + 1] = q[d + 1] + cr * c_;
                 }
 #endif
-            }
-            for (int64_t i = 0; i < k && !cplx; i++) {
+            } else for (int64_t i = 0; i < k; i++) {      /* q += c z */
                 const REAL ci = (REAL)coef[b * k + i], *zi = Zb + i * zr;
                 int64_t d = r0;
 #ifdef __AVX512F__

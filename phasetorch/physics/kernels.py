@@ -612,10 +612,6 @@ def rows_apply(Z: torch.Tensor, *others: torch.Tensor) -> bool:
     return available()
 
 
-def _threads_rows(work: int) -> int:
-    return 1 if work < SERIAL_WORK * 4 else max(1, torch.get_num_threads())
-
-
 def rows_dots(Z: torch.Tensor, *V: torch.Tensor) -> torch.Tensor:
     """``Z @ stack(V, 1).mT`` for a bank of rows ``Z`` (B, k, D) and one to four vectors ``V`` (each (B, D),
     any tensors: nothing is stacked) in one read of each, as a (B, k, c) float64 tensor (``rows_apply(Z, *V)``
@@ -631,7 +627,7 @@ def rows_dots(Z: torch.Tensor, *V: torch.Tensor) -> torch.Tensor:
     strides = (ctypes.c_int64 * 4)(*[v.stride(0) for v in V])
     CALLS["rows"] += 1
     rc = load().pt_rows_dots(B, k, c, D, Z.data_ptr(), Z.stride(0), Z.stride(1), ptrs, strides, out.data_ptr(),
-                             _threads_rows(B * k * D), _bits(Z.dtype))
+                             _threads(B * k, D, 1), _bits(Z.dtype))
     if rc != 0:
         raise RuntimeError(f"phasetorch rows kernel failed (code {rc})")
     return out
@@ -660,7 +656,7 @@ def rows_comb(Z: torch.Tensor, coef: torch.Tensor, gamma: torch.Tensor, g: torch
     CALLS["rows"] += 1
     rc = load().pt_rows_comb(B, k, D, Z.data_ptr(), Z.stride(0), Z.stride(1), cf.data_ptr(), gm.data_ptr(),
                              g.data_ptr(), g.stride(0), q.data_ptr(), q.stride(0), -1.0 if negate else 1.0,
-                             int(cplx), _threads_rows(B * k * D), _bits(Z.dtype))
+                             int(cplx), _threads(B * k, D, 1), _bits(Z.dtype))
     if rc != 0:
         raise RuntimeError(f"phasetorch rows kernel failed (code {rc})")
     return q
