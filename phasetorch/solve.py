@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from . import replay
 from .allocator import retaining
 from .errors import DivergenceError
-from .init.spectral import spectral_init
+from .init.spectral import DEFAULT_MAX_ITER, spectral_init
 from .logs import TrainingLog
 from .losses import Evaluation, check_intensities
 from .physics import MeasurementModel, resolve_model
@@ -242,6 +242,38 @@ class Start:
     x0: torch.Tensor
     name: str
     spectral_options: Optional[dict] = None
+    #: the spectral start's diagnostics (:class:`~phasetorch.init.spectral.SpectralInfo`), None for other starts
+    info: Any = None
+
+    def summary(self, batch) -> Optional[dict]:
+        """The spectral start per sample (nested lists of the batch shape): products with D, whether the
+        eigensolver reached its tolerance, its final relative residual, the eigenvalue; None for other starts."""
+        if self.info is None:
+            return None
+        i = self.info
+        shape = tuple(batch)
+        return {"solver": i.solver, "matvecs": i.matvecs.reshape(shape).tolist(),
+                "converged": i.converged.reshape(shape).tolist(),
+                "residual": i.residual.to(torch.float64).reshape(shape).tolist(),
+                "eigenvalue": i.eigenvalue.to(torch.float64).reshape(shape).tolist()}
+
+    def warn_unconverged(self, kw: dict) -> None:
+        """Warn, naming the samples and the knobs, when the eigensolver stopped at its product budget
+        before its tolerance: the start is used as it is (usually still a good one), but it is not the
+        eigenvector the preprocessing defines to that tolerance."""
+        if self.info is None:
+            return
+        bad = (~self.info.converged.reshape(-1)).nonzero().reshape(-1).tolist()
+        if not bad:
+            return
+        res = self.info.residual.reshape(-1)[bad].to(torch.float64)
+        which = ", ".join(str(b) for b in bad[:8]) + (", …" if len(bad) > 8 else "")
+        budget = kw.get("max_iter") or DEFAULT_MAX_ITER.get(self.info.solver, "its")
+        warnings.warn(f"the spectral start of sample(s) {which} stopped at its budget of {budget} "
+                      f"products with D before its tolerance tol={kw.get('tol', 1e-6):g} (relative residual "
+                      f"{float(res.min()):.2g}..{float(res.max()):.2g}); it is used as it is. To finish it, raise "
+                      f"spectral_options={{'max_iter': ...}} or the Lanczos basis {{'krylov_dim': ...}}, or accept a "
+                      f"looser {{'tol': ...}}; log.config['spectral_start'] has the numbers", stacklevel=5)
 
 
 def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generator, spectral_options,
@@ -269,8 +301,10 @@ def initial_point(op, y_flat, preset: Preset, init, preprocessing, seed, generat
         if op.is_complex and real_signal:
             kw["real_signal"] = True
         pre = default_preprocessing(preset, op) if preprocessing is None else preprocessing
-        x0 = spectral_init(op, y_flat, preprocessing=pre, generator=make_generator(seed, generator), **kw)
-        start = Start(x0, "spectral", spec_kw)
+        x0, info = spectral_init(op, y_flat, preprocessing=pre, generator=make_generator(seed, generator),
+                                 return_info=True, **kw)
+        start = Start(x0, "spectral", spec_kw, info)
+        start.warn_unconverged(kw)
     else:
         g = make_generator(seed, generator)
         psi = y_flat.clamp_min(0).sqrt()
@@ -463,7 +497,8 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
         "init": start.name, "preprocessing": pre_name(preset, preprocessing, op) if start.name == "spectral" else None,
         "step": alg.describe(), "step_scale": "1/|x0|^2" if loss.scale_power == 2 else "1",
         "l2": l2, "loss": loss.hyperparameters(), "options": dict(opts), "tol": tol_eff, "max_iter": max_iter,
-        "seed": seed, "spectral_options": start.spectral_options, "log_every": log_every,
+        "seed": seed, "spectral_options": start.spectral_options, "spectral_start": start.summary(batch),
+        "log_every": log_every,
         "real_signal": real_signal, "support": constraint.support is not None, "nonnegative": bool(nonnegative),
         "on_divergence": on_divergence, "sync_every": sync_every,
     }

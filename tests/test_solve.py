@@ -294,6 +294,27 @@ def test_lbfgs_intensity_loss_and_spectral_options():
         reconstruct(op, y, "raf", spectral_options={"seed": 3}, progress=False)
 
 
+def test_the_spectral_start_is_reported_and_an_unfinished_one_warns():
+    """reconstruct records the spectral start per sample in log.config["spectral_start"]; one that stopped
+    at its product budget before its tolerance is used as it is, with a warning naming the knobs."""
+    import warnings as _w
+    op, xs, y = _complex_gaussian(32, B=2)
+    with _w.catch_warnings():
+        _w.simplefilter("error")                         # a finished start says nothing
+        rec = reconstruct(op, y, "af", max_iter=5, progress=False, seed=0)
+    st = rec.log.config["spectral_start"]
+    assert st["solver"] == "lanczos" and st["converged"] == [True, True]
+    assert all(isinstance(k, int) and k > 3 for k in st["matvecs"]) and all(r <= 1e-6 for r in st["residual"])
+    with pytest.warns(UserWarning, match=r"sample\(s\) 0, 1 stopped at its budget of 3 .*krylov_dim") as got:
+        rec = reconstruct(op, y, "af", max_iter=5, progress=False, seed=0, spectral_options={"max_iter": 3})
+    assert got[0].filename == __file__                   # attributed to the caller's line
+    st = rec.log.config["spectral_start"]
+    assert st["converged"] == [False, False] and st["matvecs"] == [3, 3] and min(st["residual"]) > 1e-6
+    assert torch.isfinite(rec.x).all()
+    assert reconstruct(op, y, "af", init="random", max_iter=2, progress=False,
+                       seed=0).log.config["spectral_start"] is None
+
+
 @pytest.mark.parametrize("algorithm", ["gs", "raf"])
 def test_an_ensemble_equals_member_runs(algorithm):
     """Batched GS / RAF over a GaussianEnsemble (one matrix per sample) equals the per-member runs."""

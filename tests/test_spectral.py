@@ -554,10 +554,12 @@ def _symmetric(N, seed):
 def test_lanczos_sizes_defaults_and_errors():
     from phasetorch.init.eigensolvers import lanczos_sizes
     s = lanczos_sizes(1000, 64)
-    assert (s.basis, s.keep, s.keep_low, s.kept) == (64, 16, 32, 48)
+    assert (s.basis, s.keep, s.keep_low, s.kept) == (64, 16, 16, 32)   # half of the basis new at a restart
+    assert (lanczos_sizes(1000, 32).keep, lanczos_sizes(1000, 32).keep_low) == (8, 8)
     assert lanczos_sizes(10, 64).basis == 10                  # capped at N
     small = lanczos_sizes(8, 5)
-    assert (small.keep, small.keep_low) == (1, 2)             # p//2 would leave no room: p − 2 − keep
+    assert (small.keep, small.keep_low) == (1, 1)
+    assert lanczos_sizes(100, 6, keep=4).keep_low == 0        # p//4 would leave no room: p − 2 − keep
     with pytest.raises(ValueError, match="≥ 3"):
         lanczos_sizes(100, 2)
     with pytest.raises(ValueError, match="keep"):
@@ -615,3 +617,27 @@ def test_next_test_steps_schedule():
     torch.testing.assert_close(q, torch.tensor([math.log(1e4)] * 3 + [0.0], dtype=F64))
     # first test: 1 ahead; decay 0.5/step: ⌊clamp(q/(2·0.5), 1, 8)⌋ = 8; no decay: 4; converged (q = 0): 1
     assert nxt.tolist() == [11, 18, 14, 11]
+
+
+def test_default_krylov_dim_keeps_a_basis_that_converges_on_large_images():
+    """64 vectors up to n = 2¹⁹, then 32 (never the 16 that ran into the product cap at 1024²)."""
+    from phasetorch.init.spectral import default_krylov_dim
+    assert default_krylov_dim(10) == 10
+    assert default_krylov_dim(1000) == 64
+    assert default_krylov_dim(2 ** 19) == 64
+    assert default_krylov_dim(2 ** 20) == 32
+    assert default_krylov_dim(2 ** 24) == 32
+
+
+def test_a_lanczos_basis_larger_than_the_memory_is_refused_up_front(monkeypatch):
+    import phasetorch.tensors as tensors
+    op = GaussianMeasurement(64, 512, complex=True, seed=0, dtype=F64)
+    y = op(torch.randn(3, 64, dtype=torch.complex128, generator=torch.Generator().manual_seed(0)))
+    need = 3 * (64 + 1) * 64 * 16                            # B × (p + 1) × n complex128
+    monkeypatch.setattr(tensors, "available_memory", lambda device=None: need - 1)
+    with pytest.raises(ValueError, match="Lanczos basis.*krylov_dim"):
+        spectral_init(op, y, seed=0)
+    monkeypatch.setattr(tensors, "available_memory", lambda device=None: need)
+    x0 = spectral_init(op, y, seed=0)
+    assert x0.shape == (3, 64) and torch.isfinite(x0).all()
+    spectral_init(op, y, seed=0, solver="power", max_iter=50)   # no basis: not refused

@@ -165,14 +165,19 @@ class LanczosSizes:
 
 
 def lanczos_sizes(N: int, krylov_dim: int, keep: Optional[int] = None, keep_low: Optional[int] = None) -> LanczosSizes:
-    """p = min(krylov_dim, N); defaults keep = max(1, p//4), keep_low = max(0, min(p//2, p − 2 − keep))."""
+    """p = min(krylov_dim, N); defaults keep = max(1, p//4), keep_low = max(0, min(p//4, p − 2 − keep)).
+
+    A restart leaves p − keep − keep_low new Lanczos steps per cycle; keep_low = p//4 leaves half of
+    the basis new. Keeping p//2 bottom vectors (the old default) helped a Gaussian design with the
+    ``optimal`` T a little and slowed coded diffraction a lot at p ≤ 32: products per setting in
+    ``results/spectral_start.md`` (``scripts/spectral_study.py``)."""
     p = min(check_int(krylov_dim, "krylov_dim"), N)
     if p < 1:
         raise ValueError("krylov_dim must be ≥ 1")
     if p < N and p < 3:
         raise ValueError(f"krylov_dim must be ≥ 3 (got {krylov_dim}) unless it covers the whole space (N={N})")
     kt = check_int(keep, "keep") if keep is not None else max(1, p // 4)
-    kl = check_int(keep_low, "keep_low") if keep_low is not None else max(0, min(p // 2, p - 2 - kt))
+    kl = check_int(keep_low, "keep_low") if keep_low is not None else max(0, min(p // 4, p - 2 - kt))
     if p < N and (kt < 1 or kl < 0 or kt + kl > p - 2):
         raise ValueError(f"need keep ≥ 1, keep_low ≥ 0 and keep + keep_low ≤ krylov_dim − 2 = {p - 2}; "
                          f"got keep={kt}, keep_low={kl}")
@@ -453,9 +458,10 @@ def lanczos_top(matvec: MatVec, v0: torch.Tensor, tol: float = 1e-6, max_iter: i
     krylov_dim : largest basis size p (capped at N); at p the basis is compressed to the ``keep``
         top and ``keep_low`` bottom Ritz vectors plus the residual direction (thick restart).
     keep, keep_low : numbers of top and of bottom Ritz vectors kept at a restart (defaults p//4
-        and p//2, :func:`lanczos_sizes`). Keeping the bottom ones locks the far end of the spectrum
+        and p//4, :func:`lanczos_sizes`). Keeping the bottom ones locks the far end of the spectrum
         into the basis (the ``optimal`` preprocessing gives D a cluster of large negative
-        eigenvalues that a restart would otherwise have to rediscover).
+        eigenvalues that a restart would otherwise have to rediscover); keeping too many leaves
+        few new steps per restart.
     sync_every : k, the steps between the host's reads of α and β (besides the reads a restart and
         the last step need). The device runs k steps ahead; the host then takes every decision of
         those steps in order (:func:`_read_steps`), so the result does not depend on k, and a sample

@@ -43,7 +43,7 @@ from ..allocator import retaining
 from ..physics.base import MeasurementOperator
 from ..physics.kernels import Map, PointwiseMap
 from ..physics.model import MeasurementModel, resolve_model
-from ..tensors import check_int, check_number, default_sync_every, make_generator
+from ..tensors import check_int, check_memory, check_number, default_sync_every, make_generator
 from .preprocessing import Preprocessing, preprocess
 
 SOLVERS = ("lanczos", "power")
@@ -51,11 +51,15 @@ DEFAULT_MAX_ITER = {"lanczos": 2000, "power": 20000}
 
 
 def default_krylov_dim(n: int) -> int:
-    """Lanczos basis size: 64, fewer for very large n (≤ 2²³ stored entries per sample), capped at n."""
-    return int(min(n, 64, max(16, 2 ** 23 // max(n, 1))))
+    """Lanczos basis size: min(n, 64, max(32, 2²⁵ // n)) — 64 up to n = 2¹⁹, 32 above (a 1024² image:
+    2²⁵ stored entries per sample, 512 MiB in complex128). A smaller basis saves memory and costs
+    products: at 16 the start on coded diffraction took about twice the products of 32 and ran into
+    the 2000-product cap at 1024² (``results/spectral_start.md``)."""
+    return int(min(n, 64, max(32, 2 ** 25 // max(n, 1))))
 
 
-__all__ = ["spectral_init", "SpectralInfo", "spectral_matrix", "count_matvecs", "MatvecCounter"]
+__all__ = ["spectral_init", "SpectralInfo", "spectral_matrix", "count_matvecs", "MatvecCounter", "DEFAULT_MAX_ITER",
+           "default_krylov_dim"]
 
 
 @dataclass
@@ -273,8 +277,9 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
     progress : show a tqdm bar of the iterations.
     real_signal : for a complex operator, ``True`` restricts the estimate to real vectors (top
         eigenvector of Re D) and returns a real tensor. For a real operator the estimate is real anyway.
-    krylov_dim : Lanczos basis size before a thick restart (default min(n, 64, max(16, 2²³ // n)),
-        i.e. 64 up to n = 2¹⁷). Memory: batch × krylov_dim × n entries of the signal dtype.
+    krylov_dim : Lanczos basis size before a thick restart (default min(n, 64, max(32, 2²⁵ // n)),
+        i.e. 64 up to n = 2¹⁹, then 32). Memory: batch × (krylov_dim + 1) × n entries of the working
+        dtype, refused up front (ValueError) when more than the device has available.
     start : the eigensolver's start vectors instead of one drawn from ``seed``/``generator``: shape
         ``signal_shape`` (one for all samples) or ``(*batch, *signal_shape)`` (one per sample — e.g.
         each drawn from its own seed, so that a batched run reproduces every sample's single run;
@@ -436,6 +441,11 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
 
     k_sync = default_sync_every(op.device) if sync_every is None else check_int(sync_every, "sync_every", 1)
     if solver == "lanczos":
+        basis = B * (min(kdim, n) + 1) * n * v0.element_size()       # V (b, p, n) and w
+        check_memory(basis, f"the Lanczos basis of the spectral start ({B} × {min(kdim, n) + 1} vectors of {n} "
+                     f"{str(work_dtype).replace('torch.', '')} entries)",
+                     "pass a smaller krylov_dim= (reconstruct: spectral_options={'krylov_dim': ...}; fewer "
+                     "vectors cost more products) or a smaller batch", device=op.device)
         res = lanczos_top(matvec, v0, tol=tol, max_iter=int(max_iter), krylov_dim=kdim, progress=progress,
                           sync_every=k_sync)
     else:
