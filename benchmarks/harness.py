@@ -595,15 +595,69 @@ GRADIENT_GOAL = 1.5
 GRADIENT_BATCH = 16
 
 
+def last_level_cache_bytes(device: torch.device) -> Optional[int]:
+    """The last-level cache of ``device``: the CPU's largest cache in sysfs (L3), a GPU's L2; None if unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.get_device_properties(device).L2_cache_size)
+        except (RuntimeError, AttributeError, AssertionError):
+            return None
+    best = None
+    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMG")) * mult
+        except ValueError:
+            continue
+        best = size if best is None else max(best, size)
+    return best
+
+
+def _cold(ctx: Context, fns: Dict[str, Callable[[], Any]], repeats: int, evict: Callable[[], Any]) -> Dict[str, dict]:
+    """Median seconds of single calls, each right after ``evict()`` (a sweep over a buffer several times the
+    last-level cache): every call reads its operands from memory. Interleaved rounds as :func:`_micro`."""
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for fn in fns.values():
+        fn()
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            evict()
+            t, _ = ctx.clock(fns[name])
+            samples[name].append(t)
+    return {name: {"median_s": _median(s), "samples_s": s} for name, s in samples.items()}
+
+
+#: cold samples per function per repeat of row 1 (single calls are short: more of them)
+COLD_SAMPLES = 5
+
+
 def _gradient_roofline(ctx: Context, n: int, m: int, cfg: dict) -> dict:
     """One full gradient evaluation (value, gradient and r, as ``reconstruct``'s loop computes it: the
     loss's prepared ``evaluator``; the unprepared ``evaluate`` among the variants) of the complex Gaussian
     model over the read-once limit (the fastest of a few kernels that read A once), complex64 and
     complex128, batch 1; the torch path (kernels off) alongside. Batch 16 is reported beside it: one
     evaluation of 16 signals in one pass over A, over the same read (no goal: 16 signals do 16 times the
-    arithmetic per read of A)."""
+    arithmetic per read of A).
+
+    The goal is judged with A read from memory: each timed read and each timed gradient follows a sweep
+    over a buffer of 4× the last-level cache (``cold``). Back-to-back calls (``warm``, reported beside it)
+    can find part of A still in the cache: A (64 MiB in complex64) is twice the 2-core EPYC's 32 MiB L3,
+    which it shares with other machines' cores, and a warm read of it measured 0.70-1.94 ms over the
+    runs of 2026-12-03 (95-35 GB/s, the fast end above the memory's bandwidth) while the gradient, which
+    does 4 FMAs per complex entry, cannot go below its arithmetic there."""
     comparisons, batched = [], []
     B = GRADIENT_BATCH
+    llc = last_level_cache_bytes(ctx.device) or (32 << 20)
+    sweep = torch.ones((1 << 18) if ctx.mode == "dry" else max(4 * llc, 64 << 20) // 4, dtype=torch.float32,
+                       device=ctx.device)
+
+    def evict():
+        sweep.add_(1.0)
     for rdt, name in ((torch.float32, "complex64"), (torch.float64, "complex128")):
         op = GaussianMeasurement(n, m, complex=True, seed=ctx.seed, dtype=rdt).to(ctx.device)
         A = op.matrix()
@@ -625,32 +679,43 @@ def _gradient_roofline(ctx: Context, n: int, m: int, cfg: dict) -> dict:
                f"gradient, batch {B}": lambda ev_b=ev_b, x_b=x_b: ev_b(x_b),
                "gradient, evaluate()": lambda loss=loss, x=x, d=d: loss.evaluate(x, d),
                "gradient, torch path": pt_kernels.switched(False, lambda loss=loss, x=x, d=d: loss.evaluate(x, d))}
-        t = _micro(ctx, fns, repeats=cfg["repeats"] if ctx.mode != "dry" else 1, min_sample_s=cfg["min_sample_s"])
-        best = min(reads, key=lambda k: t[k]["median_s"])
-        read = t[best]["median_s"]
-        ratio = t["gradient"]["median_s"] / read
+        repeats = cfg["repeats"] if ctx.mode != "dry" else 1
+        t = _micro(ctx, fns, repeats=repeats, min_sample_s=cfg["min_sample_s"])
+        cold = _cold(ctx, {**reads, "gradient": fns["gradient"]}, repeats * (COLD_SAMPLES if ctx.mode != "dry" else 1),
+                     evict)
+        best_warm = min(reads, key=lambda k: t[k]["median_s"])
+        best = min(reads, key=lambda k: cold[k]["median_s"])
+        read, read_warm = cold[best]["median_s"], t[best_warm]["median_s"]
+        grad = cold["gradient"]["median_s"]
+        ratio = grad / read
         kernel = pt_kernels.status()["path"] if ctx.device.type == "cpu" else "torch"
         comparisons.append({
             "label": f"gradient evaluation, {name} Gaussian n={n}, m={m}, batch 1",
-            "phasetorch_s": t["gradient"]["median_s"], "reference": f"read A once ({best[6:]})", "reference_s": read,
-            "ratio": ratio, "torch_path_s": t["gradient, torch path"]["median_s"],
-            "torch_path_ratio": t["gradient, torch path"]["median_s"] / read, "path": kernel,
-            "ratio_meaning": "AmplitudeLoss evaluator time / time to read A once", "goal": f"≤ {GRADIENT_GOAL}",
-            "met": ratio <= GRADIENT_GOAL, "variants": {k: v["median_s"] for k, v in t.items()}})
+            "phasetorch_s": grad, "reference": f"read A once from memory ({best[6:]})", "reference_s": read,
+            "ratio": ratio, "warm_s": t["gradient"]["median_s"], "warm_reference_s": read_warm,
+            "warm_ratio": t["gradient"]["median_s"] / read_warm,
+            "torch_path_s": t["gradient, torch path"]["median_s"],
+            "torch_path_ratio": t["gradient, torch path"]["median_s"] / read_warm, "path": kernel,
+            "ratio_meaning": "AmplitudeLoss evaluator time / time to read A once, each call after the cache was "
+                             "swept (A from memory); warm_*: back-to-back calls", "goal": f"≤ {GRADIENT_GOAL}",
+            "met": ratio <= GRADIENT_GOAL, "variants": {k: v["median_s"] for k, v in t.items()},
+            "cold_variants": {k: v["median_s"] for k, v in cold.items()}, "cache_sweep_bytes": sweep.numel() * 4})
         tb = t[f"gradient, batch {B}"]["median_s"]
         batched.append({
             "label": f"gradient evaluation, {name} Gaussian n={n}, m={m}, batch {B}",
-            "phasetorch_s": tb, "reference": f"read A once ({best[6:]})", "reference_s": read, "ratio": tb / read,
-            "per_signal_ratio": tb / (B * read), "torch_path_s": None, "torch_path_ratio": None, "path": kernel,
-            "ratio_meaning": f"evaluator time for {B} signals / time to read A once", "goal": "reported",
-            "met": None})
-        ctx.log(f"      gradient {name}: {t['gradient']['median_s'] * 1e3:.3f} ms ({kernel}) vs read "
-                f"{read * 1e3:.3f} ms: {ratio:.2f}× (torch path {comparisons[-1]['torch_path_ratio']:.2f}×); "
-                f"batch {B}: {tb * 1e3:.3f} ms, {tb / read:.2f}× ({tb / (B * read):.2f}× per signal)")
+            "phasetorch_s": tb, "reference": f"read A once ({best_warm[6:]}, warm)", "reference_s": read_warm,
+            "ratio": tb / read_warm, "per_signal_ratio": tb / (B * read_warm), "torch_path_s": None,
+            "torch_path_ratio": None, "path": kernel,
+            "ratio_meaning": f"evaluator time for {B} signals / time to read A once (back-to-back calls)",
+            "goal": "reported", "met": None})
+        ctx.log(f"      gradient {name}: {grad * 1e3:.3f} ms ({kernel}) vs read {read * 1e3:.3f} ms, A from memory: "
+                f"{ratio:.2f}×; back to back {t['gradient']['median_s'] * 1e3:.3f} vs {read_warm * 1e3:.3f} ms: "
+                f"{comparisons[-1]['warm_ratio']:.2f}× (torch path {comparisons[-1]['torch_path_ratio']:.2f}×); "
+                f"batch {B}: {tb * 1e3:.3f} ms, {tb / read_warm:.2f}× ({tb / (B * read_warm):.2f}× per signal)")
     return {"ratio": max(c["ratio"] for c in comparisons), "goal": f"≤ {GRADIENT_GOAL}",
             "met": all(c["met"] for c in comparisons), "comparisons": comparisons + batched,
-            "ratio_meaning": "worst of complex64/complex128: one gradient evaluation / one read of A "
-                             f"(batch 1; batch {B} reported)"}
+            "ratio_meaning": "worst of complex64/complex128: one gradient evaluation / one read of A, both with A "
+                             f"from memory (batch 1; back-to-back calls and batch {B} reported)"}
 
 
 # ============================================================================ row 2: Gaussian time to 1e-6
@@ -1766,11 +1831,19 @@ def _md_row_details(row: dict) -> List[str]:
             out.append(f"**Gradient evaluation vs one read of A** (goal {grad['goal']}): worst "
                        f"{_fmt_ratio(grad['ratio'])}, met: {_fmt_met(grad['met'])}")
             out.append("")
-            out.append("| case | gradient | path | read once | ratio | torch path | torch path ratio |")
-            out.append("|---|---|---|---|---|---|---|")
+            out.append("Batch 1: each timed call follows a sweep of the last-level cache (A from memory; the goal); "
+                       "back to back: calls in a row, where part of A can still be in the cache. Batch 16 and the "
+                       "torch path: back to back.")
+            out.append("")
+            out.append("| case | gradient | path | read once | ratio | back to back: gradient / read | ratio "
+                       "| torch path | torch path ratio |")
+            out.append("|---|---|---|---|---|---|---|---|---|")
             for c in grad["comparisons"]:
+                warm = (f"{_fmt_s(c['warm_s'])} / {_fmt_s(c['warm_reference_s'])} | {_fmt_ratio(c['warm_ratio'])}"
+                        if c.get("warm_s") is not None else "— | —")
                 out.append(f"| {c['label']} | {_fmt_s(c['phasetorch_s'])} | {c['path']} | {_fmt_s(c['reference_s'])} "
-                           f"| {_fmt_ratio(c['ratio'])} | {_fmt_s(c['torch_path_s'])} | {_fmt_ratio(c['torch_path_ratio'])} |")
+                           f"| {_fmt_ratio(c['ratio'])} | {warm} | {_fmt_s(c['torch_path_s'])} "
+                           f"| {_fmt_ratio(c['torch_path_ratio'])} |")
             out.append("")
     elif key in ("gaussian_time_to_accuracy", "cdp_time_to_accuracy"):
         out.append("| contender | time (median) | iterations to target | final error | counting run | note |")
