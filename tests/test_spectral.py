@@ -49,7 +49,7 @@ def dense_D(op, y, pre):
     """D = Aᴴ diag(T) A / (m e) from the explicit matrix, float64/complex128."""
     A = op.matrix() if hasattr(op, "matrix") else op.buffer("A")
     A = A.to(torch.complex128 if A.is_complex() else F64)
-    T = preprocess(y.to(F64), pre, delta=op.delta).to(A.dtype)
+    T = preprocess(y.to(F64), pre, delta=op.delta, field="complex" if op.is_complex else "real").to(A.dtype)
     D = (A.conj().T.unsqueeze(0) * T.reshape(-1, 1, op.m)) @ A / (op.m * op.entry_energy)
     D = 0.5 * (D + D.mH)
     return D.reshape(*y.shape[:-1], op.n, op.n)

@@ -168,9 +168,9 @@ def lanczos_sizes(N: int, krylov_dim: int, keep: Optional[int] = None, keep_low:
     """p = min(krylov_dim, N); defaults keep = max(1, p//4), keep_low = max(0, min(p//4, p − 2 − keep)).
 
     A restart leaves p − keep − keep_low new Lanczos steps per cycle; keep_low = p//4 leaves half of
-    the basis new. Keeping p//2 bottom vectors (the old default) helped a Gaussian design with the
-    ``optimal`` T a little and slowed coded diffraction a lot at p ≤ 32: products per setting in
-    ``results/spectral_start.md`` (``scripts/spectral_study.py``)."""
+    the basis new. Keeping p//2 bottom vectors (the old default) left a quarter new and cost more
+    products at p ≤ 32 on coded diffraction (half as many again at p = 16) and on Gaussian designs
+    at p = 16: products per setting in ``results/spectral_start.md`` (``scripts/spectral_study.py``)."""
     p = min(check_int(krylov_dim, "krylov_dim"), N)
     if p < 1:
         raise ValueError("krylov_dim must be ≥ 1")

@@ -53,8 +53,8 @@ DEFAULT_MAX_ITER = {"lanczos": 2000, "power": 20000}
 def default_krylov_dim(n: int) -> int:
     """Lanczos basis size: min(n, 64, max(32, 2²⁵ // n)) — 64 up to n = 2¹⁹, 32 above (a 1024² image:
     2²⁵ stored entries per sample, 512 MiB in complex128). A smaller basis saves memory and costs
-    products: at 16 the start on coded diffraction took about twice the products of 32 and ran into
-    the 2000-product cap at 1024² (``results/spectral_start.md``)."""
+    products: at 16 (with p//2 bottom vectors kept, the old default) the start on coded diffraction at
+    1024² took 2.2× the products of 32 (``results/spectral_start.md``)."""
     return int(min(n, 64, max(32, 2 ** 25 // max(n, 1))))
 
 

@@ -654,7 +654,7 @@ def _spectral_inputs(delta: float, preprocessing, model: SingleIndexModel, init:
     eigenvalue = float(lim.eigenvalue) if getattr(lim, "eigenvalue", None) is not None else None
     T = getattr(lim, "T", None)
     if T is None:
-        T = elementwise(preprocessing, delta)
+        T = elementwise(preprocessing, delta, model.field)
     if T is None:
         raise ValueError(f"preprocessing {name!r} is rank-based and has no elementwise T(ŷ) for the DMFT; "
                          "use 'optimal', 'mm', 'trimmed', 'clipped' or a callable")

@@ -45,8 +45,9 @@ A callable T(ŷ) is accepted when it is bounded above.
 
 The library's ``optimal`` floors ŷ at 10⁻³ (T ≥ −999), so its limits differ slightly from those of
 the exact T = 1 − 1/ŷ: at δ = 4, λ* = 13.2140 instead of 13.2433 and λ₁(D) → 0.25022 instead of
-1/δ, while ρ² changes by < 3·10⁻⁶ (0.924488 vs 0.924490). Pass ``lambda y: 1 - 1/y`` for the
-exact function.
+1/δ, while ρ² changes by < 3·10⁻⁶ (0.924488 vs 0.924490). For a complex field the floor is 10⁻²
+(:func:`phasetorch.init.preprocessing.optimal_floor`; ρ² 0.734482 vs 0.734490 at δ = 4). Pass
+``lambda y: 1 - 1/y`` for the exact function.
 """
 
 from __future__ import annotations
@@ -307,9 +308,9 @@ def _prep(preprocessing, delta: float, field: str, noise: float) -> _Prep:
         if preprocessing == "orthogonality":
             t = rank_threshold(pp.ORTHOGONALITY_FRACTION, field, noise)
             return _Prep(lambda y, t=t: (y >= t).to(y.dtype), 1.0, (t,), False)
-        T = pp.elementwise(preprocessing, delta)
+        T = pp.elementwise(preprocessing, delta, field)
         if preprocessing == "optimal":
-            return _Prep(T, 1.0, (pp.OPTIMAL_FLOOR,), False)
+            return _Prep(T, 1.0, (pp.optimal_floor(field),), False)
         if preprocessing == "trimmed":
             return _Prep(T, pp.TRIM_ALPHA ** 2, (pp.TRIM_ALPHA ** 2,), False)
         if preprocessing == "clipped":
@@ -480,7 +481,7 @@ def _prep_link(preprocessing, delta: float, field: str, link) -> _Prep:
         if preprocessing not in ("optimal", "mm", "trimmed", "clipped"):
             raise ValueError(f"preprocessing {preprocessing!r} has no asymptotic theory for a general link; use "
                              "'optimal', 'mm', 'trimmed', 'clipped' or a bounded callable T(ŷ)")
-        T = pp.elementwise(preprocessing, delta)
+        T = pp.elementwise(preprocessing, delta, field)
     elif callable(preprocessing):
         T = preprocessing
     else:
