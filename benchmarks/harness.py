@@ -46,6 +46,13 @@ Methodology notes (also written into the JSON):
   (its CuPy backend, float64; contenders named ``<method>@gpu``), and the best of both counts.
 * **Contention**: the machine description includes the load average before and after every row;
   on a shared machine absolute times inflate, ratios much less.
+* **Idle threads of the other library**: NumPy's OpenBLAS keeps its worker threads spinning for about
+  0.1 s after a call (``OPENBLAS_THREAD_TIMEOUT``: 2²⁸ cycles by default), and OpenMP runtimes spin
+  too; on a 2-core machine a library timed right after another shares the cores with those spinning
+  threads (phasetorch's TAF at n = 256 ran 1.3–2× slower right after 100 NumPy gemv calls). So when
+  the timed library changes, :meth:`Context.clock` first sleeps ``SETTLE_S`` (0.3 s, CPU only) and
+  makes one untimed call of the next library's run (its own threads and caches warm again), each
+  library keeping its own default threads.
 * A row whose optional peer (solvephase, deepinv; CuPy for solvephase on the GPU) is absent says so
   (``status: "unavailable"`` with the install hint) and still reports the phasetorch side. A failure
   of phasetorch itself is never "unavailable": the row is ``status: "error"`` with the traceback in
@@ -137,7 +144,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, Any]]] = {
                 goal_T=100, goal_N=100_000, delta=4.0, step=0.1),
         7: dict(n=128, trials=20, deltas=(2, 3, 4, 5, 6), max_iter=500, success=1e-5),
         8: dict(phasetorch_epochs=40, ptychi_epochs=80),
-        9: dict(n=(64, 256, 1024), delta=8, iters=(10, 60)),
+        9: dict(n=(64, 256, 1024), delta=8, iters=(10, 60), small_n=256, small_repeats=9),
         10: dict(n=2048, delta=8, iters=10),
         11: dict(n=2048, m=200_000, block_rows=4096),
         12: dict(shape=(1024, 1024), masks=4, iters=(4, 12), presets=("wf", "lbfgs"), spectral_shape=(256, 256)),
@@ -186,6 +193,11 @@ class Unavailable(Exception):
 
 
 # ============================================================================ context and timing
+#: seconds the clock waits when the timed library changes (longer than OpenBLAS's 2²⁸-cycle spin of its
+#: idle worker threads, and libgomp's); CPU only
+SETTLE_S = 0.3
+
+
 class Context:
     """What every row needs: device, mode, repeats, the peers that may be used, a log function."""
 
@@ -204,6 +216,7 @@ class Context:
         self.seed = int(seed)
         self.log = log or (lambda msg: print(msg, flush=True))
         self.threads = None if threads is None else set_threads(threads)
+        self._library: Optional[str] = None     # whose code the last :meth:`clock` call with a library ran
 
     def settings(self, row: int) -> Dict[str, Any]:
         return dict(SETTINGS[self.mode][row])
@@ -212,8 +225,16 @@ class Context:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def clock(self, fn: Callable[[], Any]) -> Tuple[float, Any]:
-        """(wall seconds, result) of one call, synchronising the accelerator around it."""
+    def clock(self, fn: Callable[[], Any], library: Optional[str] = None) -> Tuple[float, Any]:
+        """(wall seconds, result) of one call, synchronising the accelerator around it. ``library`` names
+        whose code ``fn`` runs: when it differs from the previous timed call's, the clock first waits
+        ``SETTLE_S`` on the CPU, so that the other library's spinning worker threads have gone to sleep,
+        then calls ``fn`` once untimed (the sleep lets this library's own threads and caches go cold too)."""
+        if library is not None:
+            if self._library not in (None, library) and self.device.type == "cpu" and self.warmup:
+                time.sleep(SETTLE_S)
+                fn()
+            self._library = library
         self.sync()
         t0 = time.perf_counter()
         out = fn()
@@ -448,7 +469,7 @@ def _time_to_target(ctx: Context, contenders: List[Contender], target: float, ca
     for c in contenders:
         e = {"contender": c.label, "library": c.library, "algorithm": c.name}
         try:
-            t_probe, (k, info) = ctx.clock(lambda: c.probe(cap))
+            t_probe, (k, info) = ctx.clock(lambda: c.probe(cap), c.library)
         except c.outcomes as err:  # phasetorch: a divergence; a peer: whatever it raises
             e.update(status=c.outcome_status, reason=_short_error(err))
             entries.append(e)
@@ -482,7 +503,7 @@ def _time_to_target(ctx: Context, contenders: List[Contender], target: float, ca
             if c.label in failed:
                 continue
             try:
-                t, xh = ctx.clock(lambda: c.timed(e["iterations"]))
+                t, xh = ctx.clock(lambda: c.timed(e["iterations"]), c.library)
             except c.outcomes as err:
                 failed[c.label] = _short_error(err)
                 continue
@@ -1022,7 +1043,7 @@ def row_spectral(ctx: Context) -> dict:
     for r in range(ctx.repeats):
         order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
         for name in order:
-            t, _ = ctx.clock(contenders[name])
+            t, _ = ctx.clock(contenders[name], name.split()[0])
             times[name].append(t)
     out_entries = []
     for name, e in entries.items():
@@ -1398,16 +1419,23 @@ def row_iteration_cost(ctx: Context) -> dict:
                 return int(wirtinger(sp_op, y_np, method=method, init=x0_np, iterations=k, tol=0.0,
                                      seed=ctx.seed).n_iter)
 
-            per = {}
-            for label, fn in (("phasetorch", ours), ("solvephase", theirs)):
+            # the two sides alternate within each repeat (and swap order every repeat), so a slow spell of a
+            # shared machine (its L3 taken by a neighbour: A is 8 MiB at n = 256) falls on both
+            contenders = {"phasetorch": ours, "solvephase": theirs}
+            for fn in contenders.values():
                 fn(k1)                                         # warm-up
-                samples = []
-                for r in range(ctx.repeats):
-                    t_a, ran_a = ctx.clock(lambda: fn(k1))
-                    t_b, ran_b = ctx.clock(lambda: fn(k2))
+            samples: Dict[str, List[float]] = {c: [] for c in contenders}
+            names = list(contenders)
+            repeats = ctx.repeats
+            if ctx.warmup and n <= cfg.get("small_n", 0):   # runs of a few ms: a median over more of them
+                repeats = max(repeats, cfg["small_repeats"])
+            for r in range(repeats):
+                for c in (names if r % 2 == 0 else names[::-1]):
+                    t_a, ran_a = ctx.clock(lambda: contenders[c](k1), c)
+                    t_b, ran_b = ctx.clock(lambda: contenders[c](k2), c)
                     if ran_b > ran_a:         # iterations actually run (a library may stop at an exact fit)
-                        samples.append(max(t_b - t_a, 0.0) / (ran_b - ran_a))
-                per[label] = _median(samples) if samples else float("nan")
+                        samples[c].append(max(t_b - t_a, 0.0) / (ran_b - ran_a))
+            per = {c: (_median(v) if v else float("nan")) for c, v in samples.items()}
             ratio = per["solvephase"] / per["phasetorch"] if per["phasetorch"] > 0 else None
             ratio = None if ratio is not None and math.isnan(ratio) else ratio
             entries.append({"n": n, "m": n * cfg["delta"], "preset": preset, "solvephase_method": method,
@@ -1423,7 +1451,9 @@ def row_iteration_cost(ctx: Context) -> dict:
     return {"ratio": worst, "met": None if worst is None else worst >= 1.0, "entries": entries,
             "comparisons": comparisons, "ratio_meaning": "worst solvephase / phasetorch time per iteration",
             "notes": [f"iterations {k1} and {k2} from the same spectral start, tol = 0 on both sides; "
-                      f"median over {ctx.repeats} interleaved repeats"]}
+                      f"median over {ctx.repeats} repeats ({max(ctx.repeats, cfg.get('small_repeats', 0))} at "
+                      f"n ≤ {cfg.get('small_n', 0)}, whose runs take milliseconds), the two libraries alternating "
+                      "within each (order swapped every repeat)"]}
 
 
 # ============================================================================ row 10: sharded over processes (gloo)
@@ -1583,8 +1613,8 @@ def row_large_cdp(ctx: Context) -> dict:
         names = list(contenders)
         for r in range(max(1, ctx.repeats)):
             for c in (names if r % 2 == 0 else names[::-1]):
-                t_a, ran_a = ctx.clock(lambda: contenders[c](k1))
-                t_b, ran_b = ctx.clock(lambda: contenders[c](k2))
+                t_a, ran_a = ctx.clock(lambda: contenders[c](k1), c.split(",")[0])
+                t_b, ran_b = ctx.clock(lambda: contenders[c](k2), c.split(",")[0])
                 if ran_b > ran_a:
                     samples[c].append(max(t_b - t_a, 0.0) / (ran_b - ran_a))
         per = {c: (_median(v) if v else None) for c, v in samples.items()}

@@ -237,3 +237,28 @@ def test_iteration_cost_script_reports_every_preset(tmp_path):
     for r in data["rows"][:-1]:
         assert r["iterations"] >= 1 and r["iterations"] <= 40 and r["total_s"] > 0 and r["start_s"] > 0
     assert data["rows"][-1]["products"] >= 1 and data["rows"][-1]["seconds"] > 0
+
+
+def test_the_clock_settles_when_the_timed_library_changes(monkeypatch):
+    """A switch of library sleeps SETTLE_S and makes one untimed call first (the other library's spinning
+    threads go to sleep, this one's warm up again); the same library, or dry mode, calls once."""
+    slept = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    ctx = bench.Context(mode="quick", peers=False, log=lambda s: None)
+    calls = {"a": 0, "b": 0}
+
+    def run(name):
+        calls[name] += 1
+        return name
+
+    assert ctx.clock(lambda: run("a"), "phasetorch")[1] == "a"
+    ctx.clock(lambda: run("a"), "phasetorch")
+    assert calls == {"a": 2, "b": 0} and slept == []
+    ctx.clock(lambda: run("b"), "solvephase")
+    assert calls == {"a": 2, "b": 2} and slept == [bench.SETTLE_S]
+    ctx.clock(lambda: run("a"))                      # no library named: never settles
+    assert calls["a"] == 3 and len(slept) == 1
+    dry = bench.Context(mode="dry", peers=False, log=lambda s: None)
+    dry.clock(lambda: run("a"), "phasetorch")
+    dry.clock(lambda: run("b"), "solvephase")
+    assert calls == {"a": 4, "b": 3} and len(slept) == 1
