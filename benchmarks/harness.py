@@ -50,7 +50,7 @@ Methodology notes (also written into the JSON):
   0.1 s after a call (``OPENBLAS_THREAD_TIMEOUT``: 2²⁸ cycles by default), and OpenMP runtimes spin
   too; on a 2-core machine a library timed right after another shares the cores with those spinning
   threads (on 2026-12-03, row 9 at n = 256 read 0.72–0.94× for TWF, TAF and RAF without it and
-  1.25–1.43× in the three runs with it). So when
+  1.02–1.87× in the two runs with it). So when
   the timed library changes, :meth:`Context.clock` first sleeps ``SETTLE_S`` (0.3 s, CPU only) and
   makes one untimed call of the next library's run (its own threads and caches warm again), each
   library keeping its own default threads.
