@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from . import replay
 from .allocator import retaining
 from .errors import DivergenceError
-from .init.spectral import DEFAULT_MAX_ITER, spectral_init
+from .init.spectral import DEFAULT_MAX_ITER, DEFAULT_TOL, spectral_init
 from .logs import TrainingLog
 from .losses import Evaluation, check_intensities
 from .physics import MeasurementModel, resolve_model
@@ -270,7 +270,7 @@ class Start:
         which = ", ".join(str(b) for b in bad[:8]) + (", …" if len(bad) > 8 else "")
         budget = kw.get("max_iter") or DEFAULT_MAX_ITER.get(self.info.solver, "its")
         warnings.warn(f"the spectral start of sample(s) {which} stopped at its budget of {budget} "
-                      f"products with D before its tolerance tol={kw.get('tol', 1e-6):g} (relative residual "
+                      f"products with D before its tolerance tol={kw.get('tol', DEFAULT_TOL):g} (relative residual "
                       f"{float(res.min()):.2g}..{float(res.max()):.2g}); it is used as it is. To finish it, raise "
                       f"spectral_options={{'max_iter': ...}} or the Lanczos basis {{'krylov_dim': ...}}, or accept a "
                       f"looser {{'tol': ...}}; log.config['spectral_start'] has the numbers", stacklevel=5)

@@ -48,6 +48,8 @@ from .preprocessing import Preprocessing, preprocess
 
 SOLVERS = ("lanczos", "power")
 DEFAULT_MAX_ITER = {"lanczos": 2000, "power": 20000}
+#: relative residual ‖D u − θ u‖/|θ| at which the eigensolver stops
+DEFAULT_TOL = 1e-6
 
 
 def default_krylov_dim(n: int) -> int:
@@ -59,7 +61,7 @@ def default_krylov_dim(n: int) -> int:
 
 
 __all__ = ["spectral_init", "SpectralInfo", "spectral_matrix", "count_matvecs", "MatvecCounter", "DEFAULT_MAX_ITER",
-           "default_krylov_dim"]
+           "DEFAULT_TOL", "default_krylov_dim"]
 
 
 @dataclass
@@ -234,7 +236,7 @@ def spectral_matrix(op: Union[MeasurementOperator, MeasurementModel], y: torch.T
 # ---------------------------------------------------------------------------- main entry point
 @retaining(lambda op, *args, **kwargs: op.device)
 def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Tensor, preprocessing: Preprocessing = "optimal",
-                  solver: str = "lanczos", max_iter: Optional[int] = None, tol: float = 1e-6,
+                  solver: str = "lanczos", max_iter: Optional[int] = None, tol: float = DEFAULT_TOL,
                   whiten: Optional[bool] = None, shift: Optional[Union[float, torch.Tensor]] = None,
                   seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
                   return_info: bool = False, progress: bool = False, real_signal: Optional[bool] = None,
