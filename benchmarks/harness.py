@@ -1393,6 +1393,25 @@ def row_ptychography(ctx: Context) -> dict:
 
 
 # ============================================================================ row 9: per-iteration cost vs solvephase
+def _per_iteration_samples(ctx: Context, contenders: Dict[str, Callable[[int], int]], k1: int, k2: int,
+                           repeats: int) -> Dict[str, List[float]]:
+    """Seconds per iteration (t(k₂) − t(k₁))/(iterations run) of each contender (``fn(k)`` runs k iterations and
+    returns how many it ran), ``repeats`` rounds with the contenders alternating within each (order swapped
+    every round), so a slow spell of a shared machine falls on all of them. A contender's library is its name up
+    to the first comma (``"phasetorch, PHASETORCH_MALLOC=0"`` is phasetorch): :meth:`Context.clock` settles
+    when it changes."""
+    samples: Dict[str, List[float]] = {c: [] for c in contenders}
+    names = list(contenders)
+    for r in range(repeats):
+        for c in (names if r % 2 == 0 else names[::-1]):
+            library = c.split(",")[0]
+            t_a, ran_a = ctx.clock(lambda: contenders[c](k1), library)
+            t_b, ran_b = ctx.clock(lambda: contenders[c](k2), library)
+            if ran_b > ran_a:                 # iterations actually run (a library may stop at an exact fit)
+                samples[c].append(max(t_b - t_a, 0.0) / (ran_b - ran_a))
+    return samples
+
+
 #: phasetorch preset → solvephase method of the same algorithm (same loss, same update rule)
 SAME_ALGORITHM = {"wf": "wf", "twf": "twf", "taf": "taf", "raf": "raf", "lbfgs": "lbfgs"}
 
@@ -1420,22 +1439,13 @@ def row_iteration_cost(ctx: Context) -> dict:
                 return int(wirtinger(sp_op, y_np, method=method, init=x0_np, iterations=k, tol=0.0,
                                      seed=ctx.seed).n_iter)
 
-            # the two sides alternate within each repeat (and swap order every repeat), so a slow spell of a
-            # shared machine (its L3 taken by a neighbour: A is 8 MiB at n = 256) falls on both
             contenders = {"phasetorch": ours, "solvephase": theirs}
             for fn in contenders.values():
                 fn(k1)                                         # warm-up
-            samples: Dict[str, List[float]] = {c: [] for c in contenders}
-            names = list(contenders)
             repeats = ctx.repeats
             if ctx.warmup and n <= cfg.get("small_n", 0):   # runs of a few ms: a median over more of them
                 repeats = max(repeats, cfg["small_repeats"])
-            for r in range(repeats):
-                for c in (names if r % 2 == 0 else names[::-1]):
-                    t_a, ran_a = ctx.clock(lambda: contenders[c](k1), c)
-                    t_b, ran_b = ctx.clock(lambda: contenders[c](k2), c)
-                    if ran_b > ran_a:         # iterations actually run (a library may stop at an exact fit)
-                        samples[c].append(max(t_b - t_a, 0.0) / (ran_b - ran_a))
+            samples = _per_iteration_samples(ctx, contenders, k1, k2, repeats)
             per = {c: (_median(v) if v else float("nan")) for c, v in samples.items()}
             ratio = per["solvephase"] / per["phasetorch"] if per["phasetorch"] > 0 else None
             ratio = None if ratio is not None and math.isnan(ratio) else ratio
@@ -1610,14 +1620,7 @@ def row_large_cdp(ctx: Context) -> dict:
                 sp_op, y_np, method=method, init=x0_np, iterations=k, tol=0.0, seed=ctx.seed).n_iter)
         for fn in contenders.values():
             fn(k1)                                                  # warm-up
-        samples: Dict[str, List[float]] = {c: [] for c in contenders}
-        names = list(contenders)
-        for r in range(max(1, ctx.repeats)):
-            for c in (names if r % 2 == 0 else names[::-1]):
-                t_a, ran_a = ctx.clock(lambda: contenders[c](k1), c.split(",")[0])
-                t_b, ran_b = ctx.clock(lambda: contenders[c](k2), c.split(",")[0])
-                if ran_b > ran_a:
-                    samples[c].append(max(t_b - t_a, 0.0) / (ran_b - ran_a))
+        samples = _per_iteration_samples(ctx, contenders, k1, k2, max(1, ctx.repeats))
         per = {c: (_median(v) if v else None) for c, v in samples.items()}
         ours_s, off_s, sp_s = per["phasetorch"], per["phasetorch, PHASETORCH_MALLOC=0"], per.get("solvephase")
         label = f"CDP {shape[0]}×{shape[1]}, L={L}, complex128, {preset} per iteration"
