@@ -116,6 +116,8 @@ typedef struct {
     int32_t pad_args;
     double *resid;        /* pt_map_pass: sum_i (|r_i| - psi_i)^2 per signal (B) or NULL; psi_i = q_i for the
                            * amplitude maps, sqrt(max(q_i, 0)) for the intensity and Poisson ones */
+    const void *twf_par;  /* PT_FUSED with the Poisson map: TWF's weights in the pass, B x 2 REALs per signal
+                           * (max(||x||, tiny), alpha_h K) with p0 = alpha_lb, p1 = alpha_ub (pt_twf_w), or NULL */
 } pt_args;
 
 
@@ -153,8 +155,9 @@ typedef struct {
     int64_t *rec_t;
     double *rec_time;
     void *step;          /* the step column of the last iteration run (B) */
-    /* TWF (twf = 1): the truncated Poisson loss, whose weights need K = mean_i |y_i - |r_i|^2| first: a
-     * forward pass (z = A x_try), the weights and v = w (2 - 2 y/|r|^2) r here, then an adjoint pass of v */
+    /* TWF (twf = 1): the truncated Poisson loss, whose weights need K = mean_i |y_i - |r_i|^2|: one fused pass
+     * with the previous evaluation's K and a correction of the rows the exact K decides otherwise (pt_twf_eval);
+     * the first evaluation a forward pass (z = A x_try), the weights and v = w (2 - 2 y/|r|^2) r, an adjoint of v */
     int32_t twf, pad_;
     double alpha_lb, alpha_ub, alpha_h;
     void *v;             /* B x m, the adjoint's input (TWF) */
@@ -168,6 +171,10 @@ typedef struct {
     double *sy;                                   /* memory x B */
     int64_t *count, *head, *tries;
     uint8_t *has_prev;
+    /* TWF in one read of A (pt_twf_eval): K of each signal's last evaluation (B REALs; < 0 or NaN: none yet),
+     * the evaluations that took the one-read route and the rows whose weight its exact K corrected (counts) */
+    void *twf_k;
+    int64_t twf_fused, twf_flips;
 } pt_block;
 
 double pt_now(void) {
@@ -181,7 +188,7 @@ static void *pt_alloc(size_t bytes) {
     return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
 }
 
-int pt_abi_version(void) { return 6; }
+int pt_abi_version(void) { return 7; }
 
 #define PT_BODY
 #define REAL float
@@ -931,6 +938,13 @@ static inline REAL *SFX(pt_place)(void *raw, const void *A, int64_t want) {
     return (REAL *)((char *)raw + d);
 }
 
+/* TWF's weight of one measurement (Chen & Candes 2017, E1 and E2; phasetorch/losses.py, TruncatedPoissonLoss):
+ * 1{lb <= |r|/nx <= ub, |q - |r|^2| <= ahK |r|/nx} with nx = max(||x||, tiny), ahK = alpha_h K, from |r|^2 */
+static inline REAL SFX(pt_twf_w)(REAL a2, REAL q, REAL nxc, REAL ahK, REAL lb, REAL ub) {
+    const REAL ar = (REAL)sqrt(a2), ratio = ar / nxc, dev = (REAL)fabs(q - a2);
+    return (ratio >= lb && ratio <= ub && dev <= ahK * ratio) ? (REAL)1 : (REAL)0;
+}
+
 static int SFX(pt_pass)(const pt_args *p) {
     const int64_t m = p->m, n = p->n, B = p->B;
     const int cplx = p->is_complex, mode = p->mode;
@@ -944,6 +958,8 @@ static int SFX(pt_pass)(const pt_args *p) {
     const REAL *WZ = values && (p->value_z || p->value_z_real) && mode == PT_FUSED ? (const REAL *)p->wz : NULL;
     REAL *A2 = (REAL *)p->a2, *WO = (REAL *)p->w_out;
     const REAL c = (REAL)p->scale;
+    const REAL *TP = mode == PT_FUSED && !W ? (const REAL *)p->twf_par : NULL;   /* TWF's weights (pt_twf_w) */
+    const REAL tlb = (REAL)p->p0, tub = (REAL)p->p1;
     const int accumulate = mode != PT_LINEAR, forward = mode != PT_ADJOINT;
     const int split = mode == PT_FUSED ? PT_R / 2 : (mode == PT_LINEAR ? PT_R : 0);  /* next block's rows the
                                                        * dot products prefetch (the adjoint: the rest) */
@@ -1023,8 +1039,13 @@ static int SFX(pt_pass)(const pt_args *p) {
                         if (mode == PT_FUSED) {
                             const REAL q = Q ? Q[b * p->q_stride + row] : (REAL)0;
                             const REAL *wf = W ? W + b * p->w_stride + row : NULL;
-                            REAL a2v, wu;
+                            REAL a2v, wu, wt;
                             double ell, raw;
+                            if (TP) {           /* |r|^2 as pt_map forms it, then the weight it applies */
+                                const REAL tr = c * zr[k], ti = cplx ? c * zi[k] : (REAL)0;
+                                wt = SFX(pt_twf_w)(cplx ? tr * tr + ti * ti : tr * tr, q, TP[2 * b], TP[2 * b + 1], tlb, tub);
+                                wf = &wt;
+                            }
                             SFX(pt_map)(p, cplx, c * zr[k], c * zi[k], q, Q != NULL, wf, &vr[k], &vi[k], &a2v, &wu, &ell, &raw);
                             if (A2) A2[o] = a2v;
                             if (WO) WO[o] = wu;
@@ -1105,24 +1126,109 @@ static inline REAL SFX(pt_ell)(int map, REAL a2, REAL q, REAL tiny) {
 }
 
 /* TWF's evaluation at x_try: z = A x_try, then per sample nx = ||x_try||, K = mean |y - |r|^2|, the weights
- * w = 1{lb <= |r|/nx <= ub, |y - |r|^2| <= (alpha_h K) |r|/nx}, v = w (2 - 2 y inv(|r|^2)) r, sum w l; g = A^H v */
-static int SFX(pt_twf_eval)(const pt_block *p, pt_args *a) {
+ * w = 1{lb <= |r|/nx <= ub, |y - |r|^2| <= (alpha_h K) |r|/nx}, v = w (2 - 2 y inv(|r|^2)) r, sum w l; g = A^H v.
+ *
+ * K is a mean over all measurements, known only once z is: read naively, A is read twice (z, then g).
+ * Here, once every signal has a K from its previous evaluation (twf_k), ONE fused pass forms the weights
+ * with that K (pt_twf_w in pt_pass), then the exact K comes from |r|^2, and the rows whose E2 decision
+ * differs under it are corrected: their weight, their term of the value and, by a sparse adjoint over
+ * those rows only, their term of g. The weights, |r|^2, z and the value's terms are those of the two-pass
+ * evaluation; g (and the value) are summed in another order: equal to rounding. Between iterations K
+ * moves little (both sides of E2 scale together as x converges), so few rows flip. The first evaluation
+ * (no K yet) and any signal without a finite K take the two passes. */
+static int SFX(pt_twf_eval)(pt_block *p, pt_args *a) {
     const int64_t m = a->m, n = a->n, B = a->B;
     const int cplx = a->is_complex;
     const int64_t rl = cplx ? 2 * n : n;
     const REAL c = (REAL)a->scale, tiny = (REAL)a->tiny;
     const REAL lb = (REAL)p->alpha_lb, ub = (REAL)p->alpha_ub, ah = (REAL)p->alpha_h;
+    const REAL *Z = (const REAL *)a->z, *X = (const REAL *)a->x;
+    REAL *A2 = (REAL *)a->a2, *WO = (REAL *)a->w_out, *V = (REAL *)p->v, *KG = (REAL *)p->twf_k;
+    REAL nxc[PT_MAX_BLOCK_B];
+    int guess = KG != NULL && B <= PT_MAX_BLOCK_B;
+    for (int64_t b = 0; b < B; b++) {
+        const REAL nx = (REAL)sqrt(SFX(pt_sq)(X + b * rl, rl));
+        nxc[b] = nx > tiny ? nx : tiny;
+        if (guess && !(KG[b] >= 0 && KG[b] < (REAL)INFINITY)) guess = 0;
+    }
+    if (guess) {
+        REAL par[2 * PT_MAX_BLOCK_B];
+        for (int64_t b = 0; b < B; b++) { par[2 * b] = nxc[b]; par[2 * b + 1] = ah * KG[b]; }
+        pt_args fz = *a;
+        fz.mode = PT_FUSED; fz.w = NULL; fz.twf_par = par; fz.p0 = lb; fz.p1 = ub;
+        int rc = SFX(pt_pass)(&fz);
+        if (rc) return rc;
+        int32_t *rows = (int32_t *)malloc((size_t)(B * m) * sizeof(int32_t));
+        int64_t nflip[PT_MAX_BLOCK_B];
+        if (!rows) return 3;
+        int64_t total = 0;
+        for (int64_t b = 0; b < B; b++) {
+            const REAL *q = (const REAL *)a->q + b * a->q_stride;
+            double kacc = 0;                        /* K exactly as the two-pass evaluation sums it */
+            for (int64_t i = 0; i < m; i++) kacc += (double)(REAL)fabs(q[i] - A2[b * m + i]);
+            const REAL K = (REAL)(kacc / (double)m), ahK = ah * K;
+            int64_t nf = 0;
+            double dval = 0;
+            for (int64_t i = 0; i < m; i++) {
+                const int64_t o = b * m + i;
+                const REAL a2 = A2[o];
+                const REAL w = SFX(pt_twf_w)(a2, q[i], nxc[b], ahK, lb, ub);
+                if (w == WO[o]) continue;
+                const REAL d = w - WO[o];               /* +1 or -1: this row's term enters or leaves */
+                WO[o] = w;
+                const REAL inv = a2 >= tiny ? (REAL)1 / a2 : (REAL)0;
+                const REAL fct = 2 - 2 * q[i] * inv;
+                const REAL rr = c * Z[cplx ? 2 * o : o], ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
+                if (cplx) { V[2 * o] = d * (fct * rr); V[2 * o + 1] = d * (fct * ri); } else V[o] = d * (fct * rr);
+                dval += (double)(d * SFX(pt_ell)(PT_MAP_POISSON, a2, q[i], tiny));
+                rows[b * m + nf++] = (int32_t)i;
+            }
+            a->value[b] += dval;
+            nflip[b] = nf;
+            total += nf;
+            KG[b] = K;
+        }
+        if (total > 0) {                            /* g_b += sum over the flipped rows of conj(a_i) dv_i */
+            const REAL *A = (const REAL *)a->A;
+            REAL *G = (REAL *)a->g;
+            const int64_t span = 512, per = (rl + span - 1) / span, items = B * per;
+            int nt = a->nthreads < 1 ? 1 : a->nthreads;
+            if ((int64_t)nt > items) nt = (int)items;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+            for (int64_t it = 0; it < items; it++) {
+                const int64_t b = it / per, j0 = (it % per) * span, j1 = j0 + span < rl ? j0 + span : rl;
+                REAL *gb = G + b * rl;
+                for (int64_t f = 0; f < nflip[b]; f++) {
+                    const int64_t i = rows[b * m + f], o = b * m + i;
+                    const REAL *ai = A + i * rl;
+                    if (cplx) {
+                        const REAL vr = V[2 * o], vi = V[2 * o + 1];
+#pragma omp simd
+                        for (int64_t j = j0 / 2; j < j1 / 2; j++) {
+                            const REAL are = ai[2 * j], aim = ai[2 * j + 1];
+                            gb[2 * j] += are * vr + aim * vi;
+                            gb[2 * j + 1] += are * vi - aim * vr;
+                        }
+                    } else {
+                        const REAL vr = V[o];
+#pragma omp simd
+                        for (int64_t j = j0; j < j1; j++) gb[j] += ai[j] * vr;
+                    }
+                }
+            }
+        }
+        free(rows);
+        p->twf_fused++;
+        p->twf_flips += total;
+        return 0;
+    }
     pt_args lin = *a;
     lin.mode = PT_LINEAR;
     lin.value = NULL; lin.a2 = NULL; lin.w_out = NULL;
     int rc = SFX(pt_pass)(&lin);
     if (rc) return rc;
-    const REAL *Z = (const REAL *)a->z, *X = (const REAL *)a->x;
-    REAL *A2 = (REAL *)a->a2, *WO = (REAL *)a->w_out, *V = (REAL *)p->v;
     for (int64_t b = 0; b < B; b++) {
         const REAL *q = (const REAL *)a->q + b * a->q_stride;
-        const REAL nx = (REAL)sqrt(SFX(pt_sq)(X + b * rl, rl));
-        const REAL nxc = nx > tiny ? nx : tiny;
         double kacc = 0;
         for (int64_t i = 0; i < m; i++) {
             const int64_t o = b * m + i;
@@ -1132,11 +1238,12 @@ static int SFX(pt_twf_eval)(const pt_block *p, pt_args *a) {
             kacc += (double)(REAL)fabs(q[i] - a2);
         }
         const REAL K = (REAL)(kacc / (double)m), ahK = ah * K;
+        if (KG) KG[b] = K;
         double tot = 0;
         for (int64_t i = 0; i < m; i++) {
             const int64_t o = b * m + i;
-            const REAL a2 = A2[o], ar = (REAL)sqrt(a2), ratio = ar / nxc, dev = (REAL)fabs(q[i] - a2);
-            const REAL w = (ratio >= lb && ratio <= ub && dev <= ahK * ratio) ? (REAL)1 : (REAL)0;
+            const REAL a2 = A2[o];
+            const REAL w = SFX(pt_twf_w)(a2, q[i], nxc[b], ahK, lb, ub);
             WO[o] = w;
             const REAL inv = a2 >= tiny ? (REAL)1 / a2 : (REAL)0;
             const REAL fct = 2 - 2 * q[i] * inv;

@@ -17,8 +17,16 @@ What it keeps equal to the torch loop (tested in ``tests/test_compiled.py``):
 
 * every element-wise operation — the trial point x − α∇f, the pass, the scalings of the value and the
   gradient, the safeguard's γ — is the torch loop's, in the same order and precision: the iterates are
-  bit-identical while the decisions agree (TWF: its K, ‖x‖ and value are reductions summed in another
-  order, so bit-identity there holds in practice, not by construction);
+  bit-identical while the decisions agree;
+* TWF reads A once per evaluation where the torch loop reads it twice (its weights need K = mean|y − |Ax|²|
+  over all measurements, known only after the forward product): the fused pass forms the weights with each
+  signal's K of its previous evaluation, then the exact K corrects the rows whose E₂ decision it changes
+  (their weight, their term of the value, and a sparse adjoint over those rows; a fraction of a percent of
+  the rows per iteration at n = 1024). The weights, |r|² and the value's terms are the two-pass ones; the
+  gradient is summed in another order, so the runs agree to rounding (1e-16 relative over 400 iterations
+  in float64, tested); the first evaluation of a run (no K yet) takes the two passes.
+  ``kernels.CALLS["twf_one_read"]`` / ``["twf_flipped_rows"]`` count the one-read evaluations and the rows
+  they corrected;
 * L-BFGS forms its direction by the two-loop recursion (torch: the compact form, the same H): the runs
   agree to rounding — the solution to ~1e-9 relative in float64, the statuses — but a sample's stopping
   iteration may differ by a few where the relative-change test sits at a tie (``auto`` in particular);
@@ -120,6 +128,7 @@ class GradientBlock:
         self.total = torch.empty(2 * B, dtype=torch.float64)      # Σ w ℓ, then Σ W ℓ (frozen weights)
         self.step = torch.zeros(B, dtype=rdt)          # the step column of the last iteration run
         self.v = torch.empty(B, m, dtype=plan.A.dtype) if twf else None
+        self.twf_k = torch.full((B,), -1.0, dtype=rdt) if twf else None    # K of the last evaluation (none yet)
 
         a = kernels.BlockArgs()
         a.pass_ = plan.args
@@ -134,7 +143,7 @@ class GradientBlock:
                 "accepted": self.accepted, "retry": self.retry, "status": book["status"],
                 "iterations": book["iterations"], "div_t": book["div_t"], "div_f": book["div_f"],
                 "x_try": self.x_try, "z": self.z, "g": self.g, "a2": self.a2, "w": self.w, "total": self.total,
-                "step": self.step, "v": self.v}
+                "step": self.step, "v": self.v, "twf_k": self.twf_k}
         for name, t in flat.items():
             setattr(a, name, _ptr(t))
         if twf:

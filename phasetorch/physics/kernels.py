@@ -48,7 +48,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopen
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
 ENV_CACHE = "PHASETORCH_CACHE_DIR"
-ABI_VERSION = 6
+ABI_VERSION = 7
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
 
@@ -112,7 +112,7 @@ class _Args(ctypes.Structure):
                 ("wz", ctypes.c_void_p), ("wz_stride", ctypes.c_int64), ("value_z", ctypes.c_void_p),
                 ("g_scale", ctypes.c_double), ("value_div", ctypes.c_double), ("value_real", ctypes.c_void_p),
                 ("value_z_real", ctypes.c_void_p), ("rescale_z", ctypes.c_int32), ("pad_args", ctypes.c_int32),
-                ("resid", ctypes.c_void_p)]
+                ("resid", ctypes.c_void_p), ("twf_par", ctypes.c_void_p)]
 
 
 #: the argument block of one fused pass (``pt_args`` of the C source)
@@ -141,7 +141,8 @@ class BlockArgs(ctypes.Structure):
         [("lbfgs", ctypes.c_int32), ("memory", ctypes.c_int32), ("max_bt", ctypes.c_int32), ("pad2_", ctypes.c_int32),
          ("c_armijo", ctypes.c_double), ("shrink", ctypes.c_double), ("mu0", ctypes.c_double)] + \
         [(name, ctypes.c_void_p) for name in ("S", "Y", "x_prev", "g_prev", "d", "trial", "sy", "count", "head",
-                                              "tries", "has_prev")]
+                                              "tries", "has_prev", "twf_k")] + \
+        [("twf_fused", ctypes.c_int64), ("twf_flips", ctypes.c_int64)]
 
 
 #: most signals one :func:`gradient_block` call takes (``PT_MAX_BLOCK_B`` of the C source)
@@ -166,14 +167,18 @@ def clock_offset() -> float:
 def gradient_block(args: BlockArgs, bits: int) -> None:
     """Run ``pt_gd_block`` on a filled :class:`BlockArgs` (needs :func:`available`); raises on a kernel error."""
     CALLS["block"] += 1
+    fused, flips = args.twf_fused, args.twf_flips
     rc = load().pt_gd_block(ctypes.byref(args), bits)
     if rc != 0:
         raise RuntimeError(f"phasetorch gradient block failed (code {rc})")
+    CALLS["twf_one_read"] += args.twf_fused - fused          # TWF evaluations in one read of A ...
+    CALLS["twf_flipped_rows"] += args.twf_flips - flips      # ... and the rows their exact K corrected
 
 
 _LOCK = threading.Lock()
 #: how many kernel calls of each mode ran in this process (for tests and diagnostics)
-CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0, "block": 0, "map": 0, "rows": 0}
+CALLS = {"fused": 0, "linear": 0, "adjoint": 0, "gaussian": 0, "block": 0, "map": 0, "rows": 0,
+         "twf_one_read": 0, "twf_flipped_rows": 0}
 _STATE = {"lib": None, "tried": False, "reason": "not loaded yet", "path": None}
 
 
