@@ -1445,13 +1445,21 @@ def row_iteration_cost(ctx: Context) -> dict:
             repeats = ctx.repeats
             if ctx.warmup and n <= cfg.get("small_n", 0):   # runs of a few ms: a median over more of them
                 repeats = max(repeats, cfg["small_repeats"])
+            calls = dict(pt_kernels.CALLS)
             samples = _per_iteration_samples(ctx, contenders, k1, k2, repeats)
             per = {c: (_median(v) if v else float("nan")) for c, v in samples.items()}
             ratio = per["solvephase"] / per["phasetorch"] if per["phasetorch"] > 0 else None
             ratio = None if ratio is not None and math.isnan(ratio) else ratio
-            entries.append({"n": n, "m": n * cfg["delta"], "preset": preset, "solvephase_method": method,
-                            "phasetorch_per_iteration_s": per["phasetorch"],
-                            "solvephase_per_iteration_s": per["solvephase"], "ratio": ratio})
+            entry = {"n": n, "m": n * cfg["delta"], "preset": preset, "solvephase_method": method,
+                     "phasetorch_per_iteration_s": per["phasetorch"],
+                     "solvephase_per_iteration_s": per["solvephase"], "ratio": ratio}
+            one_read = pt_kernels.CALLS["twf_one_read"] - calls["twf_one_read"]
+            if one_read:          # TWF's one-read evaluations (compiled loop) and the rows their exact K corrected
+                corrected = pt_kernels.CALLS["twf_flipped_rows"] - calls["twf_flipped_rows"]
+                entry.update(twf_one_read_evaluations=one_read, twf_rows_corrected_per_evaluation=corrected / one_read)
+                ctx.log(f"    n={n:<5} twf: {one_read} evaluations in one read of A, "
+                        f"{corrected / one_read:.1f} of {n * cfg['delta']} rows corrected per evaluation")
+            entries.append(entry)
             comparisons.append(_cmp(f"per iteration, {preset}, n={n}: phasetorch vs solvephase {method}",
                                     {"seconds": per["phasetorch"]},
                                     {"contender": f"solvephase {method}", "seconds": per["solvephase"]},
