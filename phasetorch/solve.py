@@ -425,7 +425,8 @@ def reconstruct(op: MeasurementOperator, y: torch.Tensor, algorithm: str = "auto
     seed, generator : randomness of the initialisation (``spectral``: Lanczos start; ``random``:
         the phases). Same seed → bit-identical results on CPU.
     spectral_options : extra keyword arguments for :func:`phasetorch.init.spectral_init`
-        (e.g. ``{"tol": 1e-3}``, ``{"solver": "power"}``, ``{"whiten": False}``); they override the
+        (e.g. ``{"tol": 1e-3}``, ``{"solver": "power"}``, ``{"whiten": False}``, the Lanczos basis and restart
+        ``{"krylov_dim": 32, "keep": 8, "keep_low": 8}``); they override the
         preset's own (only ``lbfgs`` has one: ``{"tol": 0.1}``).
     on_divergence : ``"freeze"`` (default: freeze a diverging sample, warn, raise only when every
         sample diverged) or ``"raise"`` (raise :class:`~phasetorch.errors.DivergenceError` at the first).

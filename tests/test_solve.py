@@ -280,6 +280,19 @@ def test_every_preset_is_registered_with_a_reference():
         assert p.reference and p.preprocessing is not None
 
 
+def test_spectral_options_reach_the_lanczos_restart():
+    op, xs, y = _complex_gaussian(40, B=1)
+    with pytest.raises(ValueError, match="keep"):
+        reconstruct(op, y, "wf", spectral_options={"krylov_dim": 16, "keep": 9, "keep_low": 7}, progress=False)
+    a = reconstruct(op, y, "wf", max_iter=0, spectral_options={"krylov_dim": 16, "keep": 2, "keep_low": 0},
+                    progress=False, seed=0)
+    b = reconstruct(op, y, "wf", max_iter=0, spectral_options={"krylov_dim": 16}, progress=False, seed=0)
+    assert a.log.config["spectral_options"] == {"krylov_dim": 16, "keep": 2, "keep_low": 0}
+    ca = a.x0.flatten() / a.x0.flatten().norm()
+    cb = b.x0.flatten() / b.x0.flatten().norm()
+    assert float(torch.vdot(ca, cb).abs()) > 1 - 1e-6     # the same top eigenvector by another restart
+
+
 def test_lbfgs_intensity_loss_and_spectral_options():
     op, xs, y = _complex_gaussian(32, B=2)
     rec = reconstruct(op, y, "lbfgs", loss="intensity", max_iter=500, progress=False, seed=0,

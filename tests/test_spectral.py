@@ -101,6 +101,32 @@ def test_restarted_lanczos_matches_dense_eigh(cplx):
     torch.testing.assert_close(info.gap, evals[..., -1] - evals[..., -2], rtol=1e-3, atol=1e-6)
 
 
+def test_the_restart_sizes_are_spectral_init_arguments():
+    """keep / keep_low reach the thick restart: any valid choice converges to the same eigenvector, the
+    choices change the products spent, and an invalid one (or one given to the power method) is refused
+    before any product with D."""
+    op, x, y = problem(n=60, m=360, cplx=True, seed=2, batch=(2,))
+    evals, evecs = torch.linalg.eigh(dense_D(op, y, "optimal"))
+    used = set()
+    for keep, keep_low in ((1, 0), (4, 4), (2, 10)):
+        x0, info = spectral_init(op, y, "optimal", tol=1e-10, krylov_dim=16, keep=keep, keep_low=keep_low, seed=0,
+                                 return_info=True)
+        assert info.converged.all() and (cosine(x0, evecs[..., -1]) > 1 - 1e-8).all()
+        used.add(tuple(info.iterations.tolist()))
+    assert len(used) > 1                     # the sizes are used, not ignored
+    x0, info = spectral_init(op, y, "optimal", tol=1e-10, krylov_dim=16, seed=0, return_info=True)
+    x1, info1 = spectral_init(op, y, "optimal", tol=1e-10, krylov_dim=16, keep=4, keep_low=4, seed=0,
+                              return_info=True)
+    assert torch.equal(x0, x1) and torch.equal(info.iterations, info1.iterations)     # the defaults are p//4
+    with count_matvecs(op) as calls:
+        for bad in ({"keep": 0}, {"keep": 8, "keep_low": 7}, {"keep_low": -1}):
+            with pytest.raises(ValueError, match="keep"):
+                spectral_init(op, y, "optimal", krylov_dim=16, seed=0, **bad)
+        with pytest.raises(ValueError, match="power"):
+            spectral_init(op, y, "optimal", solver="power", keep=2, seed=0)
+    assert calls.linear_calls == 0 and calls.adjoint_calls == 0
+
+
 def test_spectral_matrix_equals_explicit_formula():
     op, x, y = problem(n=12, m=50, cplx=True, seed=4, batch=(2,))
     torch.testing.assert_close(spectral_matrix(op, y, "mm"), dense_D(op, y, "mm"))

@@ -38,7 +38,7 @@ from typing import Optional, Union
 
 import torch
 
-from .eigensolvers import lanczos_top, power_top
+from .eigensolvers import lanczos_sizes, lanczos_top, power_top
 from ..allocator import retaining
 from ..physics.base import MeasurementOperator
 from ..physics.kernels import Map, PointwiseMap
@@ -241,7 +241,7 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
                   seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
                   return_info: bool = False, progress: bool = False, real_signal: Optional[bool] = None,
                   krylov_dim: Optional[int] = None, start: Optional[torch.Tensor] = None,
-                  sync_every: Optional[int] = None):
+                  sync_every: Optional[int] = None, keep: Optional[int] = None, keep_low: Optional[int] = None):
     r"""Spectral initialization x₀ for intensities y = |Ax|², per sample.
 
     x₀ = √(mean(y)/e) · u with u the unit top eigenvector of D = (1/(m·e)) Aᴴ diag(T(ŷ)) A,
@@ -282,6 +282,11 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
     krylov_dim : Lanczos basis size before a thick restart (default min(n, 64, max(32, 2²⁵ // n)),
         i.e. 64 up to n = 2¹⁹, then 32). Memory: batch × (krylov_dim + 1) × n entries of the working
         dtype, refused up front (ValueError) when more than the device has available.
+    keep, keep_low : Lanczos only: the top and bottom Ritz vectors a thick restart keeps (defaults
+        krylov_dim // 4 each, :func:`phasetorch.init.eigensolvers.lanczos_sizes`; keep ≥ 1, keep_low ≥ 0,
+        keep + keep_low ≤ krylov_dim − 2). Keeping bottom ones locks the far end of the spectrum, which
+        ``optimal``'s large negative weights put far from the top; each kept vector is one Lanczos step
+        fewer per restart cycle (``scripts/spectral_study.py`` compares choices).
     start : the eigensolver's start vectors instead of one drawn from ``seed``/``generator``: shape
         ``signal_shape`` (one for all samples) or ``(*batch, *signal_shape)`` (one per sample — e.g.
         each drawn from its own seed, so that a batched run reproduces every sample's single run;
@@ -307,7 +312,7 @@ def spectral_init(op: Union[MeasurementOperator, MeasurementModel], y: torch.Ten
     """
     with torch.no_grad():
         return _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator,
-                              return_info, progress, real_signal, krylov_dim, start, sync_every)
+                              return_info, progress, real_signal, krylov_dim, start, sync_every, keep, keep_low)
 
 
 def preprocessing_name(preprocessing) -> str:
@@ -351,15 +356,19 @@ def check_start_vectors(start, sig: tuple, batch: tuple, real_space: bool) -> to
 
 
 def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, seed, generator, return_info,
-                   progress, real_signal, krylov_dim, start=None, sync_every=None):
+                   progress, real_signal, krylov_dim, start=None, sync_every=None, keep=None, keep_low=None):
     op, y = _linear_problem(op, y)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if solver != "lanczos" and (keep is not None or keep_low is not None):
+        raise ValueError("keep= and keep_low= are the Lanczos restart's; they do not apply to solver='power'")
     tol = check_number(tol, "tol", 0.0)
     max_iter = DEFAULT_MAX_ITER[solver] if max_iter is None else check_int(max_iter, "max_iter", 1)
     if shift is not None and solver != "power":
         raise ValueError("shift= applies to solver='power' only")
     kdim = default_krylov_dim(op.n) if krylov_dim is None else check_int(krylov_dim, "krylov_dim", 1)
+    if solver == "lanczos":              # the restart's sizes refused here, before any product
+        lanczos_sizes(op.n, kdim, keep, keep_low)
 
     k = len(op.measurement_shape)
     batch = tuple(y.shape[: y.dim() - k])
@@ -448,8 +457,8 @@ def _spectral_init(op, y, preprocessing, solver, max_iter, tol, whiten, shift, s
                      f"{str(work_dtype).replace('torch.', '')} entries)",
                      "pass a smaller krylov_dim= (reconstruct: spectral_options={'krylov_dim': ...}; fewer "
                      "vectors cost more products) or a smaller batch", device=op.device)
-        res = lanczos_top(matvec, v0, tol=tol, max_iter=int(max_iter), krylov_dim=kdim, progress=progress,
-                          sync_every=k_sync)
+        res = lanczos_top(matvec, v0, tol=tol, max_iter=int(max_iter), krylov_dim=kdim, keep=keep,
+                          keep_low=keep_low, progress=progress, sync_every=k_sync)
     else:
         sh = None
         if shift is not None:
