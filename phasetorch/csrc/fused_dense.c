@@ -34,7 +34,8 @@
  *   PT_MAP_POISSON    v = (2 - 2 q / |r|^2) r,   l = |r|^2 - q log max(|r|^2, tiny)   (q = y+)
  *   PT_MAP_TAF        amplitude with w = 1{|r| (1 + p0) >= q}
  *   PT_MAP_RAF        amplitude with w = |r| / (|r| + p1 q)  (1 when the denominator is 0)
- * Fixed weights (w != NULL) replace the map's own.
+ * Fixed weights (w != NULL) replace the map's own; with twf_par (PT_FUSED, Poisson) the pass forms TWF's weights
+ * (pt_twf_w) from each |r|^2 and applies them as fixed ones (pt_twf_eval).
  */
 #ifndef PT_BODY
 
@@ -156,8 +157,8 @@ typedef struct {
     double *rec_time;
     void *step;          /* the step column of the last iteration run (B) */
     /* TWF (twf = 1): the truncated Poisson loss, whose weights need K = mean_i |y_i - |r_i|^2|: one fused pass
-     * with the previous evaluation's K and a correction of the rows the exact K decides otherwise (pt_twf_eval);
-     * the first evaluation a forward pass (z = A x_try), the weights and v = w (2 - 2 y/|r|^2) r, an adjoint of v */
+     * with the previous evaluation's K (none: E2 taken as met) and a correction of the rows the exact K decides
+     * otherwise (pt_twf_eval); v (B x m) holds the corrected rows' terms */
     int32_t twf, pad_;
     double alpha_lb, alpha_ub, alpha_h;
     void *v;             /* B x m, the adjoint's input (TWF) */
@@ -1129,13 +1130,13 @@ static inline REAL SFX(pt_ell)(int map, REAL a2, REAL q, REAL tiny) {
  * w = 1{lb <= |r|/nx <= ub, |y - |r|^2| <= (alpha_h K) |r|/nx}, v = w (2 - 2 y inv(|r|^2)) r, sum w l; g = A^H v.
  *
  * K is a mean over all measurements, known only once z is: read naively, A is read twice (z, then g).
- * Here, once every signal has a K from its previous evaluation (twf_k), ONE fused pass forms the weights
- * with that K (pt_twf_w in pt_pass), then the exact K comes from |r|^2, and the rows whose E2 decision
- * differs under it are corrected: their weight, their term of the value and, by a sparse adjoint over
- * those rows only, their term of g. The weights, |r|^2, z and the value's terms are those of the two-pass
- * evaluation; g (and the value) are summed in another order: equal to rounding. Between iterations K
- * moves little (both sides of E2 scale together as x converges), so few rows flip. The first evaluation
- * (no K yet) and any signal without a finite K take the two passes. */
+ * Here ONE fused pass forms the weights with a guess of K (pt_twf_w in pt_pass): the signal's K of its
+ * previous evaluation (twf_k), or, without one (the first evaluation, a non-finite K), E2 taken as met.
+ * Then the exact K comes from |r|^2, and the rows whose E2 decision differs under it are corrected: their
+ * weight, their term of the value and, by a sparse adjoint over those rows only, their term of g. The
+ * weights, |r|^2, z and the value's terms are those of the two-pass evaluation; g (and the value) are
+ * summed in another order: equal to rounding. Between iterations K moves little (both sides of E2 scale
+ * together as x converges), so few rows flip; at the first evaluation, the rows outside E2. */
 static int SFX(pt_twf_eval)(pt_block *p, pt_args *a) {
     const int64_t m = a->m, n = a->n, B = a->B;
     const int cplx = a->is_complex;
@@ -1144,120 +1145,82 @@ static int SFX(pt_twf_eval)(pt_block *p, pt_args *a) {
     const REAL lb = (REAL)p->alpha_lb, ub = (REAL)p->alpha_ub, ah = (REAL)p->alpha_h;
     const REAL *Z = (const REAL *)a->z, *X = (const REAL *)a->x;
     REAL *A2 = (REAL *)a->a2, *WO = (REAL *)a->w_out, *V = (REAL *)p->v, *KG = (REAL *)p->twf_k;
-    REAL nxc[PT_MAX_BLOCK_B];
-    int guess = KG != NULL && B <= PT_MAX_BLOCK_B;
+    REAL nxc[PT_MAX_BLOCK_B], par[2 * PT_MAX_BLOCK_B];
+    if (B > PT_MAX_BLOCK_B) return 4;
     for (int64_t b = 0; b < B; b++) {
         const REAL nx = (REAL)sqrt(SFX(pt_sq)(X + b * rl, rl));
         nxc[b] = nx > tiny ? nx : tiny;
-        if (guess && !(KG[b] >= 0 && KG[b] < (REAL)INFINITY)) guess = 0;
+        const int known = KG != NULL && KG[b] >= 0 && KG[b] < (REAL)INFINITY;
+        par[2 * b] = nxc[b];
+        par[2 * b + 1] = known ? ah * KG[b] : (REAL)INFINITY;      /* no K yet: E2 taken as met */
     }
-    if (guess) {
-        REAL par[2 * PT_MAX_BLOCK_B];
-        for (int64_t b = 0; b < B; b++) { par[2 * b] = nxc[b]; par[2 * b + 1] = ah * KG[b]; }
-        pt_args fz = *a;
-        fz.mode = PT_FUSED; fz.w = NULL; fz.twf_par = par; fz.p0 = lb; fz.p1 = ub;
-        int rc = SFX(pt_pass)(&fz);
-        if (rc) return rc;
-        int32_t *rows = (int32_t *)malloc((size_t)(B * m) * sizeof(int32_t));
-        int64_t nflip[PT_MAX_BLOCK_B];
-        if (!rows) return 3;
-        int64_t total = 0;
-        for (int64_t b = 0; b < B; b++) {
-            const REAL *q = (const REAL *)a->q + b * a->q_stride;
-            double kacc = 0;                        /* K exactly as the two-pass evaluation sums it */
-            for (int64_t i = 0; i < m; i++) kacc += (double)(REAL)fabs(q[i] - A2[b * m + i]);
-            const REAL K = (REAL)(kacc / (double)m), ahK = ah * K;
-            int64_t nf = 0;
-            double dval = 0;
-            for (int64_t i = 0; i < m; i++) {
-                const int64_t o = b * m + i;
-                const REAL a2 = A2[o];
-                const REAL w = SFX(pt_twf_w)(a2, q[i], nxc[b], ahK, lb, ub);
-                if (w == WO[o]) continue;
-                const REAL d = w - WO[o];               /* +1 or -1: this row's term enters or leaves */
-                WO[o] = w;
-                const REAL inv = a2 >= tiny ? (REAL)1 / a2 : (REAL)0;
-                const REAL fct = 2 - 2 * q[i] * inv;
-                const REAL rr = c * Z[cplx ? 2 * o : o], ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
-                if (cplx) { V[2 * o] = d * (fct * rr); V[2 * o + 1] = d * (fct * ri); } else V[o] = d * (fct * rr);
-                dval += (double)(d * SFX(pt_ell)(PT_MAP_POISSON, a2, q[i], tiny));
-                rows[b * m + nf++] = (int32_t)i;
-            }
-            a->value[b] += dval;
-            nflip[b] = nf;
-            total += nf;
-            KG[b] = K;
-        }
-        if (total > 0) {                            /* g_b += sum over the flipped rows of conj(a_i) dv_i */
-            const REAL *A = (const REAL *)a->A;
-            REAL *G = (REAL *)a->g;
-            const int64_t span = 512, per = (rl + span - 1) / span, items = B * per;
-            int nt = a->nthreads < 1 ? 1 : a->nthreads;
-            if ((int64_t)nt > items) nt = (int)items;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-            for (int64_t it = 0; it < items; it++) {
-                const int64_t b = it / per, j0 = (it % per) * span, j1 = j0 + span < rl ? j0 + span : rl;
-                REAL *gb = G + b * rl;
-                for (int64_t f = 0; f < nflip[b]; f++) {
-                    const int64_t i = rows[b * m + f], o = b * m + i;
-                    const REAL *ai = A + i * rl;
-                    if (cplx) {
-                        const REAL vr = V[2 * o], vi = V[2 * o + 1];
-#pragma omp simd
-                        for (int64_t j = j0 / 2; j < j1 / 2; j++) {
-                            const REAL are = ai[2 * j], aim = ai[2 * j + 1];
-                            gb[2 * j] += are * vr + aim * vi;
-                            gb[2 * j + 1] += are * vi - aim * vr;
-                        }
-                    } else {
-                        const REAL vr = V[o];
-#pragma omp simd
-                        for (int64_t j = j0; j < j1; j++) gb[j] += ai[j] * vr;
-                    }
-                }
-            }
-        }
-        free(rows);
-        p->twf_fused++;
-        p->twf_flips += total;
-        return 0;
-    }
-    pt_args lin = *a;
-    lin.mode = PT_LINEAR;
-    lin.value = NULL; lin.a2 = NULL; lin.w_out = NULL;
-    int rc = SFX(pt_pass)(&lin);
+    pt_args fz = *a;
+    fz.mode = PT_FUSED; fz.w = NULL; fz.twf_par = par; fz.p0 = lb; fz.p1 = ub;
+    int rc = SFX(pt_pass)(&fz);
     if (rc) return rc;
+    int32_t *rows = (int32_t *)malloc((size_t)(B * m) * sizeof(int32_t));
+    int64_t nflip[PT_MAX_BLOCK_B];
+    if (!rows) return 3;
+    int64_t total = 0;
     for (int64_t b = 0; b < B; b++) {
         const REAL *q = (const REAL *)a->q + b * a->q_stride;
-        double kacc = 0;
-        for (int64_t i = 0; i < m; i++) {
-            const int64_t o = b * m + i;
-            const REAL rr = c * Z[cplx ? 2 * o : o], ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
-            const REAL a2 = cplx ? rr * rr + ri * ri : rr * rr;
-            A2[o] = a2;
-            kacc += (double)(REAL)fabs(q[i] - a2);
-        }
+        double kacc = 0;                        /* K exactly as the two-pass evaluation sums it */
+        for (int64_t i = 0; i < m; i++) kacc += (double)(REAL)fabs(q[i] - A2[b * m + i]);
         const REAL K = (REAL)(kacc / (double)m), ahK = ah * K;
-        if (KG) KG[b] = K;
-        double tot = 0;
+        int64_t nf = 0;
+        double dval = 0;
         for (int64_t i = 0; i < m; i++) {
             const int64_t o = b * m + i;
             const REAL a2 = A2[o];
             const REAL w = SFX(pt_twf_w)(a2, q[i], nxc[b], ahK, lb, ub);
+            if (w == WO[o]) continue;
+            const REAL d = w - WO[o];               /* +1 or -1: this row's term enters or leaves */
             WO[o] = w;
             const REAL inv = a2 >= tiny ? (REAL)1 / a2 : (REAL)0;
             const REAL fct = 2 - 2 * q[i] * inv;
             const REAL rr = c * Z[cplx ? 2 * o : o], ri = cplx ? c * Z[2 * o + 1] : (REAL)0;
-            if (cplx) { V[2 * o] = w * (fct * rr); V[2 * o + 1] = w * (fct * ri); } else V[o] = w * (fct * rr);
-            tot += (double)(w * SFX(pt_ell)(PT_MAP_POISSON, a2, q[i], tiny));
+            if (cplx) { V[2 * o] = d * (fct * rr); V[2 * o + 1] = d * (fct * ri); } else V[o] = d * (fct * rr);
+            dval += (double)(d * SFX(pt_ell)(PT_MAP_POISSON, a2, q[i], tiny));
+            rows[b * m + nf++] = (int32_t)i;
         }
-        a->value[b] = tot;
+        a->value[b] += dval;
+        nflip[b] = nf;
+        total += nf;
+        if (KG) KG[b] = K;
     }
-    pt_args adj = *a;
-    adj.mode = PT_ADJOINT;
-    adj.z = p->v;
-    adj.value = NULL; adj.a2 = NULL; adj.w_out = NULL;     /* (a pass with value != NULL writes it) */
-    return SFX(pt_pass)(&adj);
+    if (total > 0) {                            /* g_b += sum over the flipped rows of conj(a_i) dv_i */
+        const REAL *A = (const REAL *)a->A;
+        REAL *G = (REAL *)a->g;
+        const int64_t span = 512, per = (rl + span - 1) / span, items = B * per;
+        int nt = a->nthreads < 1 ? 1 : a->nthreads;
+        if ((int64_t)nt > items) nt = (int)items;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; it++) {
+            const int64_t b = it / per, j0 = (it % per) * span, j1 = j0 + span < rl ? j0 + span : rl;
+            REAL *gb = G + b * rl;
+            for (int64_t f = 0; f < nflip[b]; f++) {
+                const int64_t i = rows[b * m + f], o = b * m + i;
+                const REAL *ai = A + i * rl;
+                if (cplx) {
+                    const REAL vr = V[2 * o], vi = V[2 * o + 1];
+#pragma omp simd
+                    for (int64_t j = j0 / 2; j < j1 / 2; j++) {
+                        const REAL are = ai[2 * j], aim = ai[2 * j + 1];
+                        gb[2 * j] += are * vr + aim * vi;
+                        gb[2 * j + 1] += are * vi - aim * vr;
+                    }
+                } else {
+                    const REAL vr = V[o];
+#pragma omp simd
+                    for (int64_t j = j0; j < j1; j++) gb[j] += ai[j] * vr;
+                }
+            }
+        }
+    }
+    free(rows);
+    p->twf_fused++;
+    p->twf_flips += total;
+    return 0;
 }
 
 /* L-BFGS for sample b at iteration t: the pair push, the direction, the trial step (lbfgs.py, step()) */

@@ -24,7 +24,8 @@ What it keeps equal to the torch loop (tested in ``tests/test_compiled.py``):
   (their weight, their term of the value, and a sparse adjoint over those rows; a fraction of a percent of
   the rows per iteration at n = 1024). The weights, |r|² and the value's terms are the two-pass ones; the
   gradient is summed in another order, so the runs agree to rounding (1e-16 relative over 400 iterations
-  in float64, tested); the first evaluation of a run (no K yet) takes the two passes.
+  in float64, tested); the first evaluation of a run (no K yet) takes E₂ as met in the pass and corrects the
+  rows outside it.
   ``kernels.CALLS["twf_one_read"]`` / ``["twf_flipped_rows"]`` count the one-read evaluations and the rows
   they corrected;
 * L-BFGS forms its direction by the two-loop recursion (torch: the compact form, the same H): the runs
@@ -174,8 +175,8 @@ class GradientBlock:
         alg, loss = driver.alg, driver.loss
         plan, twf = getattr(driver.evaluate, "plan", None), type(loss) is TruncatedPoissonLoss
         if twf and plan is None and loss.own_evaluation() and loss.op.kernel_matrix() is not None:
-            # TWF's weights are not separable (K is a mean over all measurements): two passes per evaluation
-            # in C, with the pass arguments of the Poisson map on y₊ (the forward pass ignores the map)
+            # TWF's weights are not separable (K is a mean over all measurements): the loss has no prepared pass;
+            # the C loop's own (pt_twf_eval) runs the Poisson map on y₊ with the weights it forms in the pass
             d = loss.prepare(driver.data)
             spec = kernels.PointwiseMap(kernels.Map.POISSON, d.y_pos, scale=1.0 / math.sqrt(loss.op.entry_energy))
             plan = kernels.FusedPlan.build(loss.op.kernel_matrix(), spec, (driver.B,))
