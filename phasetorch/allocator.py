@@ -17,6 +17,15 @@ back), so a freed block is reused by the next allocation without a fault. On lea
 ``malloc_trim(0)``, which returns the free pages to the system. The process's resident memory
 therefore stays at the solve's peak while the solve runs and drops after it.
 
+Within a solve the heap can still grow for tens of iterations on a large problem: torch allocates its
+CPU tensors with ``posix_memalign`` (64-byte alignment), and glibc's free lists fragment under that pattern
+— a freed block of exactly the size asked next is not reused when its small alignment remainders sit in
+glibc's per-thread cache, and blocks of a few sizes with interleaved lifetimes leave holes — so fresh pages
+keep being faulted in. Solves run back to back inside one outer ``retained()`` block reuse the heap the
+first one grew (nothing is trimmed until the outermost exit): ``with phasetorch.allocator.retained(): …``
+around a series of large CPU solves (benchmark row 12 times both; on the 2-core VM of its runs the difference
+stayed within the host's noise).
+
 :func:`phasetorch.reconstruct` (and :func:`phasetorch.spectral_init`, the blind ptychography solver)
 run inside it when they work on the CPU. ``PHASETORCH_MALLOC=0`` (or ``off``/``false``/``no``, read at
 every entry) leaves malloc alone; :func:`status` says whether the settings are in force and why.
