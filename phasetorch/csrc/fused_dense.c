@@ -1147,6 +1147,7 @@ static int SFX(pt_twf_eval)(pt_block *p, pt_args *a) {
     REAL *A2 = (REAL *)a->a2, *WO = (REAL *)a->w_out, *V = (REAL *)p->v, *KG = (REAL *)p->twf_k;
     REAL nxc[PT_MAX_BLOCK_B], par[2 * PT_MAX_BLOCK_B];
     if (B > PT_MAX_BLOCK_B) return 4;
+    if (m > INT32_MAX) return 1;                /* (the corrected rows are listed as int32) */
     for (int64_t b = 0; b < B; b++) {
         const REAL nx = (REAL)sqrt(SFX(pt_sq)(X + b * rl, rl));
         nxc[b] = nx > tiny ? nx : tiny;
