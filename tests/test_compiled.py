@@ -44,20 +44,6 @@ ROUNDING = 1e-12
 TWF_ROUNDING = 1e-10
 
 
-def same_to_rounding(fast, plain, rtol):
-    """The same run up to the rounding of sums taken in another order: the iterates within ``rtol`` (relative,
-    per sample), the same statuses, iteration counts and log rows, every log column within ``rtol`` of its scale."""
-    err = torch.linalg.vector_norm((fast.x - plain.x).flatten(1), dim=-1) / torch.linalg.vector_norm(
-        plain.x.flatten(1), dim=-1)
-    assert float(err.max()) <= rtol
-    assert torch.equal(fast.status, plain.status) and torch.equal(fast.iterations, plain.iterations)
-    assert torch.equal(fast.log["iteration"], plain.log["iteration"])
-    for col in plain.log.columns:
-        if col not in ("iteration", "time"):
-            u, v = fast.log[col].nan_to_num(-1.0), plain.log[col].nan_to_num(-1.0)
-            assert torch.allclose(u, v, rtol=rtol, atol=rtol * float(v.abs().max())), col
-
-
 @pytest.mark.parametrize("algorithm", COMPILED)
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
 def test_the_compiled_loop_is_the_torch_loop_bit_for_bit_in_float64(monkeypatch, algorithm, dtype, same_run):
@@ -72,7 +58,7 @@ def test_the_compiled_loop_is_the_torch_loop_bit_for_bit_in_float64(monkeypatch,
 
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
 @pytest.mark.parametrize("noise", [0.05, 0.0])
-def test_twf_in_one_read_is_the_two_pass_torch_loop_to_rounding(monkeypatch, dtype, noise):
+def test_twf_in_one_read_is_the_two_pass_torch_loop_to_rounding(monkeypatch, dtype, noise, same_run):
     """TWF's weights need K = mean|y − |Ax|²| over all measurements, known only after the forward product. The
     C loop forms them in ONE fused pass with each signal's K of its previous evaluation, then corrects the rows
     whose E₂ decision the exact K changes (weight, value term, and a sparse adjoint over those rows): the same
@@ -85,7 +71,7 @@ def test_twf_in_one_read_is_the_two_pass_torch_loop_to_rounding(monkeypatch, dty
     flipped = kernels.CALLS["twf_flipped_rows"] - before["twf_flipped_rows"]
     assert blocks >= 1 and one_read >= int(fast.iterations.max())      # every evaluation in one read of A
     assert flipped > 0
-    same_to_rounding(fast, plain, TWF_ROUNDING)
+    same_run(fast, plain, rtol=TWF_ROUNDING, x_rtol=TWF_ROUNDING)
     assert len(set(plain.iterations.tolist())) > 1
 
 
@@ -95,7 +81,7 @@ def test_a_ridge_a_fixed_iteration_count_and_a_random_start(monkeypatch, algorit
     fast, plain, blocks = both(monkeypatch, op, y, algorithm, max_iter=300, tol=0, l2=1e-2, seed=0,
                                init=torch.randn(2, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(5)))
     if algorithm == "twf":
-        same_to_rounding(fast, plain, TWF_ROUNDING)
+        same_run(fast, plain, rtol=TWF_ROUNDING, x_rtol=TWF_ROUNDING)
     else:
         same_run(fast, plain, rtol=ROUNDING)
     assert blocks <= 3               # 8 iterations, then up to 256 per call (µs per iteration here)
