@@ -1629,8 +1629,8 @@ def row_large_cdp(ctx: Context) -> dict:
         for fn in contenders.values():
             fn(k1)                                                  # warm-up
         samples = _per_iteration_samples(ctx, contenders, k1, k2, max(1, ctx.repeats))
-        # the same solves back to back inside ONE retained block (allocator.retained around a series of
-        # solves, as a sweep can hold it): no trim between them, so the heap each solve grows (glibc's
+        # the same solves back to back inside ONE retained block (allocator.retained around a user's series
+        # of solves): no trim between them, so the heap each solve grows (glibc's
         # free lists fragment: a fresh solve's heap keeps growing for tens of iterations) is already there
         with allocator.retained(ctx.device):
             samples.update(_per_iteration_samples(ctx, {"phasetorch, one retained block": ours}, k1, k2,

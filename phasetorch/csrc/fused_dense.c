@@ -1321,8 +1321,8 @@ static int SFX(pt_gd_block)(pt_block *p) {
     a.mode = PT_FUSED;
     a.x = x_try; a.z = p->z; a.g = g; a.a2 = a2; a.w_out = p->adaptive ? w : NULL; a.value = p->total;
     a.w = NULL; a.w_stride = 0;
-    /* the adaptive fused maps (TAF/RAF): the trial's value with the weights frozen at x from the same pass */
-    double *total_z = p->adaptive && !p->twf ? p->total + B : NULL;
+    /* the adaptive maps (TAF/RAF, TWF's pass): the trial's value with the weights frozen at x from the same pass */
+    double *total_z = p->adaptive ? p->total + B : NULL;
     a.wz = total_z ? p->W : NULL; a.wz_stride = m; a.value_z = total_z;
     p->n_rec = 0; p->new_div = 0; p->t_done = p->t0;
 
@@ -1351,7 +1351,7 @@ static int SFX(pt_gd_block)(pt_block *p) {
         REAL *row = record ? rec + p->n_rec * ncols * B : NULL;
         for (int64_t b = 0; b < B; b++) {
             REAL *xr = x_try + b * rl, *gb = g + b * rl, *xb = x + b * rl, *Gb = G + b * rl;
-            const REAL *a2b = a2 + b * m, *wb = w + b * m, *Wb = p->adaptive ? W + b * m : NULL;
+            const REAL *a2b = a2 + b * m, *wb = w + b * m;
             const REAL *pb = psi + b * p->psi_stride;
             const int act = p->active[b];
             /* the evaluation at the trial: value (own weights), gradient */
@@ -1377,14 +1377,7 @@ static int SFX(pt_gd_block)(pt_block *p) {
             } else if (p->safeguard) {
                 REAL f_cmp = f_full;
                 if (p->adaptive) {       /* the trial's value with the weights frozen at x */
-                    double acc = 0;
-                    if (total_z) acc = total_z[b];
-                    else {               /* TWF: from |r|^2 (|r| = (|r|^2)^(1/2), as Fields.a) */
-                        const REAL *q = (const REAL *)p->pass.q + b * p->pass.q_stride;
-                        for (int64_t i = 0; i < m; i++)
-                            acc += (double)(Wb[i] * SFX(pt_ell)(PT_MAP_POISSON, a2b[i], q[i], (REAL)p->pass.tiny));
-                    }
-                    f_cmp = (REAL)(acc / (double)m);
+                    f_cmp = (REAL)(total_z[b] / (double)m);
                     if (p->l2 != 0) f_cmp = f_cmp + half_l2 * (REAL)SFX(pt_sq)(xr, rl);
                 }
                 const REAL bound = f[b] + slack * (REAL)fabs(f[b]);
