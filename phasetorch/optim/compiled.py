@@ -31,7 +31,7 @@ What it keeps equal to the torch loop (tested in ``tests/test_compiled.py``):
 * L-BFGS forms its direction by the two-loop recursion (torch: the compact form, the same H): the runs
   agree to rounding — the solution to ~1e-9 relative in float64, the statuses — but a sample's stopping
   iteration may differ by a few where the relative-change test sits at a tie (``auto`` in particular);
-* the reductions — ‖∇f‖, ‖x‖, the amplitude residual, the frozen-weight trial value of TAF/RAF, the
+* the reductions — ‖∇f‖, ‖x‖, the amplitude residual, the frozen-weight trial value of TAF/RAF/TWF, the
   truth metrics, the ridge term — are summed in double in C and in torch's order in torch: equal to
   rounding (a decision taken on a tie may differ; the results then agree to the solver's tolerance);
 * the decisions: per-sample divergence (frozen, status ``diverged``), stopping, stall, the log records
