@@ -153,12 +153,13 @@ def test_a_callback_or_a_projection_keeps_the_torch_loop(monkeypatch):
     assert kernels.CALLS["block"] > before
 
 
-def test_a_batch_is_its_single_runs(monkeypatch):
+@pytest.mark.parametrize("algorithm", ["raf", "twf"])
+def test_a_batch_is_its_single_runs(monkeypatch, algorithm):
     op, x, y = problem(torch.complex128, B=4)
     monkeypatch.setenv(compiled.ENV_SWITCH, "1")
-    batch = pt.reconstruct(op, y, "raf", max_iter=300, progress=False, seed=0)
+    batch = pt.reconstruct(op, y, algorithm, max_iter=300, progress=False, seed=0)
     for b in range(4):
-        one = pt.reconstruct(op, y[b:b + 1], "raf", max_iter=300, progress=False, seed=0,
+        one = pt.reconstruct(op, y[b:b + 1], algorithm, max_iter=300, progress=False, seed=0,
                              init=batch.x0[b:b + 1])
         assert torch.allclose(one.x, batch.x[b:b + 1], rtol=0, atol=1e-12)
         assert one.iterations.item() == batch.iterations[b].item()
