@@ -271,6 +271,11 @@ class PhaseRetrievalLoss(nn.Module):
         owns (or inherits unchanged) ``_ell``, ``_dell`` and — unless the weights are given — ``_weights``."""
         return None
 
+    def kernel_truncation(self) -> Optional[Tuple[float, float, float]]:
+        """``(α_lb, α_ub, α_h)`` where the fused dense kernel forms this loss's weights itself, in the same
+        read of A as the gradient (TWF's truncation, :class:`TruncatedPoissonLoss`), else None."""
+        return None
+
     def _kernel_map(self, d: MeasurementData, weights: Optional[torch.Tensor], scale: float):
         cls = type(self)
         owner = _owner(cls, "pointwise")
@@ -363,19 +368,27 @@ class PhaseRetrievalLoss(nn.Module):
         and this loss has a closed-form pointwise map, the kernel's arguments are set up here
         (:class:`~phasetorch.physics.kernels.FusedPlan`) and a call only runs the pass, which also applies
         the two scalings :meth:`evaluate` applies (1/(m√e) of the gradient, 1/m of the value): the same
-        arithmetic, bit-identical results. Anything else —
+        arithmetic, bit-identical results. TWF's weights (:meth:`kernel_truncation`) are formed in that pass,
+        in one read of A where :meth:`evaluate` makes two: the same weights, r and |r|², the value and the
+        gradient to rounding (summed in another order; :class:`~phasetorch.physics.kernels.FusedPlan`). Anything else —
         no such A or map, an ``x`` the plan does not fit — is :meth:`evaluate` itself. ``y`` is validated
         here; ``x`` must be the loop's own iterate (its shape is checked, its pairing with y is not)."""
         d = self.prepare(y)
         A = self.op.kernel_matrix()
         c = 1.0 / math.sqrt(self.op.entry_energy)
-        spec = self._kernel_map(d, None, c) if A is not None and self.separable_weights and self.own_evaluation() \
-            else None
+        own = A is not None and self.own_evaluation()
+        truncation = self.kernel_truncation() if own else None
+        if truncation is not None:          # weights the kernel forms itself (TWF): the map without them
+            spec = self.pointwise(d)
+            spec.scale = c
+        else:
+            spec = self._kernel_map(d, None, c) if own and self.separable_weights else None
         l2, m = self.l2, self.op.m
         reduce_sum = None if type(self.op).reduce_sum is MeasurementOperator.reduce_sum else self.op.reduce_sum
         # the gradient's 1/(m√e) and the value's 1/m in the pass (where the op sums nothing itself)
         plan = FusedPlan.build(A, spec, batch, g_scale=self.adjoint_scale(),
-                               value_div=None if reduce_sum is not None else float(m)) if spec is not None else None
+                               value_div=None if reduce_sum is not None else float(m),
+                               truncation=truncation) if spec is not None else None
 
         def plain(x: torch.Tensor, frozen: Optional[torch.Tensor] = None) -> Evaluation:
             ev = self.evaluate(x, d)
@@ -643,6 +656,14 @@ class TruncatedPoissonLoss(PoissonLoss):
     def hyperparameters(self):
         return {**super().hyperparameters(), "alpha_lb": self.alpha_lb, "alpha_ub": self.alpha_ub,
                 "alpha_h": self.alpha_h}
+
+    def kernel_truncation(self):
+        # the kernel's closed form is this class's (E₁ ∩ E₂ on PoissonLoss's ℓ and ∇ℓ): not a subclass's changes
+        cls = type(self)
+        if _owner(cls, "_weights") is not TruncatedPoissonLoss or any(
+                _owner(cls, name) is not PoissonLoss for name in ("_ell", "_dell", "pointwise")):
+            return None
+        return self.alpha_lb, self.alpha_ub, self.alpha_h
 
 
 class TruncatedAmplitudeLoss(AmplitudeLoss):

@@ -75,6 +75,26 @@ def test_twf_in_one_read_is_the_two_pass_torch_loop_to_rounding(monkeypatch, dty
     assert len(set(plain.iterations.tolist())) > 1
 
 
+def test_twf_in_the_torch_loop_reads_a_once_per_evaluation_too(monkeypatch, same_run):
+    """A callback keeps the torch loop; its prepared evaluation (``loss.evaluator``) takes the same one-read
+    pass, so no forward-only or adjoint-only product runs in the iterations, and the run is the compiled one."""
+    op, x, y = problem(torch.complex128, noise=0.05)
+    x0 = pt.spectral_init(op, y, seed=0)
+    monkeypatch.setenv(compiled.ENV_SWITCH, "1")
+    def run(k):
+        before = dict(kernels.CALLS)
+        rec = pt.reconstruct(op, y, "twf", init=x0, max_iter=k, tol=0, progress=False,
+                             callback=lambda t, x, info: False)
+        return rec, {name: kernels.CALLS[name] - before[name] for name in before}
+
+    (_, short), (looped, long) = run(30), run(60)
+    extra = {name: long[name] - short[name] for name in long}        # the 30 iterations more (not the start)
+    assert long["block"] == 0 and extra["linear"] == 0 and extra["adjoint"] == 0
+    assert extra["twf_one_read"] == 30 and extra["fused"] == 30
+    fast = pt.reconstruct(op, y, "twf", init=x0, max_iter=60, tol=0, progress=False)
+    same_run(fast, looped, rtol=TWF_ROUNDING, x_rtol=TWF_ROUNDING)
+
+
 @pytest.mark.parametrize("algorithm", ["wf", "taf", "twf"])
 def test_a_ridge_a_fixed_iteration_count_and_a_random_start(monkeypatch, algorithm, same_run):
     op, x, y = problem(torch.complex128, B=2)

@@ -189,7 +189,7 @@ static void *pt_alloc(size_t bytes) {
     return aligned_alloc(PT_ALIGN, size ? size : PT_ALIGN);
 }
 
-int pt_abi_version(void) { return 7; }
+int pt_abi_version(void) { return 8; }
 
 #define PT_BODY
 #define REAL float
@@ -282,6 +282,17 @@ int pt_gd_block(pt_block *p, int dtype_bits) {
     if (p->pass.m < 1 || p->pass.n < 1 || p->pass.B < 1 || p->k < 0) return 1;
     if (dtype_bits == 32) return pt_gd_block_f32(p);
     if (dtype_bits == 64) return pt_gd_block_f64(p);
+    return 2;
+}
+
+/* TWF's one-read evaluation alone (pt_twf_eval on the block's pass arguments: x, z, g (raw A^H v), a2, w_out,
+ * value and optionally wz/value_z set there; alpha_lb/ub/h, v and twf_k in the block): the prepared
+ * evaluation of phasetorch/losses.py's TruncatedPoissonLoss in the torch loop */
+int pt_twf(pt_block *p, int dtype_bits) {
+    if (p->pass.m < 1 || p->pass.n < 1 || p->pass.B < 1 || !p->v || !p->pass.a2 || !p->pass.w_out || !p->pass.value)
+        return 1;
+    if (dtype_bits == 32) return pt_twf_eval_f32(p, &p->pass);
+    if (dtype_bits == 64) return pt_twf_eval_f64(p, &p->pass);
     return 2;
 }
 

@@ -46,13 +46,12 @@ and a large problem still answers Ctrl-C and moves its progress bar). ``PHASETOR
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
 import torch
 
-from ..losses import PhaseRetrievalLoss, TruncatedPoissonLoss
+from ..losses import PhaseRetrievalLoss
 from ..physics import kernels
 from ..physics.base import MeasurementOperator
 from .gradient import GradientAlgorithm
@@ -128,8 +127,8 @@ class GradientBlock:
         self.w = torch.empty(B, m, dtype=rdt) if adaptive else None
         self.total = torch.empty(2 * B, dtype=torch.float64)      # Σ w ℓ, then Σ W ℓ (frozen weights)
         self.step = torch.zeros(B, dtype=rdt)          # the step column of the last iteration run
-        self.v = torch.empty(B, m, dtype=plan.A.dtype) if twf else None
-        self.twf_k = torch.full((B,), -1.0, dtype=rdt) if twf else None    # K of the last evaluation (none yet)
+        # TWF: the plan's scratch for the corrected rows and its K of each signal's last evaluation (the start's)
+        self.v, self.twf_k = (plan.twf_v, plan.twf_k) if twf else (None, None)
 
         a = kernels.BlockArgs()
         a.pass_ = plan.args
@@ -148,7 +147,7 @@ class GradientBlock:
         for name, t in flat.items():
             setattr(a, name, _ptr(t))
         if twf:
-            a.twf, a.alpha_lb, a.alpha_ub, a.alpha_h = 1, loss.alpha_lb, loss.alpha_ub, loss.alpha_h
+            a.twf, a.alpha_lb, a.alpha_ub, a.alpha_h = 1, *loss.kernel_truncation()
         lbfgs = isinstance(rule, LBFGSAlgorithm)
         if lbfgs:                           # the algorithm's state in C's layout (ring of pairs, newest first)
             M, rl = rule.memory, _flat_real(self.x).reshape(B, -1).shape[1]
@@ -173,13 +172,8 @@ class GradientBlock:
         if not enabled() or callback is not None or driver.project is not None:
             return None
         alg, loss = driver.alg, driver.loss
-        plan, twf = getattr(driver.evaluate, "plan", None), type(loss) is TruncatedPoissonLoss
-        if twf and plan is None and loss.own_evaluation() and loss.op.kernel_matrix() is not None:
-            # TWF's weights are not separable (K is a mean over all measurements): the loss has no prepared pass;
-            # the C loop's own (pt_twf_eval) runs the Poisson map on y₊ with the weights it forms in the pass
-            d = loss.prepare(driver.data)
-            spec = kernels.PointwiseMap(kernels.Map.POISSON, d.y_pos, scale=1.0 / math.sqrt(loss.op.entry_energy))
-            plan = kernels.FusedPlan.build(loss.op.kernel_matrix(), spec, (driver.B,))
+        plan = getattr(driver.evaluate, "plan", None)
+        twf = plan is not None and plan.block is not None     # TWF's truncation formed in the pass (pt_twf_eval)
         if plan is None or type(alg) not in (GradientAlgorithm, LBFGSAlgorithm) or int(plan.args.map) not in MAPS:
             return None
         if plan.B > kernels.MAX_BLOCK_BATCH or not kernels.available():

@@ -48,7 +48,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopen
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
 ENV_CACHE = "PHASETORCH_CACHE_DIR"
-ABI_VERSION = 7
+ABI_VERSION = 8
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
 
@@ -258,6 +258,8 @@ def _load(path: Path):
     lib.pt_gaussian.restype = ctypes.c_int
     lib.pt_gd_block.argtypes = [ctypes.POINTER(BlockArgs), ctypes.c_int]
     lib.pt_gd_block.restype = ctypes.c_int
+    lib.pt_twf.argtypes = [ctypes.POINTER(BlockArgs), ctypes.c_int]
+    lib.pt_twf.restype = ctypes.c_int
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     lib.pt_rows_dots.argtypes = [i64, i64, i64, i64, vp, i64, i64, ctypes.POINTER(vp), ctypes.POINTER(i64), vp,
                                  ctypes.c_int, ctypes.c_int]
@@ -443,12 +445,20 @@ class FusedPlan:
     ``g_scale`` and ``value_div`` fold a loss's two last steps into the pass (each a torch op less per
     call, where the first op after a pass over A runs with cold caches): the gradient comes back as
     ``g_scale · Aᴴv`` (the same REAL products as ``u * g_scale`` in torch) and the value(s) as
-    ``(Σ w ℓ) / value_div`` in the real dtype (the float64 quotient rounded once, as ``(total / d).to(real)``)."""
+    ``(Σ w ℓ) / value_div`` in the real dtype (the float64 quotient rounded once, as ``(total / d).to(real)``).
 
-    __slots__ = ("A", "batch", "B", "m", "n", "bits", "real", "args", "q", "w", "weighted", "value_div")
+    ``truncation = (α_lb, α_ub, α_h)`` with the Poisson map: TWF's weights (Chen & Candès 2017; E₁ ∩ E₂ with
+    K = mean|y − |r|²|, :class:`phasetorch.losses.TruncatedPoissonLoss`) in ONE read of A (``pt_twf``): the
+    pass forms them with each signal's K of the plan's previous call (none yet: E₂ taken as met), then the
+    exact K corrects the rows it decides otherwise (weight, value term, a sparse adjoint over those rows).
+    The weights and |r|² are the two-pass evaluation's; the gradient and values equal it to rounding
+    (summed in another order; ``g_scale`` and ``value_div`` are then applied after the pass)."""
+
+    __slots__ = ("A", "batch", "B", "m", "n", "bits", "real", "args", "q", "w", "weighted", "value_div",
+                 "g_scale", "block", "twf_v", "twf_k")
 
     def __init__(self, A: torch.Tensor, spec: PointwiseMap, batch, g_scale: Optional[float] = None,
-                 value_div: Optional[float] = None) -> None:
+                 value_div: Optional[float] = None, truncation: Optional[Tuple[float, float, float]] = None) -> None:
         m, n = A.shape
         B = 1
         for s_ in batch:
@@ -462,27 +472,41 @@ class FusedPlan:
         a = _args(A, B, FUSED)
         a.map, a.scale, a.p0, a.p1 = int(spec.code), float(spec.scale), float(spec.p0), float(spec.p1)
         a.q, a.q_stride, a.w, a.w_stride = _ptr(self.q), q_stride, _ptr(self.w), w_stride
-        if g_scale is not None:
-            if not g_scale:
-                raise ValueError("FusedPlan: g_scale must be non-zero")
-            a.g_scale = float(g_scale)
-        if value_div is not None:
-            if not value_div:
-                raise ValueError("FusedPlan: value_div must be non-zero")
-            a.value_div = float(value_div)
-        self.value_div = value_div
+        if g_scale is not None and not g_scale:
+            raise ValueError("FusedPlan: g_scale must be non-zero")
+        if value_div is not None and not value_div:
+            raise ValueError("FusedPlan: value_div must be non-zero")
+        self.value_div, self.g_scale, self.block = value_div, g_scale, None
+        if truncation is None:
+            if g_scale is not None:
+                a.g_scale = float(g_scale)
+            if value_div is not None:
+                a.value_div = float(value_div)
+        else:                            # TWF in one read: the pass's g stays raw (its rows are corrected after it)
+            if spec.code != Map.POISSON or B > MAX_BLOCK_BATCH:
+                raise ValueError(f"FusedPlan: truncation takes the Poisson map and at most {MAX_BLOCK_BATCH} signals")
+            blk = BlockArgs()
+            blk.twf = 1
+            blk.alpha_lb, blk.alpha_ub, blk.alpha_h = (float(v) for v in truncation)
+            self.twf_v = torch.empty(B, m, dtype=A.dtype)             # the corrected rows' terms (scratch)
+            self.twf_k = torch.full((B,), -1.0, dtype=self.real)      # each signal's last K (none yet)
+            blk.v, blk.twf_k = self.twf_v.data_ptr(), self.twf_k.data_ptr()
+            self.block = blk
         self.args = a
 
     @classmethod
     def build(cls, A: torch.Tensor, spec: Optional[PointwiseMap], batch, g_scale: Optional[float] = None,
-              value_div: Optional[float] = None) -> Optional["FusedPlan"]:
+              value_div: Optional[float] = None,
+              truncation: Optional[Tuple[float, float, float]] = None) -> Optional["FusedPlan"]:
         if spec is None or A.dim() != 2:
             return None
         B = 1
         for s_ in batch:
             B *= s_
+        if truncation is not None and B > MAX_BLOCK_BATCH:
+            return None
         probe = torch.empty(B, A.shape[1], dtype=A.dtype, device=A.device)
-        return cls(A, spec, batch, g_scale, value_div) if usable(A, probe) else None
+        return cls(A, spec, batch, g_scale, value_div, truncation) if usable(A, probe) else None
 
     def accepts(self, xf: torch.Tensor) -> bool:
         """Whether flattened signals ``xf`` fit the plan (shape, dtype, CPU; the call runs without autograd)."""
@@ -502,6 +526,8 @@ class FusedPlan:
         z = torch.empty(B, m, dtype=self.A.dtype)
         g = torch.empty(B, n, dtype=self.A.dtype)
         a2 = torch.empty(B, m, dtype=self.real)
+        if self.block is not None:
+            return self._truncated(xf, frozen, z, g, a2)
         w_out = torch.empty(B, m, dtype=self.real) if self.weighted else None
         # the values: Σ w ℓ in float64, or with value_div the quotients in the real dtype (not both)
         vdt = torch.float64 if self.value_div is None else self.real
@@ -522,6 +548,33 @@ class FusedPlan:
         batch = self.batch
         out = (z, g, a2.view(*batch, m), None if w_out is None else w_out.view(*batch, m), total.view(batch))
         return out if frozen is None else out + (total_z.view(batch),)
+
+    def _truncated(self, xf, frozen, z, g, a2):
+        """:meth:`__call__` of a truncation plan (``pt_twf``); the same outputs, the weights always returned."""
+        B, m, batch = self.B, self.m, self.batch
+        w_out = torch.empty(B, m, dtype=self.real)
+        total = torch.empty(B, dtype=torch.float64)
+        total_z = None if frozen is None else torch.empty(B, dtype=torch.float64)
+        blk = self.block
+        blk.pass_ = self.args                  # (a copy: the plan's own block stays unset)
+        a = blk.pass_
+        a.x, a.z, a.g, a.a2, a.w_out = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), w_out.data_ptr()
+        a.value, a.value_z = total.data_ptr(), _ptr(total_z)
+        a.wz, a.wz_stride = (frozen.data_ptr(), m) if frozen is not None else (None, 0)
+        fused, flips = blk.twf_fused, blk.twf_flips
+        CALLS["fused"] += 1
+        rc = load().pt_twf(ctypes.byref(blk), self.bits)
+        if rc != 0:
+            raise RuntimeError(f"phasetorch TWF pass failed (code {rc})")
+        CALLS["twf_one_read"] += blk.twf_fused - fused
+        CALLS["twf_flipped_rows"] += blk.twf_flips - flips
+        if self.g_scale is not None:
+            g.mul_(self.g_scale)
+        vals = [total, total_z]
+        if self.value_div is not None:        # the float64 quotient rounded once, as the plain pass gives it
+            vals = [None if t is None else (t / self.value_div).to(self.real) for t in vals]
+        out = (z, g, a2.view(*batch, m), w_out.view(*batch, m), vals[0].view(batch))
+        return out if frozen is None else out + (vals[1].view(batch),)
 
 
 # ---------------------------------------------------------------------------- the map alone (no A)
