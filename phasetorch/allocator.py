@@ -23,8 +23,9 @@ CPU tensors with ``posix_memalign`` (64-byte alignment), and glibc's free lists 
 glibc's per-thread cache, and blocks of a few sizes with interleaved lifetimes leave holes — so fresh pages
 keep being faulted in. Solves run back to back inside one outer ``retained()`` block reuse the heap the
 first one grew (nothing is trimmed until the outermost exit): ``with phasetorch.allocator.retained(): …``
-around a series of large CPU solves (benchmark row 12 times both; on the 2-core VM of its runs the difference
-stayed within the host's noise).
+around a series of large CPU solves. ``scripts/heap_study.py`` records the heap and the page faults per
+iteration of both (``results/heap_growth.md``); benchmark row 12 times both, and on the 2-core VM of its runs
+the time difference stayed within the host's noise.
 
 :func:`phasetorch.reconstruct` (and :func:`phasetorch.spectral_init`, the blind ptychography solver)
 run inside it when they work on the CPU. ``PHASETORCH_MALLOC=0`` (or ``off``/``false``/``no``, read at

@@ -119,3 +119,27 @@ def test_a_freed_block_is_reused_without_page_faults(monkeypatch):
     # (glibc's default maps and unmaps such a block at every allocation: 5 × pages faults per window)
     assert inside < pages, f"{inside} page faults inside for 5 reuses of a {pages}-page block"
     assert allocator.status()["depth"] == 0
+
+
+@pytest.mark.skipif(not allocator.supported(), reason="needs glibc's mallopt")
+def test_solves_back_to_back_in_one_block_keep_their_heap(monkeypatch):
+    """Each reconstruct returns its freed memory when it ends, so a fresh solve faults its working set in again
+    (and its heap keeps growing while it runs: scripts/heap_study.py); a solve repeated inside one outer block
+    finds the heap the first one grew and faults almost nothing."""
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)
+    op = pt.CodedDiffraction((256, 256), 4, seed=0, dtype=torch.float64)
+    x = torch.randn(256, 256, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    y = op(x)
+    x0 = (x + 0.5 * torch.randn(256, 256, dtype=torch.complex128, generator=torch.Generator().manual_seed(2)))
+
+    def faults():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        pt.reconstruct(op, y, "lbfgs", init=x0, max_iter=8, tol=0, progress=False)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults()
+    fresh = min(faults() for _ in range(2))
+    with allocator.retained():
+        faults()
+        held = min(faults() for _ in range(2))
+    assert fresh > 1000 and held < fresh / 4, (fresh, held)
