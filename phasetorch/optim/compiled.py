@@ -24,8 +24,8 @@ What it keeps equal to the torch loop (tested in ``tests/test_compiled.py``):
   (their weight, their term of the value, and a sparse adjoint over those rows; a fraction of a percent of
   the rows per iteration at n = 1024). The weights, |r|² and the value's terms are the two-pass ones; the
   gradient is summed in another order, so the runs agree to rounding (about 2e-16 relative over 400
-  iterations in float64; tested to 1e-10); the first evaluation of a run (no K yet) takes E₂ as met in the pass and corrects the
-  rows outside it.
+  iterations in float64; tested to 1e-10). The plan is the loss's prepared one (``loss.evaluator``), whose K
+  of the start's evaluation seeds the first guess; a signal without a K takes E₂ as met and is corrected.
   ``kernels.CALLS["twf_one_read"]`` / ``["twf_flipped_rows"]`` count the one-read evaluations and the rows
   they corrected;
 * L-BFGS forms its direction by the two-loop recursion (torch: the compact form, the same H): the runs

@@ -167,12 +167,18 @@ def clock_offset() -> float:
 def gradient_block(args: BlockArgs, bits: int) -> None:
     """Run ``pt_gd_block`` on a filled :class:`BlockArgs` (needs :func:`available`); raises on a kernel error."""
     CALLS["block"] += 1
+    _run_block("pt_gd_block", args, bits, "gradient block")
+
+
+def _run_block(name: str, args: BlockArgs, bits: int, what: str) -> None:
+    """The C function ``name`` on ``args`` (a :class:`BlockArgs`), its error raised, and the TWF evaluations it
+    made in one read of A, with the rows their exact K corrected, added to :data:`CALLS`."""
     fused, flips = args.twf_fused, args.twf_flips
-    rc = load().pt_gd_block(ctypes.byref(args), bits)
+    rc = getattr(load(), name)(ctypes.byref(args), bits)
     if rc != 0:
-        raise RuntimeError(f"phasetorch gradient block failed (code {rc})")
-    CALLS["twf_one_read"] += args.twf_fused - fused          # TWF evaluations in one read of A ...
-    CALLS["twf_flipped_rows"] += args.twf_flips - flips      # ... and the rows their exact K corrected
+        raise RuntimeError(f"phasetorch {what} failed (code {rc})")
+    CALLS["twf_one_read"] += args.twf_fused - fused
+    CALLS["twf_flipped_rows"] += args.twf_flips - flips
 
 
 _LOCK = threading.Lock()
@@ -556,18 +562,13 @@ class FusedPlan:
         total = torch.empty(B, dtype=torch.float64)
         total_z = None if frozen is None else torch.empty(B, dtype=torch.float64)
         blk = self.block
-        blk.pass_ = self.args                  # (a copy: the plan's own block stays unset)
+        blk.pass_ = self.args                  # a copy of the plan's arguments (those stay without buffers)
         a = blk.pass_
         a.x, a.z, a.g, a.a2, a.w_out = xf.data_ptr(), z.data_ptr(), g.data_ptr(), a2.data_ptr(), w_out.data_ptr()
         a.value, a.value_z = total.data_ptr(), _ptr(total_z)
         a.wz, a.wz_stride = (frozen.data_ptr(), m) if frozen is not None else (None, 0)
-        fused, flips = blk.twf_fused, blk.twf_flips
         CALLS["fused"] += 1
-        rc = load().pt_twf(ctypes.byref(blk), self.bits)
-        if rc != 0:
-            raise RuntimeError(f"phasetorch TWF pass failed (code {rc})")
-        CALLS["twf_one_read"] += blk.twf_fused - fused
-        CALLS["twf_flipped_rows"] += blk.twf_flips - flips
+        _run_block("pt_twf", blk, self.bits, "TWF pass")
         if self.g_scale is not None:
             g.mul_(self.g_scale)
         vals = [total, total_z]
