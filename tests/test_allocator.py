@@ -143,3 +143,191 @@ def test_solves_back_to_back_in_one_block_keep_their_heap(monkeypatch):
         faults()
         held = min(faults() for _ in range(2))
     assert fresh > 1000 and held < fresh / 4, (fresh, held)
+
+
+# ---------------------------------------------------------------------------- the caching allocator (csrc/cpu_cache.cpp)
+needs_cache = pytest.mark.skipif(not allocator.cache_available(), reason="the CPU cache does not build here")
+BIG = allocator.CACHE_MIN_BYTES // 4 * 4            # float32 elements of a 4 MiB tensor
+
+
+@pytest.fixture
+def cache_on(monkeypatch):
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)
+    monkeypatch.delenv(allocator.CACHE_SWITCH, raising=False)
+
+
+def _delta(before):
+    after = allocator.cache_stats()
+    return {k: after[k] - before[k] for k in ("hits", "misses", "evictions", "mapped", "unmapped")}
+
+
+@needs_cache
+def test_the_cache_hands_a_freed_block_to_the_next_request_of_its_size(cache_on):
+    assert not allocator.status()["cache"]["installed"]
+    with allocator.retained() as on:
+        assert on and allocator.status()["cache"] == {"installed": True, "library": allocator.status()["cache"][
+            "library"], "reason": None}
+        before = allocator.cache_stats()
+        a = torch.ones(BIG)
+        where = a.data_ptr()
+        assert where % 4096 == 0                                   # page aligned (torch asks for 64 bytes)
+        del a
+        b = torch.empty(BIG)
+        assert b.data_ptr() == where                               # the same block back, pages present
+        del b
+        c = torch.empty(BIG - BIG // 16)                           # at most 1/8 smaller: that block too
+        assert c.data_ptr() == where
+        del c
+        d = torch.empty(2 * BIG)                                   # larger: a new block
+        assert d.data_ptr() != where
+        small = torch.ones(1000)                                   # below CACHE_MIN_BYTES: malloc as before
+        assert _delta(before) == {"hits": 2, "misses": 2, "evictions": 0, "mapped": 2, "unmapped": 0}
+        assert allocator.cache_stats()["cached_bytes"] == 4 * BIG and float(small.sum()) == 1000
+        del d
+    st = allocator.cache_stats()
+    assert st["cached_bytes"] == 0 and not allocator.status()["cache"]["installed"]   # all unmapped at the exit
+    assert allocator.status()["cache"]["reason"] == "installed only inside retained()"
+    assert _delta(before)["unmapped"] == 2
+    assert float(torch.ones(BIG).sum()) == BIG                     # torch's own allocator again
+
+
+@needs_cache
+def test_tensors_outlive_the_block_and_are_unmapped_when_freed(cache_on):
+    with allocator.retained():
+        kept = torch.arange(BIG, dtype=torch.float32)
+        base = allocator.cache_stats()["in_use_bytes"]
+    before = allocator.cache_stats()
+    assert before["in_use_bytes"] == base and not allocator.status()["cache"]["installed"]
+    assert float(kept[-1]) == BIG - 1
+    kept.mul_(2)
+    assert float(kept[-1]) == 2 * (BIG - 1)
+    del kept                                                       # freed after the exit: unmapped, not cached
+    after = allocator.cache_stats()
+    assert after["in_use_bytes"] == base - 4 * BIG and after["cached_bytes"] == 0
+    assert _delta(before)["unmapped"] == 1
+
+
+@needs_cache
+def test_the_cache_stays_within_its_bound(cache_on):
+    """Cached bytes never exceed the block's high water; mapped bytes never twice it; a loop over the same
+    sizes stops mapping after its first round."""
+    g = torch.Generator().manual_seed(0)
+    with allocator.retained():
+        base = allocator.cache_stats()["in_use_bytes"]
+        live = []
+        for step in range(200):
+            if live and torch.rand((), generator=g) < 0.5:
+                live.pop(int(torch.randint(len(live), (), generator=g)))
+            else:
+                live.append(torch.empty(int(torch.randint(BIG // 4, 6 * BIG, (), generator=g))))
+            st = allocator.cache_stats()
+            peak = st["high_water_bytes"] - base
+            assert st["cached_bytes"] <= st["high_water_bytes"]
+            assert st["in_use_bytes"] - base + st["cached_bytes"] <= 2 * peak, step
+        assert allocator.cache_stats()["evictions"] > 0 or allocator.cache_stats()["cached_bytes"] > 0
+        del live
+        for _ in range(2):                                       # 64 MiB and 32 MiB temporaries in turn
+            torch.ones(16 << 20).sum(), torch.ones(8 << 20).sum()
+        before = allocator.cache_stats()
+        for _ in range(5):
+            torch.ones(16 << 20).sum(), torch.ones(8 << 20).sum()
+        assert _delta(before)["misses"] == 0 and _delta(before)["hits"] == 10
+
+
+@needs_cache
+def test_threads_share_the_cache_safely(cache_on):
+    errors = []
+
+    def work(k):
+        try:
+            for r in range(30):
+                t = torch.full((BIG + 1000 * k,), float(k * 100 + r))
+                if float(t[0]) != k * 100 + r or float(t[-1]) != k * 100 + r:
+                    errors.append((k, r))
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+    with allocator.retained():
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert allocator.cache_stats()["hits"] > 0
+    assert not errors
+
+
+@needs_cache
+def test_a_solve_maps_nothing_after_its_first_iteration_and_equals_the_plain_path(cache_on, monkeypatch):
+    """A coded-diffraction solve (1 and 4 MiB tensors): every large request after the first iteration is a
+    cache hit, and the result is bit-identical to the run without the cache."""
+    op = pt.CodedDiffraction((256, 256), 4, seed=0, dtype=torch.float64)
+    x = torch.randn(256, 256, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    y = op(x)
+    x0 = (x + 0.5 * torch.randn(256, 256, dtype=torch.complex128, generator=torch.Generator().manual_seed(2)))
+    for preset in ("wf", "lbfgs", "taf"):
+        seen = []
+        rec = pt.reconstruct(op, y, preset, init=x0, max_iter=8, tol=0, progress=False,
+                             callback=lambda t, x_, info: seen.append(allocator.cache_stats()))
+        assert all(s["misses"] == seen[1]["misses"] for s in seen[1:]), preset
+        assert seen[-1]["hits"] - seen[1]["hits"] >= 6 * 2, preset      # at least two large hits per iteration
+        monkeypatch.setenv(allocator.CACHE_SWITCH, "0")
+        plain = pt.reconstruct(op, y, preset, init=x0, max_iter=8, tol=0, progress=False)
+        monkeypatch.delenv(allocator.CACHE_SWITCH)
+        assert torch.equal(rec.x, plain.x), preset
+
+
+@needs_cache
+def test_switches_keep_the_cache_out(cache_on, monkeypatch):
+    monkeypatch.setenv(allocator.CACHE_SWITCH, "off")
+    with allocator.retained() as on:
+        st = allocator.status()
+        assert on and st["active"] and not st["cache"]["installed"]        # malloc settings without the cache
+        assert st["cache"]["reason"] == f"{allocator.CACHE_SWITCH}=off"
+    monkeypatch.delenv(allocator.CACHE_SWITCH)
+    monkeypatch.setenv(allocator.ENV_SWITCH, "0")
+    with allocator.retained() as on:
+        assert not on and not allocator.status()["cache"]["installed"]
+        assert allocator.status()["cache"]["reason"] == f"{allocator.ENV_SWITCH}=0"
+    assert not allocator.cache_available()
+
+
+@pytest.mark.skipif(not allocator.supported(), reason="needs glibc's mallopt")
+def test_without_a_cxx_compiler_the_block_keeps_the_malloc_settings(cache_on, monkeypatch, tmp_path):
+    op = pt.GaussianMeasurement(16, 96, seed=0, dtype=torch.float64)
+    y = op(torch.randn(16, dtype=torch.complex128, generator=torch.Generator().manual_seed(1)))
+    reference = pt.reconstruct(op, y, "wf", max_iter=5, progress=False, seed=0).x
+    try:
+        monkeypatch.setenv(allocator.native.ENV_CACHE, str(tmp_path / "cache"))
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+        allocator.reset_cache()
+        with allocator.retained() as on:
+            st = allocator.status()
+            assert on and not st["cache"]["installed"] and "no C++ compiler" in st["cache"]["reason"]
+        assert "no C++ compiler" in allocator.status()["cache"]["reason"] and not allocator.cache_available()
+        assert torch.equal(pt.reconstruct(op, y, "wf", max_iter=5, progress=False, seed=0).x, reference)
+        assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    finally:
+        monkeypatch.undo()
+        allocator.reset_cache()
+
+
+@needs_cache
+def test_a_broken_source_is_refused_and_leaves_no_file(cache_on, monkeypatch, tmp_path):
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++\n")
+    try:
+        monkeypatch.setenv(allocator.native.ENV_CACHE, str(tmp_path / "cache"))
+        monkeypatch.setattr(allocator, "CACHE_SOURCE", bad)
+        assert allocator.cache_library_path(allocator.cache_compiler()).parent == tmp_path / "cache"
+        allocator.reset_cache()
+        with allocator.retained():
+            reason = allocator.status()["cache"]["reason"]
+            assert not allocator.status()["cache"]["installed"] and "failed" in reason
+        assert not list((tmp_path / "cache").glob("*"))           # no library, no temporary
+    finally:
+        monkeypatch.undo()
+        allocator.reset_cache()
+    assert allocator.cache_available()
+    with pytest.raises(RuntimeError, match="installed"):
+        with allocator.retained():
+            allocator.reset_cache()                                # refused while the cache is torch's allocator

@@ -397,7 +397,7 @@ def test_no_cycles_no_private_imports_no_function_level_imports():
 
 def test_layers_import_downwards_only():
     """tensors → physics → init/losses/optim → solve → theory → app: no module imports a higher layer."""
-    order = {"tensors": 0, "allocator": 0, "errors": 0, "distributed": 0, "philox": 0, "replay": 0, "physics": 1, "init": 2, "losses": 2, "metrics": 2, "logs": 2,
+    order = {"tensors": 0, "native": 0, "allocator": 0, "errors": 0, "distributed": 0, "philox": 0, "replay": 0, "physics": 1, "init": 2, "losses": 2, "metrics": 2, "logs": 2,
              "optim": 3, "solve": 4, "io": 4, "phantoms": 4, "theory": 5, "app": 6}
     bad = []
     for module, path, is_pkg in _modules():

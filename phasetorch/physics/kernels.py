@@ -24,13 +24,8 @@ torch path. Results equal the torch path's up to summation order (not bit-identi
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
 import torch
+
+from .. import native
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +44,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopen
 #: environment variable that disables the kernel when set to 0/false/no/off
 ENV_SWITCH = "PHASETORCH_KERNELS"
 #: environment variable overriding the cache directory of the compiled library
-ENV_CACHE = "PHASETORCH_CACHE_DIR"
+ENV_CACHE = native.ENV_CACHE
 ABI_VERSION = 8
 #: below this many multiply–adds (m·n·B) a pass runs on one thread (a parallel region costs more)
 SERIAL_WORK = 1 << 16
@@ -189,66 +186,26 @@ _STATE = {"lib": None, "tried": False, "reason": "not loaded yet", "path": None}
 
 
 def cache_dir() -> Path:
-    """Where the compiled library is kept: ``$PHASETORCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/phasetorch``,
-    else ``~/.cache/phasetorch``."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "phasetorch"
+    """Where the compiled library is kept (:func:`phasetorch.native.cache_dir`)."""
+    return native.cache_dir()
 
 
 def compiler() -> Optional[str]:
     """The C compiler used (``$CC`` if set, else ``gcc``), as a full path, or None if absent."""
-    return shutil.which(os.environ.get("CC") or "gcc")
-
-
-def _machine_key() -> str:
-    """What ``-march=native`` depends on: the CPU model and its feature flags."""
-    parts = [platform.machine()]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("model name", "flags", "Features", "CPU part")):
-                    parts.append(line.strip())
-                if not line.strip() and len(parts) > 1:
-                    break                                      # the first processor is enough
-    except OSError:
-        parts.append(platform.processor())
-    return "\n".join(parts)
+    return native.find_compiler("CC", "gcc")
 
 
 def library_path(cc: str) -> Path:
     """Cache path of the library for this source, flags, compiler (path and version) and machine."""
-    try:
-        version = subprocess.run([cc, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        version = "?"
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), version.encode(),
-                 _machine_key().encode(), str(ABI_VERSION).encode()):
-        h.update(part)
-        h.update(b"\0")
-    return cache_dir() / f"fused_dense-{h.hexdigest()[:20]}.so"
+    return native.library_path("fused_dense", (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(),
+                                               native.compiler_version(cc).encode(), native.machine_key().encode(),
+                                               str(ABI_VERSION).encode()))
 
 
 def build(cc: str, target: Path) -> Path:
     """Compile the kernel into ``target`` (under a temporary name in the same directory, then an
     atomic rename: a concurrent build of the same library is harmless). Raises on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
-    os.close(fd)
-    try:
-        cmd = [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[:2000]}")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return native.build([cc, *FLAGS, "-o", "{out}", str(SOURCE), "-lm"], target)
 
 
 def _load(path: Path):
