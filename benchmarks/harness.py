@@ -1394,25 +1394,35 @@ def row_ptychography(ctx: Context) -> dict:
 
 
 # ============================================================================ row 9: per-iteration cost vs solvephase
-def _per_iteration_samples(ctx: Context, contenders: Dict[str, Callable[[int], int]], k1: int, k2: int,
-                           repeats: int) -> Dict[str, List[float]]:
-    """Seconds per iteration (t(k₂) − t(k₁))/(iterations run) of each contender (``fn(k)`` runs k iterations and
-    returns how many it ran), ``repeats`` rounds with the contenders alternating within each (order swapped
-    every round), so a slow spell of a shared machine falls on all of them. Every contender counts as its own
-    library for :meth:`Context.clock`, a variant of one (``"phasetorch, PHASETORCH_MALLOC=0"``) too: when the
-    contender changes, the clock settles and runs it once untimed, so the timed solves find the memory the
-    contender itself leaves behind (a variant with other allocator settings leaves the heap otherwise, and a
-    large fresh solve's first iteration faults its working set in: a K₁ solve that followed another variant
-    took longer than the K₂ solve after it, and the difference came out below the FFT pair's time)."""
-    samples: Dict[str, List[float]] = {c: [] for c in contenders}
+def _per_iteration(ctx: Context, contenders: Dict[str, Callable[[int], int]], k1: int, k2: int,
+                   repeats: int, raw: Optional[dict] = None) -> Dict[str, Optional[float]]:
+    """Seconds per iteration of each contender (``fn(k)`` runs k iterations and returns how many it ran):
+    (min t(k₂) − min t(k₁)) / (iterations k₂ − k₁ actually run), each minimum over ``repeats`` rounds with the
+    contenders alternating within each (order swapped every round), so a slow spell of a shared machine falls
+    on all of them; the minimum because noise only adds time (a median of per-round differences let one slow
+    k₁ run in two of three rounds — a burst of page faults in a NumPy temporary on this VM — turn solvephase's
+    difference negative). None where a contender stopped before k₂ (an exact fit). Every contender counts as
+    its own library for :meth:`Context.clock`, a variant of one (``"phasetorch, PHASETORCH_MALLOC=0"``) too:
+    when the contender changes, the clock settles and runs it once untimed, so the timed solves find the
+    memory the contender itself leaves behind (a K₁ solve that followed a variant with other allocator
+    settings took longer than the K₂ solve after it). ``raw``, if given, receives every timing."""
+    times: Dict[str, dict] = {c: {"t1_s": [], "t2_s": [], "ran": []} for c in contenders}
     names = list(contenders)
     for r in range(repeats):
         for c in (names if r % 2 == 0 else names[::-1]):
             t_a, ran_a = ctx.clock(lambda: contenders[c](k1), c)
             t_b, ran_b = ctx.clock(lambda: contenders[c](k2), c)
-            if ran_b > ran_a:                 # iterations actually run (a library may stop at an exact fit)
-                samples[c].append(max(t_b - t_a, 0.0) / (ran_b - ran_a))
-    return samples
+            times[c]["t1_s"].append(t_a)
+            times[c]["t2_s"].append(t_b)
+            times[c]["ran"].append([ran_a, ran_b])
+    out: Dict[str, Optional[float]] = {}
+    for c, t in times.items():
+        ran = {tuple(v) for v in t["ran"]}
+        (ran_a, ran_b), = ran if len(ran) == 1 else ((0, 0),)        # a contender must run the same each time
+        out[c] = (max(min(t["t2_s"]) - min(t["t1_s"]), 0.0) / (ran_b - ran_a)) if ran_b > ran_a else None
+    if raw is not None:
+        raw.update(times)
+    return out
 
 
 #: phasetorch preset → solvephase method of the same algorithm (same loss, same update rule)
@@ -1421,7 +1431,7 @@ SAME_ALGORITHM = {"wf": "wf", "twf": "twf", "taf": "taf", "raf": "raf", "lbfgs":
 
 def row_iteration_cost(ctx: Context) -> dict:
     """Per-iteration cost of every preset solvephase also has, at several n (m = δn, complex128, both
-    sides from the same start x₀, no early stopping): (t(K₂) − t(K₁))/(K₂ − K₁), which cancels the
+    sides from the same start x₀, no early stopping): (min t(K₂) − min t(K₁))/(K₂ − K₁), which cancels the
     set-up of either library. Ratio = solvephase / phasetorch per iteration (≥ 1: phasetorch not slower)."""
     cfg = ctx.settings(9)
     ctx.peer("solvephase")
@@ -1449,13 +1459,14 @@ def row_iteration_cost(ctx: Context) -> dict:
             if ctx.warmup and n <= cfg.get("small_n", 0):   # runs of a few ms: a median over more of them
                 repeats = max(repeats, cfg["small_repeats"])
             calls = dict(pt_kernels.CALLS)
-            samples = _per_iteration_samples(ctx, contenders, k1, k2, repeats)
-            per = {c: (_median(v) if v else float("nan")) for c, v in samples.items()}
+            raw: dict = {}
+            per = {c: (float("nan") if v is None else v)
+                   for c, v in _per_iteration(ctx, contenders, k1, k2, repeats, raw).items()}
             ratio = per["solvephase"] / per["phasetorch"] if per["phasetorch"] > 0 else None
             ratio = None if ratio is not None and math.isnan(ratio) else ratio
             entry = {"n": n, "m": n * cfg["delta"], "preset": preset, "solvephase_method": method,
                      "phasetorch_per_iteration_s": per["phasetorch"],
-                     "solvephase_per_iteration_s": per["solvephase"], "ratio": ratio}
+                     "solvephase_per_iteration_s": per["solvephase"], "ratio": ratio, "timings": raw}
             one_read = pt_kernels.CALLS["twf_one_read"] - calls["twf_one_read"]
             if one_read:          # TWF's one-read evaluations (compiled loop) and the rows their exact K corrected
                 corrected = pt_kernels.CALLS["twf_flipped_rows"] - calls["twf_flipped_rows"]
@@ -1473,9 +1484,9 @@ def row_iteration_cost(ctx: Context) -> dict:
     return {"ratio": worst, "met": None if worst is None else worst >= 1.0, "entries": entries,
             "comparisons": comparisons, "ratio_meaning": "worst solvephase / phasetorch time per iteration",
             "notes": [f"iterations {k1} and {k2} from the same spectral start, tol = 0 on both sides; "
-                      f"median over {ctx.repeats} repeats ({max(ctx.repeats, cfg.get('small_repeats', 0))} at "
-                      f"n ≤ {cfg.get('small_n', 0)}, whose runs take milliseconds), the two libraries alternating "
-                      "within each (order swapped every repeat)"]}
+                      f"(min t(K₂) − min t(K₁))/(K₂ − K₁) over {ctx.repeats} repeats "
+                      f"({max(ctx.repeats, cfg.get('small_repeats', 0))} at n ≤ {cfg.get('small_n', 0)}, whose runs "
+                      "take milliseconds), the two libraries alternating within each (order swapped every repeat)"]}
 
 
 # ============================================================================ row 10: sharded over processes (gloo)
@@ -1579,7 +1590,7 @@ def _environ(name: str, value: str):
 def row_large_cdp(ctx: Context) -> dict:
     """Per-iteration cost on a CDP problem whose measurement-sized tensors (64 MiB in complex128 at 1024²,
     L = 4) are above glibc's 32 MiB mmap ceiling, so that by default each fresh one is mmap'd and every
-    page of it faults (:mod:`phasetorch.allocator`). Same method as row 9: (t(K₂) − t(K₁))/(K₂ − K₁) from
+    page of it faults (:mod:`phasetorch.allocator`). Same method as row 9: (min t(K₂) − min t(K₁))/(K₂ − K₁) from
     the same start, tol = 0, both sides (K₁ = 4: solvephase's L-BFGS spends seconds on its first iteration,
     which the difference must not see); phasetorch as it runs by default (freed memory retained during
     ``reconstruct``, torch's large CPU tensors from phasetorch's caching allocator), with
@@ -1638,14 +1649,14 @@ def row_large_cdp(ctx: Context) -> dict:
                 sp_op, y_np, method=method, init=x0_np, iterations=k, tol=0.0, seed=ctx.seed).n_iter)
         for fn in contenders.values():
             fn(k1)                                                  # warm-up
-        samples = _per_iteration_samples(ctx, contenders, k1, k2, max(1, ctx.repeats))
+        raw: dict = {}
+        per = _per_iteration(ctx, contenders, k1, k2, max(1, ctx.repeats), raw)
         # the same solves back to back inside ONE retained block (allocator.retained around a user's series
         # of solves): no trim between them, so the heap each solve grows (glibc's
         # free lists fragment: a fresh solve's heap keeps growing for tens of iterations) is already there
         with allocator.retained(ctx.device):
-            samples.update(_per_iteration_samples(ctx, {"phasetorch, one retained block": ours}, k1, k2,
-                                                  max(1, ctx.repeats)))
-        per = {c: (_median(v) if v else None) for c, v in samples.items()}
+            per.update(_per_iteration(ctx, {"phasetorch, one retained block": ours}, k1, k2, max(1, ctx.repeats),
+                                      raw))
         ours_s, off_s, sp_s = per["phasetorch"], per["phasetorch, PHASETORCH_MALLOC=0"], per.get("solvephase")
         held_s, nocache_s = per["phasetorch, one retained block"], per["phasetorch, PHASETORCH_CPU_CACHE=0"]
         label = f"CDP {shape[0]}×{shape[1]}, L={L}, complex128, {preset} per iteration"
@@ -1667,7 +1678,7 @@ def row_large_cdp(ctx: Context) -> dict:
         comparisons.append(_cmp(f"{label}: over one bare fft2 + ifft2 pair", {"seconds": ours_s},
                                 {"contender": "fft2(Z) + ifft2(Z)", "seconds": limit},
                                 None if ours_s is None or limit <= 0 else ours_s / limit, "reported"))
-        entries.append({"preset": preset, "per_iteration_s": per, "fft_pair_s": limit,
+        entries.append({"preset": preset, "per_iteration_s": per, "timings": raw, "fft_pair_s": limit,
                         "fft_pair_variants_s": {k: v["median_s"] for k, v in t_raw.items()}})
         ms = lambda v: "—" if v is None else f"{v * 1e3:.1f} ms"   # noqa: E731
         ctx.log(f"    {preset:<6} phasetorch {ms(ours_s)} (malloc left alone {ms(off_s)}, no CPU cache "
@@ -1680,8 +1691,9 @@ def row_large_cdp(ctx: Context) -> dict:
            "spectral_start": spectral,
            "comparisons": comparisons, "config": cfg, "allocator": allocator.status(),
            "ratio_meaning": "worst solvephase / phasetorch time per iteration (phasetorch at its defaults)",
-           "notes": [f"iterations {k1} and {k2} from the same start, tol = 0; median over {ctx.repeats} interleaved "
-                     "repeats; the FFT pair limit is the faster of a pair with and without retained memory"]}
+           "notes": [f"iterations {k1} and {k2} from the same start, tol = 0; (min t(K₂) − min t(K₁))/(K₂ − K₁) over "
+                     f"{ctx.repeats} interleaved repeats; the FFT pair limit is the faster of a pair with and without "
+                     "retained memory"]}
     if sp_reason is not None:            # the phasetorch side stands; the row's ratio needs the peer
         row.update(status="unavailable", reason=sp_reason, ratio=None, met=None)
     return row

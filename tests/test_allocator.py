@@ -1,6 +1,10 @@
-"""phasetorch.allocator: freed CPU memory stays in the process while a solve runs (glibc's mallopt)."""
+"""phasetorch.allocator: freed CPU memory stays in the process while a solve runs (glibc's mallopt and the
+caching allocator of csrc/cpu_cache.cpp)."""
 
+import os
 import resource
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -331,3 +335,40 @@ def test_a_broken_source_is_refused_and_leaves_no_file(cache_on, monkeypatch, tm
     with pytest.raises(RuntimeError, match="installed"):
         with allocator.retained():
             allocator.reset_cache()                                # refused while the cache is torch's allocator
+
+
+OOM_CHILD = r"""
+import resource, sys, torch
+from phasetorch import allocator
+GiB = 1 << 30
+with open("/proc/self/status") as fh:
+    vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 3 * GiB // 2, resource.RLIM_INFINITY))
+with allocator.retained():
+    assert allocator.status()["cache"]["installed"]
+    a = torch.ones(GiB // 4)                     # 1 GiB, then cached
+    del a
+    assert allocator.cache_stats()["cached_bytes"] == GiB
+    b = torch.ones(GiB // 4 + GiB // 16)         # 1.25 GiB: fits only once the cache is given back
+    assert float(b[-1]) == 1 and allocator.cache_stats()["cached_bytes"] == 0
+    try:
+        torch.empty(GiB)                         # 4 GiB: over the limit whatever is given back
+    except torch.OutOfMemoryError as err:
+        assert "phasetorch CPU cache" in str(err), err
+    else:
+        raise AssertionError("no error")
+    st = allocator.cache_stats()
+    assert st["in_use_bytes"] == b.numel() * 4, st  # the failed request holds nothing
+    del b
+print("ok")
+"""
+
+
+@needs_cache
+def test_out_of_memory_gives_the_cache_back_first_then_a_clear_error(cache_on):
+    """Under an address-space limit: a request that fits only without the cached blocks gets them unmapped and
+    succeeds; one that cannot fit raises torch.OutOfMemoryError naming the cache, and the process goes on."""
+    res = subprocess.run([sys.executable, "-c", OOM_CHILD], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items()
+                              if k not in (allocator.ENV_SWITCH, allocator.CACHE_SWITCH)})
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

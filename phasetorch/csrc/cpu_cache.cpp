@@ -112,6 +112,8 @@ void* CachingCPUAllocator::alloc(size_t n) {
     st.misses++;
     uint64_t limit = 2 * std::max<uint64_t>(st.high_water, st.in_use + bytes);
     if (st.in_use + st.cached + bytes > limit) evict_until(limit - bytes - st.in_use, true);
+    st.in_use += bytes;  // reserved before the lock is let go, so concurrent misses see each other
+    if (st.in_use > st.high_water) st.high_water = st.in_use;
   }
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
@@ -120,13 +122,17 @@ void* CachingCPUAllocator::alloc(size_t n) {
       evict_until(0, true);  // give back all cached memory and try once more
     }
     p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    TORCH_CHECK_WITH(OutOfMemoryError, p != MAP_FAILED, "phasetorch CPU cache: out of memory allocating ", n,
-                     " bytes (mmap failed)");
+    if (p == MAP_FAILED) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        st.in_use -= bytes;
+      }
+      TORCH_CHECK_WITH(OutOfMemoryError, false, "phasetorch CPU cache: out of memory allocating ", n,
+                       " bytes (mmap failed)");
+    }
   }
   std::lock_guard<std::mutex> lock(mu);
   st.mapped++;
-  st.in_use += bytes;
-  if (st.in_use > st.high_water) st.high_water = st.in_use;
   live_.emplace(p, bytes);
   return p;
 }
