@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from phasetorch import allocator
 from phasetorch.app import cli
 from phasetorch import io as pio
+from phasetorch.physics import kernels
 from phasetorch.app.cli import main
 from phasetorch.phantoms import shepp_logan
 
@@ -373,3 +375,21 @@ def test_reconstruct_images_from_the_optimal_start_by_default(capsys, tmp_path, 
     log = json.loads((tmp_path / "paper" / "log.json").read_text())
     assert log["config"]["preprocessing"] == {"wf": "identity", "twf": "trimmed"}[algorithm]
     assert json.loads((tmp_path / "paper" / "summary.json").read_text())["rel_error"] > 0.5
+
+
+def test_info_says_which_native_paths_are_in_force(capsys, monkeypatch):
+    monkeypatch.delenv(allocator.CACHE_SWITCH, raising=False)
+    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["torch"] == torch.__version__ and info["cpu_threads"] == torch.get_num_threads()
+    assert info["c_kernel"]["in_force"] == kernels.available()
+    assert info["cpu_cache"]["available"] == allocator.cache_available()
+    assert info["cpu_cache"]["available"] or info["cpu_cache"]["reason"]           # never "no" without a why
+    monkeypatch.setenv(allocator.CACHE_SWITCH, "0")
+    monkeypatch.setenv(kernels.ENV_SWITCH, "off")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU caching allocator" in out and f"no ({allocator.CACHE_SWITCH}=0)" in out
+    assert f"no (disabled by {kernels.ENV_SWITCH}=off)" in out
+    assert f"{allocator.CACHE_SWITCH}=0" in out.splitlines()[-1]                  # the switches set, listed

@@ -7,9 +7,9 @@ object ``sub`` (``common`` is the parent parser of ``--quiet/--debug/--threads``
 :func:`phasetorch.app.cli.main` calls :func:`phasetorch.app.commands.bench.run_bench` before parsing.
 """
 
-from . import bench, demo, ptycho, reconstruct, simulate, sweep, theory, train
+from . import bench, demo, info, ptycho, reconstruct, simulate, sweep, theory, train
 
 #: The subcommand modules, in the order ``phasetorch --help`` lists them.
-COMMANDS = (demo, simulate, reconstruct, ptycho, train, theory, sweep, bench)
+COMMANDS = (demo, simulate, reconstruct, ptycho, train, theory, sweep, bench, info)
 
-__all__ = ["COMMANDS", "bench", "demo", "ptycho", "reconstruct", "simulate", "sweep", "theory", "train"]
+__all__ = ["COMMANDS", "bench", "demo", "info", "ptycho", "reconstruct", "simulate", "sweep", "theory", "train"]
