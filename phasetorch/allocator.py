@@ -170,7 +170,7 @@ def _load_cache() -> Any:
         if lib.ptc_abi_version() != CACHE_ABI:
             raise RuntimeError(f"{path} has ABI version {lib.ptc_abi_version()}, expected {CACHE_ABI}")
         lib.ptc_install.argtypes = [ctypes.c_uint64]
-        for name in ("ptc_install", "ptc_uninstall", "ptc_release", "ptc_installed"):
+        for name in ("ptc_install", "ptc_uninstall"):
             getattr(lib, name).restype = ctypes.c_int
         lib.ptc_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64)]
         lib.ptc_stats.restype = None

@@ -16,8 +16,7 @@
 // to make room for it; on a miss, the least recently freed are unmapped while in-use + cached +
 // request would exceed twice max(high water, in-use + request): the cache never maps more than
 // twice the block's peak, and a loop asking for the same sizes every iteration stops mapping
-// after its first round.
-// ptc_release() unmaps everything cached.
+// after its first round. ptc_uninstall() unmaps everything cached.
 //
 // Installed with c10::SetCPUAllocator while phasetorch.allocator.retained() is in force and the
 // previous allocator restored after; blocks allocated meanwhile are unmapped when freed later.
@@ -227,14 +226,6 @@ int ptc_uninstall() {
   g_alloc.trim();
   return 0;
 }
-
-// Unmap every cached block now. Returns 0.
-int ptc_release() {
-  g_alloc.trim();
-  return 0;
-}
-
-int ptc_installed() { return c10::GetCPUAllocator() == &g_alloc ? 1 : 0; }
 
 // in_use, cached, high_water, hits, misses, evictions, mapped, unmapped (bytes / counts).
 void ptc_stats(uint64_t* out) {
