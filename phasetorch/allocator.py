@@ -59,6 +59,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 import torch
 
 from . import native
+from .tensors import switched_off
 
 __all__ = ["ENV_SWITCH", "CACHE_SWITCH", "CACHE_MIN_BYTES", "retained", "retaining", "status", "supported",
            "cache_stats", "cache_available", "cache_compiler", "cache_library_path", "reset_cache"]
@@ -116,12 +117,8 @@ def _load() -> Any:
     return libc
 
 
-def _off(name: str) -> bool:
-    return os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
-
-
 def _switched_off() -> bool:
-    return _off(ENV_SWITCH)
+    return switched_off(ENV_SWITCH)
 
 
 # ---------------------------------------------------------------------------- the caching allocator (C++)
@@ -182,7 +179,7 @@ def _load_cache() -> Any:
 
 def cache_available() -> bool:
     """Whether the caching allocator is enabled (:data:`CACHE_SWITCH`, :data:`ENV_SWITCH`) and loads."""
-    return not _off(CACHE_SWITCH) and not _switched_off() and _load_cache() is not None
+    return not switched_off(CACHE_SWITCH) and not _switched_off() and _load_cache() is not None
 
 
 def cache_stats() -> Optional[Dict[str, int]]:
@@ -208,18 +205,16 @@ def reset_cache() -> None:
 
 def _install() -> None:
     global _installed
-    if _off(CACHE_SWITCH):
-        _cache["why_not_now"] = f"{CACHE_SWITCH}={os.environ.get(CACHE_SWITCH)}"
-        return
-    lib = _load_cache()
-    if lib is None:
-        _cache["why_not_now"] = _cache["reason"]
-        return
-    if lib.ptc_install(CACHE_MIN_BYTES) != 0:
-        _cache["why_not_now"] = "another CPU allocator with a higher priority is registered with torch"
-        return
-    _cache["why_not_now"] = None
-    _installed = True
+    if switched_off(CACHE_SWITCH):
+        why = f"{CACHE_SWITCH}={os.environ.get(CACHE_SWITCH)}"
+    elif _load_cache() is None:
+        why = _cache["reason"]
+    elif _cache["lib"].ptc_install(CACHE_MIN_BYTES) != 0:
+        why = "another CPU allocator with a higher priority is registered with torch"
+    else:
+        why = None
+    _cache["why_not_now"] = why                   # why this block runs without the cache (None: it has it)
+    _installed = why is None
 
 
 def _uninstall() -> None:
@@ -243,7 +238,7 @@ def status() -> dict:
     reason = _why if lib is None else (f"{ENV_SWITCH}={os.environ.get(ENV_SWITCH)}" if _switched_off() else None)
     if _installed:
         why_cache = None
-    elif _switched_off() or _off(CACHE_SWITCH):
+    elif _switched_off() or switched_off(CACHE_SWITCH):
         why_cache = (f"{ENV_SWITCH}={os.environ.get(ENV_SWITCH)}" if _switched_off()
                      else f"{CACHE_SWITCH}={os.environ.get(CACHE_SWITCH)}")
     elif _cache["tried"] and _cache["lib"] is None:

@@ -42,11 +42,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .tensors import OFF_VALUES, switched_off
+
 __all__ = ["CaptureError", "Tape", "CudaGraph", "Blocks", "backend", "run_eager", "ENV_SWITCH"]
 
 ENV_SWITCH = "PHASETORCH_GRAPHS"
 KERNEL_SWITCH = "PHASETORCH_KERNELS"      # the fused C kernel's switch (physics.kernels; read here by name)
-OFF = ("0", "off", "false", "no")
 
 aten = torch.ops.aten
 
@@ -196,10 +197,10 @@ def backend(device: torch.device) -> Optional[type]:
     """The capture backend for ``device`` under ``PHASETORCH_GRAPHS`` (module docstring): :class:`CudaGraph`,
     :class:`Tape` or None (the plain path)."""
     mode = os.environ.get(ENV_SWITCH, "").strip().lower()
-    if mode in OFF:
+    if mode in OFF_VALUES:
         return None
     if mode == "tape":
-        if torch.device(device).type == "cpu" and os.environ.get(KERNEL_SWITCH, "").strip().lower() not in OFF:
+        if torch.device(device).type == "cpu" and not switched_off(KERNEL_SWITCH):
             raise ValueError(f"{ENV_SWITCH}=tape on a CPU needs {KERNEL_SWITCH}=0: the tape sees torch operations "
                              f"only, not the fused C kernel's calls")
         return Tape

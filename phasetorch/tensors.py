@@ -31,7 +31,18 @@ Shape = Tuple[int, ...]
 
 __all__ = ["SYNC_EVERY", "default_sync_every", "Shape", "abs2", "sum_dims", "mean_dims", "inner", "dot", "norm2", "bview", "where_sample",
            "real_dtype_of", "complex_dtype_of", "dtype_name", "parse_dtype", "make_generator", "resolve_seed",
-           "as_shape", "as_device", "check_int", "check_number", "available_memory", "check_memory", "mean_se", "scratch", "to_jsonable", "from_json_float", "floats_from_json"]
+           "as_shape", "as_device", "check_int", "check_number", "available_memory", "check_memory", "mean_se", "scratch", "to_jsonable", "from_json_float", "floats_from_json",
+           "OFF_VALUES", "switched_off"]
+
+
+#: the values of a ``PHASETORCH_*`` switch that turn its path off (case and surrounding blanks ignored)
+OFF_VALUES = ("0", "off", "false", "no")
+
+
+def switched_off(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to one of :data:`OFF_VALUES` (read at every call;
+    unset or any other value: on)."""
+    return os.environ.get(name, "").strip().lower() in OFF_VALUES
 
 
 # ---------------------------------------------------------------------------------------- algebra

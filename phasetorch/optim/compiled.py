@@ -46,7 +46,6 @@ and a large problem still answers Ctrl-C and moves its progress bar). ``PHASETOR
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -54,6 +53,7 @@ import torch
 from ..losses import PhaseRetrievalLoss
 from ..physics import kernels
 from ..physics.base import MeasurementOperator
+from ..tensors import switched_off
 from .gradient import GradientAlgorithm
 from .lbfgs import LBFGSAlgorithm
 from .steps import Constant, Safeguarded, Schedule, WFRamp, slack
@@ -77,7 +77,7 @@ MAPS = frozenset({kernels.Map.INTENSITY, kernels.Map.AMPLITUDE, kernels.Map.POIS
 
 def enabled() -> bool:
     """False when ``PHASETORCH_COMPILED_LOOP`` is 0/false/no/off (read at every call)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not switched_off(ENV_SWITCH)
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 
 from .. import native
+from ..tensors import switched_off
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ def switched(on: bool, fn: Callable[[], Any]) -> Callable[[], Any]:
 
 def enabled() -> bool:
     """False when ``PHASETORCH_KERNELS`` is 0/false/no/off (read at every call)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not switched_off(ENV_SWITCH)
 
 
 def available() -> bool:
